@@ -1,0 +1,673 @@
+//! Keys, states and the local executor.
+//!
+//! [`resolve`] fingerprints external inputs and computes every instance's key; [`states`] asks the
+//! store what exists; [`run`] builds what is stale on a bounded pool of worker threads, each stage
+//! under a per-key lease so two runners never build the same key at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::fingerprint::{Fingerprint, FingerprintCache};
+use crate::key::{KeyRecipe, StageKey};
+use crate::plan::{InputRef, Plan};
+use crate::stage::{InputArtifact, InputOrigin, ProgressSink, StageContext, StageRegistry};
+use crate::store::{self, ArtifactManifest, IndexEntry, InputRecord, Lease, PublishOutcome, Store};
+use crate::value::canonical_params;
+
+/// Keys of every instance of a plan, and the digests of its external inputs.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub keys: Vec<StageKey>,
+    pub recipes: Vec<KeyRecipe>,
+    /// Per external input: its fingerprint.
+    pub externals: Vec<Fingerprint>,
+}
+
+/// The digest that stands for an external input in keys: its kind, parameters and content.
+pub fn external_digest(plan: &Plan, idx: usize, fp: &Fingerprint) -> String {
+    let e = &plan.externals[idx];
+    let text = format!(
+        "adaptor-external-input/1\n{}\n{}\n{}\n{}\n",
+        e.reference(),
+        e.kind,
+        canonical_params(&e.params),
+        fp.digest
+    );
+    blake3::hash(text.as_bytes()).to_hex().to_string()
+}
+
+/// Fingerprints the external inputs (in parallel) and computes every instance's key.
+pub fn resolve(plan: &Plan, registry: &StageRegistry, cache: &FingerprintCache, verify: bool) -> Result<Resolved> {
+    let externals: Vec<Fingerprint> = plan
+        .externals
+        .par_iter()
+        .map(|e| {
+            cache.fingerprint(&e.path, verify).map_err(|err| {
+                Error::Other(format!("{} ({}): cannot fingerprint {}: {err}", e.reference(), e.kind, e.path.display()))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let digests: Vec<String> = externals.iter().enumerate().map(|(i, fp)| external_digest(plan, i, fp)).collect();
+    let mut keys: Vec<StageKey> = Vec::with_capacity(plan.instances.len());
+    let mut recipes = Vec::with_capacity(plan.instances.len());
+    for inst in &plan.instances {
+        let stage = registry.get(&inst.kind).expect("plans only hold registered kinds");
+        let inputs = inst
+            .inputs
+            .iter()
+            .map(|(slot, refs)| {
+                let ks = refs
+                    .iter()
+                    .map(|r| match r {
+                        InputRef::External(e) => digests[*e].clone(),
+                        // Dependency order guarantees the upstream key is already computed.
+                        InputRef::Stage(s) => keys[*s].to_string(),
+                    })
+                    .collect();
+                (slot.clone(), ks)
+            })
+            .collect();
+        let recipe = KeyRecipe { kind: inst.kind.clone(), version: stage.version(), params: inst.params.clone(), inputs };
+        keys.push(recipe.key());
+        recipes.push(recipe);
+    }
+    Ok(Resolved { keys, recipes, externals })
+}
+
+/// Where an instance stands against the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    UpToDate,
+    /// Built before under another key (something changed since).
+    Stale { previous: StageKey },
+    /// Never built.
+    Missing,
+    /// The last attempt at this key failed.
+    Failed { error: String, log: String },
+    /// Another runner holds the lease.
+    Running { owner: String },
+}
+
+impl State {
+    pub fn label(&self) -> &'static str {
+        match self {
+            State::UpToDate => "up-to-date",
+            State::Stale { .. } => "stale",
+            State::Missing => "missing",
+            State::Failed { .. } => "failed",
+            State::Running { .. } => "running",
+        }
+    }
+
+    pub fn needs_run(&self) -> bool {
+        !matches!(self, State::UpToDate)
+    }
+}
+
+/// The state of each listed instance (all of the plan when `which` is `None`).
+pub fn states(plan: &Plan, resolved: &Resolved, store: &Store, lease_secs: f64) -> Result<Vec<State>> {
+    let items: Vec<(String, StageKey)> = plan
+        .instances
+        .iter()
+        .zip(&resolved.keys)
+        .map(|(i, k)| (i.kind.clone(), k.clone()))
+        .collect();
+    let complete = store.complete_many(&items)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (idx, done) in complete.into_iter().enumerate() {
+        if done {
+            out.push(State::UpToDate);
+            continue;
+        }
+        let (kind, key) = &items[idx];
+        if let Some(lease) = store.get_json::<Lease>(&Store::lock_path(kind, key))? {
+            if !lease_is_stale(&lease, lease_secs) {
+                out.push(State::Running { owner: lease.owner });
+                continue;
+            }
+        }
+        let failed_dir = Store::failed_dir(kind, key);
+        if let Some(err) = store.get_json::<FailureRecord>(&format!("{failed_dir}/_error.json"))? {
+            out.push(State::Failed { error: err.error, log: format!("{failed_dir}/_log.txt") });
+            continue;
+        }
+        let entry: Option<IndexEntry> =
+            store.get_json(&Store::index_path(&plan.manifest_id, &plan.instances[idx].name))?;
+        out.push(match entry {
+            Some(e) if e.key != *key => State::Stale { previous: e.key },
+            _ => State::Missing,
+        });
+    }
+    Ok(out)
+}
+
+/// `_failed/<kind>/<key>/_error.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FailureRecord {
+    pub instance: String,
+    pub error: String,
+    pub unix: f64,
+    pub host: String,
+}
+
+/// Scheduling events, for the display.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    Planned { to_run: usize, up_to_date: usize },
+    Started { instance: String, key: StageKey },
+    Finished { instance: String, outcome: Outcome },
+    Waiting { instance: String, owner: String },
+}
+
+/// How one instance ended in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    UpToDate,
+    Ran { seconds: f64 },
+    /// Another runner completed it while we waited.
+    BuiltElsewhere,
+    Failed { error: String, log: String },
+    /// An upstream instance failed.
+    NotRun { because: String },
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stage instances run at once.
+    pub jobs: usize,
+    /// Threads available to stages in total (shared among the `jobs` running ones).
+    pub threads: usize,
+    /// Name globs or stage names; empty means everything.
+    pub only: Vec<String>,
+    pub dry_run: bool,
+    /// A lease not refreshed for this long belongs to a dead runner.
+    pub lease_secs: f64,
+    /// The host name recorded in leases and manifests.
+    pub host: String,
+    pub tool: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: 1,
+            threads: 1,
+            only: Vec::new(),
+            dry_run: false,
+            lease_secs: 60.0,
+            host: "localhost".into(),
+            tool: concat!("adaptor ", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// The result of a run: one outcome per instance considered, in plan order.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &Outcome)> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Failed { .. } | Outcome::NotRun { .. } | Outcome::Cancelled))
+            .map(|(n, o)| (n.as_str(), o))
+    }
+
+    pub fn ran(&self) -> usize {
+        self.outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Ran { .. })).count()
+    }
+}
+
+pub fn now_unix() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // Zombies count as dead: a killed runner may linger unreaped.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
+fn local_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// A lease is stale when its heartbeat is older than `lease_secs`, or when its runner was on this
+/// host and its process is gone.
+pub fn lease_is_stale(lease: &Lease, lease_secs: f64) -> bool {
+    if now_unix() - lease.heartbeat_unix > lease_secs {
+        return true;
+    }
+    lease.host == local_host() && !pid_alive(lease.pid)
+}
+
+/// Leases this runner holds, refreshed by a heartbeat thread.
+struct Leases {
+    held: Mutex<HashMap<String, Lease>>,
+}
+
+impl Leases {
+    fn refresh(&self, store: &Store) {
+        let held: Vec<(String, Lease)> = self.held.lock().expect("lease lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (path, mut lease) in held {
+            lease.heartbeat_unix = now_unix();
+            let _ = store.put_json(&path, &lease, false);
+        }
+    }
+}
+
+/// Builds every stale instance of the plan (or of the `only` selection and what it depends on).
+pub fn run(
+    plan: &Plan,
+    registry: &StageRegistry,
+    store: &Store,
+    resolved: &Resolved,
+    opts: &RunOptions,
+    sink: Arc<dyn ProgressSink>,
+    cancel: Arc<AtomicBool>,
+) -> Result<RunReport> {
+    let selected: Vec<usize> = if opts.only.is_empty() {
+        (0..plan.instances.len()).collect()
+    } else {
+        let mut targets = Vec::new();
+        for pattern in &opts.only {
+            let m = plan.select(pattern);
+            if m.is_empty() {
+                return Err(Error::NoSuchInstance { pattern: pattern.clone(), hint: hint(plan) });
+            }
+            targets.extend(m);
+        }
+        plan.closure(&targets)
+    };
+    let all_states = states(plan, resolved, store, opts.lease_secs)?;
+    let to_run: Vec<usize> = selected.iter().copied().filter(|&i| all_states[i].needs_run()).collect();
+    sink.event(&RunEvent::Planned { to_run: to_run.len(), up_to_date: selected.len() - to_run.len() });
+
+    let mut outcomes: BTreeMap<usize, Outcome> =
+        selected.iter().filter(|&&i| !all_states[i].needs_run()).map(|&i| (i, Outcome::UpToDate)).collect();
+    if opts.dry_run || to_run.is_empty() {
+        if opts.dry_run {
+            for &i in &to_run {
+                outcomes.insert(i, Outcome::NotRun { because: format!("dry run ({})", all_states[i].label()) });
+            }
+        }
+        return Ok(report(plan, outcomes));
+    }
+
+    let host = if opts.host.is_empty() { local_host() } else { opts.host.clone() };
+    let leases = Arc::new(Leases { held: Mutex::new(HashMap::new()) });
+    let pending: Vec<usize> = to_run.clone();
+    let mut waiting_on: HashMap<usize, usize> = HashMap::new(); // instance -> stale deps left
+    let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
+    let run_set: std::collections::HashSet<usize> = to_run.iter().copied().collect();
+    for &i in &pending {
+        let deps: Vec<usize> = plan.instances[i].deps().filter(|d| run_set.contains(d)).collect();
+        waiting_on.insert(i, deps.len());
+        for d in deps {
+            dependents.entry(d).or_default().push(i);
+        }
+    }
+    let mut ready: Vec<usize> = pending.iter().copied().filter(|i| waiting_on[i] == 0).collect();
+    ready.reverse(); // pop() takes them in plan order
+    let threads_each = (opts.threads / opts.jobs.max(1)).max(1);
+    let stop_heartbeat = Arc::new(AtomicBool::new(false));
+
+    std::thread::scope(|scope| -> Result<()> {
+        {
+            let leases = leases.clone();
+            let stop = stop_heartbeat.clone();
+            let period = Duration::from_secs_f64((opts.lease_secs / 4.0).clamp(0.2, 15.0));
+            scope.spawn(move || {
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() >= period {
+                        leases.refresh(store);
+                        last = Instant::now();
+                    }
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
+        let mut running = 0usize;
+        let mut left = pending.len();
+        while left > 0 {
+            while running < opts.jobs.max(1) && !cancel.load(Ordering::Relaxed) {
+                let Some(i) = ready.pop() else { break };
+                running += 1;
+                let tx = tx.clone();
+                let sink = sink.clone();
+                let cancel = cancel.clone();
+                let leases = leases.clone();
+                let host = host.clone();
+                scope.spawn(move || {
+                    let outcome = build_one(plan, registry, store, resolved, i, opts, &host, threads_each, &leases, sink.clone(), cancel)
+                        .unwrap_or_else(|e| Outcome::Failed { error: e.to_string(), log: String::new() });
+                    sink.event(&RunEvent::Finished { instance: plan.instances[i].name.clone(), outcome: outcome.clone() });
+                    let _ = tx.send((i, outcome));
+                });
+            }
+            if running == 0 {
+                // Cancelled before everything started: the rest never runs.
+                for &i in &pending {
+                    outcomes.entry(i).or_insert(Outcome::Cancelled);
+                }
+                break;
+            }
+            let (i, outcome) = rx.recv().expect("a worker is running");
+            running -= 1;
+            left -= 1;
+            let ok = matches!(outcome, Outcome::Ran { .. } | Outcome::BuiltElsewhere | Outcome::UpToDate);
+            outcomes.insert(i, outcome);
+            if ok {
+                for &d in dependents.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
+                    let n = waiting_on.get_mut(&d).expect("tracked");
+                    *n -= 1;
+                    if *n == 0 {
+                        ready.insert(0, d);
+                    }
+                }
+            } else {
+                // Everything downstream of a failure is not run.
+                let mut stack = dependents.get(&i).cloned().unwrap_or_default();
+                while let Some(d) = stack.pop() {
+                    if outcomes.contains_key(&d) {
+                        continue;
+                    }
+                    outcomes.insert(d, Outcome::NotRun { because: plan.instances[i].name.clone() });
+                    left -= 1;
+                    sink.event(&RunEvent::Finished { instance: plan.instances[d].name.clone(), outcome: outcomes[&d].clone() });
+                    stack.extend(dependents.get(&d).cloned().unwrap_or_default());
+                }
+            }
+        }
+        stop_heartbeat.store(true, Ordering::Relaxed);
+        Ok(())
+    })?;
+    Ok(report(plan, outcomes))
+}
+
+fn hint(plan: &Plan) -> String {
+    let names: Vec<&str> = plan.instances.iter().map(|i| i.name.as_str()).take(6).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (instances include: {})", names.join(", "))
+    }
+}
+
+fn report(plan: &Plan, outcomes: BTreeMap<usize, Outcome>) -> RunReport {
+    RunReport { outcomes: outcomes.into_iter().map(|(i, o)| (plan.instances[i].name.clone(), o)).collect() }
+}
+
+/// Takes the lease of a key, waiting while a live runner holds it. `Ok(false)` if the artifact
+/// became complete meanwhile.
+fn acquire(
+    store: &Store,
+    kind: &str,
+    key: &StageKey,
+    lease: &Lease,
+    lease_secs: f64,
+    sink: &dyn ProgressSink,
+    cancel: &AtomicBool,
+) -> Result<bool> {
+    let path = Store::lock_path(kind, key);
+    let mut announced = false;
+    loop {
+        if store.is_complete(kind, key)? {
+            return Ok(false);
+        }
+        if store.put_json(&path, lease, true)? {
+            // Re-check: the holder may have committed and released between our two calls.
+            if store.is_complete(kind, key)? {
+                store.delete(&path)?;
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        match store.get_json::<Lease>(&path)? {
+            Some(other) if lease_is_stale(&other, lease_secs) => {
+                store.delete(&path)?;
+            }
+            Some(other) => {
+                if !announced {
+                    sink.event(&RunEvent::Waiting { instance: lease.instance.clone(), owner: other.owner });
+                    announced = true;
+                }
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(Error::Other(format!("{}: cancelled while waiting for another runner", lease.instance)));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_one(
+    plan: &Plan,
+    registry: &StageRegistry,
+    store: &Store,
+    resolved: &Resolved,
+    idx: usize,
+    opts: &RunOptions,
+    host: &str,
+    threads: usize,
+    leases: &Leases,
+    sink: Arc<dyn ProgressSink>,
+    cancel: Arc<AtomicBool>,
+) -> Result<Outcome> {
+    let inst = &plan.instances[idx];
+    let key = &resolved.keys[idx];
+    let stage = registry.get(&inst.kind).expect("registered");
+    let nonce = format!("{}-{}-{}-{:x}", inst.kind, key.short(), std::process::id(), blake3::hash(format!("{}{}", now_unix(), idx).as_bytes()).as_bytes()[0]);
+    let lease = Lease {
+        owner: format!("{host}:{}", std::process::id()),
+        host: host.to_string(),
+        pid: std::process::id(),
+        instance: inst.name.clone(),
+        heartbeat_unix: now_unix(),
+    };
+    if !acquire(store, &inst.kind, key, &lease, opts.lease_secs, sink.as_ref(), &cancel)? {
+        return Ok(Outcome::BuiltElsewhere);
+    }
+    let lock_path = Store::lock_path(&inst.kind, key);
+    leases.held.lock().expect("lease lock").insert(lock_path.clone(), lease);
+    let result = build_locked(plan, stage.as_ref(), store, resolved, idx, opts, host, threads, &nonce, sink.clone(), cancel);
+    leases.held.lock().expect("lease lock").remove(&lock_path);
+    let released = store.delete(&lock_path);
+    let outcome = result?;
+    released?;
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_locked(
+    plan: &Plan,
+    stage: &dyn crate::stage::Stage,
+    store: &Store,
+    resolved: &Resolved,
+    idx: usize,
+    opts: &RunOptions,
+    host: &str,
+    threads: usize,
+    nonce: &str,
+    sink: Arc<dyn ProgressSink>,
+    cancel: Arc<AtomicBool>,
+) -> Result<Outcome> {
+    let inst = &plan.instances[idx];
+    let key = &resolved.keys[idx];
+    sink.event(&RunEvent::Started { instance: inst.name.clone(), key: key.clone() });
+    let started_unix = now_unix();
+    let clock = Instant::now();
+
+    let staging = store.new_staging(nonce)?;
+    let out_dir = staging.join("out");
+    let log_path = staging.join("log.txt");
+    let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
+
+    // Inputs as local folders, and how they are recorded.
+    let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
+    let mut records: BTreeMap<String, Vec<InputRecord>> = BTreeMap::new();
+    for (slot, refs) in &inst.inputs {
+        for (r, k) in refs.iter().zip(&resolved.recipes[idx].inputs[slot]) {
+            let (artifact, reference) = match r {
+                InputRef::External(e) => {
+                    let ext = &plan.externals[*e];
+                    (
+                        InputArtifact {
+                            path: ext.path.clone(),
+                            origin: InputOrigin::External {
+                                group: ext.group.clone(),
+                                name: ext.name.clone(),
+                                kind: ext.kind.clone(),
+                                params: ext.params.clone(),
+                            },
+                        },
+                        ext.reference(),
+                    )
+                }
+                InputRef::Stage(s) => {
+                    let up = &plan.instances[*s];
+                    let up_key = &resolved.keys[*s];
+                    (
+                        InputArtifact {
+                            path: store.local_artifact(&up.kind, up_key)?,
+                            origin: InputOrigin::Stage { kind: up.kind.clone(), instance: up.name.clone(), key: up_key.clone() },
+                        },
+                        up.name.clone(),
+                    )
+                }
+            };
+            inputs.entry(slot.clone()).or_default().push(artifact);
+            records.entry(slot.clone()).or_default().push(InputRecord { reference, key: k.clone() });
+        }
+    }
+
+    let ctx = StageContext::new(
+        inst.name.clone(),
+        key.clone(),
+        inst.params.clone(),
+        inputs,
+        out_dir.clone(),
+        threads,
+        Some(log_file),
+        sink.clone(),
+        cancel.clone(),
+    );
+    ctx.log(format!("{} key {key}", inst.name));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&ctx)));
+    let error: Option<String> = match result {
+        Ok(Ok(())) => RESERVED
+            .iter()
+            .find(|r| out_dir.join(r).exists())
+            .map(|r| format!("the stage wrote `{r}`, a name the runner reserves")),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(panic) => Some(format!(
+            "the stage panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )),
+    };
+    if let Some(error) = error {
+        let error = if cancel.load(Ordering::Relaxed) { format!("cancelled: {error}") } else { error };
+        ctx.log(format!("FAILED: {error}"));
+        drop(ctx);
+        let failed = Store::failed_dir(&inst.kind, key);
+        let log_rel = format!("{failed}/_log.txt");
+        store.upload_file(&log_path, &log_rel)?;
+        store.put_json(
+            &format!("{failed}/_error.json"),
+            &FailureRecord { instance: inst.name.clone(), error: error.clone(), unix: now_unix(), host: host.to_string() },
+            false,
+        )?;
+        store.put_json(
+            &Store::index_path(&plan.manifest_id, &inst.name),
+            &IndexEntry {
+                instance: inst.name.clone(),
+                kind: inst.kind.clone(),
+                key: key.clone(),
+                status: "failed".into(),
+                unix: now_unix(),
+                error: Some(error.clone()),
+                log: log_rel.clone(),
+            },
+            false,
+        )?;
+        let _ = std::fs::remove_dir_all(&staging);
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Outcome::Cancelled);
+        }
+        return Ok(Outcome::Failed { error, log: log_rel });
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    ctx.log(format!("finished in {seconds:.2}s"));
+    drop(ctx);
+
+    let manifest = ArtifactManifest {
+        format: 1,
+        key: key.clone(),
+        kind: inst.kind.clone(),
+        version: stage.version(),
+        instance: inst.name.clone(),
+        manifest: plan.manifest.display().to_string(),
+        params: inst.params.clone(),
+        inputs: records,
+        files: store::describe_outputs(&out_dir)?,
+        started_unix,
+        seconds,
+        tool: opts.tool.clone(),
+        host: host.to_string(),
+    };
+    let outcome = match store.publish(&staging, &manifest)? {
+        PublishOutcome::Published => Outcome::Ran { seconds },
+        PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
+    };
+    // A success supersedes an earlier failure of the same key.
+    store.delete_prefix(&Store::failed_dir(&inst.kind, key))?;
+    store.put_json(
+        &Store::index_path(&plan.manifest_id, &inst.name),
+        &IndexEntry {
+            instance: inst.name.clone(),
+            kind: inst.kind.clone(),
+            key: key.clone(),
+            status: "ok".into(),
+            unix: now_unix(),
+            error: None,
+            log: format!("{}/_log.txt", Store::artifact_dir(&inst.kind, key)),
+        },
+        false,
+    )?;
+    Ok(outcome)
+}
+
+/// File names in an artifact that belong to the runner.
+pub const RESERVED: &[&str] = &["_manifest.json", "_log.txt"];
+
+/// Where the staging folders of dead runners are; used by `gc`.
+pub fn staging_root(store: &Store) -> Option<PathBuf> {
+    store.local_root().map(|r| r.join("_staging"))
+}

@@ -1,0 +1,293 @@
+//! Content digests of external inputs (raw dataset folders, weight directories).
+//!
+//! A digest is blake3 over every file's relative path, size and blake3 content hash. Hashing a large
+//! dataset is slow, so a cache keeps each file's (size, mtime, ctime, inode) and hash: a run stats
+//! every file, and only rehashes the files whose stat changed (none, on a no-op). `verify` rehashes
+//! everything and reports files whose content changed behind an unchanged stat.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Files above this size are hashed with blake3's multi-threaded mmap mode.
+const LARGE_FILE: u64 = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStat {
+    path: String,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedFile {
+    #[serde(flatten)]
+    stat: FileStat,
+    hash: String,
+}
+
+/// The small part of a cache entry, read on every run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheHead {
+    root: PathBuf,
+    stat_digest: String,
+    content_digest: String,
+    files: u64,
+    bytes: u64,
+}
+
+/// The result of fingerprinting one external input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    /// blake3 over (path, size, content hash) of every file: what goes into stage keys.
+    pub digest: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// Files whose content was read this time (0 on a cache hit).
+    pub rehashed: u64,
+    /// With `verify`: files whose content changed although their stat did not.
+    pub mismatched: Vec<String>,
+}
+
+/// Where digests are cached between runs: a local folder (per user, not per store).
+#[derive(Debug, Clone)]
+pub struct FingerprintCache {
+    dir: PathBuf,
+}
+
+impl FingerprintCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FingerprintCache { dir: dir.into() }
+    }
+
+    fn paths(&self, root: &Path) -> (PathBuf, PathBuf) {
+        let id = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
+        let base = self.dir.join("fingerprints");
+        (base.join(format!("{}.head.json", &id[..32])), base.join(format!("{}.files.json", &id[..32])))
+    }
+
+    /// Fingerprints `root` (a folder or a single file).
+    pub fn fingerprint(&self, root: &Path, verify: bool) -> Result<Fingerprint> {
+        let root = root.canonicalize().at(root)?;
+        let stats = walk(&root)?;
+        let stat_digest = stat_digest(&stats);
+        let (head_path, files_path) = self.paths(&root);
+
+        let head: Option<CacheHead> = read_json(&head_path);
+        if !verify {
+            if let Some(h) = &head {
+                if h.stat_digest == stat_digest && h.root == root {
+                    return Ok(Fingerprint {
+                        digest: h.content_digest.clone(),
+                        files: h.files,
+                        bytes: h.bytes,
+                        rehashed: 0,
+                        mismatched: Vec::new(),
+                    });
+                }
+            }
+        }
+
+        // Reuse per-file hashes whose stat is unchanged (unless verifying).
+        let previous: HashMap<String, CachedFile> = read_json::<Vec<CachedFile>>(&files_path)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| (f.stat.path.clone(), f))
+            .collect();
+        let hashed: Vec<(CachedFile, bool, bool)> = stats
+            .into_par_iter()
+            .map(|stat| {
+                let prev = previous.get(&stat.path).filter(|p| p.stat == stat);
+                match (prev, verify) {
+                    (Some(p), false) => Ok((p.clone(), false, false)),
+                    (prev, _) => {
+                        let full = if stat.path.is_empty() { root.clone() } else { root.join(&stat.path) };
+                        let hash = hash_file(&full, stat.size)?;
+                        let mismatch = prev.is_some_and(|p| p.hash != hash);
+                        Ok((CachedFile { stat, hash }, true, mismatch))
+                    }
+                }
+            })
+            .collect::<Result<_>>()?;
+
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"adaptor-external/1\n");
+        let (mut files, mut bytes, mut rehashed) = (0u64, 0u64, 0u64);
+        let mut mismatched = Vec::new();
+        for (f, fresh, mismatch) in &hashed {
+            hasher.update(f.stat.path.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(f.stat.size.to_string().as_bytes());
+            hasher.update(b"\0");
+            hasher.update(f.hash.as_bytes());
+            hasher.update(b"\n");
+            files += 1;
+            bytes += f.stat.size;
+            rehashed += u64::from(*fresh);
+            if *mismatch {
+                mismatched.push(f.stat.path.clone());
+            }
+        }
+        let digest = hasher.finalize().to_hex().to_string();
+
+        let entries: Vec<CachedFile> = hashed.into_iter().map(|(f, _, _)| f).collect();
+        let head = CacheHead { root: root.clone(), stat_digest, content_digest: digest.clone(), files, bytes };
+        // The cache is an optimisation: failing to write it must not fail the run.
+        let _ = write_json(&files_path, &entries).and_then(|_| write_json(&head_path, &head));
+
+        Ok(Fingerprint { digest, files, bytes, rehashed, mismatched })
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let dir = path.parent().expect("cache paths have a parent");
+    fs::create_dir_all(dir).at(dir)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    fs::write(&tmp, serde_json::to_vec(value).expect("serialisable")).at(&tmp)?;
+    fs::rename(&tmp, path).at(path)
+}
+
+fn stat_of(path: &Path, rel: String) -> Result<FileStat> {
+    let m = fs::metadata(path).at(path)?;
+    Ok(FileStat {
+        path: rel,
+        size: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        ino: m.ino(),
+    })
+}
+
+/// Every regular file under `root` (symlinks followed), sorted by relative path. A file root gives
+/// one entry with an empty relative path.
+fn walk(root: &Path) -> Result<Vec<FileStat>> {
+    let meta = fs::metadata(root).at(root)?;
+    if meta.is_file() {
+        return Ok(vec![stat_of(root, String::new())?]);
+    }
+    let mut out = walk_dir(root, "", 0)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk_dir(dir: &Path, rel: &str, depth: usize) -> Result<Vec<FileStat>> {
+    if depth > 64 {
+        return Err(Error::Other(format!(
+            "{}: directories nested more than 64 deep (a symlink loop?)",
+            dir.display()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let ft = entry.file_type().at(&path)?;
+        let is_dir = if ft.is_symlink() { fs::metadata(&path).at(&path)?.is_dir() } else { ft.is_dir() };
+        if is_dir {
+            dirs.push((path, child_rel));
+        } else {
+            files.push((path, child_rel));
+        }
+    }
+    let mut out: Vec<FileStat> = files
+        .into_par_iter()
+        .map(|(p, r)| stat_of(&p, r))
+        .collect::<Result<_>>()?;
+    let nested: Vec<Vec<FileStat>> = dirs
+        .into_par_iter()
+        .map(|(p, r)| walk_dir(&p, &r, depth + 1))
+        .collect::<Result<_>>()?;
+    out.extend(nested.into_iter().flatten());
+    Ok(out)
+}
+
+fn stat_digest(stats: &[FileStat]) -> String {
+    let mut h = blake3::Hasher::new();
+    for s in stats {
+        h.update(format!("{}\0{}\0{}\0{}\0{}\n", s.path, s.size, s.mtime_ns, s.ctime_ns, s.ino).as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// blake3 of a file's bytes; large files use all cores.
+pub fn hash_file(path: &Path, size: u64) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    if size >= LARGE_FILE {
+        hasher.update_mmap_rayon(path).at(path)?;
+    } else {
+        let mut f = fs::File::open(path).at(path)?;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = f.read(&mut buf).at(path)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_hit_changed_content_and_touch() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let c = FingerprintCache::new(cache.path());
+        fs::create_dir_all(data.path().join("a/b")).unwrap();
+        fs::write(data.path().join("a/b/x.txt"), b"hello").unwrap();
+        fs::write(data.path().join("y.txt"), b"world").unwrap();
+
+        let first = c.fingerprint(data.path(), false).unwrap();
+        assert_eq!((first.files, first.bytes, first.rehashed), (2, 10, 2));
+        let second = c.fingerprint(data.path(), false).unwrap();
+        assert_eq!(second.digest, first.digest);
+        assert_eq!(second.rehashed, 0);
+
+        // Rewriting the same bytes changes the stat, not the digest; only that file is rehashed.
+        fs::write(data.path().join("y.txt"), b"world").unwrap();
+        let touched = c.fingerprint(data.path(), false).unwrap();
+        assert_eq!(touched.digest, first.digest);
+        assert!(touched.rehashed <= 1);
+
+        fs::write(data.path().join("y.txt"), b"World").unwrap();
+        let changed = c.fingerprint(data.path(), false).unwrap();
+        assert_ne!(changed.digest, first.digest);
+
+        let verified = c.fingerprint(data.path(), true).unwrap();
+        assert_eq!(verified.digest, changed.digest);
+        assert_eq!(verified.rehashed, 2);
+        assert!(verified.mismatched.is_empty());
+    }
+
+    #[test]
+    fn renaming_a_file_changes_the_digest() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let c = FingerprintCache::new(cache.path());
+        fs::write(data.path().join("a"), b"1").unwrap();
+        let d1 = c.fingerprint(data.path(), false).unwrap().digest;
+        fs::rename(data.path().join("a"), data.path().join("b")).unwrap();
+        assert_ne!(c.fingerprint(data.path(), false).unwrap().digest, d1);
+    }
+}

@@ -1,0 +1,28 @@
+//! The runner library: manifests, plans, content keys, the artifact store and executors.
+//!
+//! It knows how to run stages, never what a stage computes: nothing here depends on tensors,
+//! images or datasets.
+
+pub mod builtin;
+pub mod error;
+pub mod executor;
+pub mod fingerprint;
+pub mod key;
+pub mod manifest;
+pub mod ops;
+pub mod plan;
+pub mod stage;
+pub mod store;
+pub mod value;
+
+pub use error::{Error, ManifestError, Result};
+pub use executor::{Outcome, Resolved, RunEvent, RunOptions, RunReport, State};
+pub use fingerprint::FingerprintCache;
+pub use key::{KeyRecipe, StageKey};
+pub use plan::{Plan, StoreUrl};
+pub use stage::{
+    InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, ParamSpec, ParamType,
+    ProgressSink, Stage, StageContext, StageError, StageRegistry,
+};
+pub use store::{Store, StoreSettings};
+pub use value::{Params, Value};

@@ -1,0 +1,870 @@
+//! Step two of two: a located manifest tree → a validated plan (a DAG of stage instances).
+//!
+//! Grids expand here (`foreach` over `[matrix]` axes), `${axis}` templates are substituted,
+//! references between stages are resolved, and every stage's parameters and inputs are checked
+//! against what the stage kind declares. Nothing runs and nothing is hashed yet.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::manifest::{self, Loc, Node, NodeValue};
+use crate::stage::{InputAccepts, StageRegistry};
+use crate::value::{Params, Value};
+
+/// An external folder declared in the manifest: a raw dataset or a backbone's weights.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// `datasets` or `backbones`.
+    pub group: String,
+    pub name: String,
+    pub kind: String,
+    /// Absolute (or manifest-relative, resolved) path.
+    pub path: PathBuf,
+    pub params: Params,
+}
+
+impl External {
+    /// How manifests refer to it: `datasets.rsna`.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.group, self.name)
+    }
+}
+
+/// What an input slot is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputRef {
+    External(usize),
+    Stage(usize),
+}
+
+/// One node of the DAG: a stage with its grid values substituted.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Stable name: `stage` or `stage[axis=value,...]` with axes in `foreach` order.
+    pub name: String,
+    /// The `[stages.NAME]` it was expanded from.
+    pub stage: String,
+    pub kind: String,
+    pub axes: Vec<(String, Value)>,
+    pub params: Params,
+    pub inputs: BTreeMap<String, Vec<InputRef>>,
+}
+
+impl Instance {
+    /// Upstream stage instances, deduplicated.
+    pub fn deps(&self) -> impl Iterator<Item = usize> + '_ {
+        let set: BTreeSet<usize> = self
+            .inputs
+            .values()
+            .flatten()
+            .filter_map(|r| match r {
+                InputRef::Stage(i) => Some(*i),
+                InputRef::External(_) => None,
+            })
+            .collect();
+        set.into_iter()
+    }
+}
+
+/// The store a manifest names, before it is opened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUrl {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+    Memory,
+}
+
+impl StoreUrl {
+    /// Parses `s3://bucket/prefix`, `memory://`, `file:///path` or a path (relative to `base`).
+    pub fn parse(s: &str, base: &Path) -> std::result::Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("`{s}` has no bucket name (expected s3://bucket/prefix)"));
+            }
+            return Ok(StoreUrl::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() });
+        }
+        if s == "memory://" || s == "memory" {
+            return Ok(StoreUrl::Memory);
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            if scheme != "file" {
+                return Err(format!(
+                    "unsupported store scheme `{scheme}://` (expected a path, file://, s3:// or memory://)"
+                ));
+            }
+        }
+        let path = s.strip_prefix("file://").unwrap_or(s);
+        if path.is_empty() {
+            return Err("empty store path".into());
+        }
+        Ok(StoreUrl::Local(base.join(path)))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Local(p) => write!(f, "{}", p.display()),
+            StoreUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            StoreUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StoreUrl::Memory => write!(f, "memory://"),
+        }
+    }
+}
+
+/// A validated, resolved manifest.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The manifest as given on the command line.
+    pub manifest: PathBuf,
+    /// `stem-<16 hex>` of the manifest's canonical path: the namespace of its run index.
+    pub manifest_id: String,
+    pub store: Option<StoreUrl>,
+    pub externals: Vec<External>,
+    /// In dependency order: every instance comes after its inputs.
+    pub instances: Vec<Instance>,
+}
+
+impl Plan {
+    pub fn instance(&self, name: &str) -> Option<usize> {
+        self.instances.iter().position(|i| i.name == name)
+    }
+
+    /// Instances whose name matches a glob (`*` and `?`), or whose stage name equals `pattern`.
+    pub fn select(&self, pattern: &str) -> Vec<usize> {
+        self.instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.stage == pattern || glob_match(pattern, &i.name))
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Every instance `targets` depend on, and the targets, in dependency order.
+    pub fn closure(&self, targets: &[usize]) -> Vec<usize> {
+        let mut keep = vec![false; self.instances.len()];
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(i) = stack.pop() {
+            if !keep[i] {
+                keep[i] = true;
+                stack.extend(self.instances[i].deps());
+            }
+        }
+        (0..self.instances.len()).filter(|&i| keep[i]).collect()
+    }
+}
+
+/// `*` matches any run of characters, `?` one character; everything else literally.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+const TOP_KEYS: &[&str] = &["store", "datasets", "backbones", "matrix", "defaults", "stages"];
+const STAGE_KEYS: &[&str] = &["kind", "foreach", "inputs", "params"];
+
+/// Loads a manifest (with includes) and builds its plan.
+pub fn load(path: &Path, registry: &StageRegistry) -> Result<Plan> {
+    let root = manifest::load(path)?;
+    build(path, &root, registry)
+}
+
+fn err(node: &Node, key: &str, message: impl Into<String>) -> crate::error::Error {
+    node.loc.error(key, message).into()
+}
+
+fn table<'a>(node: &'a Node, key: &str) -> Result<&'a BTreeMap<String, Node>> {
+    node.as_table()
+        .ok_or_else(|| err(node, key, format!("expected a table, found {}", node.type_name())))
+}
+
+fn string<'a>(node: &'a Node, key: &str) -> Result<&'a str> {
+    node.as_str()
+        .ok_or_else(|| err(node, key, format!("expected a string, found {}", node.type_name())))
+}
+
+fn check_keys(t: &BTreeMap<String, Node>, allowed: &[&str], prefix: &str) -> Result<()> {
+    for (k, v) in t {
+        if !allowed.contains(&k.as_str()) {
+            return Err(err(
+                v,
+                &join(prefix, k),
+                format!("unknown key (expected one of: {})", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn manifest_id(path: &Path) -> String {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("manifest");
+    let h = blake3::hash(canonical.to_string_lossy().as_bytes());
+    format!("{stem}-{}", &h.to_hex()[..16])
+}
+
+/// Builds the plan from an already loaded tree.
+pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan> {
+    let top = table(root, "")?;
+    check_keys(top, TOP_KEYS, "")?;
+
+    let store = match top.get("store") {
+        None => None,
+        Some(node) => {
+            let (url_node, key) = match &node.value {
+                NodeValue::Str(_) => (node, "store".to_string()),
+                NodeValue::Table(t) => {
+                    check_keys(t, &["url"], "store")?;
+                    let u = t.get("url").ok_or_else(|| err(node, "store", "missing key `url`"))?;
+                    (u, "store.url".to_string())
+                }
+                _ => return Err(err(node, "store", format!("expected a table or a string, found {}", node.type_name()))),
+            };
+            let url = string(url_node, &key)?;
+            Some(StoreUrl::parse(url, url_node.loc.file.dir()).map_err(|m| err(url_node, &key, m))?)
+        }
+    };
+
+    let mut externals = Vec::new();
+    for (group, path_key) in [("datasets", "root"), ("backbones", "weights")] {
+        let Some(node) = top.get(group) else { continue };
+        for (name, entry) in table(node, group)? {
+            let prefix = format!("{group}.{name}");
+            if !valid_name(name) {
+                return Err(err(entry, &prefix, "names may use letters, digits, `_` and `-` only"));
+            }
+            let t = table(entry, &prefix)?;
+            check_keys(t, &["kind", path_key, "params"], &prefix)?;
+            let kind = string(
+                t.get("kind").ok_or_else(|| err(entry, &prefix, "missing key `kind`"))?,
+                &format!("{prefix}.kind"),
+            )?;
+            let pnode = t
+                .get(path_key)
+                .ok_or_else(|| err(entry, &prefix, format!("missing key `{path_key}` (a folder path)")))?;
+            let rel = string(pnode, &format!("{prefix}.{path_key}"))?;
+            let params = match t.get("params") {
+                None => Params::new(),
+                Some(p) => table(p, &format!("{prefix}.params"))?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect(),
+            };
+            externals.push(External {
+                group: group.into(),
+                name: name.clone(),
+                kind: kind.into(),
+                path: pnode.loc.file.dir().join(rel),
+                params,
+            });
+        }
+    }
+
+    let mut matrix: BTreeMap<String, (Loc, Vec<Node>)> = BTreeMap::new();
+    if let Some(node) = top.get("matrix") {
+        for (axis, values) in table(node, "matrix")? {
+            let key = format!("matrix.{axis}");
+            matrix.insert(axis.clone(), (values.loc.clone(), axis_values(values, &key)?));
+        }
+    }
+
+    let mut defaults: BTreeMap<String, &BTreeMap<String, Node>> = BTreeMap::new();
+    if let Some(node) = top.get("defaults") {
+        for (kind, params) in table(node, "defaults")? {
+            let key = format!("defaults.{kind}");
+            if registry.get(kind).is_none() {
+                return Err(err(params, &key, unknown_kind_message(kind, registry)));
+            }
+            defaults.insert(kind.clone(), table(params, &key)?);
+        }
+    }
+
+    // Expand every stage into instances; inputs are resolved once all instances exist.
+    struct Pending<'a> {
+        node: &'a Node,
+        prefix: String,
+        bindings: BTreeMap<String, Node>,
+        inputs: Option<&'a Node>,
+    }
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let stages_node = top.get("stages");
+    let empty = BTreeMap::new();
+    let stage_table = match stages_node {
+        Some(n) => table(n, "stages")?,
+        None => &empty,
+    };
+    for (stage_name, node) in stage_table {
+        let prefix = format!("stages.{stage_name}");
+        if !valid_name(stage_name) {
+            return Err(err(node, &prefix, "stage names may use letters, digits, `_` and `-` only"));
+        }
+        let t = table(node, &prefix)?;
+        check_keys(t, STAGE_KEYS, &prefix)?;
+        let kind = match t.get("kind") {
+            Some(k) => string(k, &format!("{prefix}.kind"))?.to_string(),
+            None => stage_name.clone(),
+        };
+        let Some(stage) = registry.get(&kind) else {
+            let at = t.get("kind").unwrap_or(node);
+            return Err(err(at, &format!("{prefix}.kind"), unknown_kind_message(&kind, registry)));
+        };
+
+        // The grid: (axis, values) in foreach order.
+        let mut axes: Vec<(String, Vec<Node>)> = Vec::new();
+        if let Some(fe) = t.get("foreach") {
+            let key = format!("{prefix}.foreach");
+            match &fe.value {
+                NodeValue::Array(names) => {
+                    for (i, n) in names.iter().enumerate() {
+                        let axis = string(n, &format!("{key}[{i}]"))?;
+                        let Some((_, values)) = matrix.get(axis) else {
+                            let known: Vec<&str> = matrix.keys().map(String::as_str).collect();
+                            return Err(err(
+                                n,
+                                &format!("{key}[{i}]"),
+                                format!(
+                                    "unknown axis `{axis}` (the [matrix] table declares: {})",
+                                    if known.is_empty() { "nothing".to_string() } else { known.join(", ") }
+                                ),
+                            ));
+                        };
+                        if axes.iter().any(|(a, _)| a == axis) {
+                            return Err(err(n, &format!("{key}[{i}]"), format!("axis `{axis}` is listed twice")));
+                        }
+                        axes.push((axis.to_string(), values.clone()));
+                    }
+                }
+                NodeValue::Table(inline) => {
+                    for (axis, values) in inline {
+                        axes.push((axis.clone(), axis_values(values, &format!("{key}.{axis}"))?));
+                    }
+                }
+                _ => {
+                    return Err(err(
+                        fe,
+                        &key,
+                        format!("expected an array of axis names or a table of axis values, found {}", fe.type_name()),
+                    ))
+                }
+            }
+        }
+
+        let specs = stage.params();
+        for combo in cartesian(&axes) {
+            let bindings: BTreeMap<String, Node> =
+                axes.iter().map(|(a, _)| a.clone()).zip(combo.iter().cloned()).collect();
+            let axis_values: Vec<(String, Value)> =
+                axes.iter().map(|(a, _)| a.clone()).zip(combo.iter().map(Node::to_value)).collect();
+            let name = if axis_values.is_empty() {
+                stage_name.clone()
+            } else {
+                let parts: Vec<String> =
+                    axis_values.iter().map(|(a, v)| format!("{a}={}", render(v))).collect();
+                format!("{stage_name}[{}]", parts.join(","))
+            };
+
+            // Parameters: [defaults.KIND] under [stages.NAME].params, then templates, then types.
+            let mut raw: BTreeMap<String, (Node, String)> = BTreeMap::new();
+            if let Some(d) = defaults.get(&kind) {
+                for (k, v) in d.iter() {
+                    raw.insert(k.clone(), (v.clone(), format!("defaults.{kind}.{k}")));
+                }
+            }
+            if let Some(p) = t.get("params") {
+                for (k, v) in table(p, &format!("{prefix}.params"))? {
+                    raw.insert(k.clone(), (v.clone(), format!("{prefix}.params.{k}")));
+                }
+            }
+            let mut params = Params::new();
+            for (k, (node, key)) in &raw {
+                let Some(spec) = specs.iter().find(|s| s.name == k) else {
+                    let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                    return Err(err(
+                        node,
+                        key,
+                        format!(
+                            "unknown parameter for stage kind `{kind}` (known: {})",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    ));
+                };
+                let value = substitute(node, &bindings, key)?.to_value();
+                let Some(coerced) = spec.ty.coerce(&value) else {
+                    return Err(err(
+                        node,
+                        key,
+                        format!("expected {}, found {} ({value})", spec.ty.describe(), value.type_name()),
+                    ));
+                };
+                params.insert(k.clone(), coerced);
+            }
+            for spec in &specs {
+                if !params.contains_key(spec.name) {
+                    match &spec.default {
+                        Some(d) => {
+                            params.insert(spec.name.to_string(), d.clone());
+                        }
+                        None => {
+                            return Err(err(
+                                node,
+                                &prefix,
+                                format!("missing required parameter `{}` ({})", spec.name, spec.doc),
+                            ))
+                        }
+                    }
+                }
+            }
+            if let Err(m) = stage.validate(&params) {
+                let at = t.get("params").unwrap_or(node);
+                return Err(err(at, &format!("{prefix}.params"), format!("{name}: {m}")));
+            }
+
+            instances.push(Instance {
+                name,
+                stage: stage_name.clone(),
+                kind: kind.clone(),
+                axes: axis_values,
+                params,
+                inputs: BTreeMap::new(),
+            });
+            pending.push(Pending { node, prefix: prefix.clone(), bindings, inputs: t.get("inputs") });
+        }
+    }
+
+    // Resolve inputs.
+    let by_stage: HashMap<&str, Vec<usize>> = instances.iter().enumerate().fold(HashMap::new(), |mut m, (i, inst)| {
+        m.entry(inst.stage.as_str()).or_default().push(i);
+        m
+    });
+    let mut resolved: Vec<BTreeMap<String, Vec<InputRef>>> = Vec::with_capacity(instances.len());
+    for (idx, p) in pending.iter().enumerate() {
+        let inst = &instances[idx];
+        let stage = registry.get(&inst.kind).expect("checked above");
+        let specs = stage.inputs();
+        let mut bound: BTreeMap<String, Vec<InputRef>> = BTreeMap::new();
+        if let Some(inputs) = p.inputs {
+            let key = format!("{}.inputs", p.prefix);
+            for (slot, refs) in table(inputs, &key)? {
+                let slot_key = format!("{key}.{slot}");
+                let Some(spec) = specs.iter().find(|s| s.name == slot) else {
+                    let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                    return Err(err(
+                        refs,
+                        &slot_key,
+                        format!(
+                            "unknown input for stage kind `{}` (known: {})",
+                            inst.kind,
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    ));
+                };
+                let ref_nodes: Vec<&Node> = match &refs.value {
+                    NodeValue::Str(_) => vec![refs],
+                    NodeValue::Array(a) => a.iter().collect(),
+                    _ => {
+                        return Err(err(
+                            refs,
+                            &slot_key,
+                            format!("expected a reference string or an array of them, found {}", refs.type_name()),
+                        ))
+                    }
+                };
+                let mut targets = Vec::new();
+                for r in ref_nodes {
+                    let text = substitute(r, &p.bindings, &slot_key)?;
+                    let text = string(&text, &slot_key)?.to_string();
+                    targets.extend(resolve_ref(&text, r, &slot_key, &externals, &instances, &by_stage)?);
+                }
+                // Check what the slot accepts.
+                for t in &targets {
+                    let ok = match (&spec.accepts, t) {
+                        (InputAccepts::Dataset, InputRef::External(e)) => externals[*e].group == "datasets",
+                        (InputAccepts::Backbone, InputRef::External(e)) => externals[*e].group == "backbones",
+                        (InputAccepts::Stage(kinds), InputRef::Stage(s)) => kinds.contains(&instances[*s].kind.as_str()),
+                        (InputAccepts::DatasetOrStage(kinds), InputRef::Stage(s)) => {
+                            kinds.contains(&instances[*s].kind.as_str())
+                        }
+                        (InputAccepts::DatasetOrStage(_), InputRef::External(e)) => externals[*e].group == "datasets",
+                        (InputAccepts::Any, _) => true,
+                        _ => false,
+                    };
+                    if !ok {
+                        let what = match t {
+                            InputRef::External(e) => externals[*e].reference(),
+                            InputRef::Stage(s) => format!("{} (kind `{}`)", instances[*s].name, instances[*s].kind),
+                        };
+                        return Err(err(
+                            refs,
+                            &slot_key,
+                            format!("{}: input `{slot}` takes {}, not {what}", inst.name, describe_accepts(&spec.accepts)),
+                        ));
+                    }
+                }
+                if !spec.many && targets.len() != 1 {
+                    return Err(err(
+                        refs,
+                        &slot_key,
+                        format!("{}: input `{slot}` takes exactly one artifact, the reference matched {}", inst.name, targets.len()),
+                    ));
+                }
+                if targets.iter().any(|t| *t == InputRef::Stage(idx)) {
+                    return Err(err(refs, &slot_key, format!("{} cannot be its own input", inst.name)));
+                }
+                bound.insert(slot.clone(), targets);
+            }
+        }
+        for spec in &specs {
+            if spec.required && !bound.contains_key(spec.name) {
+                return Err(err(
+                    p.node,
+                    &p.prefix,
+                    format!("missing required input `{}` ({}; takes {})", spec.name, spec.doc, describe_accepts(&spec.accepts)),
+                ));
+            }
+        }
+        resolved.push(bound);
+    }
+    for (inst, inputs) in instances.iter_mut().zip(resolved) {
+        inst.inputs = inputs;
+    }
+
+    let order = topo_order(&instances).map_err(|cycle| {
+        let first = &pending[cycle[0]];
+        let names: Vec<&str> = cycle.iter().map(|&i| instances[i].name.as_str()).collect();
+        err(first.node, &first.prefix, format!("dependency cycle: {}", names.join(" -> ")))
+    })?;
+    let instances = reorder(instances, &order);
+
+    Ok(Plan {
+        manifest: path.to_path_buf(),
+        manifest_id: manifest_id(path),
+        store,
+        externals,
+        instances,
+    })
+}
+
+fn unknown_kind_message(kind: &str, registry: &StageRegistry) -> String {
+    let known: Vec<&str> = registry.kinds().collect();
+    format!("unknown stage kind `{kind}` (known: {})", known.join(", "))
+}
+
+fn describe_accepts(a: &InputAccepts) -> String {
+    match a {
+        InputAccepts::Dataset => "a dataset (`datasets.NAME`)".into(),
+        InputAccepts::Backbone => "a backbone (`backbones.NAME`)".into(),
+        InputAccepts::Stage(k) => format!("the output of a stage of kind {}", k.join(" or ")),
+        InputAccepts::DatasetOrStage(k) => {
+            format!("a dataset (`datasets.NAME`) or the output of a stage of kind {}", k.join(" or "))
+        }
+        InputAccepts::Any => "any dataset, backbone or stage output".into(),
+    }
+}
+
+fn axis_values(node: &Node, key: &str) -> Result<Vec<Node>> {
+    let NodeValue::Array(items) = &node.value else {
+        return Err(err(node, key, format!("expected a non-empty array of values, found {}", node.type_name())));
+    };
+    if items.is_empty() {
+        return Err(err(node, key, "expected a non-empty array of values"));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.value {
+            NodeValue::Array(_) | NodeValue::Table(_) => {
+                return Err(err(item, &format!("{key}[{i}]"), "axis values must be strings, numbers or booleans"))
+            }
+            _ => {}
+        }
+        if !seen.insert(render(&item.to_value())) {
+            return Err(err(item, &format!("{key}[{i}]"), format!("duplicate value {}", item.to_value())));
+        }
+    }
+    Ok(items.clone())
+}
+
+/// How an axis value appears in instance names and in `${axis}` inside longer strings.
+pub fn render(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => format!("{f}"),
+        Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn cartesian(axes: &[(String, Vec<Node>)]) -> Vec<Vec<Node>> {
+    let mut out: Vec<Vec<Node>> = vec![Vec::new()];
+    for (_, values) in axes {
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for prefix in &out {
+            for v in values {
+                let mut row = prefix.clone();
+                row.push(v.clone());
+                next.push(row);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Replaces `${axis}` in strings (recursively). A string that is exactly `${axis}` takes the axis
+/// value with its type, so `fraction = "${fraction}"` stays a float.
+fn substitute(node: &Node, bindings: &BTreeMap<String, Node>, key: &str) -> Result<Node> {
+    match &node.value {
+        NodeValue::Str(s) if s.contains("${") => {
+            if let Some(axis) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                if !axis.contains('}') && !axis.contains("${") {
+                    let v = bindings.get(axis).ok_or_else(|| unbound(node, key, axis, bindings))?;
+                    return Ok(Node { value: v.value.clone(), loc: node.loc.clone() });
+                }
+            }
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| err(node, key, format!("unclosed `${{` in {s:?}")))?;
+                let axis = &after[..end];
+                let v = bindings.get(axis).ok_or_else(|| unbound(node, key, axis, bindings))?;
+                out.push_str(&render(&v.to_value()));
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            Ok(Node { value: NodeValue::Str(out), loc: node.loc.clone() })
+        }
+        NodeValue::Array(items) => Ok(Node {
+            value: NodeValue::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| substitute(n, bindings, &format!("{key}[{i}]")))
+                    .collect::<Result<_>>()?,
+            ),
+            loc: node.loc.clone(),
+        }),
+        NodeValue::Table(t) => Ok(Node {
+            value: NodeValue::Table(
+                t.iter()
+                    .map(|(k, n)| Ok((k.clone(), substitute(n, bindings, &format!("{key}.{k}"))?)))
+                    .collect::<Result<_>>()?,
+            ),
+            loc: node.loc.clone(),
+        }),
+        _ => Ok(node.clone()),
+    }
+}
+
+fn unbound(node: &Node, key: &str, axis: &str, bindings: &BTreeMap<String, Node>) -> crate::error::Error {
+    let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
+    err(
+        node,
+        key,
+        format!(
+            "`${{{axis}}}` is not an axis of this stage's foreach (axes: {})",
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ),
+    )
+}
+
+/// Resolves `datasets.X`, `backbones.X`, `stage`, `stage[a=v,...]`, `stage[a=v,*]` or `stage[*]`.
+fn resolve_ref(
+    text: &str,
+    node: &Node,
+    key: &str,
+    externals: &[External],
+    instances: &[Instance],
+    by_stage: &HashMap<&str, Vec<usize>>,
+) -> Result<Vec<InputRef>> {
+    for group in ["datasets", "backbones"] {
+        if let Some(name) = text.strip_prefix(group).and_then(|r| r.strip_prefix('.')) {
+            return match externals.iter().position(|e| e.group == group && e.name == name) {
+                Some(i) => Ok(vec![InputRef::External(i)]),
+                None => {
+                    let known: Vec<String> =
+                        externals.iter().filter(|e| e.group == group).map(|e| e.name.clone()).collect();
+                    Err(err(
+                        node,
+                        key,
+                        format!(
+                            "`{text}` is not declared (declared {group}: {})",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    ))
+                }
+            };
+        }
+    }
+    let (stage, selector) = match text.split_once('[') {
+        Some((s, rest)) => {
+            let sel = rest
+                .strip_suffix(']')
+                .ok_or_else(|| err(node, key, format!("`{text}`: missing closing `]`")))?;
+            (s, Some(sel))
+        }
+        None => (text, None),
+    };
+    let Some(candidates) = by_stage.get(stage) else {
+        let mut known: Vec<&str> = by_stage.keys().copied().collect();
+        known.sort();
+        return Err(err(
+            node,
+            key,
+            format!(
+                "`{text}` names no stage (expected datasets.NAME, backbones.NAME or a stage: {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut wildcard = false;
+    if let Some(sel) = selector {
+        for part in sel.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "*" {
+                wildcard = true;
+            } else if let Some((a, v)) = part.split_once('=') {
+                wanted.insert(a.trim(), v.trim());
+            } else {
+                return Err(err(node, key, format!("`{text}`: expected `axis=value` or `*`, found `{part}`")));
+            }
+        }
+    }
+    let matches: Vec<InputRef> = candidates
+        .iter()
+        .filter(|&&i| {
+            let axes = &instances[i].axes;
+            let all_given_match = wanted.iter().all(|(a, v)| axes.iter().any(|(ax, val)| ax == a && render(val) == *v));
+            let covers = wildcard || axes.len() == wanted.len();
+            all_given_match && covers
+        })
+        .map(|&i| InputRef::Stage(i))
+        .collect();
+    if matches.is_empty() {
+        let names: Vec<&str> = candidates.iter().map(|&i| instances[i].name.as_str()).take(8).collect();
+        return Err(err(
+            node,
+            key,
+            format!("`{text}` matches no instance (stage `{stage}` has: {})", names.join(", ")),
+        ));
+    }
+    Ok(matches)
+}
+
+/// Kahn's algorithm; on a cycle, returns the instances on it.
+fn topo_order(instances: &[Instance]) -> std::result::Result<Vec<usize>, Vec<usize>> {
+    let n = instances.len();
+    let mut indegree = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, inst) in instances.iter().enumerate() {
+        for d in inst.deps() {
+            indegree[i] += 1;
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &d in &dependents[i] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                ready.push_back(d);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk from any node left over until a node repeats: that is a cycle.
+    let left: BTreeSet<usize> = (0..n).filter(|i| !order.contains(i)).collect();
+    let start = *left.iter().next().expect("a node is left");
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let next = instances[cur].deps().find(|d| left.contains(d)).expect("a cycle continues");
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle = path[pos..].to_vec();
+            cycle.reverse();
+            cycle.push(cycle[0]);
+            return Err(cycle);
+        }
+        path.push(next);
+        cur = next;
+    }
+}
+
+fn reorder(instances: Vec<Instance>, order: &[usize]) -> Vec<Instance> {
+    let mut new_index = vec![0; instances.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new;
+    }
+    let mut slots: Vec<Option<Instance>> = instances.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&old| {
+            let mut inst = slots[old].take().expect("each index once");
+            for refs in inst.inputs.values_mut() {
+                for r in refs.iter_mut() {
+                    if let InputRef::Stage(s) = r {
+                        *s = new_index[*s];
+                    }
+                }
+            }
+            inst
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("eval[*]", "eval[dataset=rsna]"));
+        assert!(glob_match("*rsna*", "eval[dataset=rsna,seed=1]"));
+        assert!(!glob_match("ingest*", "eval[dataset=rsna]"));
+        assert!(glob_match("a?c", "abc"));
+    }
+}

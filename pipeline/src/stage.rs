@@ -1,0 +1,384 @@
+//! The contract between the runner and a stage implementation.
+//!
+//! A stage declares its kind, version, parameters and inputs; the planner validates manifests
+//! against that declaration. At run time the stage sees only a [`StageContext`]: its resolved
+//! parameters, its inputs as local directories, and an empty output directory. It never reads the
+//! manifest, the environment or the store itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::key::StageKey;
+use crate::value::{Params, Value};
+
+/// The type a parameter must have. Checked by the planner, so `run` can rely on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamType {
+    Bool,
+    Int,
+    /// A float; integers are accepted and widened (`lr = 1` means `1.0`).
+    Float,
+    Str,
+    /// A string from a closed set, listed in errors.
+    Choice(&'static [&'static str]),
+    /// An array whose items all have the given type.
+    List(Box<ParamType>),
+    /// Anything (a table of options, say); the stage validates it in [`Stage::validate`].
+    Any,
+}
+
+impl ParamType {
+    pub fn describe(&self) -> String {
+        match self {
+            ParamType::Bool => "a boolean".into(),
+            ParamType::Int => "an integer".into(),
+            ParamType::Float => "a number".into(),
+            ParamType::Str => "a string".into(),
+            ParamType::Choice(c) => format!("one of {}", c.join(", ")),
+            ParamType::List(t) => format!("an array of {}", strip_article(&t.describe())),
+            ParamType::Any => "any value".into(),
+        }
+    }
+
+    /// Checks `value` against this type and returns it normalised (ints widened to floats where a
+    /// float is expected, so `lr = 1` and `lr = 1.0` give the same key).
+    pub fn coerce(&self, value: &Value) -> Option<Value> {
+        match (self, value) {
+            (ParamType::Bool, Value::Bool(_))
+            | (ParamType::Int, Value::Int(_))
+            | (ParamType::Str, Value::Str(_))
+            | (ParamType::Any, _) => Some(value.clone()),
+            (ParamType::Float, Value::Float(f)) if f.is_finite() => Some(value.clone()),
+            (ParamType::Float, Value::Int(i)) => Some(Value::Float(*i as f64)),
+            (ParamType::Choice(choices), Value::Str(s)) if choices.contains(&s.as_str()) => {
+                Some(value.clone())
+            }
+            (ParamType::List(item), Value::Array(items)) => items
+                .iter()
+                .map(|v| item.coerce(v))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array),
+            _ => None,
+        }
+    }
+}
+
+fn strip_article(s: &str) -> String {
+    s.strip_prefix("an ")
+        .or_else(|| s.strip_prefix("a "))
+        .map(|r| format!("{r}s"))
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// One declared parameter. `default: None` makes it required.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub default: Option<Value>,
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
+        ParamSpec { name, ty, default: None, doc }
+    }
+
+    pub fn optional(name: &'static str, ty: ParamType, default: Value, doc: &'static str) -> Self {
+        ParamSpec { name, ty, default: Some(default), doc }
+    }
+}
+
+/// What an input slot accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputAccepts {
+    /// An external folder declared in the manifest under `[datasets.NAME]`.
+    Dataset,
+    /// An external folder declared under `[backbones.NAME]`.
+    Backbone,
+    /// The output of a stage of one of these kinds.
+    Stage(&'static [&'static str]),
+    /// A dataset folder or the output of one of these stage kinds (e.g. raw data that may be a
+    /// downloaded dataset or a `synth` artifact).
+    DatasetOrStage(&'static [&'static str]),
+    /// Anything: a dataset, a backbone or any stage's output (generic stages such as `command`).
+    Any,
+}
+
+/// One declared input slot.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub accepts: InputAccepts,
+    pub required: bool,
+    /// Whether the slot takes a list (`"eval[*]"`, or an array of references).
+    pub many: bool,
+    pub doc: &'static str,
+}
+
+impl InputSpec {
+    pub fn one(name: &'static str, accepts: InputAccepts, doc: &'static str) -> Self {
+        InputSpec { name, accepts, required: true, many: false, doc }
+    }
+
+    pub fn many(name: &'static str, accepts: InputAccepts, doc: &'static str) -> Self {
+        InputSpec { name, accepts, required: true, many: true, doc }
+    }
+
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+}
+
+/// The error a stage returns. Its message is shown to the user and written to the stage's log, so it
+/// names the file, row or field at fault.
+pub type StageError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One stage kind. Implementations live in the `stages` crate.
+pub trait Stage: Send + Sync {
+    /// The stage kind, as written in manifests (`kind = "ingest"`). Also the top folder of its
+    /// artifacts in the store.
+    fn kind(&self) -> &'static str;
+
+    /// Bump when the stage's output for the same inputs and parameters changes (a bug fix, a new
+    /// column): every artifact of this kind then becomes stale. Part of the key.
+    fn version(&self) -> u32;
+
+    /// One line for `--help` and `adaptor stages`.
+    fn about(&self) -> &'static str;
+
+    fn params(&self) -> Vec<ParamSpec>;
+
+    fn inputs(&self) -> Vec<InputSpec>;
+
+    /// Checks beyond types (ranges, combinations). Return a message naming the parameter.
+    fn validate(&self, _params: &Params) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+}
+
+/// Where an input came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputOrigin {
+    /// A folder declared in the manifest (`group` is `datasets` or `backbones`).
+    External { group: String, name: String, kind: String, params: Params },
+    /// The artifact of another stage instance.
+    Stage { kind: String, instance: String, key: StageKey },
+}
+
+/// An input as the stage sees it: a local directory, read-only by convention.
+#[derive(Debug, Clone)]
+pub struct InputArtifact {
+    pub path: PathBuf,
+    pub origin: InputOrigin,
+}
+
+impl InputArtifact {
+    /// The `kind` of an external input (`mimic-cxr`, `bert`, ...) or the stage kind that produced it.
+    pub fn kind(&self) -> &str {
+        match &self.origin {
+            InputOrigin::External { kind, .. } => kind,
+            InputOrigin::Stage { kind, .. } => kind,
+        }
+    }
+}
+
+/// Receives progress from running stages; the binary draws it. Implementations must be cheap.
+pub trait ProgressSink: Send + Sync {
+    /// `done` of `total` `unit`s (e.g. images) for `instance`; `total == 0` means unknown.
+    fn progress(&self, instance: &str, done: u64, total: u64, unit: &str);
+    /// A log line, already written to the stage's log file.
+    fn log(&self, instance: &str, line: &str);
+    /// A scheduling event (planned, started, finished, waiting on another runner).
+    fn event(&self, _event: &crate::executor::RunEvent) {}
+}
+
+/// A sink that drops everything (library use, tests).
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn progress(&self, _: &str, _: u64, _: u64, _: &str) {}
+    fn log(&self, _: &str, _: &str) {}
+}
+
+/// Everything a stage may touch while it runs.
+pub struct StageContext {
+    instance: String,
+    key: StageKey,
+    params: Params,
+    inputs: BTreeMap<String, Vec<InputArtifact>>,
+    out_dir: PathBuf,
+    threads: usize,
+    log_file: Mutex<Option<File>>,
+    started: Instant,
+    sink: Arc<dyn ProgressSink>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl StageContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        instance: String,
+        key: StageKey,
+        params: Params,
+        inputs: BTreeMap<String, Vec<InputArtifact>>,
+        out_dir: PathBuf,
+        threads: usize,
+        log_file: Option<File>,
+        sink: Arc<dyn ProgressSink>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        StageContext {
+            instance,
+            key,
+            params,
+            inputs,
+            out_dir,
+            threads: threads.max(1),
+            log_file: Mutex::new(log_file),
+            started: Instant::now(),
+            sink,
+            cancel,
+        }
+    }
+
+    /// The stable instance name, e.g. `ingest[dataset=rsna]`.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn key(&self) -> &StageKey {
+        &self.key
+    }
+
+    /// The resolved parameters (defaults filled in, types checked).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The empty directory the stage writes its files into. Nothing here is visible in the store
+    /// until the stage returns `Ok` and the runner commits it.
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    /// Threads the stage may use for CPU work (`--jobs` divided among running stages).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The single artifact bound to input `name`.
+    pub fn input(&self, name: &str) -> Result<&InputArtifact, StageError> {
+        match self.inputs.get(name).map(Vec::as_slice) {
+            Some([one]) => Ok(one),
+            Some([]) | None => Err(format!("{}: input `{name}` is not bound", self.instance).into()),
+            Some(many) => Err(format!(
+                "{}: input `{name}` has {} artifacts where one was expected",
+                self.instance,
+                many.len()
+            )
+            .into()),
+        }
+    }
+
+    /// All artifacts bound to input `name` (empty when an optional input is absent).
+    pub fn inputs(&self, name: &str) -> &[InputArtifact] {
+        self.inputs.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn str_param(&self, name: &str) -> Result<&str, StageError> {
+        self.param(name)?.as_str().ok_or_else(|| self.type_err(name, "a string"))
+    }
+
+    pub fn i64_param(&self, name: &str) -> Result<i64, StageError> {
+        self.param(name)?.as_i64().ok_or_else(|| self.type_err(name, "an integer"))
+    }
+
+    pub fn f64_param(&self, name: &str) -> Result<f64, StageError> {
+        self.param(name)?.as_f64().ok_or_else(|| self.type_err(name, "a number"))
+    }
+
+    pub fn bool_param(&self, name: &str) -> Result<bool, StageError> {
+        self.param(name)?.as_bool().ok_or_else(|| self.type_err(name, "a boolean"))
+    }
+
+    pub fn param(&self, name: &str) -> Result<&Value, StageError> {
+        self.params
+            .get(name)
+            .ok_or_else(|| format!("{}: parameter `{name}` is not set", self.instance).into())
+    }
+
+    fn type_err(&self, name: &str, want: &str) -> StageError {
+        format!("{}: parameter `{name}` is not {want}", self.instance).into()
+    }
+
+    /// Writes a line to the stage's log (stored with the artifact) and forwards it to the display.
+    pub fn log(&self, line: impl fmt::Display) {
+        let line = line.to_string();
+        let secs = self.started.elapsed().as_secs_f64();
+        if let Some(f) = self.log_file.lock().expect("log lock").as_mut() {
+            let _ = writeln!(f, "[{secs:8.2}s] {line}");
+        }
+        self.sink.log(&self.instance, &line);
+    }
+
+    /// Reports progress: `done` of `total` `unit`s.
+    pub fn progress(&self, done: u64, total: u64, unit: &str) {
+        self.sink.progress(&self.instance, done, total, unit);
+    }
+
+    /// True once the user asked to stop (Ctrl-C). Long loops should check it and return an error.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Returns an error when cancelled, for use with `?` inside loops.
+    pub fn check_cancelled(&self) -> Result<(), StageError> {
+        if self.is_cancelled() {
+            Err(format!("{}: cancelled", self.instance).into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The stage kinds a binary knows, by kind name.
+#[derive(Default, Clone)]
+pub struct StageRegistry {
+    stages: BTreeMap<&'static str, Arc<dyn Stage>>,
+}
+
+impl StageRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, stage: Arc<dyn Stage>) {
+        let kind = stage.kind();
+        assert!(
+            self.stages.insert(kind, stage).is_none(),
+            "stage kind `{kind}` registered twice"
+        );
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Stage>> {
+        self.stages.get(kind)
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.stages.keys().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Stage>> {
+        self.stages.values()
+    }
+}

@@ -1,0 +1,451 @@
+//! `adaptor`: the command line. Parses arguments, reads the environment, draws progress and sets
+//! the exit code; everything else happens in the `pipeline` and `stages` libraries.
+
+mod display;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use pipeline::executor::{self, Outcome, RunOptions, State};
+use pipeline::store::{ArtifactManifest, StoreSettings};
+use pipeline::{FingerprintCache, Plan, StageKey, StageRegistry, Store, StoreUrl};
+
+#[derive(Parser)]
+#[command(
+    name = "adaptor",
+    version,
+    about = "Parameter-efficient medical vision-language pre-training (Adaptor) as an incremental pipeline",
+    long_about = "Runs experiment manifests as a DAG of content-addressed stages: ingest raw datasets, \
+                  encode with frozen backbones, train the adaptor, evaluate heads, report. Each stage \
+                  instance's output is stored under a key derived from its parameters and inputs, so \
+                  re-running a manifest only builds what changed.\n\n\
+                  Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, \
+                  AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores; ADAPTOR_CACHE_DIR \
+                  overrides the local cache folder (default ~/.cache/adaptor)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// More output: stage log lines as they are written.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    /// Less output: only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Local cache folder (fingerprints of external inputs, copies of remote artifacts).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct StoreArg {
+    /// Artifact store: a folder, s3://bucket/prefix or memory://. Overrides the manifest's [store].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build every stale stage instance of a manifest; skip what is up to date.
+    Run {
+        manifest: PathBuf,
+        /// Stage instances to run at once (default: number of CPUs).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Only these instances (name glob or stage name; repeatable), plus what they need.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+        /// Show what would run, run nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Rehash the content of external inputs instead of trusting unchanged file stats.
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// One line per stage instance: up-to-date / stale / missing / failed / running.
+    Status {
+        manifest: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Why a stage instance would re-run: which parameter, input or stage version changed.
+    Explain {
+        manifest: PathBuf,
+        /// Instance name (`train[vision=dinov2-s]`), or a stage name with a single instance.
+        stage: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Delete artifacts that none of the listed manifests reference.
+    Gc {
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// List what would be deleted, delete nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show an artifact: by key (or a unique prefix of one) or by the path of its folder.
+    Show {
+        target: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List the stage kinds this binary knows, with their parameters and inputs.
+    Stages,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn registry() -> StageRegistry {
+    let mut reg = StageRegistry::new();
+    reg.register(Arc::new(pipeline::builtin::CommandStage));
+    reg
+}
+
+fn cache_dir(cli: &Cli) -> PathBuf {
+    if let Some(d) = &cli.cache_dir {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("ADAPTOR_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) => PathBuf::from(x).join("adaptor"),
+        None => std::env::var_os("HOME").map_or_else(|| PathBuf::from(".adaptor-cache"), |h| PathBuf::from(h).join(".cache/adaptor")),
+    }
+}
+
+fn store_settings() -> StoreSettings {
+    StoreSettings { aws: std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect() }
+}
+
+/// `--store` beats the manifest's `[store]`, which beats `./artifacts`.
+fn store_url(arg: &StoreArg, plan: Option<&Plan>) -> Result<StoreUrl> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    if let Some(s) = &arg.store {
+        return StoreUrl::parse(s, &cwd).map_err(|m| anyhow!("--store: {m}"));
+    }
+    if let Some(url) = plan.and_then(|p| p.store.clone()) {
+        return Ok(url);
+    }
+    Ok(StoreUrl::Local(cwd.join("artifacts")))
+}
+
+fn open_store(url: &StoreUrl, cache: &Path) -> Result<Store> {
+    Store::open(url, &store_settings(), cache).with_context(|| format!("cannot open store {url}"))
+}
+
+fn load_plan(path: &Path, reg: &StageRegistry) -> Result<Plan> {
+    // Manifest errors already say file:line:col: key: what.
+    pipeline::plan::load(path, reg).map_err(|e| anyhow!("{e}"))
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let reg = registry();
+    let cache = cache_dir(&cli);
+    let fp_cache = FingerprintCache::new(&cache);
+    match &cli.command {
+        Command::Run { manifest, jobs, only, dry_run, verify, store } => {
+            let t0 = Instant::now();
+            let plan = load_plan(manifest, &reg)?;
+            let url = store_url(store, Some(&plan))?;
+            let store = open_store(&url, &cache)?;
+            let resolved = executor::resolve(&plan, &reg, &fp_cache, *verify)?;
+            for (e, fp) in plan.externals.iter().zip(&resolved.externals) {
+                if !fp.mismatched.is_empty() && !cli.quiet {
+                    eprintln!(
+                        "warning: {}: {} file(s) changed content without changing size or time: {}",
+                        e.reference(),
+                        fp.mismatched.len(),
+                        fp.mismatched.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let opts = RunOptions {
+                jobs: jobs.unwrap_or(cpus).max(1),
+                threads: cpus,
+                only: only.clone(),
+                dry_run: *dry_run,
+                host: String::new(),
+                ..RunOptions::default()
+            };
+            let cancel = Arc::new(AtomicBool::new(false));
+            {
+                let cancel = cancel.clone();
+                let _ = ctrlc::set_handler(move || {
+                    if cancel.swap(true, Ordering::SeqCst) {
+                        // A second Ctrl-C: stop now. Nothing partial is visible in the store.
+                        std::process::exit(130);
+                    }
+                    eprintln!("\ncancelling: stopping running stages (Ctrl-C again to quit at once)");
+                });
+            }
+            let display = Arc::new(display::Display::new(cli.verbose, cli.quiet));
+            let report = executor::run(&plan, &reg, &store, &resolved, &opts, display.clone(), cancel.clone())?;
+            display.finish();
+            if *dry_run {
+                let states = executor::states(&plan, &resolved, &store, opts.lease_secs)?;
+                for (name, outcome) in &report.outcomes {
+                    if let Outcome::NotRun { .. } = outcome {
+                        let i = plan.instance(name).expect("known");
+                        println!("would run  {}  {}  ({})", resolved.keys[i].short(), name, states[i].label());
+                    }
+                }
+                if report.outcomes.iter().all(|(_, o)| *o == Outcome::UpToDate) {
+                    println!("nothing to do: all {} instance(s) up to date", report.outcomes.len());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let failed: Vec<_> = report.failed().collect();
+            if !cli.quiet {
+                let up = report.outcomes.iter().filter(|(_, o)| *o == Outcome::UpToDate).count();
+                eprintln!(
+                    "{} ran, {} up to date, {} failed or not run ({:.2}s, store {})",
+                    report.ran(),
+                    up,
+                    failed.len(),
+                    t0.elapsed().as_secs_f64(),
+                    url
+                );
+            }
+            if failed.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (name, outcome) in &failed {
+                match outcome {
+                    Outcome::Failed { error, log } => {
+                        eprintln!("error: {name} failed: {error}");
+                        if !log.is_empty() {
+                            eprintln!("  log: {}", display_path(&url, log));
+                        }
+                    }
+                    Outcome::NotRun { because } => eprintln!("  not run: {name} (upstream {because} failed)"),
+                    Outcome::Cancelled => eprintln!("  cancelled: {name}"),
+                    _ => {}
+                }
+            }
+            Ok(ExitCode::from(1))
+        }
+        Command::Status { manifest, json, store } => {
+            let plan = load_plan(manifest, &reg)?;
+            let url = store_url(store, Some(&plan))?;
+            let store = open_store(&url, &cache)?;
+            let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
+            let states = executor::states(&plan, &resolved, &store, 60.0)?;
+            if *json {
+                let rows: Vec<serde_json::Value> = plan
+                    .instances
+                    .iter()
+                    .zip(&resolved.keys)
+                    .zip(&states)
+                    .map(|((inst, key), st)| {
+                        let mut row = serde_json::json!({
+                            "instance": inst.name, "kind": inst.kind, "state": st.label(), "key": key.as_str(),
+                        });
+                        match st {
+                            State::Stale { previous } => row["previous_key"] = previous.as_str().into(),
+                            State::Failed { error, log } => {
+                                row["error"] = error.as_str().into();
+                                row["log"] = display_path(&url, log).into();
+                            }
+                            State::Running { owner } => row["owner"] = owner.as_str().into(),
+                            _ => {}
+                        }
+                        row
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for ((inst, key), st) in plan.instances.iter().zip(&resolved.keys).zip(&states) {
+                    let detail = match st {
+                        State::Failed { error, .. } => format!("  ({})", first_line(error)),
+                        State::Running { owner } => format!("  (by {owner})"),
+                        State::Stale { previous } => format!("  (was {})", previous.short()),
+                        _ => String::new(),
+                    };
+                    println!("{:<10}  {}  {}{detail}", st.label(), key.short(), inst.name);
+                }
+                let up = states.iter().filter(|s| **s == State::UpToDate).count();
+                if up == states.len() {
+                    println!("all {} instance(s) up to date", states.len());
+                } else {
+                    println!("{up} of {} instance(s) up to date", states.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { manifest, stage, store } => {
+            let plan = load_plan(manifest, &reg)?;
+            let idx = match plan.instance(stage) {
+                Some(i) => i,
+                None => {
+                    let m = plan.select(stage);
+                    match m.as_slice() {
+                        [one] => *one,
+                        [] => bail!("{}: no stage instance named `{stage}`", manifest.display()),
+                        many => bail!(
+                            "`{stage}` matches {} instances; name one: {}",
+                            many.len(),
+                            many.iter().take(6).map(|&i| plan.instances[i].name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                }
+            };
+            let url = store_url(store, Some(&plan))?;
+            let store = open_store(&url, &cache)?;
+            let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
+            for line in pipeline::ops::explain(&plan, &resolved, &store, idx)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc { manifests, dry_run, store } => {
+            let mut referenced = HashSet::new();
+            let mut first_plan = None;
+            for m in manifests {
+                let plan = load_plan(m, &reg)?;
+                let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
+                for (inst, key) in plan.instances.iter().zip(resolved.keys) {
+                    referenced.insert((inst.kind.clone(), key));
+                }
+                first_plan.get_or_insert(plan);
+            }
+            let url = store_url(store, first_plan.as_ref())?;
+            let store = open_store(&url, &cache)?;
+            let report = pipeline::ops::gc(&store, &referenced, *dry_run)?;
+            let total: u64 = report.deleted.iter().map(|(_, b)| b).sum();
+            for (path, bytes) in &report.deleted {
+                println!("{} {path} ({})", if *dry_run { "would delete" } else { "deleted" }, human_bytes(*bytes));
+            }
+            println!(
+                "{} {} folder(s), {}; kept {} referenced artifact(s) in {url}",
+                if *dry_run { "would delete" } else { "deleted" },
+                report.deleted.len(),
+                human_bytes(total),
+                report.kept
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { target, store } => {
+            let url = store_url(store, None)?;
+            let (manifest, log) = find_artifact(target, &url, &cache)?;
+            print!("{}", display::describe_artifact(&manifest));
+            if cli.verbose {
+                if let Some(log) = log {
+                    println!("\nlog:\n{log}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stages => {
+            for stage in reg.iter() {
+                println!("{} (version {}): {}", stage.kind(), stage.version(), stage.about());
+                for p in stage.params() {
+                    let default = p.default.as_ref().map_or("required".to_string(), |d| format!("default {d}"));
+                    println!("  param {} ({}; {default}): {}", p.name, p.ty.describe(), p.doc);
+                }
+                for i in stage.inputs() {
+                    println!("  input {}{}: {}", i.name, if i.required { "" } else { " (optional)" }, i.doc);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Finds an artifact by folder path, by full key, or by a unique key prefix (6+ hex digits).
+fn find_artifact(target: &str, url: &StoreUrl, cache: &Path) -> Result<(ArtifactManifest, Option<String>)> {
+    let as_path = Path::new(target);
+    if as_path.exists() {
+        let dir = if as_path.is_file() { as_path.parent().unwrap_or(Path::new(".")) } else { as_path };
+        let text = std::fs::read_to_string(dir.join("_manifest.json"))
+            .with_context(|| format!("{} is not a complete artifact (no readable _manifest.json)", dir.display()))?;
+        let m: ArtifactManifest = serde_json::from_str(&text).with_context(|| format!("{}/_manifest.json", dir.display()))?;
+        let log = std::fs::read_to_string(dir.join("_log.txt")).ok();
+        return Ok((m, log));
+    }
+    if target.len() < 6 || !target.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("`{target}` is neither an artifact folder nor a key (6 or more hex digits)");
+    }
+    let store = open_store(url, cache)?;
+    let mut found = Vec::new();
+    for kind in store.list_dirs("")? {
+        if kind.starts_with('_') {
+            continue;
+        }
+        for key in store.list_dirs(&kind)? {
+            if key.starts_with(target) {
+                found.push((kind.clone(), key));
+            }
+        }
+    }
+    match found.as_slice() {
+        [] => bail!("no artifact with key {target}… in {url}"),
+        [(kind, key)] => {
+            let key = StageKey::parse(key).ok_or_else(|| anyhow!("{kind}/{key} is not a key folder"))?;
+            let m: ArtifactManifest = store
+                .get_json(&Store::manifest_path(kind, &key))?
+                .ok_or_else(|| anyhow!("{kind}/{} is not complete (no _manifest.json)", key.short()))?;
+            let log = store
+                .get(&format!("{}/_log.txt", Store::artifact_dir(kind, &key)))?
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            Ok((m, log))
+        }
+        many => bail!(
+            "key prefix {target} is ambiguous: {}",
+            many.iter().map(|(k, key)| format!("{k}/{key}")).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn display_path(url: &StoreUrl, rel: &str) -> String {
+    match url {
+        StoreUrl::Local(p) => p.join(rel).display().to_string(),
+        other => format!("{other}/{rel}"),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < UNITS.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
