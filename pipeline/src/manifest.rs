@@ -240,7 +240,7 @@ pub fn parse_toml(file: &Arc<SourceFile>) -> Result<Node> {
     let doc = toml_edit::ImDocument::parse(file.text.clone()).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let (line, col) = file.line_col(offset);
-        let message = e.message().trim().to_string();
+        let message = e.message().trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
         ManifestError {
             file: file.path.clone(),
             line,

@@ -625,7 +625,8 @@ pub fn render(v: &Value) -> String {
     match v {
         Value::Str(s) => s.clone(),
         Value::Int(i) => i.to_string(),
-        Value::Float(f) => format!("{f}"),
+        // `{:?}` keeps floats recognisable: `1.0`, `0.01`, `1e-5`.
+        Value::Float(f) => format!("{f:?}"),
         Value::Bool(b) => b.to_string(),
         other => other.to_string(),
     }

@@ -1,0 +1,99 @@
+//! Test stages for the runner's own tests: they record what they saw, so tests can check what ran.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pipeline::{
+    InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError, StageRegistry, Value,
+};
+
+/// Writes `out.txt` = its params plus the contents of its inputs' `out.txt`; counts its runs.
+pub struct Echo {
+    pub kind: &'static str,
+    pub version: u32,
+    pub runs: Arc<AtomicUsize>,
+}
+
+impl Stage for Echo {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn about(&self) -> &'static str {
+        "test stage"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::optional("lr", ParamType::Float, Value::Float(1e-3), "learning rate"),
+            ParamSpec::optional("seed", ParamType::Int, Value::Int(0), "seed"),
+            ParamSpec::optional("name", ParamType::Str, Value::Str("x".into()), "a name"),
+            ParamSpec::optional("fail", ParamType::Bool, Value::Bool(false), "fail on purpose"),
+            ParamSpec::optional("mode", ParamType::Choice(&["fast", "slow"]), Value::Str("fast".into()), "mode"),
+            ParamSpec::optional("extra", ParamType::Any, Value::Table(Default::default()), "anything"),
+            ParamSpec::optional("sleep_ms", ParamType::Int, Value::Int(0), "sleep before writing"),
+            ParamSpec::optional("panic", ParamType::Bool, Value::Bool(false), "panic on purpose"),
+        ]
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![
+            InputSpec::many("src", InputAccepts::Any, "upstream").optional(),
+            InputSpec::one("data", InputAccepts::Dataset, "a dataset").optional(),
+        ]
+    }
+    fn validate(&self, params: &pipeline::Params) -> Result<(), String> {
+        match params.get("lr").and_then(Value::as_f64) {
+            Some(lr) if lr <= 0.0 => Err(format!("lr must be positive, got {lr}")),
+            _ => Ok(()),
+        }
+    }
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if ctx.bool_param("panic")? {
+            panic!("index out of bounds on purpose");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(ctx.i64_param("sleep_ms")? as u64));
+        if ctx.bool_param("fail")? {
+            return Err("failing on purpose (row 7 of nothing.csv)".into());
+        }
+        let mut text = pipeline::value::canonical_params(ctx.params());
+        for a in ctx.inputs("src") {
+            text.push('\n');
+            text.push_str(&std::fs::read_to_string(a.path.join("out.txt"))?);
+        }
+        for a in ctx.inputs("data") {
+            for e in std::fs::read_dir(&a.path)? {
+                text.push_str(&std::fs::read_to_string(e?.path())?);
+            }
+        }
+        std::fs::create_dir_all(ctx.out_dir().join("sub"))?;
+        std::fs::write(ctx.out_dir().join("out.txt"), text)?;
+        std::fs::write(ctx.out_dir().join("sub/big.bin"), vec![7u8; 1000])?;
+        ctx.log("wrote out.txt");
+        Ok(())
+    }
+}
+
+pub struct Fixture {
+    pub reg: StageRegistry,
+    pub runs: Arc<AtomicUsize>,
+}
+
+pub fn registry(version: u32) -> Fixture {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut reg = StageRegistry::new();
+    reg.register(Arc::new(Echo { kind: "echo", version, runs: runs.clone() }));
+    reg.register(Arc::new(Echo { kind: "other", version: 1, runs: runs.clone() }));
+    Fixture { reg, runs }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    p
+}
