@@ -14,7 +14,10 @@ use crate::error::{ManifestError, Result};
 /// A manifest file's text, kept to turn byte offsets into lines.
 #[derive(Debug)]
 pub struct SourceFile {
+    /// As given (for messages).
     pub path: PathBuf,
+    /// The absolute folder of the file (for resolving relative paths).
+    dir: PathBuf,
     text: String,
 }
 
@@ -30,7 +33,7 @@ impl SourceFile {
 
     /// The folder relative paths in this file resolve against.
     pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
+        &self.dir
     }
 }
 
@@ -183,7 +186,8 @@ fn load_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Node> {
         key: String::new(),
         message: format!("cannot read manifest: {e}"),
     })?;
-    let file = Arc::new(SourceFile { path: path.to_path_buf(), text });
+    let dir = canonical.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let file = Arc::new(SourceFile { path: path.to_path_buf(), dir, text });
     let mut root = parse_toml(&file)?;
 
     let includes = match &mut root.value {
@@ -333,7 +337,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Node {
-        let file = Arc::new(SourceFile { path: "m.toml".into(), text: text.into() });
+        let file = Arc::new(SourceFile { path: "m.toml".into(), dir: "/".into(), text: text.into() });
         parse_toml(&file).unwrap()
     }
 

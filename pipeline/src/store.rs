@@ -483,7 +483,9 @@ impl Store {
         let manifest: ArtifactManifest = self.get_json(&Self::manifest_path(kind, key))?.ok_or_else(|| {
             Error::Artifact { what: format!("{}/{rel}", self.url), message: "is not complete (no _manifest.json)".into() }
         })?;
-        let tmp = self.cache_dir.join("artifacts").join(format!("{rel}.part-{}", std::process::id()));
+        static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.cache_dir.join("artifacts").join(format!("{rel}.part-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         for file in &manifest.files {
             let bytes = self.get(&format!("{rel}/{}", file.path))?.ok_or_else(|| Error::Artifact {
