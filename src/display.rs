@@ -20,8 +20,17 @@ pub struct Display {
 
 impl Display {
     pub fn new(verbose: bool, quiet: bool) -> Self {
-        let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
-        Display { multi: MultiProgress::with_draw_target(target), bars: Mutex::new(HashMap::new()), verbose, quiet }
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        Display {
+            multi: MultiProgress::with_draw_target(target),
+            bars: Mutex::new(HashMap::new()),
+            verbose,
+            quiet,
+        }
     }
 
     /// A line above the bars (or plain stderr when bars are not drawn).
@@ -49,7 +58,9 @@ fn bar_style(known_total: bool) -> ProgressStyle {
     } else {
         "{spinner} {prefix} {msg} {elapsed}"
     };
-    ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ")
 }
 
 impl ProgressSink for Display {
@@ -85,13 +96,18 @@ impl ProgressSink for Display {
                 bar.set_style(bar_style(false));
                 bar.set_prefix(instance.clone());
                 bar.enable_steady_tick(Duration::from_millis(120));
-                self.bars.lock().expect("bars").insert(instance.clone(), bar);
+                self.bars
+                    .lock()
+                    .expect("bars")
+                    .insert(instance.clone(), bar);
                 if self.verbose || self.multi.is_hidden() {
                     self.line(format!("start    {instance}  {}", key.short()));
                 }
             }
             RunEvent::Waiting { instance, owner } => {
-                self.line(format!("waiting  {instance}: another runner ({owner}) is building it"));
+                self.line(format!(
+                    "waiting  {instance}: another runner ({owner}) is building it"
+                ));
             }
             RunEvent::Finished { instance, outcome } => {
                 if let Some(bar) = self.bars.lock().expect("bars").remove(instance) {
@@ -100,12 +116,19 @@ impl ProgressSink for Display {
                 }
                 let text = match outcome {
                     Outcome::Ran { seconds } => format!("done     {instance}  ({seconds:.2}s)"),
-                    Outcome::BuiltElsewhere => format!("done     {instance}  (built by another runner)"),
+                    Outcome::BuiltElsewhere => {
+                        format!("done     {instance}  (built by another runner)")
+                    }
                     Outcome::UpToDate => format!("skip     {instance}  (up to date)"),
                     Outcome::Failed { error, .. } => {
-                        format!("FAILED   {instance}: {}", error.lines().next().unwrap_or(""))
+                        format!(
+                            "FAILED   {instance}: {}",
+                            error.lines().next().unwrap_or("")
+                        )
                     }
-                    Outcome::NotRun { because } => format!("not run  {instance}  (upstream {because} failed)"),
+                    Outcome::NotRun { because } => {
+                        format!("not run  {instance}  (upstream {because} failed)")
+                    }
                     Outcome::Cancelled => format!("cancel   {instance}"),
                 };
                 self.line(text);
@@ -141,14 +164,30 @@ pub fn describe_artifact(m: &ArtifactManifest) -> String {
         let _ = writeln!(s, "inputs");
         for (slot, recs) in &m.inputs {
             for r in recs {
-                let _ = writeln!(s, "  {slot} <- {} ({})", r.reference, &r.key[..12.min(r.key.len())]);
+                let _ = writeln!(
+                    s,
+                    "  {slot} <- {} ({})",
+                    r.reference,
+                    &r.key[..12.min(r.key.len())]
+                );
             }
         }
     }
     let total: u64 = m.files.iter().map(|f| f.bytes).sum();
-    let _ = writeln!(s, "files     {} ({})", m.files.len(), crate::human_bytes(total));
+    let _ = writeln!(
+        s,
+        "files     {} ({})",
+        m.files.len(),
+        crate::human_bytes(total)
+    );
     for f in &m.files {
-        let _ = writeln!(s, "  {:<40} {:>10}  {}", f.path, crate::human_bytes(f.bytes), &f.blake3[..12]);
+        let _ = writeln!(
+            s,
+            "  {:<40} {:>10}  {}",
+            f.path,
+            crate::human_bytes(f.bytes),
+            &f.blake3[..12]
+        );
     }
     s
 }

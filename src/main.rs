@@ -136,12 +136,19 @@ fn cache_dir(cli: &Cli) -> PathBuf {
     }
     match std::env::var_os("XDG_CACHE_HOME") {
         Some(x) => PathBuf::from(x).join("adaptor"),
-        None => std::env::var_os("HOME").map_or_else(|| PathBuf::from(".adaptor-cache"), |h| PathBuf::from(h).join(".cache/adaptor")),
+        None => std::env::var_os("HOME").map_or_else(
+            || PathBuf::from(".adaptor-cache"),
+            |h| PathBuf::from(h).join(".cache/adaptor"),
+        ),
     }
 }
 
 fn store_settings() -> StoreSettings {
-    StoreSettings { aws: std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect() }
+    StoreSettings {
+        aws: std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .collect(),
+    }
 }
 
 /// `--store` beats the manifest's `[store]`, which beats `./artifacts`.
@@ -170,7 +177,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let cache = cache_dir(&cli);
     let fp_cache = FingerprintCache::new(&cache);
     match &cli.command {
-        Command::Run { manifest, jobs, only, dry_run, verify, store } => {
+        Command::Run {
+            manifest,
+            jobs,
+            only,
+            dry_run,
+            verify,
+            store,
+        } => {
             let t0 = Instant::now();
             let plan = load_plan(manifest, &reg)?;
             let url = store_url(store, Some(&plan))?;
@@ -182,7 +196,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         "warning: {}: {} file(s) changed content without changing size or time: {}",
                         e.reference(),
                         fp.mismatched.len(),
-                        fp.mismatched.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                        fp.mismatched
+                            .iter()
+                            .take(5)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                 }
             }
@@ -203,28 +222,50 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         // A second Ctrl-C: stop now. Nothing partial is visible in the store.
                         std::process::exit(130);
                     }
-                    eprintln!("\ncancelling: stopping running stages (Ctrl-C again to quit at once)");
+                    eprintln!(
+                        "\ncancelling: stopping running stages (Ctrl-C again to quit at once)"
+                    );
                 });
             }
             let display = Arc::new(display::Display::new(cli.verbose, cli.quiet));
-            let report = executor::run(&plan, &reg, &store, &resolved, &opts, display.clone(), cancel.clone())?;
+            let report = executor::run(
+                &plan,
+                &reg,
+                &store,
+                &resolved,
+                &opts,
+                display.clone(),
+                cancel.clone(),
+            )?;
             display.finish();
             if *dry_run {
                 let states = executor::states(&plan, &resolved, &store, opts.lease_secs)?;
                 for (name, outcome) in &report.outcomes {
                     if let Outcome::NotRun { .. } = outcome {
                         let i = plan.instance(name).expect("known");
-                        println!("would run  {}  {}  ({})", resolved.keys[i].short(), name, states[i].label());
+                        println!(
+                            "would run  {}  {}  ({})",
+                            resolved.keys[i].short(),
+                            name,
+                            states[i].label()
+                        );
                     }
                 }
                 if report.outcomes.iter().all(|(_, o)| *o == Outcome::UpToDate) {
-                    println!("nothing to do: all {} instance(s) up to date", report.outcomes.len());
+                    println!(
+                        "nothing to do: all {} instance(s) up to date",
+                        report.outcomes.len()
+                    );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             let failed: Vec<_> = report.failed().collect();
             if !cli.quiet {
-                let up = report.outcomes.iter().filter(|(_, o)| *o == Outcome::UpToDate).count();
+                let up = report
+                    .outcomes
+                    .iter()
+                    .filter(|(_, o)| *o == Outcome::UpToDate)
+                    .count();
                 eprintln!(
                     "{} ran, {} up to date, {} failed or not run ({:.2}s, store {})",
                     report.ran(),
@@ -245,14 +286,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                             eprintln!("  log: {}", display_path(&url, log));
                         }
                     }
-                    Outcome::NotRun { because } => eprintln!("  not run: {name} (upstream {because} failed)"),
+                    Outcome::NotRun { because } => {
+                        eprintln!("  not run: {name} (upstream {because} failed)")
+                    }
                     Outcome::Cancelled => eprintln!("  cancelled: {name}"),
                     _ => {}
                 }
             }
             Ok(ExitCode::from(1))
         }
-        Command::Status { manifest, json, store } => {
+        Command::Status {
+            manifest,
+            json,
+            store,
+        } => {
             let plan = load_plan(manifest, &reg)?;
             let url = store_url(store, Some(&plan))?;
             let store = open_store(&url, &cache)?;
@@ -300,7 +347,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Explain { manifest, stage, store } => {
+        Command::Explain {
+            manifest,
+            stage,
+            store,
+        } => {
             let plan = load_plan(manifest, &reg)?;
             let idx = match plan.instance(stage) {
                 Some(i) => i,
@@ -312,7 +363,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         many => bail!(
                             "`{stage}` matches {} instances; name one: {}",
                             many.len(),
-                            many.iter().take(6).map(|&i| plan.instances[i].name.as_str()).collect::<Vec<_>>().join(", ")
+                            many.iter()
+                                .take(6)
+                                .map(|&i| plan.instances[i].name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     }
                 }
@@ -325,7 +380,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gc { manifests, dry_run, store } => {
+        Command::Gc {
+            manifests,
+            dry_run,
+            store,
+        } => {
             let mut referenced = HashSet::new();
             let mut first_plan = None;
             for m in manifests {
@@ -341,7 +400,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let report = pipeline::ops::gc(&store, &referenced, *dry_run)?;
             let total: u64 = report.deleted.iter().map(|(_, b)| b).sum();
             for (path, bytes) in &report.deleted {
-                println!("{} {path} ({})", if *dry_run { "would delete" } else { "deleted" }, human_bytes(*bytes));
+                println!(
+                    "{} {path} ({})",
+                    if *dry_run { "would delete" } else { "deleted" },
+                    human_bytes(*bytes)
+                );
             }
             println!(
                 "{} {} folder(s), {}; kept {} referenced artifact(s) in {url}",
@@ -365,13 +428,31 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Stages => {
             for stage in reg.iter() {
-                println!("{} (version {}): {}", stage.kind(), stage.version(), stage.about());
+                println!(
+                    "{} (version {}): {}",
+                    stage.kind(),
+                    stage.version(),
+                    stage.about()
+                );
                 for p in stage.params() {
-                    let default = p.default.as_ref().map_or("required".to_string(), |d| format!("default {d}"));
-                    println!("  param {} ({}; {default}): {}", p.name, p.ty.describe(), p.doc);
+                    let default = p
+                        .default
+                        .as_ref()
+                        .map_or("required".to_string(), |d| format!("default {d}"));
+                    println!(
+                        "  param {} ({}; {default}): {}",
+                        p.name,
+                        p.ty.describe(),
+                        p.doc
+                    );
                 }
                 for i in stage.inputs() {
-                    println!("  input {}{}: {}", i.name, if i.required { "" } else { " (optional)" }, i.doc);
+                    println!(
+                        "  input {}{}: {}",
+                        i.name,
+                        if i.required { "" } else { " (optional)" },
+                        i.doc
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -380,13 +461,26 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Finds an artifact by folder path, by full key, or by a unique key prefix (6+ hex digits).
-fn find_artifact(target: &str, url: &StoreUrl, cache: &Path) -> Result<(ArtifactManifest, Option<String>)> {
+fn find_artifact(
+    target: &str,
+    url: &StoreUrl,
+    cache: &Path,
+) -> Result<(ArtifactManifest, Option<String>)> {
     let as_path = Path::new(target);
     if as_path.exists() {
-        let dir = if as_path.is_file() { as_path.parent().unwrap_or(Path::new(".")) } else { as_path };
-        let text = std::fs::read_to_string(dir.join("_manifest.json"))
-            .with_context(|| format!("{} is not a complete artifact (no readable _manifest.json)", dir.display()))?;
-        let m: ArtifactManifest = serde_json::from_str(&text).with_context(|| format!("{}/_manifest.json", dir.display()))?;
+        let dir = if as_path.is_file() {
+            as_path.parent().unwrap_or(Path::new("."))
+        } else {
+            as_path
+        };
+        let text = std::fs::read_to_string(dir.join("_manifest.json")).with_context(|| {
+            format!(
+                "{} is not a complete artifact (no readable _manifest.json)",
+                dir.display()
+            )
+        })?;
+        let m: ArtifactManifest = serde_json::from_str(&text)
+            .with_context(|| format!("{}/_manifest.json", dir.display()))?;
         let log = std::fs::read_to_string(dir.join("_log.txt")).ok();
         return Ok((m, log));
     }
@@ -408,10 +502,13 @@ fn find_artifact(target: &str, url: &StoreUrl, cache: &Path) -> Result<(Artifact
     match found.as_slice() {
         [] => bail!("no artifact with key {target}… in {url}"),
         [(kind, key)] => {
-            let key = StageKey::parse(key).ok_or_else(|| anyhow!("{kind}/{key} is not a key folder"))?;
+            let key =
+                StageKey::parse(key).ok_or_else(|| anyhow!("{kind}/{key} is not a key folder"))?;
             let m: ArtifactManifest = store
                 .get_json(&Store::manifest_path(kind, &key))?
-                .ok_or_else(|| anyhow!("{kind}/{} is not complete (no _manifest.json)", key.short()))?;
+                .ok_or_else(|| {
+                    anyhow!("{kind}/{} is not complete (no _manifest.json)", key.short())
+                })?;
             let log = store
                 .get(&format!("{}/_log.txt", Store::artifact_dir(kind, &key)))?
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -419,7 +516,10 @@ fn find_artifact(target: &str, url: &StoreUrl, cache: &Path) -> Result<(Artifact
         }
         many => bail!(
             "key prefix {target} is ambiguous: {}",
-            many.iter().map(|(k, key)| format!("{k}/{key}")).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|(k, key)| format!("{k}/{key}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

@@ -22,7 +22,9 @@ struct Case {
 
 impl Case {
     fn new() -> Case {
-        Case { dir: tempfile::tempdir().unwrap() }
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -35,7 +37,9 @@ impl Case {
     }
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.args(args).current_dir(self.path()).env("ADAPTOR_CACHE_DIR", self.path().join("cache"));
+        c.args(args)
+            .current_dir(self.path())
+            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"));
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -55,7 +59,11 @@ impl Case {
 
 fn count_complete(store: &Path, kind: &str) -> usize {
     std::fs::read_dir(store.join(kind))
-        .map(|d| d.flatten().filter(|e| e.path().join("_manifest.json").is_file()).count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("_manifest.json").is_file())
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -69,7 +77,9 @@ fn a_stage_killed_mid_write_leaves_nothing_complete_and_runs_again() {
     );
     let flag = case.path().join("slow.flag");
     std::fs::write(&flag, "").unwrap();
-    let text = std::fs::read_to_string(case.path().join("m.toml")).unwrap().replace("FLAG_PATH", &flag.to_string_lossy());
+    let text = std::fs::read_to_string(case.path().join("m.toml"))
+        .unwrap()
+        .replace("FLAG_PATH", &flag.to_string_lossy());
     case.write("m.toml", &text);
 
     let mut child: Child = case
@@ -89,22 +99,37 @@ fn a_stage_killed_mid_write_leaves_nothing_complete_and_runs_again() {
         if partial {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "the stage never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stage never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // kill -9 the runner and its stage.
     unsafe { libc_kill(-(child.id() as i32), 9) };
     child.wait().unwrap();
 
-    assert_eq!(count_complete(&case.path().join("artifacts"), "command"), 0, "nothing may look complete");
+    assert_eq!(
+        count_complete(&case.path().join("artifacts"), "command"),
+        0,
+        "nothing may look complete"
+    );
     let status = case.ok(&["status", "m.toml"]);
     assert!(status.contains("missing"), "{status}");
 
     std::fs::remove_file(&flag).unwrap();
     let out = case.ok(&["run", "m.toml"]);
     assert!(out.contains("1 ran"), "{out}");
-    let dir = std::fs::read_dir(case.path().join("artifacts/command")).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "partial\ndone\n");
+    let dir = std::fs::read_dir(case.path().join("artifacts/command"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a.txt")).unwrap(),
+        "partial\ndone\n"
+    );
     // gc removes the dead runner's staging folder.
     let gc = case.ok(&["gc", "m.toml"]);
     assert!(gc.contains("_staging/"), "{gc}");
@@ -128,15 +153,35 @@ fn two_concurrent_processes_build_each_key_once() {
             log = log.display()
         ),
     );
-    let a = case.cmd(&["run", "m.toml", "-j", "3"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let b = case.cmd(&["run", "m.toml", "-j", "3"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let a = case
+        .cmd(&["run", "m.toml", "-j", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = case
+        .cmd(&["run", "m.toml", "-j", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() && b.status.success(), "{a:?}\n{b:?}");
-    let mut lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     lines.sort();
-    assert_eq!(lines, ["1", "2", "3", "4", "5", "6", "all"], "each key built exactly once");
+    assert_eq!(
+        lines,
+        ["1", "2", "3", "4", "5", "6", "all"],
+        "each key built exactly once"
+    );
     assert_eq!(count_complete(&case.path().join("artifacts"), "command"), 7);
-    assert!(case.ok(&["status", "m.toml"]).contains("all 7 instance(s) up to date"));
+    assert!(case
+        .ok(&["status", "m.toml"])
+        .contains("all 7 instance(s) up to date"));
 }
 
 #[test]
@@ -152,30 +197,64 @@ fn run_twice_then_change_one_parameter() {
     assert!(case.ok(&["run", "m.toml"]).contains("3 ran, 0 up to date"));
     let second = case.ok(&["run", "m.toml"]);
     assert!(second.contains("0 ran, 3 up to date"), "{second}");
-    assert!(case.ok(&["status", "m.toml"]).contains("all 3 instance(s) up to date"));
+    assert!(case
+        .ok(&["status", "m.toml"])
+        .contains("all 3 instance(s) up to date"));
 
     // Cosmetic edits change nothing.
     let text = std::fs::read_to_string(case.path().join("m.toml")).unwrap();
-    case.write("m.toml", &format!("# a comment\n\n{}", text.replace("seed = [0, 1]", "seed = [ 0 ,  1 ]  # seeds")));
+    case.write(
+        "m.toml",
+        &format!(
+            "# a comment\n\n{}",
+            text.replace("seed = [0, 1]", "seed = [ 0 ,  1 ]  # seeds")
+        ),
+    );
     assert!(case.ok(&["run", "m.toml"]).contains("0 ran, 3 up to date"));
 
     // A parameter change re-runs that instance only, and explain says why.
-    case.write("m.toml", &text.replace("echo $VAR_SEED >>", "echo seed=$VAR_SEED >>"));
+    case.write(
+        "m.toml",
+        &text.replace("echo $VAR_SEED >>", "echo seed=$VAR_SEED >>"),
+    );
     let explain = case.ok(&["explain", "m.toml", "b[seed=1]"]);
     assert!(explain.contains("parameter `run` changed"), "{explain}");
     let dry = case.ok(&["run", "m.toml", "--dry-run"]);
-    assert!(dry.contains("would run") && dry.contains("b[seed=0]") && !dry.contains("  a  "), "{dry}");
+    assert!(
+        dry.contains("would run") && dry.contains("b[seed=0]") && !dry.contains("  a  "),
+        "{dry}"
+    );
     let third = case.ok(&["run", "m.toml", "--only", "b[seed=1]"]);
     assert!(third.contains("1 ran, 1 up to date"), "{third}");
-    let json: serde_json::Value = serde_json::from_str(&case.ok(&["status", "m.toml", "--json"])).unwrap();
-    let states: Vec<(&str, &str)> =
-        json.as_array().unwrap().iter().map(|r| (r["instance"].as_str().unwrap(), r["state"].as_str().unwrap())).collect();
-    assert_eq!(states, [("a", "up-to-date"), ("b[seed=0]", "stale"), ("b[seed=1]", "up-to-date")]);
+    let json: serde_json::Value =
+        serde_json::from_str(&case.ok(&["status", "m.toml", "--json"])).unwrap();
+    let states: Vec<(&str, &str)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["instance"].as_str().unwrap(),
+                r["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", "up-to-date"),
+            ("b[seed=0]", "stale"),
+            ("b[seed=1]", "up-to-date")
+        ]
+    );
 
     // show by key prefix.
     let key = json[2]["key"].as_str().unwrap();
     let shown = case.ok(&["show", &key[..10]]);
-    assert!(shown.contains("instance  b[seed=1]") && shown.contains("vars = {seed = 1}"), "{shown}");
+    assert!(
+        shown.contains("instance  b[seed=1]") && shown.contains("vars = {seed = 1}"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -190,19 +269,37 @@ fn a_failing_stage_names_itself_and_its_log() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: bad failed: command `"), "{err}");
-    assert!(err.contains("exited with status 3: rows.csv: row 3: column label is empty"), "{err}");
-    assert!(err.contains("not run: after (upstream bad failed)"), "{err}");
-    let log_line = err.lines().find(|l| l.trim_start().starts_with("log: ")).unwrap();
+    assert!(
+        err.contains("exited with status 3: rows.csv: row 3: column label is empty"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not run: after (upstream bad failed)"),
+        "{err}"
+    );
+    let log_line = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("log: "))
+        .unwrap();
     let log = std::fs::read_to_string(log_line.trim_start().trim_start_matches("log: ")).unwrap();
-    assert!(log.contains("reading rows.csv") && log.contains("FAILED"), "{log}");
+    assert!(
+        log.contains("reading rows.csv") && log.contains("FAILED"),
+        "{log}"
+    );
     let status = case.ok(&["status", "m.toml"]);
-    assert!(status.contains("failed") && status.contains("up-to-date") && status.contains("missing"), "{status}");
+    assert!(
+        status.contains("failed") && status.contains("up-to-date") && status.contains("missing"),
+        "{status}"
+    );
 }
 
 #[test]
 fn bad_manifest_exits_2_with_file_line_and_key() {
     let case = Case::new();
-    case.write("m.toml", "[stages.s]\nkind = 'command'\nparams.run = 'true'\nparams.vrs = {}\n");
+    case.write(
+        "m.toml",
+        "[stages.s]\nkind = 'command'\nparams.run = 'true'\nparams.vrs = {}\n",
+    );
     let out = case.run(&["run", "m.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
@@ -227,12 +324,20 @@ impl Drop for Moto {
 
 fn moto_server() -> PathBuf {
     let p = repo().join(".venv/bin/moto_server");
-    assert!(p.exists(), "{} is missing: run `scripts/setup.sh` (it installs moto into .venv)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `scripts/setup.sh` (it installs moto into .venv)",
+        p.display()
+    );
     p
 }
 
 fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(moto_server())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -279,22 +384,42 @@ fn s3_round_trip_run_status_explain_gc() {
          [stages.use]\nkind = 'command'\nforeach = ['seed']\ninputs.deps = 'copy'\nparams = { run = 'wc -c < $IN_DEPS/big.bin > $OUT/n; echo ${seed} >> $OUT/n' }\n",
     );
     let go = |args: &[&str]| -> Output { s3_env(&mut case.cmd(args), moto.port).output().unwrap() };
-    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let text = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
 
     let first = go(&["run", "m.toml"]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(text(&first).contains("3 ran"), "{}", text(&first));
     assert!(!text(&first).contains("secret-that-must-not-leak"));
     let second = go(&["run", "m.toml"]);
-    assert!(text(&second).contains("0 ran, 3 up to date"), "{}", text(&second));
+    assert!(
+        text(&second).contains("0 ran, 3 up to date"),
+        "{}",
+        text(&second)
+    );
     let status = go(&["status", "m.toml"]);
-    assert!(text(&status).contains("all 3 instance(s) up to date"), "{}", text(&status));
+    assert!(
+        text(&status).contains("all 3 instance(s) up to date"),
+        "{}",
+        text(&status)
+    );
 
     // The downstream stage read the 20 MiB artifact back from S3.
-    let listing = http(moto.port, "GET", "/adaptor-test?list-type=2&prefix=runs/one/command/");
-    assert!(listing.contains("big.bin") && listing.contains("_manifest.json"), "{listing}");
+    let listing = http(
+        moto.port,
+        "GET",
+        "/adaptor-test?list-type=2&prefix=runs/one/command/",
+    );
+    assert!(
+        listing.contains("big.bin") && listing.contains("_manifest.json"),
+        "{listing}"
+    );
     let cached: Vec<_> = walk(&case.path().join("cache/artifacts"));
-    let big = cached.iter().find(|p| p.ends_with("big.bin")).expect("the upstream artifact was downloaded");
+    let big = cached
+        .iter()
+        .find(|p| p.ends_with("big.bin"))
+        .expect("the upstream artifact was downloaded");
     assert_eq!(std::fs::metadata(big).unwrap().len(), 20 << 20);
 
     // Change the seeds: one new instance, one gone; gc deletes the orphan from S3.
@@ -304,13 +429,25 @@ fn s3_round_trip_run_status_explain_gc() {
     assert!(text(&explain).contains("never built"), "{}", text(&explain));
     assert!(text(&go(&["run", "m.toml"])).contains("1 ran, 2 up to date"));
     let dry = go(&["gc", "m.toml", "--dry-run"]);
-    assert!(text(&dry).contains("would delete 1 folder(s)"), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("would delete 1 folder(s)"),
+        "{}",
+        text(&dry)
+    );
     let gc = go(&["gc", "m.toml"]);
-    assert!(text(&gc).contains("deleted 1 folder(s)") && text(&gc).contains("kept 3"), "{}", text(&gc));
+    assert!(
+        text(&gc).contains("deleted 1 folder(s)") && text(&gc).contains("kept 3"),
+        "{}",
+        text(&gc)
+    );
     assert!(text(&go(&["status", "m.toml"])).contains("all 3 instance(s) up to date"));
     // --store overrides the manifest: a fresh prefix has nothing.
     let other = go(&["status", "m.toml", "--store", "s3://adaptor-test/runs/two"]);
-    assert!(text(&other).contains("0 of 3 instance(s) up to date"), "{}", text(&other));
+    assert!(
+        text(&other).contains("0 of 3 instance(s) up to date"),
+        "{}",
+        text(&other)
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -351,7 +488,11 @@ fn s3_two_runners_commit_each_key_once() {
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() && b.status.success(), "{a:?}\n{b:?}");
-    let mut lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_string).collect();
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     lines.sort();
     assert_eq!(lines, ["1", "2", "3", "4"]);
 }

@@ -10,7 +10,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::stage::{InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError};
+use crate::stage::{
+    InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError,
+};
 use crate::value::Value;
 
 pub struct CommandStage;
@@ -41,7 +43,12 @@ impl Stage for CommandStage {
     }
 
     fn inputs(&self) -> Vec<InputSpec> {
-        vec![InputSpec::many("deps", InputAccepts::Any, "folders the command reads, exported as IN_DEPS_<i>").optional()]
+        vec![InputSpec::many(
+            "deps",
+            InputAccepts::Any,
+            "folders the command reads, exported as IN_DEPS_<i>",
+        )
+        .optional()]
     }
 
     fn validate(&self, params: &crate::value::Params) -> Result<(), String> {
@@ -49,7 +56,9 @@ impl Stage for CommandStage {
             Some(Value::Table(t)) => {
                 for (k, v) in t {
                     if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(format!("vars.{k}: names may use letters, digits and `_` only"));
+                        return Err(format!(
+                            "vars.{k}: names may use letters, digits and `_` only"
+                        ));
                     }
                     if matches!(v, Value::Table(_) | Value::Array(_)) {
                         return Err(format!("vars.{k}: expected a string, number or boolean"));
@@ -64,7 +73,10 @@ impl Stage for CommandStage {
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let script = ctx.str_param("run")?;
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script).env("OUT", ctx.out_dir()).env("THREADS", ctx.threads().to_string());
+        cmd.arg("-c")
+            .arg(script)
+            .env("OUT", ctx.out_dir())
+            .env("THREADS", ctx.threads().to_string());
         let deps = ctx.inputs("deps");
         for (i, a) in deps.iter().enumerate() {
             cmd.env(format!("IN_DEPS_{i}"), &a.path);
@@ -81,10 +93,15 @@ impl Stage for CommandStage {
                 cmd.env(format!("VAR_{}", k.to_ascii_uppercase()), text);
             }
         }
-        cmd.current_dir(ctx.out_dir()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.current_dir(ctx.out_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // Its own process group: a terminal's Ctrl-C reaches the runner, which then stops it.
         cmd.process_group(0);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start `sh -c {script:?}`: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start `sh -c {script:?}`: {e}"))?;
 
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -123,7 +140,9 @@ impl Stage for CommandStage {
         }
         if !status.success() {
             let tail: Vec<String> = tail.into_inner().expect("tail").into_iter().collect();
-            let code = status.code().map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
+            let code = status
+                .code()
+                .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
             let mut msg = format!("command `{script}` exited with {code}");
             if !tail.is_empty() {
                 msg.push_str(": ");

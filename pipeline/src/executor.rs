@@ -44,21 +44,37 @@ pub fn external_digest(plan: &Plan, idx: usize, fp: &Fingerprint) -> String {
 }
 
 /// Fingerprints the external inputs (in parallel) and computes every instance's key.
-pub fn resolve(plan: &Plan, registry: &StageRegistry, cache: &FingerprintCache, verify: bool) -> Result<Resolved> {
+pub fn resolve(
+    plan: &Plan,
+    registry: &StageRegistry,
+    cache: &FingerprintCache,
+    verify: bool,
+) -> Result<Resolved> {
     let externals: Vec<Fingerprint> = plan
         .externals
         .par_iter()
         .map(|e| {
             cache.fingerprint(&e.path, verify).map_err(|err| {
-                Error::Other(format!("{} ({}): cannot fingerprint {}: {err}", e.reference(), e.kind, e.path.display()))
+                Error::Other(format!(
+                    "{} ({}): cannot fingerprint {}: {err}",
+                    e.reference(),
+                    e.kind,
+                    e.path.display()
+                ))
             })
         })
         .collect::<Result<_>>()?;
-    let digests: Vec<String> = externals.iter().enumerate().map(|(i, fp)| external_digest(plan, i, fp)).collect();
+    let digests: Vec<String> = externals
+        .iter()
+        .enumerate()
+        .map(|(i, fp)| external_digest(plan, i, fp))
+        .collect();
     let mut keys: Vec<StageKey> = Vec::with_capacity(plan.instances.len());
     let mut recipes = Vec::with_capacity(plan.instances.len());
     for inst in &plan.instances {
-        let stage = registry.get(&inst.kind).expect("plans only hold registered kinds");
+        let stage = registry
+            .get(&inst.kind)
+            .expect("plans only hold registered kinds");
         let inputs = inst
             .inputs
             .iter()
@@ -74,11 +90,20 @@ pub fn resolve(plan: &Plan, registry: &StageRegistry, cache: &FingerprintCache, 
                 (slot.clone(), ks)
             })
             .collect();
-        let recipe = KeyRecipe { kind: inst.kind.clone(), version: stage.version(), params: inst.params.clone(), inputs };
+        let recipe = KeyRecipe {
+            kind: inst.kind.clone(),
+            version: stage.version(),
+            params: inst.params.clone(),
+            inputs,
+        };
         keys.push(recipe.key());
         recipes.push(recipe);
     }
-    Ok(Resolved { keys, recipes, externals })
+    Ok(Resolved {
+        keys,
+        recipes,
+        externals,
+    })
 }
 
 /// Where an instance stands against the store.
@@ -86,13 +111,20 @@ pub fn resolve(plan: &Plan, registry: &StageRegistry, cache: &FingerprintCache, 
 pub enum State {
     UpToDate,
     /// Built before under another key (something changed since).
-    Stale { previous: StageKey },
+    Stale {
+        previous: StageKey,
+    },
     /// Never built.
     Missing,
     /// The last attempt at this key failed.
-    Failed { error: String, log: String },
+    Failed {
+        error: String,
+        log: String,
+    },
     /// Another runner holds the lease.
-    Running { owner: String },
+    Running {
+        owner: String,
+    },
 }
 
 impl State {
@@ -112,7 +144,12 @@ impl State {
 }
 
 /// The state of each listed instance (all of the plan when `which` is `None`).
-pub fn states(plan: &Plan, resolved: &Resolved, store: &Store, lease_secs: f64) -> Result<Vec<State>> {
+pub fn states(
+    plan: &Plan,
+    resolved: &Resolved,
+    store: &Store,
+    lease_secs: f64,
+) -> Result<Vec<State>> {
     let items: Vec<(String, StageKey)> = plan
         .instances
         .iter()
@@ -135,11 +172,16 @@ pub fn states(plan: &Plan, resolved: &Resolved, store: &Store, lease_secs: f64) 
         }
         let failed_dir = Store::failed_dir(kind, key);
         if let Some(err) = store.get_json::<FailureRecord>(&format!("{failed_dir}/_error.json"))? {
-            out.push(State::Failed { error: err.error, log: format!("{failed_dir}/_log.txt") });
+            out.push(State::Failed {
+                error: err.error,
+                log: format!("{failed_dir}/_log.txt"),
+            });
             continue;
         }
-        let entry: Option<IndexEntry> =
-            store.get_json(&Store::index_path(&plan.manifest_id, &plan.instances[idx].name))?;
+        let entry: Option<IndexEntry> = store.get_json(&Store::index_path(
+            &plan.manifest_id,
+            &plan.instances[idx].name,
+        ))?;
         out.push(match entry {
             Some(e) if e.key != *key => State::Stale { previous: e.key },
             _ => State::Missing,
@@ -170,12 +212,19 @@ pub enum RunEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     UpToDate,
-    Ran { seconds: f64 },
+    Ran {
+        seconds: f64,
+    },
     /// Another runner completed it while we waited.
     BuiltElsewhere,
-    Failed { error: String, log: String },
+    Failed {
+        error: String,
+        log: String,
+    },
     /// An upstream instance failed.
-    NotRun { because: String },
+    NotRun {
+        because: String,
+    },
     Cancelled,
 }
 
@@ -219,23 +268,38 @@ impl RunReport {
     pub fn failed(&self) -> impl Iterator<Item = (&str, &Outcome)> {
         self.outcomes
             .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Failed { .. } | Outcome::NotRun { .. } | Outcome::Cancelled))
+            .filter(|(_, o)| {
+                matches!(
+                    o,
+                    Outcome::Failed { .. } | Outcome::NotRun { .. } | Outcome::Cancelled
+                )
+            })
             .map(|(n, o)| (n.as_str(), o))
     }
 
     pub fn ran(&self) -> usize {
-        self.outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Ran { .. })).count()
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Ran { .. }))
+            .count()
     }
 }
 
 pub fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn pid_alive(pid: u32) -> bool {
     // Zombies count as dead: a killed runner may linger unreaped.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X"),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
         Err(_) => false,
     }
 }
@@ -267,7 +331,13 @@ struct Leases {
 
 impl Leases {
     fn refresh(&self, store: &Store) {
-        let held: Vec<(String, Lease)> = self.held.lock().expect("lease lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let held: Vec<(String, Lease)> = self
+            .held
+            .lock()
+            .expect("lease lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (path, mut lease) in held {
             lease.heartbeat_unix = now_unix();
             let _ = store.put_json(&path, &lease, false);
@@ -292,41 +362,72 @@ pub fn run(
         for pattern in &opts.only {
             let m = plan.select(pattern);
             if m.is_empty() {
-                return Err(Error::NoSuchInstance { pattern: pattern.clone(), hint: hint(plan) });
+                return Err(Error::NoSuchInstance {
+                    pattern: pattern.clone(),
+                    hint: hint(plan),
+                });
             }
             targets.extend(m);
         }
         plan.closure(&targets)
     };
     let all_states = states(plan, resolved, store, opts.lease_secs)?;
-    let to_run: Vec<usize> = selected.iter().copied().filter(|&i| all_states[i].needs_run()).collect();
-    sink.event(&RunEvent::Planned { to_run: to_run.len(), up_to_date: selected.len() - to_run.len() });
+    let to_run: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|&i| all_states[i].needs_run())
+        .collect();
+    sink.event(&RunEvent::Planned {
+        to_run: to_run.len(),
+        up_to_date: selected.len() - to_run.len(),
+    });
 
-    let mut outcomes: BTreeMap<usize, Outcome> =
-        selected.iter().filter(|&&i| !all_states[i].needs_run()).map(|&i| (i, Outcome::UpToDate)).collect();
+    let mut outcomes: BTreeMap<usize, Outcome> = selected
+        .iter()
+        .filter(|&&i| !all_states[i].needs_run())
+        .map(|&i| (i, Outcome::UpToDate))
+        .collect();
     if opts.dry_run || to_run.is_empty() {
         if opts.dry_run {
             for &i in &to_run {
-                outcomes.insert(i, Outcome::NotRun { because: format!("dry run ({})", all_states[i].label()) });
+                outcomes.insert(
+                    i,
+                    Outcome::NotRun {
+                        because: format!("dry run ({})", all_states[i].label()),
+                    },
+                );
             }
         }
         return Ok(report(plan, outcomes));
     }
 
-    let host = if opts.host.is_empty() { local_host() } else { opts.host.clone() };
-    let leases = Arc::new(Leases { held: Mutex::new(HashMap::new()) });
+    let host = if opts.host.is_empty() {
+        local_host()
+    } else {
+        opts.host.clone()
+    };
+    let leases = Arc::new(Leases {
+        held: Mutex::new(HashMap::new()),
+    });
     let pending: Vec<usize> = to_run.clone();
     let mut waiting_on: HashMap<usize, usize> = HashMap::new(); // instance -> stale deps left
     let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
     let run_set: std::collections::HashSet<usize> = to_run.iter().copied().collect();
     for &i in &pending {
-        let deps: Vec<usize> = plan.instances[i].deps().filter(|d| run_set.contains(d)).collect();
+        let deps: Vec<usize> = plan.instances[i]
+            .deps()
+            .filter(|d| run_set.contains(d))
+            .collect();
         waiting_on.insert(i, deps.len());
         for d in deps {
             dependents.entry(d).or_default().push(i);
         }
     }
-    let mut ready: Vec<usize> = pending.iter().copied().filter(|i| waiting_on[i] == 0).collect();
+    let mut ready: Vec<usize> = pending
+        .iter()
+        .copied()
+        .filter(|i| waiting_on[i] == 0)
+        .collect();
     ready.reverse(); // pop() takes them in plan order
     let threads_each = (opts.threads / opts.jobs.max(1)).max(1);
     let stop_heartbeat = Arc::new(AtomicBool::new(false));
@@ -360,9 +461,27 @@ pub fn run(
                 let leases = leases.clone();
                 let host = host.clone();
                 scope.spawn(move || {
-                    let outcome = build_one(plan, registry, store, resolved, i, opts, &host, threads_each, &leases, sink.clone(), cancel)
-                        .unwrap_or_else(|e| Outcome::Failed { error: e.to_string(), log: String::new() });
-                    sink.event(&RunEvent::Finished { instance: plan.instances[i].name.clone(), outcome: outcome.clone() });
+                    let outcome = build_one(
+                        plan,
+                        registry,
+                        store,
+                        resolved,
+                        i,
+                        opts,
+                        &host,
+                        threads_each,
+                        &leases,
+                        sink.clone(),
+                        cancel,
+                    )
+                    .unwrap_or_else(|e| Outcome::Failed {
+                        error: e.to_string(),
+                        log: String::new(),
+                    });
+                    sink.event(&RunEvent::Finished {
+                        instance: plan.instances[i].name.clone(),
+                        outcome: outcome.clone(),
+                    });
                     let _ = tx.send((i, outcome));
                 });
             }
@@ -376,7 +495,10 @@ pub fn run(
             let (i, outcome) = rx.recv().expect("a worker is running");
             running -= 1;
             left -= 1;
-            let ok = matches!(outcome, Outcome::Ran { .. } | Outcome::BuiltElsewhere | Outcome::UpToDate);
+            let ok = matches!(
+                outcome,
+                Outcome::Ran { .. } | Outcome::BuiltElsewhere | Outcome::UpToDate
+            );
             outcomes.insert(i, outcome);
             if ok {
                 for &d in dependents.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
@@ -393,9 +515,17 @@ pub fn run(
                     if outcomes.contains_key(&d) {
                         continue;
                     }
-                    outcomes.insert(d, Outcome::NotRun { because: plan.instances[i].name.clone() });
+                    outcomes.insert(
+                        d,
+                        Outcome::NotRun {
+                            because: plan.instances[i].name.clone(),
+                        },
+                    );
                     left -= 1;
-                    sink.event(&RunEvent::Finished { instance: plan.instances[d].name.clone(), outcome: outcomes[&d].clone() });
+                    sink.event(&RunEvent::Finished {
+                        instance: plan.instances[d].name.clone(),
+                        outcome: outcomes[&d].clone(),
+                    });
                     stack.extend(dependents.get(&d).cloned().unwrap_or_default());
                 }
             }
@@ -407,7 +537,12 @@ pub fn run(
 }
 
 fn hint(plan: &Plan) -> String {
-    let names: Vec<&str> = plan.instances.iter().map(|i| i.name.as_str()).take(6).collect();
+    let names: Vec<&str> = plan
+        .instances
+        .iter()
+        .map(|i| i.name.as_str())
+        .take(6)
+        .collect();
     if names.is_empty() {
         String::new()
     } else {
@@ -416,7 +551,12 @@ fn hint(plan: &Plan) -> String {
 }
 
 fn report(plan: &Plan, outcomes: BTreeMap<usize, Outcome>) -> RunReport {
-    RunReport { outcomes: outcomes.into_iter().map(|(i, o)| (plan.instances[i].name.clone(), o)).collect() }
+    RunReport {
+        outcomes: outcomes
+            .into_iter()
+            .map(|(i, o)| (plan.instances[i].name.clone(), o))
+            .collect(),
+    }
 }
 
 /// Takes the lease of a key, waiting while a live runner holds it. `Ok(false)` if the artifact
@@ -450,11 +590,17 @@ fn acquire(
             }
             Some(other) => {
                 if !announced {
-                    sink.event(&RunEvent::Waiting { instance: lease.instance.clone(), owner: other.owner });
+                    sink.event(&RunEvent::Waiting {
+                        instance: lease.instance.clone(),
+                        owner: other.owner,
+                    });
                     announced = true;
                 }
                 if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Other(format!("{}: cancelled while waiting for another runner", lease.instance)));
+                    return Err(Error::Other(format!(
+                        "{}: cancelled while waiting for another runner",
+                        lease.instance
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -480,7 +626,13 @@ fn build_one(
     let inst = &plan.instances[idx];
     let key = &resolved.keys[idx];
     let stage = registry.get(&inst.kind).expect("registered");
-    let nonce = format!("{}-{}-{}-{:x}", inst.kind, key.short(), std::process::id(), blake3::hash(format!("{}{}", now_unix(), idx).as_bytes()).as_bytes()[0]);
+    let nonce = format!(
+        "{}-{}-{}-{:x}",
+        inst.kind,
+        key.short(),
+        std::process::id(),
+        blake3::hash(format!("{}{}", now_unix(), idx).as_bytes()).as_bytes()[0]
+    );
     let lease = Lease {
         owner: format!("{host}:{}", std::process::id()),
         host: host.to_string(),
@@ -488,12 +640,36 @@ fn build_one(
         instance: inst.name.clone(),
         heartbeat_unix: now_unix(),
     };
-    if !acquire(store, &inst.kind, key, &lease, opts.lease_secs, sink.as_ref(), &cancel)? {
+    if !acquire(
+        store,
+        &inst.kind,
+        key,
+        &lease,
+        opts.lease_secs,
+        sink.as_ref(),
+        &cancel,
+    )? {
         return Ok(Outcome::BuiltElsewhere);
     }
     let lock_path = Store::lock_path(&inst.kind, key);
-    leases.held.lock().expect("lease lock").insert(lock_path.clone(), lease);
-    let result = build_locked(plan, stage.as_ref(), store, resolved, idx, opts, host, threads, &nonce, sink.clone(), cancel);
+    leases
+        .held
+        .lock()
+        .expect("lease lock")
+        .insert(lock_path.clone(), lease);
+    let result = build_locked(
+        plan,
+        stage.as_ref(),
+        store,
+        resolved,
+        idx,
+        opts,
+        host,
+        threads,
+        &nonce,
+        sink.clone(),
+        cancel,
+    );
     leases.held.lock().expect("lease lock").remove(&lock_path);
     let released = store.delete(&lock_path);
     let outcome = result?;
@@ -517,7 +693,10 @@ fn build_locked(
 ) -> Result<Outcome> {
     let inst = &plan.instances[idx];
     let key = &resolved.keys[idx];
-    sink.event(&RunEvent::Started { instance: inst.name.clone(), key: key.clone() });
+    sink.event(&RunEvent::Started {
+        instance: inst.name.clone(),
+        key: key.clone(),
+    });
     let started_unix = now_unix();
     let clock = Instant::now();
 
@@ -553,14 +732,21 @@ fn build_locked(
                     (
                         InputArtifact {
                             path: store.local_artifact(&up.kind, up_key)?,
-                            origin: InputOrigin::Stage { kind: up.kind.clone(), instance: up.name.clone(), key: up_key.clone() },
+                            origin: InputOrigin::Stage {
+                                kind: up.kind.clone(),
+                                instance: up.name.clone(),
+                                key: up_key.clone(),
+                            },
                         },
                         up.name.clone(),
                     )
                 }
             };
             inputs.entry(slot.clone()).or_default().push(artifact);
-            records.entry(slot.clone()).or_default().push(InputRecord { reference, key: k.clone() });
+            records.entry(slot.clone()).or_default().push(InputRecord {
+                reference,
+                key: k.clone(),
+            });
         }
     }
 
@@ -593,7 +779,11 @@ fn build_locked(
         )),
     };
     if let Some(error) = error {
-        let error = if cancel.load(Ordering::Relaxed) { format!("cancelled: {error}") } else { error };
+        let error = if cancel.load(Ordering::Relaxed) {
+            format!("cancelled: {error}")
+        } else {
+            error
+        };
         ctx.log(format!("FAILED: {error}"));
         drop(ctx);
         let failed = Store::failed_dir(&inst.kind, key);
@@ -601,7 +791,12 @@ fn build_locked(
         store.upload_file(&log_path, &log_rel)?;
         store.put_json(
             &format!("{failed}/_error.json"),
-            &FailureRecord { instance: inst.name.clone(), error: error.clone(), unix: now_unix(), host: host.to_string() },
+            &FailureRecord {
+                instance: inst.name.clone(),
+                error: error.clone(),
+                unix: now_unix(),
+                host: host.to_string(),
+            },
             false,
         )?;
         store.put_json(
@@ -621,7 +816,10 @@ fn build_locked(
         if cancel.load(Ordering::Relaxed) {
             return Ok(Outcome::Cancelled);
         }
-        return Ok(Outcome::Failed { error, log: log_rel });
+        return Ok(Outcome::Failed {
+            error,
+            log: log_rel,
+        });
     }
     let seconds = clock.elapsed().as_secs_f64();
     ctx.log(format!("finished in {seconds:.2}s"));

@@ -72,7 +72,10 @@ impl FingerprintCache {
     fn paths(&self, root: &Path) -> (PathBuf, PathBuf) {
         let id = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
         let base = self.dir.join("fingerprints");
-        (base.join(format!("{}.head.json", &id[..32])), base.join(format!("{}.files.json", &id[..32])))
+        (
+            base.join(format!("{}.head.json", &id[..32])),
+            base.join(format!("{}.files.json", &id[..32])),
+        )
     }
 
     /// Fingerprints `root` (a folder or a single file).
@@ -110,7 +113,11 @@ impl FingerprintCache {
                 match (prev, verify) {
                     (Some(p), false) => Ok((p.clone(), false, false)),
                     (prev, _) => {
-                        let full = if stat.path.is_empty() { root.clone() } else { root.join(&stat.path) };
+                        let full = if stat.path.is_empty() {
+                            root.clone()
+                        } else {
+                            root.join(&stat.path)
+                        };
                         let hash = hash_file(&full, stat.size)?;
                         let mismatch = prev.is_some_and(|p| p.hash != hash);
                         Ok((CachedFile { stat, hash }, true, mismatch))
@@ -140,11 +147,23 @@ impl FingerprintCache {
         let digest = hasher.finalize().to_hex().to_string();
 
         let entries: Vec<CachedFile> = hashed.into_iter().map(|(f, _, _)| f).collect();
-        let head = CacheHead { root: root.clone(), stat_digest, content_digest: digest.clone(), files, bytes };
+        let head = CacheHead {
+            root: root.clone(),
+            stat_digest,
+            content_digest: digest.clone(),
+            files,
+            bytes,
+        };
         // The cache is an optimisation: failing to write it must not fail the run.
         let _ = write_json(&files_path, &entries).and_then(|_| write_json(&head_path, &head));
 
-        Ok(Fingerprint { digest, files, bytes, rehashed, mismatched })
+        Ok(Fingerprint {
+            digest,
+            files,
+            bytes,
+            rehashed,
+            mismatched,
+        })
     }
 }
 
@@ -197,9 +216,17 @@ fn walk_dir(dir: &Path, rel: &str, depth: usize) -> Result<Vec<FileStat>> {
         let entry = entry.at(dir)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let child_rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
         let ft = entry.file_type().at(&path)?;
-        let is_dir = if ft.is_symlink() { fs::metadata(&path).at(&path)?.is_dir() } else { ft.is_dir() };
+        let is_dir = if ft.is_symlink() {
+            fs::metadata(&path).at(&path)?.is_dir()
+        } else {
+            ft.is_dir()
+        };
         if is_dir {
             dirs.push((path, child_rel));
         } else {
@@ -221,7 +248,13 @@ fn walk_dir(dir: &Path, rel: &str, depth: usize) -> Result<Vec<FileStat>> {
 fn stat_digest(stats: &[FileStat]) -> String {
     let mut h = blake3::Hasher::new();
     for s in stats {
-        h.update(format!("{}\0{}\0{}\0{}\0{}\n", s.path, s.size, s.mtime_ns, s.ctime_ns, s.ino).as_bytes());
+        h.update(
+            format!(
+                "{}\0{}\0{}\0{}\0{}\n",
+                s.path, s.size, s.mtime_ns, s.ctime_ns, s.ino
+            )
+            .as_bytes(),
+        );
     }
     h.finalize().to_hex().to_string()
 }

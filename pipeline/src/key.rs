@@ -23,8 +23,10 @@ impl StageKey {
 
     /// Parses a full 64-hex-digit key.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then(|| StageKey(s.to_string()))
+        (s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| StageKey(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -186,8 +186,14 @@ fn load_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Node> {
         key: String::new(),
         message: format!("cannot read manifest: {e}"),
     })?;
-    let dir = canonical.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-    let file = Arc::new(SourceFile { path: path.to_path_buf(), dir, text });
+    let dir = canonical
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let file = Arc::new(SourceFile {
+        path: path.to_path_buf(),
+        dir,
+        text,
+    });
     let mut root = parse_toml(&file)?;
 
     let includes = match &mut root.value {
@@ -203,7 +209,13 @@ fn load_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Node> {
         _ => {
             return Err(includes
                 .loc
-                .error("include", format!("expected an array of file paths, found {}", includes.type_name()))
+                .error(
+                    "include",
+                    format!(
+                        "expected an array of file paths, found {}",
+                        includes.type_name()
+                    ),
+                )
                 .into())
         }
     };
@@ -213,14 +225,20 @@ fn load_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Node> {
         let Some(rel) = item.as_str() else {
             return Err(item
                 .loc
-                .error(&format!("include[{i}]"), format!("expected a file path, found {}", item.type_name()))
+                .error(
+                    &format!("include[{i}]"),
+                    format!("expected a file path, found {}", item.type_name()),
+                )
                 .into());
         };
         let target = file.dir().join(rel);
         if !target.exists() {
             return Err(item
                 .loc
-                .error(&format!("include[{i}]"), format!("included file {} does not exist", target.display()))
+                .error(
+                    &format!("include[{i}]"),
+                    format!("included file {} does not exist", target.display()),
+                )
                 .into());
         }
         let node = load_inner(&target, stack)?;
@@ -244,7 +262,13 @@ pub fn parse_toml(file: &Arc<SourceFile>) -> Result<Node> {
     let doc = toml_edit::ImDocument::parse(file.text.clone()).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let (line, col) = file.line_col(offset);
-        let message = e.message().trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
+        let message = e
+            .message()
+            .trim()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ");
         ManifestError {
             file: file.path.clone(),
             line,
@@ -257,7 +281,10 @@ pub fn parse_toml(file: &Arc<SourceFile>) -> Result<Node> {
 }
 
 fn loc(file: &Arc<SourceFile>, span: Option<std::ops::Range<usize>>, fallback: usize) -> Loc {
-    Loc { file: file.clone(), offset: span.map_or(fallback, |s| s.start) }
+    Loc {
+        file: file.clone(),
+        offset: span.map_or(fallback, |s| s.start),
+    }
 }
 
 fn join_key(prefix: &str, key: &str) -> String {
@@ -281,13 +308,24 @@ fn convert_table(
         let key_path = join_key(path, k);
         let node = convert_item(file, item, key_loc.offset, &key_path)?;
         // Point at the key, which is where a reader looks for `lr = ...`.
-        let node = Node { loc: key_loc, ..node };
+        let node = Node {
+            loc: key_loc,
+            ..node
+        };
         out.insert(k.to_string(), node);
     }
-    Ok(Node { value: NodeValue::Table(out), loc: loc(file, None, offset) })
+    Ok(Node {
+        value: NodeValue::Table(out),
+        loc: loc(file, None, offset),
+    })
 }
 
-fn convert_item(file: &Arc<SourceFile>, item: &toml_edit::Item, offset: usize, path: &str) -> Result<Node> {
+fn convert_item(
+    file: &Arc<SourceFile>,
+    item: &toml_edit::Item,
+    offset: usize,
+    path: &str,
+) -> Result<Node> {
     use toml_edit::Item;
     match item {
         Item::Value(v) => convert_value(file, v, offset, path),
@@ -295,15 +333,31 @@ fn convert_item(file: &Arc<SourceFile>, item: &toml_edit::Item, offset: usize, p
         Item::ArrayOfTables(a) => {
             let mut items = Vec::new();
             for t in a.iter() {
-                items.push(convert_table(file, t, t.span().map_or(offset, |s| s.start), path)?);
+                items.push(convert_table(
+                    file,
+                    t,
+                    t.span().map_or(offset, |s| s.start),
+                    path,
+                )?);
             }
-            Ok(Node { value: NodeValue::Array(items), loc: loc(file, a.span(), offset) })
+            Ok(Node {
+                value: NodeValue::Array(items),
+                loc: loc(file, a.span(), offset),
+            })
         }
-        Item::None => Ok(Node { value: NodeValue::Table(BTreeMap::new()), loc: loc(file, None, offset) }),
+        Item::None => Ok(Node {
+            value: NodeValue::Table(BTreeMap::new()),
+            loc: loc(file, None, offset),
+        }),
     }
 }
 
-fn convert_value(file: &Arc<SourceFile>, v: &toml_edit::Value, offset: usize, path: &str) -> Result<Node> {
+fn convert_value(
+    file: &Arc<SourceFile>,
+    v: &toml_edit::Value,
+    offset: usize,
+    path: &str,
+) -> Result<Node> {
     use toml_edit::Value as V;
     let here = loc(file, v.span(), offset);
     let value = match v {
@@ -312,22 +366,33 @@ fn convert_value(file: &Arc<SourceFile>, v: &toml_edit::Value, offset: usize, pa
         V::Float(f) => {
             let x = *f.value();
             if !x.is_finite() {
-                return Err(here.error(path, "nan and inf are not allowed in manifests").into());
+                return Err(here
+                    .error(path, "nan and inf are not allowed in manifests")
+                    .into());
             }
             NodeValue::Float(x)
         }
         V::Boolean(b) => NodeValue::Bool(*b.value()),
         V::Datetime(_) => {
-            return Err(here.error(path, "dates and times are not supported in manifests").into())
+            return Err(here
+                .error(path, "dates and times are not supported in manifests")
+                .into())
         }
         V::Array(a) => {
             let mut items = Vec::new();
             for (i, item) in a.iter().enumerate() {
-                items.push(convert_value(file, item, here.offset, &format!("{path}[{i}]"))?);
+                items.push(convert_value(
+                    file,
+                    item,
+                    here.offset,
+                    &format!("{path}[{i}]"),
+                )?);
             }
             NodeValue::Array(items)
         }
-        V::InlineTable(t) => return convert_table(file, t, here.offset, path).map(|n| Node { loc: here, ..n }),
+        V::InlineTable(t) => {
+            return convert_table(file, t, here.offset, path).map(|n| Node { loc: here, ..n })
+        }
     };
     Ok(Node { value, loc: here })
 }
@@ -337,7 +402,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Node {
-        let file = Arc::new(SourceFile { path: "m.toml".into(), dir: "/".into(), text: text.into() });
+        let file = Arc::new(SourceFile {
+            path: "m.toml".into(),
+            dir: "/".into(),
+            text: text.into(),
+        });
         parse_toml(&file).unwrap()
     }
 

@@ -14,7 +14,12 @@ fn fmt_time(unix: f64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -57,7 +62,8 @@ pub fn explain(plan: &Plan, resolved: &Resolved, store: &Store, idx: usize) -> R
             return Ok(lines);
         }
     }
-    let entry: Option<IndexEntry> = store.get_json(&Store::index_path(&plan.manifest_id, &inst.name))?;
+    let entry: Option<IndexEntry> =
+        store.get_json(&Store::index_path(&plan.manifest_id, &inst.name))?;
     let Some(entry) = entry else {
         lines.push("would run: never built from this manifest in this store (no earlier artifact to compare with)".into());
         return Ok(lines);
@@ -83,7 +89,9 @@ pub fn explain(plan: &Plan, resolved: &Resolved, store: &Store, idx: usize) -> R
         entry.key.short()
     ));
     let mut seen = HashSet::new();
-    diff(plan, resolved, store, idx, &entry.key, 1, &mut lines, &mut seen)?;
+    diff(
+        plan, resolved, store, idx, &entry.key, 1, &mut lines, &mut seen,
+    )?;
     Ok(lines)
 }
 
@@ -101,13 +109,22 @@ fn diff(
     let pad = "  ".repeat(depth);
     let inst = &plan.instances[idx];
     let new = &resolved.recipes[idx];
-    let Some(old_manifest) = store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, old_key))? else {
-        lines.push(format!("{pad}(the earlier artifact {}/{} is gone from the store; cannot say more)", inst.kind, old_key.short()));
+    let Some(old_manifest) =
+        store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, old_key))?
+    else {
+        lines.push(format!(
+            "{pad}(the earlier artifact {}/{} is gone from the store; cannot say more)",
+            inst.kind,
+            old_key.short()
+        ));
         return Ok(());
     };
     let old: KeyRecipe = old_manifest.recipe();
     if old.version != new.version {
-        lines.push(format!("{pad}stage version of `{}` changed: {} -> {}", inst.kind, old.version, new.version));
+        lines.push(format!(
+            "{pad}stage version of `{}` changed: {} -> {}",
+            inst.kind, old.version, new.version
+        ));
     }
     let names: BTreeSet<&String> = old.params.keys().chain(new.params.keys()).collect();
     for name in names {
@@ -129,7 +146,11 @@ fn diff(
         }
         let refs = inst.inputs.get(slot).cloned().unwrap_or_default();
         if before.len() != after.len() || refs.len() != after.len() {
-            lines.push(format!("{pad}input `{slot}` now binds {} artifact(s), was {}", after.len(), before.len()));
+            lines.push(format!(
+                "{pad}input `{slot}` now binds {} artifact(s), was {}",
+                after.len(),
+                before.len()
+            ));
             continue;
         }
         for ((b, a), r) in before.iter().zip(&after).zip(&refs) {
@@ -180,7 +201,11 @@ const RESERVED_TOP: &[&str] = &["_locks", "_failed", "_index", "_staging"];
 
 /// Deletes every artifact (and failure record) whose (kind, key) is not in `referenced`. Keys
 /// under a live lease are kept whatever the manifests say.
-pub fn gc(store: &Store, referenced: &HashSet<(String, StageKey)>, dry_run: bool) -> Result<GcReport> {
+pub fn gc(
+    store: &Store,
+    referenced: &HashSet<(String, StageKey)>,
+    dry_run: bool,
+) -> Result<GcReport> {
     let mut report = GcReport::default();
     for kind in store.list_dirs("")? {
         if RESERVED_TOP.contains(&kind.as_str()) {
@@ -205,10 +230,15 @@ pub fn gc(store: &Store, referenced: &HashSet<(String, StageKey)>, dry_run: bool
     }
     for kind in store.list_dirs("_failed")? {
         for key_dir in store.list_dirs(&format!("_failed/{kind}"))? {
-            let keep = StageKey::parse(&key_dir).is_some_and(|k| referenced.contains(&(kind.clone(), k)));
+            let keep =
+                StageKey::parse(&key_dir).is_some_and(|k| referenced.contains(&(kind.clone(), k)));
             if !keep {
                 let prefix = format!("_failed/{kind}/{key_dir}");
-                let bytes = if dry_run { store.list(&prefix)?.iter().map(|(_, s)| s).sum() } else { store.delete_prefix(&prefix)? };
+                let bytes = if dry_run {
+                    store.list(&prefix)?.iter().map(|(_, s)| s).sum()
+                } else {
+                    store.delete_prefix(&prefix)?
+                };
                 report.deleted.push((prefix, bytes));
             }
         }
@@ -221,10 +251,15 @@ pub fn gc(store: &Store, referenced: &HashSet<(String, StageKey)>, dry_run: bool
                 let name = e.file_name().to_string_lossy().into_owned();
                 // `<kind>-<short key>-<pid>-<nonce>`: the pid is the second field from the end.
                 let pid: Option<u32> = name.rsplit('-').nth(1).and_then(|p| p.parse().ok());
-                let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                let alive =
+                    pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
                 if !alive {
                     let rel = format!("_staging/{name}");
-                    let bytes = if dry_run { 0 } else { store.delete_prefix(&rel)? };
+                    let bytes = if dry_run {
+                        0
+                    } else {
+                        store.delete_prefix(&rel)?
+                    };
                     report.deleted.push((rel, bytes));
                 }
             }

@@ -81,9 +81,14 @@ impl StoreUrl {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("`{s}` has no bucket name (expected s3://bucket/prefix)"));
+                return Err(format!(
+                    "`{s}` has no bucket name (expected s3://bucket/prefix)"
+                ));
             }
-            return Ok(StoreUrl::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() });
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
         }
         if s == "memory://" || s == "memory" {
             return Ok(StoreUrl::Memory);
@@ -184,7 +189,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
-const TOP_KEYS: &[&str] = &["store", "datasets", "backbones", "matrix", "defaults", "stages"];
+const TOP_KEYS: &[&str] = &[
+    "store",
+    "datasets",
+    "backbones",
+    "matrix",
+    "defaults",
+    "stages",
+];
 const STAGE_KEYS: &[&str] = &["kind", "foreach", "inputs", "params"];
 
 /// Loads a manifest (with includes) and builds its plan.
@@ -198,13 +210,23 @@ fn err(node: &Node, key: &str, message: impl Into<String>) -> crate::error::Erro
 }
 
 fn table<'a>(node: &'a Node, key: &str) -> Result<&'a BTreeMap<String, Node>> {
-    node.as_table()
-        .ok_or_else(|| err(node, key, format!("expected a table, found {}", node.type_name())))
+    node.as_table().ok_or_else(|| {
+        err(
+            node,
+            key,
+            format!("expected a table, found {}", node.type_name()),
+        )
+    })
 }
 
 fn string<'a>(node: &'a Node, key: &str) -> Result<&'a str> {
-    node.as_str()
-        .ok_or_else(|| err(node, key, format!("expected a string, found {}", node.type_name())))
+    node.as_str().ok_or_else(|| {
+        err(
+            node,
+            key,
+            format!("expected a string, found {}", node.type_name()),
+        )
+    })
 }
 
 fn check_keys(t: &BTreeMap<String, Node>, allowed: &[&str], prefix: &str) -> Result<()> {
@@ -229,12 +251,17 @@ fn join(prefix: &str, key: &str) -> String {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn manifest_id(path: &Path) -> String {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("manifest");
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("manifest");
     let h = blake3::hash(canonical.to_string_lossy().as_bytes());
     format!("{stem}-{}", &h.to_hex()[..16])
 }
@@ -251,13 +278,24 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 NodeValue::Str(_) => (node, "store".to_string()),
                 NodeValue::Table(t) => {
                     check_keys(t, &["url"], "store")?;
-                    let u = t.get("url").ok_or_else(|| err(node, "store", "missing key `url`"))?;
+                    let u = t
+                        .get("url")
+                        .ok_or_else(|| err(node, "store", "missing key `url`"))?;
                     (u, "store.url".to_string())
                 }
-                _ => return Err(err(node, "store", format!("expected a table or a string, found {}", node.type_name()))),
+                _ => {
+                    return Err(err(
+                        node,
+                        "store",
+                        format!("expected a table or a string, found {}", node.type_name()),
+                    ))
+                }
             };
             let url = string(url_node, &key)?;
-            Some(StoreUrl::parse(url, url_node.loc.file.dir()).map_err(|m| err(url_node, &key, m))?)
+            Some(
+                StoreUrl::parse(url, url_node.loc.file.dir())
+                    .map_err(|m| err(url_node, &key, m))?,
+            )
         }
     };
 
@@ -267,17 +305,26 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
         for (name, entry) in table(node, group)? {
             let prefix = format!("{group}.{name}");
             if !valid_name(name) {
-                return Err(err(entry, &prefix, "names may use letters, digits, `_` and `-` only"));
+                return Err(err(
+                    entry,
+                    &prefix,
+                    "names may use letters, digits, `_` and `-` only",
+                ));
             }
             let t = table(entry, &prefix)?;
             check_keys(t, &["kind", path_key, "params"], &prefix)?;
             let kind = string(
-                t.get("kind").ok_or_else(|| err(entry, &prefix, "missing key `kind`"))?,
+                t.get("kind")
+                    .ok_or_else(|| err(entry, &prefix, "missing key `kind`"))?,
                 &format!("{prefix}.kind"),
             )?;
-            let pnode = t
-                .get(path_key)
-                .ok_or_else(|| err(entry, &prefix, format!("missing key `{path_key}` (a folder path)")))?;
+            let pnode = t.get(path_key).ok_or_else(|| {
+                err(
+                    entry,
+                    &prefix,
+                    format!("missing key `{path_key}` (a folder path)"),
+                )
+            })?;
             let rel = string(pnode, &format!("{prefix}.{path_key}"))?;
             let params = match t.get("params") {
                 None => Params::new(),
@@ -300,7 +347,10 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
     if let Some(node) = top.get("matrix") {
         for (axis, values) in table(node, "matrix")? {
             let key = format!("matrix.{axis}");
-            matrix.insert(axis.clone(), (values.loc.clone(), axis_values(values, &key)?));
+            matrix.insert(
+                axis.clone(),
+                (values.loc.clone(), axis_values(values, &key)?),
+            );
         }
     }
 
@@ -333,7 +383,11 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
     for (stage_name, node) in stage_table {
         let prefix = format!("stages.{stage_name}");
         if !valid_name(stage_name) {
-            return Err(err(node, &prefix, "stage names may use letters, digits, `_` and `-` only"));
+            return Err(err(
+                node,
+                &prefix,
+                "stage names may use letters, digits, `_` and `-` only",
+            ));
         }
         let t = table(node, &prefix)?;
         check_keys(t, STAGE_KEYS, &prefix)?;
@@ -343,7 +397,11 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
         };
         let Some(stage) = registry.get(&kind) else {
             let at = t.get("kind").unwrap_or(node);
-            return Err(err(at, &format!("{prefix}.kind"), unknown_kind_message(&kind, registry)));
+            return Err(err(
+                at,
+                &format!("{prefix}.kind"),
+                unknown_kind_message(&kind, registry),
+            ));
         };
 
         // The grid: (axis, values) in foreach order.
@@ -361,12 +419,20 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                                 &format!("{key}[{i}]"),
                                 format!(
                                     "unknown axis `{axis}` (the [matrix] table declares: {})",
-                                    if known.is_empty() { "nothing".to_string() } else { known.join(", ") }
+                                    if known.is_empty() {
+                                        "nothing".to_string()
+                                    } else {
+                                        known.join(", ")
+                                    }
                                 ),
                             ));
                         };
                         if axes.iter().any(|(a, _)| a == axis) {
-                            return Err(err(n, &format!("{key}[{i}]"), format!("axis `{axis}` is listed twice")));
+                            return Err(err(
+                                n,
+                                &format!("{key}[{i}]"),
+                                format!("axis `{axis}` is listed twice"),
+                            ));
                         }
                         axes.push((axis.to_string(), values.clone()));
                     }
@@ -380,7 +446,10 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                     return Err(err(
                         fe,
                         &key,
-                        format!("expected an array of axis names or a table of axis values, found {}", fe.type_name()),
+                        format!(
+                            "expected an array of axis names or a table of axis values, found {}",
+                            fe.type_name()
+                        ),
                     ))
                 }
             }
@@ -388,15 +457,23 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
 
         let specs = stage.params();
         for combo in cartesian(&axes) {
-            let bindings: BTreeMap<String, Node> =
-                axes.iter().map(|(a, _)| a.clone()).zip(combo.iter().cloned()).collect();
-            let axis_values: Vec<(String, Value)> =
-                axes.iter().map(|(a, _)| a.clone()).zip(combo.iter().map(Node::to_value)).collect();
+            let bindings: BTreeMap<String, Node> = axes
+                .iter()
+                .map(|(a, _)| a.clone())
+                .zip(combo.iter().cloned())
+                .collect();
+            let axis_values: Vec<(String, Value)> = axes
+                .iter()
+                .map(|(a, _)| a.clone())
+                .zip(combo.iter().map(Node::to_value))
+                .collect();
             let name = if axis_values.is_empty() {
                 stage_name.clone()
             } else {
-                let parts: Vec<String> =
-                    axis_values.iter().map(|(a, v)| format!("{a}={}", render(v))).collect();
+                let parts: Vec<String> = axis_values
+                    .iter()
+                    .map(|(a, v)| format!("{a}={}", render(v)))
+                    .collect();
                 format!("{stage_name}[{}]", parts.join(","))
             };
 
@@ -421,7 +498,11 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                         key,
                         format!(
                             "unknown parameter for stage kind `{kind}` (known: {})",
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     ));
                 };
@@ -430,7 +511,11 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                     return Err(err(
                         node,
                         key,
-                        format!("expected {}, found {} ({value})", spec.ty.describe(), value.type_name()),
+                        format!(
+                            "expected {}, found {} ({value})",
+                            spec.ty.describe(),
+                            value.type_name()
+                        ),
                     ));
                 };
                 params.insert(k.clone(), coerced);
@@ -445,7 +530,10 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                             return Err(err(
                                 node,
                                 &prefix,
-                                format!("missing required parameter `{}` ({})", spec.name, spec.doc),
+                                format!(
+                                    "missing required parameter `{}` ({})",
+                                    spec.name, spec.doc
+                                ),
                             ))
                         }
                     }
@@ -464,15 +552,24 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 params,
                 inputs: BTreeMap::new(),
             });
-            pending.push(Pending { node, prefix: prefix.clone(), bindings, inputs: t.get("inputs") });
+            pending.push(Pending {
+                node,
+                prefix: prefix.clone(),
+                bindings,
+                inputs: t.get("inputs"),
+            });
         }
     }
 
     // Resolve inputs.
-    let by_stage: HashMap<&str, Vec<usize>> = instances.iter().enumerate().fold(HashMap::new(), |mut m, (i, inst)| {
-        m.entry(inst.stage.as_str()).or_default().push(i);
-        m
-    });
+    let by_stage: HashMap<&str, Vec<usize>> =
+        instances
+            .iter()
+            .enumerate()
+            .fold(HashMap::new(), |mut m, (i, inst)| {
+                m.entry(inst.stage.as_str()).or_default().push(i);
+                m
+            });
     let mut resolved: Vec<BTreeMap<String, Vec<InputRef>>> = Vec::with_capacity(instances.len());
     for (idx, p) in pending.iter().enumerate() {
         let inst = &instances[idx];
@@ -491,7 +588,11 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                         format!(
                             "unknown input for stage kind `{}` (known: {})",
                             inst.kind,
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     ));
                 };
@@ -502,7 +603,10 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                         return Err(err(
                             refs,
                             &slot_key,
-                            format!("expected a reference string or an array of them, found {}", refs.type_name()),
+                            format!(
+                                "expected a reference string or an array of them, found {}",
+                                refs.type_name()
+                            ),
                         ))
                     }
                 };
@@ -510,30 +614,46 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 for r in ref_nodes {
                     let text = substitute(r, &p.bindings, &slot_key)?;
                     let text = string(&text, &slot_key)?.to_string();
-                    targets.extend(resolve_ref(&text, r, &slot_key, &externals, &instances, &by_stage)?);
+                    targets.extend(resolve_ref(
+                        &text, r, &slot_key, &externals, &instances, &by_stage,
+                    )?);
                 }
                 // Check what the slot accepts.
                 for t in &targets {
                     let ok = match (&spec.accepts, t) {
-                        (InputAccepts::Dataset, InputRef::External(e)) => externals[*e].group == "datasets",
-                        (InputAccepts::Backbone, InputRef::External(e)) => externals[*e].group == "backbones",
-                        (InputAccepts::Stage(kinds), InputRef::Stage(s)) => kinds.contains(&instances[*s].kind.as_str()),
+                        (InputAccepts::Dataset, InputRef::External(e)) => {
+                            externals[*e].group == "datasets"
+                        }
+                        (InputAccepts::Backbone, InputRef::External(e)) => {
+                            externals[*e].group == "backbones"
+                        }
+                        (InputAccepts::Stage(kinds), InputRef::Stage(s)) => {
+                            kinds.contains(&instances[*s].kind.as_str())
+                        }
                         (InputAccepts::DatasetOrStage(kinds), InputRef::Stage(s)) => {
                             kinds.contains(&instances[*s].kind.as_str())
                         }
-                        (InputAccepts::DatasetOrStage(_), InputRef::External(e)) => externals[*e].group == "datasets",
+                        (InputAccepts::DatasetOrStage(_), InputRef::External(e)) => {
+                            externals[*e].group == "datasets"
+                        }
                         (InputAccepts::Any, _) => true,
                         _ => false,
                     };
                     if !ok {
                         let what = match t {
                             InputRef::External(e) => externals[*e].reference(),
-                            InputRef::Stage(s) => format!("{} (kind `{}`)", instances[*s].name, instances[*s].kind),
+                            InputRef::Stage(s) => {
+                                format!("{} (kind `{}`)", instances[*s].name, instances[*s].kind)
+                            }
                         };
                         return Err(err(
                             refs,
                             &slot_key,
-                            format!("{}: input `{slot}` takes {}, not {what}", inst.name, describe_accepts(&spec.accepts)),
+                            format!(
+                                "{}: input `{slot}` takes {}, not {what}",
+                                inst.name,
+                                describe_accepts(&spec.accepts)
+                            ),
                         ));
                     }
                 }
@@ -544,8 +664,12 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                         format!("{}: input `{slot}` takes exactly one artifact, the reference matched {}", inst.name, targets.len()),
                     ));
                 }
-                if targets.iter().any(|t| *t == InputRef::Stage(idx)) {
-                    return Err(err(refs, &slot_key, format!("{} cannot be its own input", inst.name)));
+                if targets.contains(&InputRef::Stage(idx)) {
+                    return Err(err(
+                        refs,
+                        &slot_key,
+                        format!("{} cannot be its own input", inst.name),
+                    ));
                 }
                 bound.insert(slot.clone(), targets);
             }
@@ -555,7 +679,12 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 return Err(err(
                     p.node,
                     &p.prefix,
-                    format!("missing required input `{}` ({}; takes {})", spec.name, spec.doc, describe_accepts(&spec.accepts)),
+                    format!(
+                        "missing required input `{}` ({}; takes {})",
+                        spec.name,
+                        spec.doc,
+                        describe_accepts(&spec.accepts)
+                    ),
                 ));
             }
         }
@@ -568,7 +697,11 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
     let order = topo_order(&instances).map_err(|cycle| {
         let first = &pending[cycle[0]];
         let names: Vec<&str> = cycle.iter().map(|&i| instances[i].name.as_str()).collect();
-        err(first.node, &first.prefix, format!("dependency cycle: {}", names.join(" -> ")))
+        err(
+            first.node,
+            &first.prefix,
+            format!("dependency cycle: {}", names.join(" -> ")),
+        )
     })?;
     let instances = reorder(instances, &order);
 
@@ -592,7 +725,10 @@ fn describe_accepts(a: &InputAccepts) -> String {
         InputAccepts::Backbone => "a backbone (`backbones.NAME`)".into(),
         InputAccepts::Stage(k) => format!("the output of a stage of kind {}", k.join(" or ")),
         InputAccepts::DatasetOrStage(k) => {
-            format!("a dataset (`datasets.NAME`) or the output of a stage of kind {}", k.join(" or "))
+            format!(
+                "a dataset (`datasets.NAME`) or the output of a stage of kind {}",
+                k.join(" or ")
+            )
         }
         InputAccepts::Any => "any dataset, backbone or stage output".into(),
     }
@@ -600,7 +736,14 @@ fn describe_accepts(a: &InputAccepts) -> String {
 
 fn axis_values(node: &Node, key: &str) -> Result<Vec<Node>> {
     let NodeValue::Array(items) = &node.value else {
-        return Err(err(node, key, format!("expected a non-empty array of values, found {}", node.type_name())));
+        return Err(err(
+            node,
+            key,
+            format!(
+                "expected a non-empty array of values, found {}",
+                node.type_name()
+            ),
+        ));
     };
     if items.is_empty() {
         return Err(err(node, key, "expected a non-empty array of values"));
@@ -609,12 +752,20 @@ fn axis_values(node: &Node, key: &str) -> Result<Vec<Node>> {
     for (i, item) in items.iter().enumerate() {
         match item.value {
             NodeValue::Array(_) | NodeValue::Table(_) => {
-                return Err(err(item, &format!("{key}[{i}]"), "axis values must be strings, numbers or booleans"))
+                return Err(err(
+                    item,
+                    &format!("{key}[{i}]"),
+                    "axis values must be strings, numbers or booleans",
+                ))
             }
             _ => {}
         }
         if !seen.insert(render(&item.to_value())) {
-            return Err(err(item, &format!("{key}[{i}]"), format!("duplicate value {}", item.to_value())));
+            return Err(err(
+                item,
+                &format!("{key}[{i}]"),
+                format!("duplicate value {}", item.to_value()),
+            ));
         }
     }
     Ok(items.clone())
@@ -655,8 +806,13 @@ fn substitute(node: &Node, bindings: &BTreeMap<String, Node>, key: &str) -> Resu
         NodeValue::Str(s) if s.contains("${") => {
             if let Some(axis) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
                 if !axis.contains('}') && !axis.contains("${") {
-                    let v = bindings.get(axis).ok_or_else(|| unbound(node, key, axis, bindings))?;
-                    return Ok(Node { value: v.value.clone(), loc: node.loc.clone() });
+                    let v = bindings
+                        .get(axis)
+                        .ok_or_else(|| unbound(node, key, axis, bindings))?;
+                    return Ok(Node {
+                        value: v.value.clone(),
+                        loc: node.loc.clone(),
+                    });
                 }
             }
             let mut out = String::new();
@@ -668,12 +824,17 @@ fn substitute(node: &Node, bindings: &BTreeMap<String, Node>, key: &str) -> Resu
                     .find('}')
                     .ok_or_else(|| err(node, key, format!("unclosed `${{` in {s:?}")))?;
                 let axis = &after[..end];
-                let v = bindings.get(axis).ok_or_else(|| unbound(node, key, axis, bindings))?;
+                let v = bindings
+                    .get(axis)
+                    .ok_or_else(|| unbound(node, key, axis, bindings))?;
                 out.push_str(&render(&v.to_value()));
                 rest = &after[end + 1..];
             }
             out.push_str(rest);
-            Ok(Node { value: NodeValue::Str(out), loc: node.loc.clone() })
+            Ok(Node {
+                value: NodeValue::Str(out),
+                loc: node.loc.clone(),
+            })
         }
         NodeValue::Array(items) => Ok(Node {
             value: NodeValue::Array(
@@ -697,14 +858,23 @@ fn substitute(node: &Node, bindings: &BTreeMap<String, Node>, key: &str) -> Resu
     }
 }
 
-fn unbound(node: &Node, key: &str, axis: &str, bindings: &BTreeMap<String, Node>) -> crate::error::Error {
+fn unbound(
+    node: &Node,
+    key: &str,
+    axis: &str,
+    bindings: &BTreeMap<String, Node>,
+) -> crate::error::Error {
     let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
     err(
         node,
         key,
         format!(
             "`${{{axis}}}` is not an axis of this stage's foreach (axes: {})",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         ),
     )
 }
@@ -720,17 +890,27 @@ fn resolve_ref(
 ) -> Result<Vec<InputRef>> {
     for group in ["datasets", "backbones"] {
         if let Some(name) = text.strip_prefix(group).and_then(|r| r.strip_prefix('.')) {
-            return match externals.iter().position(|e| e.group == group && e.name == name) {
+            return match externals
+                .iter()
+                .position(|e| e.group == group && e.name == name)
+            {
                 Some(i) => Ok(vec![InputRef::External(i)]),
                 None => {
-                    let known: Vec<String> =
-                        externals.iter().filter(|e| e.group == group).map(|e| e.name.clone()).collect();
+                    let known: Vec<String> = externals
+                        .iter()
+                        .filter(|e| e.group == group)
+                        .map(|e| e.name.clone())
+                        .collect();
                     Err(err(
                         node,
                         key,
                         format!(
                             "`{text}` is not declared (declared {group}: {})",
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     ))
                 }
@@ -767,7 +947,11 @@ fn resolve_ref(
             } else if let Some((a, v)) = part.split_once('=') {
                 wanted.insert(a.trim(), v.trim());
             } else {
-                return Err(err(node, key, format!("`{text}`: expected `axis=value` or `*`, found `{part}`")));
+                return Err(err(
+                    node,
+                    key,
+                    format!("`{text}`: expected `axis=value` or `*`, found `{part}`"),
+                ));
             }
         }
     }
@@ -775,18 +959,27 @@ fn resolve_ref(
         .iter()
         .filter(|&&i| {
             let axes = &instances[i].axes;
-            let all_given_match = wanted.iter().all(|(a, v)| axes.iter().any(|(ax, val)| ax == a && render(val) == *v));
+            let all_given_match = wanted
+                .iter()
+                .all(|(a, v)| axes.iter().any(|(ax, val)| ax == a && render(val) == *v));
             let covers = wildcard || axes.len() == wanted.len();
             all_given_match && covers
         })
         .map(|&i| InputRef::Stage(i))
         .collect();
     if matches.is_empty() {
-        let names: Vec<&str> = candidates.iter().map(|&i| instances[i].name.as_str()).take(8).collect();
+        let names: Vec<&str> = candidates
+            .iter()
+            .map(|&i| instances[i].name.as_str())
+            .take(8)
+            .collect();
         return Err(err(
             node,
             key,
-            format!("`{text}` matches no instance (stage `{stage}` has: {})", names.join(", ")),
+            format!(
+                "`{text}` matches no instance (stage `{stage}` has: {})",
+                names.join(", ")
+            ),
         ));
     }
     Ok(matches)
@@ -803,7 +996,8 @@ fn topo_order(instances: &[Instance]) -> std::result::Result<Vec<usize>, Vec<usi
             dependents[d].push(i);
         }
     }
-    let mut ready: std::collections::VecDeque<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..n).filter(|&i| indegree[i] == 0).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(i) = ready.pop_front() {
         order.push(i);
@@ -823,7 +1017,10 @@ fn topo_order(instances: &[Instance]) -> std::result::Result<Vec<usize>, Vec<usi
     let mut path = vec![start];
     let mut cur = start;
     loop {
-        let next = instances[cur].deps().find(|d| left.contains(d)).expect("a cycle continues");
+        let next = instances[cur]
+            .deps()
+            .find(|d| left.contains(d))
+            .expect("a cycle continues");
         if let Some(pos) = path.iter().position(|&p| p == next) {
             let mut cycle = path[pos..].to_vec();
             cycle.reverse();

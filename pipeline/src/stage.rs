@@ -87,11 +87,21 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: None, doc }
+        ParamSpec {
+            name,
+            ty,
+            default: None,
+            doc,
+        }
     }
 
     pub fn optional(name: &'static str, ty: ParamType, default: Value, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default: Some(default), doc }
+        ParamSpec {
+            name,
+            ty,
+            default: Some(default),
+            doc,
+        }
     }
 }
 
@@ -124,11 +134,23 @@ pub struct InputSpec {
 
 impl InputSpec {
     pub fn one(name: &'static str, accepts: InputAccepts, doc: &'static str) -> Self {
-        InputSpec { name, accepts, required: true, many: false, doc }
+        InputSpec {
+            name,
+            accepts,
+            required: true,
+            many: false,
+            doc,
+        }
     }
 
     pub fn many(name: &'static str, accepts: InputAccepts, doc: &'static str) -> Self {
-        InputSpec { name, accepts, required: true, many: true, doc }
+        InputSpec {
+            name,
+            accepts,
+            required: true,
+            many: true,
+            doc,
+        }
     }
 
     pub fn optional(mut self) -> Self {
@@ -170,9 +192,18 @@ pub trait Stage: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputOrigin {
     /// A folder declared in the manifest (`group` is `datasets` or `backbones`).
-    External { group: String, name: String, kind: String, params: Params },
+    External {
+        group: String,
+        name: String,
+        kind: String,
+        params: Params,
+    },
     /// The artifact of another stage instance.
-    Stage { kind: String, instance: String, key: StageKey },
+    Stage {
+        kind: String,
+        instance: String,
+        key: StageKey,
+    },
 }
 
 /// An input as the stage sees it: a local directory, read-only by convention.
@@ -280,7 +311,9 @@ impl StageContext {
     pub fn input(&self, name: &str) -> Result<&InputArtifact, StageError> {
         match self.inputs.get(name).map(Vec::as_slice) {
             Some([one]) => Ok(one),
-            Some([]) | None => Err(format!("{}: input `{name}` is not bound", self.instance).into()),
+            Some([]) | None => {
+                Err(format!("{}: input `{name}` is not bound", self.instance).into())
+            }
             Some(many) => Err(format!(
                 "{}: input `{name}` has {} artifacts where one was expected",
                 self.instance,
@@ -296,19 +329,27 @@ impl StageContext {
     }
 
     pub fn str_param(&self, name: &str) -> Result<&str, StageError> {
-        self.param(name)?.as_str().ok_or_else(|| self.type_err(name, "a string"))
+        self.param(name)?
+            .as_str()
+            .ok_or_else(|| self.type_err(name, "a string"))
     }
 
     pub fn i64_param(&self, name: &str) -> Result<i64, StageError> {
-        self.param(name)?.as_i64().ok_or_else(|| self.type_err(name, "an integer"))
+        self.param(name)?
+            .as_i64()
+            .ok_or_else(|| self.type_err(name, "an integer"))
     }
 
     pub fn f64_param(&self, name: &str) -> Result<f64, StageError> {
-        self.param(name)?.as_f64().ok_or_else(|| self.type_err(name, "a number"))
+        self.param(name)?
+            .as_f64()
+            .ok_or_else(|| self.type_err(name, "a number"))
     }
 
     pub fn bool_param(&self, name: &str) -> Result<bool, StageError> {
-        self.param(name)?.as_bool().ok_or_else(|| self.type_err(name, "a boolean"))
+        self.param(name)?
+            .as_bool()
+            .ok_or_else(|| self.type_err(name, "a boolean"))
     }
 
     pub fn param(&self, name: &str) -> Result<&Value, StageError> {

@@ -143,8 +143,12 @@ impl Store {
             .enable_all()
             .build()
             .map_err(|e| Error::Other(format!("cannot start the store's I/O runtime: {e}")))?;
-        let store_err = |message: String| Error::Store { url: url.to_string(), message };
-        let (inner, prefix, local_root): (Arc<dyn ObjectStore>, String, Option<PathBuf>) = match url {
+        let store_err = |message: String| Error::Store {
+            url: url.to_string(),
+            message,
+        };
+        let (inner, prefix, local_root): (Arc<dyn ObjectStore>, String, Option<PathBuf>) = match url
+        {
             StoreUrl::Local(root) => {
                 std::fs::create_dir_all(root).at(root)?;
                 let root = root.canonicalize().at(root)?;
@@ -159,7 +163,9 @@ impl Store {
                 for (k, v) in &settings.aws {
                     match k.as_str() {
                         // The AWS SDKs' names, which object_store does not read itself.
-                        "AWS_ENDPOINT_URL" | "AWS_ENDPOINT_URL_S3" | "AWS_ENDPOINT" => b = b.with_endpoint(v),
+                        "AWS_ENDPOINT_URL" | "AWS_ENDPOINT_URL_S3" | "AWS_ENDPOINT" => {
+                            b = b.with_endpoint(v)
+                        }
                         "AWS_ALLOW_HTTP" => b = b.with_allow_http(v == "true" || v == "1"),
                         _ => {
                             if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
@@ -174,7 +180,14 @@ impl Store {
                 (Arc::new(s3), prefix.clone(), None)
             }
         };
-        Ok(Store { url: url.clone(), inner, prefix, local_root, cache_dir: cache_dir.to_path_buf(), rt })
+        Ok(Store {
+            url: url.clone(),
+            inner,
+            prefix,
+            local_root,
+            cache_dir: cache_dir.to_path_buf(),
+            rt,
+        })
     }
 
     pub fn url(&self) -> &StoreUrl {
@@ -200,12 +213,17 @@ impl Store {
         if self.prefix.is_empty() {
             s.to_string()
         } else {
-            s.strip_prefix(&self.prefix).map(|r| r.trim_start_matches('/').to_string()).unwrap_or_else(|| s.to_string())
+            s.strip_prefix(&self.prefix)
+                .map(|r| r.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| s.to_string())
         }
     }
 
     fn os_err(&self, e: object_store::Error) -> Error {
-        Error::ObjectStore { url: self.url.to_string(), source: e }
+        Error::ObjectStore {
+            url: self.url.to_string(),
+            source: e,
+        }
     }
 
     pub fn artifact_dir(kind: &str, key: &StageKey) -> String {
@@ -238,25 +256,29 @@ impl Store {
                 .map(|(kind, key)| root.join(Self::manifest_path(kind, key)).is_file())
                 .collect());
         }
-        let paths: Vec<ObjPath> = items.iter().map(|(k, key)| self.path(&Self::manifest_path(k, key))).collect();
+        let paths: Vec<ObjPath> = items
+            .iter()
+            .map(|(k, key)| self.path(&Self::manifest_path(k, key)))
+            .collect();
         let inner = self.inner.clone();
-        self.rt.block_on(async move {
-            futures::stream::iter(paths)
-                .map(|p| {
-                    let inner = inner.clone();
-                    async move {
-                        match inner.head(&p).await {
-                            Ok(_) => Ok(true),
-                            Err(object_store::Error::NotFound { .. }) => Ok(false),
-                            Err(e) => Err(e),
+        self.rt
+            .block_on(async move {
+                futures::stream::iter(paths)
+                    .map(|p| {
+                        let inner = inner.clone();
+                        async move {
+                            match inner.head(&p).await {
+                                Ok(_) => Ok(true),
+                                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                                Err(e) => Err(e),
+                            }
                         }
-                    }
-                })
-                .buffered(32)
-                .try_collect::<Vec<bool>>()
-                .await
-        })
-        .map_err(|e| self.os_err(e))
+                    })
+                    .buffered(32)
+                    .try_collect::<Vec<bool>>()
+                    .await
+            })
+            .map_err(|e| self.os_err(e))
     }
 
     pub fn is_complete(&self, kind: &str, key: &StageKey) -> Result<bool> {
@@ -275,7 +297,10 @@ impl Store {
         }
         let path = self.path(rel);
         let inner = self.inner.clone();
-        match self.rt.block_on(async move { inner.get(&path).await?.bytes().await }) {
+        match self
+            .rt
+            .block_on(async move { inner.get(&path).await?.bytes().await })
+        {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.os_err(e)),
@@ -285,10 +310,12 @@ impl Store {
     pub fn get_json<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> Result<Option<T>> {
         match self.get(rel)? {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Artifact {
-                what: format!("{}/{rel}", self.url),
-                message: format!("unreadable JSON: {e}"),
-            }),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Artifact {
+                    what: format!("{}/{rel}", self.url),
+                    message: format!("unreadable JSON: {e}"),
+                }),
         }
     }
 
@@ -297,12 +324,20 @@ impl Store {
         let path = self.path(rel);
         let inner = self.inner.clone();
         let opts = PutOptions {
-            mode: if create_only { PutMode::Create } else { PutMode::Overwrite },
+            mode: if create_only {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
             ..Default::default()
         };
-        match self.rt.block_on(async move { inner.put_opts(&path, PutPayload::from(bytes), opts).await }) {
+        match self
+            .rt
+            .block_on(async move { inner.put_opts(&path, PutPayload::from(bytes), opts).await })
+        {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. })
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. })
                 if create_only =>
             {
                 Ok(false)
@@ -333,7 +368,10 @@ impl Store {
             .rt
             .block_on(async move { inner.list(Some(&path)).try_collect::<Vec<_>>().await })
             .map_err(|e| self.os_err(e))?;
-        Ok(metas.into_iter().map(|m| (self.rel(&m.location), m.size)).collect())
+        Ok(metas
+            .into_iter()
+            .map(|m| (self.rel(&m.location), m.size))
+            .collect())
     }
 
     /// The immediate sub-folders of a store-relative prefix (`""` for the top level).
@@ -432,9 +470,17 @@ impl Store {
         if log.exists() {
             self.upload_file(&log, &format!("{dir_rel}/_log.txt"))?;
         }
-        let created = self.put(&Self::manifest_path(&manifest.kind, &manifest.key), Bytes::from(manifest_bytes), true)?;
+        let created = self.put(
+            &Self::manifest_path(&manifest.kind, &manifest.key),
+            Bytes::from(manifest_bytes),
+            true,
+        )?;
         let _ = std::fs::remove_dir_all(staging);
-        Ok(if created { PublishOutcome::Published } else { PublishOutcome::AlreadyComplete })
+        Ok(if created {
+            PublishOutcome::Published
+        } else {
+            PublishOutcome::AlreadyComplete
+        })
     }
 
     /// Uploads one local file, streaming large ones as multipart.
@@ -450,7 +496,10 @@ impl Store {
         let local = local.to_path_buf();
         let result: std::result::Result<(), Error> = self.rt.block_on(async move {
             use std::io::Read;
-            let upload = inner.put_multipart(&path).await.map_err(|e| Error::Other(e.to_string()))?;
+            let upload = inner
+                .put_multipart(&path)
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
             let mut f = std::fs::File::open(&local).at(&local)?;
             let mut buf = vec![0u8; MULTIPART_CHUNK];
@@ -460,13 +509,22 @@ impl Store {
                     break;
                 }
                 // Bounded memory: at most a few chunks in flight.
-                writer.wait_for_capacity(4).await.map_err(|e| Error::Other(e.to_string()))?;
+                writer
+                    .wait_for_capacity(4)
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?;
                 writer.write(&buf[..n]);
             }
-            writer.finish().await.map_err(|e| Error::Other(e.to_string()))?;
+            writer
+                .finish()
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
             Ok(())
         });
-        result.map_err(|e| Error::Store { url: self.url.to_string(), message: format!("upload of {rel}: {e}") })
+        result.map_err(|e| Error::Store {
+            url: self.url.to_string(),
+            message: format!("upload of {rel}: {e}"),
+        })
     }
 
     /// A local directory holding a complete artifact: the artifact itself on a local store, a
@@ -480,30 +538,45 @@ impl Store {
         if dest.join("_manifest.json").is_file() {
             return Ok(dest);
         }
-        let manifest: ArtifactManifest = self.get_json(&Self::manifest_path(kind, key))?.ok_or_else(|| {
-            Error::Artifact { what: format!("{}/{rel}", self.url), message: "is not complete (no _manifest.json)".into() }
-        })?;
+        let manifest: ArtifactManifest = self
+            .get_json(&Self::manifest_path(kind, key))?
+            .ok_or_else(|| Error::Artifact {
+                what: format!("{}/{rel}", self.url),
+                message: "is not complete (no _manifest.json)".into(),
+            })?;
         static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.cache_dir.join("artifacts").join(format!("{rel}.part-{}-{n}", std::process::id()));
+        let tmp = self
+            .cache_dir
+            .join("artifacts")
+            .join(format!("{rel}.part-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         for file in &manifest.files {
-            let bytes = self.get(&format!("{rel}/{}", file.path))?.ok_or_else(|| Error::Artifact {
-                what: format!("{}/{rel}", self.url),
-                message: format!("file {} listed in _manifest.json is missing", file.path),
-            })?;
+            let bytes =
+                self.get(&format!("{rel}/{}", file.path))?
+                    .ok_or_else(|| Error::Artifact {
+                        what: format!("{}/{rel}", self.url),
+                        message: format!("file {} listed in _manifest.json is missing", file.path),
+                    })?;
             let digest = blake3::hash(&bytes).to_hex().to_string();
             if digest != file.blake3 {
                 return Err(Error::Artifact {
                     what: format!("{}/{rel}/{}", self.url, file.path),
-                    message: format!("content digest {digest} differs from the recorded {}", file.blake3),
+                    message: format!(
+                        "content digest {digest} differs from the recorded {}",
+                        file.blake3
+                    ),
                 });
             }
             let p = tmp.join(&file.path);
             std::fs::create_dir_all(p.parent().expect("has parent")).at(&p)?;
             std::fs::write(&p, &bytes).at(&p)?;
         }
-        std::fs::write(tmp.join("_manifest.json"), serde_json::to_vec_pretty(&manifest).expect("ser")).at(&tmp)?;
+        std::fs::write(
+            tmp.join("_manifest.json"),
+            serde_json::to_vec_pretty(&manifest).expect("ser"),
+        )
+        .at(&tmp)?;
         std::fs::create_dir_all(dest.parent().expect("has parent")).at(&dest)?;
         match std::fs::rename(&tmp, &dest) {
             Ok(()) => Ok(dest),
@@ -534,7 +607,11 @@ pub fn describe_outputs(out: &Path) -> Result<Vec<FileRecord>> {
         for entry in std::fs::read_dir(dir).at(dir)? {
             let entry = entry.at(dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             let path = entry.path();
             if entry.file_type().at(&path)?.is_dir() {
                 walk(&path, &child, acc)?;
@@ -551,7 +628,11 @@ pub fn describe_outputs(out: &Path) -> Result<Vec<FileRecord>> {
         .into_par_iter()
         .map(|(path, rel)| {
             let size = std::fs::metadata(&path).at(&path)?.len();
-            Ok(FileRecord { blake3: crate::fingerprint::hash_file(&path, size)?, bytes: size, path: rel })
+            Ok(FileRecord {
+                blake3: crate::fingerprint::hash_file(&path, size)?,
+                bytes: size,
+                path: rel,
+            })
         })
         .collect()
 }

@@ -176,7 +176,10 @@ mod tests {
         for f in [1e-3, 0.001, 1.0e-3, 0.0010] {
             assert_eq!(Value::Float(f).canonical(), "f0.001");
         }
-        assert_eq!(Value::Float(-0.0).canonical(), Value::Float(0.0).canonical());
+        assert_eq!(
+            Value::Float(-0.0).canonical(),
+            Value::Float(0.0).canonical()
+        );
         assert_ne!(Value::Float(1.0).canonical(), Value::Int(1).canonical());
     }
 

@@ -15,7 +15,11 @@ fn keys_of(dir: &Path, text: &str, reg: &StageRegistry) -> Vec<(String, StageKey
     let plan = pipeline::plan::load(&path, reg).unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
     let cache = FingerprintCache::new(dir.join("cache"));
     let resolved = resolve(&plan, reg, &cache, false).unwrap();
-    plan.instances.iter().map(|i| i.name.clone()).zip(resolved.keys).collect()
+    plan.instances
+        .iter()
+        .map(|i| i.name.clone())
+        .zip(resolved.keys)
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +74,10 @@ fn render(lr: f64, seed: i64, extra: &[(String, Scalar)], alt: bool) -> String {
     let lr = Scalar::Float(lr);
     let seed = Scalar::Int(seed);
     if !alt {
-        let extra: Vec<String> = extra.iter().map(|(k, v)| format!("{k} = {}", spell(v, false))).collect();
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", spell(v, false)))
+            .collect();
         format!(
             "[stages.s]\nkind = \"echo\"\nparams = {{ extra = {{ {} }}, lr = {}, seed = {} }}\n",
             extra.join(", "),
@@ -82,7 +89,11 @@ fn render(lr: f64, seed: i64, extra: &[(String, Scalar)], alt: bool) -> String {
         for (k, v) in extra.iter().rev() {
             t.push_str(&format!("   {k}   =   {}   # a comment\n", spell(v, true)));
         }
-        t.push_str(&format!("\n[stages.s.params]\nseed={}\nlr    = {}\n\n", spell(&seed, true), spell(&lr, true)));
+        t.push_str(&format!(
+            "\n[stages.s.params]\nseed={}\nlr    = {}\n\n",
+            spell(&seed, true),
+            spell(&lr, true)
+        ));
         t.push_str("[stages.s]\n# kind last\nkind = 'echo'\n");
         t
     }
@@ -140,14 +151,30 @@ proptest! {
 fn int_and_float_spellings_of_a_float_param_agree() {
     let dir = tempfile::tempdir().unwrap();
     let f = registry(1);
-    let a = keys_of(dir.path(), "[stages.s]\nkind='echo'\nparams.lr = 1\n", &f.reg);
-    let b = keys_of(dir.path(), "[stages.s]\nkind='echo'\nparams.lr = 1.0\n", &f.reg);
-    let c = keys_of(dir.path(), "[stages.s]\nkind='echo'\nparams.lr = 1e0\n", &f.reg);
+    let a = keys_of(
+        dir.path(),
+        "[stages.s]\nkind='echo'\nparams.lr = 1\n",
+        &f.reg,
+    );
+    let b = keys_of(
+        dir.path(),
+        "[stages.s]\nkind='echo'\nparams.lr = 1.0\n",
+        &f.reg,
+    );
+    let c = keys_of(
+        dir.path(),
+        "[stages.s]\nkind='echo'\nparams.lr = 1e0\n",
+        &f.reg,
+    );
     assert_eq!(a, b);
     assert_eq!(b, c);
     // Omitting a parameter is the same as giving its default.
     let d = keys_of(dir.path(), "[stages.s]\nkind='echo'\n", &f.reg);
-    let e = keys_of(dir.path(), "[stages.s]\nkind='echo'\nparams.lr = 0.001\n", &f.reg);
+    let e = keys_of(
+        dir.path(),
+        "[stages.s]\nkind='echo'\nparams.lr = 0.001\n",
+        &f.reg,
+    );
     assert_eq!(d, e);
 }
 
@@ -189,7 +216,10 @@ fn moving_a_dataset_or_the_manifest_does_not_change_keys() {
     let text = "[datasets.raw]\nkind='csv'\nroot='raw'\n[stages.s]\nkind='echo'\ninputs.data='datasets.raw'\n";
     write(a.path(), "raw/a.csv", "1\n");
     write(b.path(), "raw/a.csv", "1\n");
-    assert_eq!(keys_of(a.path(), text, &f.reg), keys_of(b.path(), text, &f.reg));
+    assert_eq!(
+        keys_of(a.path(), text, &f.reg),
+        keys_of(b.path(), text, &f.reg)
+    );
 }
 
 #[test]
@@ -234,19 +264,33 @@ inputs.src = "eval[fraction=${fraction},vision=dinov2-s,*]"
     assert_eq!(plan.instances.len(), 2 + 4 + 24 + 1 + 2);
     let mut out = String::new();
     for inst in &plan.instances {
-        let deps: Vec<&str> = inst.deps().map(|d| plan.instances[d].name.as_str()).collect();
+        let deps: Vec<&str> = inst
+            .deps()
+            .map(|d| plan.instances[d].name.as_str())
+            .collect();
         let params: Vec<String> = inst
             .params
             .iter()
             .filter(|(k, _)| ["name", "lr", "seed"].contains(&k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let shown = if deps.len() > 4 { format!("{} instances", deps.len()) } else { deps.join(" ") };
-        out.push_str(&format!("{}  [{}]  <- {}\n", inst.name, params.join(" "), shown));
+        let shown = if deps.len() > 4 {
+            format!("{} instances", deps.len())
+        } else {
+            deps.join(" ")
+        };
+        out.push_str(&format!(
+            "{}  [{}]  <- {}\n",
+            inst.name,
+            params.join(" "),
+            shown
+        ));
     }
     insta::assert_snapshot!(out);
     // Typed substitution: the fraction axis arrives as a float.
-    let e = plan.instance("eval[vision=resnet-ae,text=bert,fraction=0.1,seed=1]").unwrap();
+    let e = plan
+        .instance("eval[vision=resnet-ae,text=bert,fraction=0.1,seed=1]")
+        .unwrap();
     assert_eq!(plan.instances[e].params["lr"], pipeline::Value::Float(0.1));
     assert_eq!(plan.instances[e].params["seed"], pipeline::Value::Int(1));
 }
@@ -255,7 +299,11 @@ inputs.src = "eval[fraction=${fraction},vision=dinov2-s,*]"
 fn includes_share_defaults_and_the_including_file_wins() {
     let dir = tempfile::tempdir().unwrap();
     let f = registry(1);
-    write(dir.path(), "common/base.toml", "[defaults.echo]\nlr = 0.5\nseed = 3\n[datasets.raw]\nkind = 'csv'\nroot = '../raw'\n");
+    write(
+        dir.path(),
+        "common/base.toml",
+        "[defaults.echo]\nlr = 0.5\nseed = 3\n[datasets.raw]\nkind = 'csv'\nroot = '../raw'\n",
+    );
     write(dir.path(), "raw/a.csv", "1\n");
     let path = write(
         dir.path(),
@@ -267,7 +315,10 @@ fn includes_share_defaults_and_the_including_file_wins() {
     assert_eq!(s.params["lr"], pipeline::Value::Float(0.5));
     assert_eq!(s.params["seed"], pipeline::Value::Int(4));
     // The included file's relative root resolves against the included file's folder.
-    assert_eq!(plan.externals[0].path.canonicalize().unwrap(), dir.path().join("raw").canonicalize().unwrap());
+    assert_eq!(
+        plan.externals[0].path.canonicalize().unwrap(),
+        dir.path().join("raw").canonicalize().unwrap()
+    );
 }
 
 #[test]
@@ -312,8 +363,16 @@ fn bad_manifests_say_where_and_what() {
             Err(e) => e.to_string(),
         };
         let root = dir.path().to_string_lossy().to_string();
-        let canonical = dir.path().canonicalize().unwrap().to_string_lossy().to_string();
-        out.push_str(&format!("{name}:\n  {}\n", err.replace(&canonical, "$DIR").replace(&root, "$DIR")));
+        let canonical = dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        out.push_str(&format!(
+            "{name}:\n  {}\n",
+            err.replace(&canonical, "$DIR").replace(&root, "$DIR")
+        ));
     }
     insta::assert_snapshot!(out);
 }

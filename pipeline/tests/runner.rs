@@ -52,7 +52,10 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "raw/a.csv", "id\n1\n");
         write(dir.path(), "m.toml", manifest);
-        Env { dir, fx: registry(1) }
+        Env {
+            dir,
+            fx: registry(1),
+        }
     }
     fn path(&self) -> &Path {
         self.dir.path()
@@ -68,17 +71,45 @@ impl Env {
     }
     fn run(&self, store: &Store) -> Vec<(String, Outcome)> {
         let plan = self.plan();
-        let resolved = resolve(&plan, &self.fx.reg, &FingerprintCache::new(self.path().join("cache")), false).unwrap();
-        let opts = RunOptions { jobs: 2, threads: 2, ..RunOptions::default() };
-        run(&plan, &self.fx.reg, store, &resolved, &opts, Arc::new(NoProgress), Arc::new(AtomicBool::new(false)))
-            .unwrap()
-            .outcomes
+        let resolved = resolve(
+            &plan,
+            &self.fx.reg,
+            &FingerprintCache::new(self.path().join("cache")),
+            false,
+        )
+        .unwrap();
+        let opts = RunOptions {
+            jobs: 2,
+            threads: 2,
+            ..RunOptions::default()
+        };
+        run(
+            &plan,
+            &self.fx.reg,
+            store,
+            &resolved,
+            &opts,
+            Arc::new(NoProgress),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap()
+        .outcomes
     }
     fn states(&self, store: &Store) -> Vec<(String, State)> {
         let plan = self.plan();
-        let resolved = resolve(&plan, &self.fx.reg, &FingerprintCache::new(self.path().join("cache")), false).unwrap();
+        let resolved = resolve(
+            &plan,
+            &self.fx.reg,
+            &FingerprintCache::new(self.path().join("cache")),
+            false,
+        )
+        .unwrap();
         let s = states(&plan, &resolved, store, 60.0).unwrap();
-        plan.instances.iter().map(|i| i.name.clone()).zip(s).collect()
+        plan.instances
+            .iter()
+            .map(|i| i.name.clone())
+            .zip(s)
+            .collect()
     }
     fn edit(&self, from: &str, to: &str) {
         let p = self.path().join("m.toml");
@@ -89,8 +120,11 @@ impl Env {
 }
 
 fn ran(outcomes: &[(String, Outcome)]) -> Vec<String> {
-    let mut v: Vec<String> =
-        outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Ran { .. })).map(|(n, _)| n.clone()).collect();
+    let mut v: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Ran { .. }))
+        .map(|(n, _)| n.clone())
+        .collect();
     v.sort();
     v
 }
@@ -99,14 +133,24 @@ fn ran(outcomes: &[(String, Outcome)]) -> Vec<String> {
 fn second_run_skips_everything() {
     for memory in [false, true] {
         let env = Env::new(GRID);
-        let store = env.store(&if memory { StoreUrl::Memory } else { env.local() });
+        let store = env.store(&if memory {
+            StoreUrl::Memory
+        } else {
+            env.local()
+        });
         let first = env.run(&store);
         assert_eq!(ran(&first).len(), 8, "{first:?}");
         assert_eq!(env.fx.runs.load(Ordering::SeqCst), 8);
         let second = env.run(&store);
-        assert!(second.iter().all(|(_, o)| *o == Outcome::UpToDate), "{second:?}");
+        assert!(
+            second.iter().all(|(_, o)| *o == Outcome::UpToDate),
+            "{second:?}"
+        );
         assert_eq!(env.fx.runs.load(Ordering::SeqCst), 8);
-        assert!(env.states(&store).iter().all(|(_, s)| *s == State::UpToDate));
+        assert!(env
+            .states(&store)
+            .iter()
+            .all(|(_, s)| *s == State::UpToDate));
     }
 }
 
@@ -115,9 +159,16 @@ fn a_parameter_change_reruns_exactly_that_instance_and_its_dependents() {
     let env = Env::new(GRID);
     let store = env.store(&env.local());
     env.run(&store);
-    env.edit("params = { name = \"${vision}\", seed = 1 }", "params = { name = \"${vision}\", seed = 2 }");
+    env.edit(
+        "params = { name = \"${vision}\", seed = 1 }",
+        "params = { name = \"${vision}\", seed = 2 }",
+    );
     let st = env.states(&store);
-    let stale: Vec<&str> = st.iter().filter(|(_, s)| matches!(s, State::Stale { .. })).map(|(n, _)| n.as_str()).collect();
+    let stale: Vec<&str> = st
+        .iter()
+        .filter(|(_, s)| matches!(s, State::Stale { .. }))
+        .map(|(n, _)| n.as_str())
+        .collect();
     assert_eq!(stale.len(), 7, "{st:?}");
     let again = env.run(&store);
     assert_eq!(
@@ -164,34 +215,59 @@ fn a_changed_input_file_reruns_its_readers_only() {
 #[test]
 fn a_failure_stops_its_dependents_only_and_leaves_nothing_complete() {
     for memory in [false, true] {
-        let env = Env::new(&GRID.replace("params = { name = \"${vision}\", seed = 1 }", "params = { name = \"${vision}\", seed = 1, fail = true }"));
-        let store = env.store(&if memory { StoreUrl::Memory } else { env.local() });
+        let env = Env::new(&GRID.replace(
+            "params = { name = \"${vision}\", seed = 1 }",
+            "params = { name = \"${vision}\", seed = 1, fail = true }",
+        ));
+        let store = env.store(&if memory {
+            StoreUrl::Memory
+        } else {
+            env.local()
+        });
         let out = env.run(&store);
         let get = |n: &str| out.iter().find(|(name, _)| name == n).unwrap().1.clone();
         assert!(matches!(get("ingest"), Outcome::Ran { .. }));
         match get("train[vision=a]") {
             Outcome::Failed { error, log } => {
-                assert!(error.contains("failing on purpose (row 7 of nothing.csv)"), "{error}");
-                let text = store.get(&log).unwrap().expect("the log of a failed attempt is kept");
+                assert!(
+                    error.contains("failing on purpose (row 7 of nothing.csv)"),
+                    "{error}"
+                );
+                let text = store
+                    .get(&log)
+                    .unwrap()
+                    .expect("the log of a failed attempt is kept");
                 let text = String::from_utf8_lossy(&text);
                 assert!(text.contains("FAILED: failing on purpose"), "{text}");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(get("eval[vision=a,fraction=0.01]"), Outcome::NotRun { .. }));
+        assert!(matches!(
+            get("eval[vision=a,fraction=0.01]"),
+            Outcome::NotRun { .. }
+        ));
         assert!(matches!(get("report"), Outcome::NotRun { .. }));
         let st = env.states(&store);
-        assert!(matches!(st.iter().find(|(n, _)| n == "train[vision=a]").unwrap().1, State::Failed { .. }));
+        assert!(matches!(
+            st.iter().find(|(n, _)| n == "train[vision=a]").unwrap().1,
+            State::Failed { .. }
+        ));
         assert_eq!(st.iter().filter(|(_, s)| *s == State::UpToDate).count(), 1);
         if !memory {
             // Nothing in the store looks complete for the failed key, and no staging is left.
             let staging = env.path().join("artifacts/_staging");
-            assert_eq!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0), 0);
+            assert_eq!(
+                std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0),
+                0
+            );
         }
         // Fixed: the failed instances and their dependents run; ingest does not run again.
         env.edit(", fail = true", "");
         assert_eq!(ran(&env.run(&store)).len(), 7);
-        assert!(env.states(&store).iter().all(|(_, s)| *s == State::UpToDate));
+        assert!(env
+            .states(&store)
+            .iter()
+            .all(|(_, s)| *s == State::UpToDate));
     }
 }
 
@@ -200,7 +276,10 @@ fn a_panicking_stage_is_a_failure_not_a_crash() {
     let env = Env::new("[stages.s]\nkind = 'echo'\nparams.panic = true\n[stages.t]\nkind='echo'\n");
     let store = env.store(&env.local());
     let out = env.run(&store);
-    assert!(matches!(&out[0].1, Outcome::Failed { error, .. } if error.contains("panicked: index out of bounds on purpose")), "{out:?}");
+    assert!(
+        matches!(&out[0].1, Outcome::Failed { error, .. } if error.contains("panicked: index out of bounds on purpose")),
+        "{out:?}"
+    );
     assert!(matches!(out[1].1, Outcome::Ran { .. }));
 }
 
@@ -209,12 +288,24 @@ fn an_incomplete_leftover_is_not_complete_and_is_replaced() {
     let env = Env::new("[stages.s]\nkind = 'echo'\n");
     let store = env.store(&env.local());
     let plan = env.plan();
-    let resolved = resolve(&plan, &env.fx.reg, &FingerprintCache::new(env.path().join("cache")), false).unwrap();
-    let dir = env.path().join("artifacts/echo").join(resolved.keys[0].as_str());
+    let resolved = resolve(
+        &plan,
+        &env.fx.reg,
+        &FingerprintCache::new(env.path().join("cache")),
+        false,
+    )
+    .unwrap();
+    let dir = env
+        .path()
+        .join("artifacts/echo")
+        .join(resolved.keys[0].as_str());
     write(&dir, "out.txt", "half-written");
     assert_eq!(env.states(&store)[0].1, State::Missing);
     assert!(matches!(env.run(&store)[0].1, Outcome::Ran { .. }));
-    assert_ne!(std::fs::read_to_string(dir.join("out.txt")).unwrap(), "half-written");
+    assert_ne!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "half-written"
+    );
     assert!(dir.join("_manifest.json").is_file() && dir.join("_log.txt").is_file());
 }
 
@@ -230,7 +321,10 @@ fn two_runners_on_one_store_build_each_key_once() {
         for (name, _) in &a {
             let oa = &a.iter().find(|(n, _)| n == name).unwrap().1;
             let ob = &b.iter().find(|(n, _)| n == name).unwrap().1;
-            let built = [oa, ob].iter().filter(|o| matches!(o, Outcome::Ran { .. })).count();
+            let built = [oa, ob]
+                .iter()
+                .filter(|o| matches!(o, Outcome::Ran { .. }))
+                .count();
             assert_eq!(built, 1, "{name}: {oa:?} / {ob:?}");
         }
     });
@@ -245,16 +339,39 @@ fn gc_keeps_what_the_manifest_references() {
     env.edit("seed = 1", "seed = 5");
     env.run(&store);
     let plan = env.plan();
-    let resolved = resolve(&plan, &env.fx.reg, &FingerprintCache::new(env.path().join("cache")), false).unwrap();
-    let referenced: HashSet<_> = plan.instances.iter().map(|i| i.kind.clone()).zip(resolved.keys.clone()).collect();
+    let resolved = resolve(
+        &plan,
+        &env.fx.reg,
+        &FingerprintCache::new(env.path().join("cache")),
+        false,
+    )
+    .unwrap();
+    let referenced: HashSet<_> = plan
+        .instances
+        .iter()
+        .map(|i| i.kind.clone())
+        .zip(resolved.keys.clone())
+        .collect();
     let dry = pipeline::ops::gc(&store, &referenced, true).unwrap();
     assert_eq!(dry.deleted.len(), 7);
-    assert_eq!(env.states(&store).iter().filter(|(_, s)| *s == State::UpToDate).count(), 8);
+    assert_eq!(
+        env.states(&store)
+            .iter()
+            .filter(|(_, s)| *s == State::UpToDate)
+            .count(),
+        8
+    );
     let real = pipeline::ops::gc(&store, &referenced, false).unwrap();
     assert_eq!(real.deleted.len(), 7);
     assert_eq!(real.kept, 8);
-    assert!(env.states(&store).iter().all(|(_, s)| *s == State::UpToDate));
-    assert!(pipeline::ops::gc(&store, &referenced, false).unwrap().deleted.is_empty());
+    assert!(env
+        .states(&store)
+        .iter()
+        .all(|(_, s)| *s == State::UpToDate));
+    assert!(pipeline::ops::gc(&store, &referenced, false)
+        .unwrap()
+        .deleted
+        .is_empty());
 }
 
 #[test]
@@ -264,7 +381,13 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     env.run(&store);
     env.edit("seed = 1", "seed = 2");
     let plan = env.plan();
-    let resolved = resolve(&plan, &env.fx.reg, &FingerprintCache::new(env.path().join("cache")), false).unwrap();
+    let resolved = resolve(
+        &plan,
+        &env.fx.reg,
+        &FingerprintCache::new(env.path().join("cache")),
+        false,
+    )
+    .unwrap();
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
     let lines = pipeline::ops::explain(&plan, &resolved, &store, idx).unwrap();
     let text: Vec<String> = lines
@@ -282,8 +405,13 @@ fn explain_names_the_changed_parameter_through_the_dag() {
         })
         .collect();
     let text = text.join("\n");
-    assert!(text.contains("input `src` (train[vision=a]) changed"), "{text}");
+    assert!(
+        text.contains("input `src` (train[vision=a]) changed"),
+        "{text}"
+    );
     assert!(text.contains("parameter `seed` changed: 1 -> 2"), "{text}");
     let up = plan.instance("ingest").unwrap();
-    assert!(pipeline::ops::explain(&plan, &resolved, &store, up).unwrap()[1].starts_with("up to date"));
+    assert!(
+        pipeline::ops::explain(&plan, &resolved, &store, up).unwrap()[1].starts_with("up to date")
+    );
 }

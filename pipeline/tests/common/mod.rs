@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pipeline::{
-    InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError, StageRegistry, Value,
+    InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError, StageRegistry,
+    Value,
 };
 
 /// Writes `out.txt` = its params plus the contents of its inputs' `out.txt`; counts its runs.
@@ -32,11 +33,36 @@ impl Stage for Echo {
             ParamSpec::optional("lr", ParamType::Float, Value::Float(1e-3), "learning rate"),
             ParamSpec::optional("seed", ParamType::Int, Value::Int(0), "seed"),
             ParamSpec::optional("name", ParamType::Str, Value::Str("x".into()), "a name"),
-            ParamSpec::optional("fail", ParamType::Bool, Value::Bool(false), "fail on purpose"),
-            ParamSpec::optional("mode", ParamType::Choice(&["fast", "slow"]), Value::Str("fast".into()), "mode"),
-            ParamSpec::optional("extra", ParamType::Any, Value::Table(Default::default()), "anything"),
-            ParamSpec::optional("sleep_ms", ParamType::Int, Value::Int(0), "sleep before writing"),
-            ParamSpec::optional("panic", ParamType::Bool, Value::Bool(false), "panic on purpose"),
+            ParamSpec::optional(
+                "fail",
+                ParamType::Bool,
+                Value::Bool(false),
+                "fail on purpose",
+            ),
+            ParamSpec::optional(
+                "mode",
+                ParamType::Choice(&["fast", "slow"]),
+                Value::Str("fast".into()),
+                "mode",
+            ),
+            ParamSpec::optional(
+                "extra",
+                ParamType::Any,
+                Value::Table(Default::default()),
+                "anything",
+            ),
+            ParamSpec::optional(
+                "sleep_ms",
+                ParamType::Int,
+                Value::Int(0),
+                "sleep before writing",
+            ),
+            ParamSpec::optional(
+                "panic",
+                ParamType::Bool,
+                Value::Bool(false),
+                "panic on purpose",
+            ),
         ]
     }
     fn inputs(&self) -> Vec<InputSpec> {
@@ -56,7 +82,9 @@ impl Stage for Echo {
         if ctx.bool_param("panic")? {
             panic!("index out of bounds on purpose");
         }
-        std::thread::sleep(std::time::Duration::from_millis(ctx.i64_param("sleep_ms")? as u64));
+        std::thread::sleep(std::time::Duration::from_millis(
+            ctx.i64_param("sleep_ms")? as u64
+        ));
         if ctx.bool_param("fail")? {
             return Err("failing on purpose (row 7 of nothing.csv)".into());
         }
@@ -86,8 +114,16 @@ pub struct Fixture {
 pub fn registry(version: u32) -> Fixture {
     let runs = Arc::new(AtomicUsize::new(0));
     let mut reg = StageRegistry::new();
-    reg.register(Arc::new(Echo { kind: "echo", version, runs: runs.clone() }));
-    reg.register(Arc::new(Echo { kind: "other", version: 1, runs: runs.clone() }));
+    reg.register(Arc::new(Echo {
+        kind: "echo",
+        version,
+        runs: runs.clone(),
+    }));
+    reg.register(Arc::new(Echo {
+        kind: "other",
+        version: 1,
+        runs: runs.clone(),
+    }));
     Fixture { reg, runs }
 }
 

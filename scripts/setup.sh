@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-time setup, idempotent and cached: a project-local Python virtualenv (.venv) holding
+#   - torch==2.11.0: libtorch for the tch-based stages (tch 0.24 pins PyTorch 2.11.0; the PyPI wheel
+#     pulls the CUDA libraries too, about 2.7 GB downloaded once into pip's cache);
+#   - moto[server]: the S3-compatible server the store's tests start on 127.0.0.1.
+# Prints the environment a cargo build that links libtorch needs (sourced by the other scripts).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.venv"
+py="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  "$py" -m venv "$venv"
+fi
+vpy="$venv/bin/python"
+
+if ! "$vpy" -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "2.11.0")' 2>/dev/null; then
+  echo "setup: installing torch==2.11.0 into $venv (libtorch; first time only)"
+  "$vpy" -m pip install --quiet --disable-pip-version-check "torch==2.11.0"
+fi
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "setup: installing moto[server]==5.2.5 into $venv (local S3 server for tests)"
+  "$vpy" -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi
