@@ -23,8 +23,8 @@ const LARGE_FILE: u64 = 16 << 20;
 struct FileStat {
     path: String,
     size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
+    mtime_ns: i64,
+    ctime_ns: i64,
     ino: u64,
 }
 
@@ -185,8 +185,8 @@ fn stat_of(path: &Path, rel: String) -> Result<FileStat> {
     Ok(FileStat {
         path: rel,
         size: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        mtime_ns: i64::from(m.mtime()) * 1_000_000_000 + i64::from(m.mtime_nsec()),
+        ctime_ns: i64::from(m.ctime()) * 1_000_000_000 + i64::from(m.ctime_nsec()),
         ino: m.ino(),
     })
 }

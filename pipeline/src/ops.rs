@@ -277,6 +277,6 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(super::fmt_time(0.0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::fmt_time(1_795_000_000.0), "2026-11-18 09:46:40 UTC");
+        assert_eq!(super::fmt_time(1_795_000_000.0), "2026-11-18 11:06:40 UTC");
     }
 }
