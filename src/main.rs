@@ -375,7 +375,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let url = store_url(store, Some(&plan))?;
             let store = open_store(&url, &cache)?;
             let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
-            for line in pipeline::ops::explain(&plan, &resolved, &store, idx)? {
+            for line in pipeline::ops::explain(&plan, &resolved, &store, &fp_cache, idx)? {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)

@@ -248,6 +248,16 @@ fn run_twice_then_change_one_parameter() {
         ]
     );
 
+    // A changed input file: explain names it.
+    case.write("raw/notes.txt", "hello again\n");
+    case.write("raw/new.txt", "x\n");
+    let explain = case.ok(&["explain", "m.toml", "a"]);
+    assert!(explain.contains("input `deps` (datasets.raw"), "{explain}");
+    assert!(
+        explain.contains("changed notes.txt") && explain.contains("added new.txt"),
+        "{explain}"
+    );
+
     // show by key prefix.
     let key = json[2]["key"].as_str().unwrap();
     let shown = case.ok(&["show", &key[..10]]);

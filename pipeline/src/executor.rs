@@ -743,9 +743,14 @@ fn build_locked(
                 }
             };
             inputs.entry(slot.clone()).or_default().push(artifact);
+            let content = match r {
+                InputRef::External(e) => Some(resolved.externals[*e].digest.clone()),
+                InputRef::Stage(_) => None,
+            };
             records.entry(slot.clone()).or_default().push(InputRecord {
                 reference,
                 key: k.clone(),
+                content,
             });
         }
     }

@@ -78,6 +78,66 @@ impl FingerprintCache {
         )
     }
 
+    fn snapshot_path(&self, root: &Path, content_digest: &str) -> PathBuf {
+        let id = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
+        self.dir.join("fingerprints").join(format!(
+            "{}.was-{}.json",
+            &id[..32],
+            &content_digest[..16]
+        ))
+    }
+
+    /// Keeps the `keep` newest listings of earlier contents of `root`.
+    fn prune_snapshots(&self, root: &Path, keep: usize) {
+        let id = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
+        let prefix = format!("{}.was-", &id[..32]);
+        let Ok(entries) = fs::read_dir(self.dir.join("fingerprints")) else {
+            return;
+        };
+        let mut snaps: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        snaps.sort();
+        let excess = snaps.len().saturating_sub(keep);
+        for (_, p) in snaps.into_iter().take(excess) {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// Files added, removed or changed in `root` since it had content digest `old_digest`, if the
+    /// cache still holds that listing (it keeps the one before each change).
+    pub fn changes_since(&self, root: &Path, old_digest: &str) -> Option<Vec<String>> {
+        let root = root.canonicalize().ok()?;
+        let old: Vec<CachedFile> = read_json(&self.snapshot_path(&root, old_digest))?;
+        let (_, files_path) = self.paths(&root);
+        let new: Vec<CachedFile> = read_json(&files_path)?;
+        let old: HashMap<&str, &str> = old
+            .iter()
+            .map(|f| (f.stat.path.as_str(), f.hash.as_str()))
+            .collect();
+        let new: HashMap<&str, &str> = new
+            .iter()
+            .map(|f| (f.stat.path.as_str(), f.hash.as_str()))
+            .collect();
+        let mut out: Vec<String> = Vec::new();
+        for (path, hash) in &new {
+            match old.get(path) {
+                None => out.push(format!("added {path}")),
+                Some(h) if h != hash => out.push(format!("changed {path}")),
+                _ => {}
+            }
+        }
+        out.extend(
+            old.keys()
+                .filter(|p| !new.contains_key(*p))
+                .map(|p| format!("removed {p}")),
+        );
+        out.sort();
+        Some(out)
+    }
+
     /// Fingerprints `root` (a folder or a single file).
     pub fn fingerprint(&self, root: &Path, verify: bool) -> Result<Fingerprint> {
         let root = root.canonicalize().at(root)?;
@@ -147,6 +207,14 @@ impl FingerprintCache {
         let digest = hasher.finalize().to_hex().to_string();
 
         let entries: Vec<CachedFile> = hashed.into_iter().map(|(f, _, _)| f).collect();
+        // Keep the listing of the content being replaced, so `explain` can name changed files.
+        if let Some(old) = head
+            .as_ref()
+            .filter(|h| h.content_digest != digest && h.root == root)
+        {
+            let _ = fs::rename(&files_path, self.snapshot_path(&root, &old.content_digest));
+            self.prune_snapshots(&root, 3);
+        }
         let head = CacheHead {
             root: root.clone(),
             stat_digest,

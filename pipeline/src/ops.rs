@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::error::Result;
 use crate::executor::{lease_is_stale, Resolved};
+use crate::fingerprint::FingerprintCache;
 use crate::key::{KeyRecipe, StageKey};
 use crate::plan::{InputRef, Plan};
 use crate::store::{ArtifactManifest, IndexEntry, Lease, Store};
@@ -41,7 +42,13 @@ pub fn format_unix(unix: f64) -> String {
 }
 
 /// Why instance `idx` would (or would not) run, as lines for a person.
-pub fn explain(plan: &Plan, resolved: &Resolved, store: &Store, idx: usize) -> Result<Vec<String>> {
+pub fn explain(
+    plan: &Plan,
+    resolved: &Resolved,
+    store: &Store,
+    cache: &FingerprintCache,
+    idx: usize,
+) -> Result<Vec<String>> {
     let inst = &plan.instances[idx];
     let key = &resolved.keys[idx];
     let mut lines = vec![format!("{} ({}) key {}", inst.name, inst.kind, key.short())];
@@ -90,7 +97,7 @@ pub fn explain(plan: &Plan, resolved: &Resolved, store: &Store, idx: usize) -> R
     ));
     let mut seen = HashSet::new();
     diff(
-        plan, resolved, store, idx, &entry.key, 1, &mut lines, &mut seen,
+        plan, resolved, store, cache, idx, &entry.key, 1, &mut lines, &mut seen,
     )?;
     Ok(lines)
 }
@@ -100,6 +107,7 @@ fn diff(
     plan: &Plan,
     resolved: &Resolved,
     store: &Store,
+    cache: &FingerprintCache,
     idx: usize,
     old_key: &StageKey,
     depth: usize,
@@ -153,7 +161,8 @@ fn diff(
             ));
             continue;
         }
-        for ((b, a), r) in before.iter().zip(&after).zip(&refs) {
+        let old_records = old_manifest.inputs.get(slot).cloned().unwrap_or_default();
+        for (n, ((b, a), r)) in before.iter().zip(&after).zip(&refs).enumerate() {
             if b == a {
                 continue;
             }
@@ -161,13 +170,35 @@ fn diff(
                 InputRef::External(e) => {
                     let ext = &plan.externals[*e];
                     let fp = &resolved.externals[*e];
-                    lines.push(format!(
-                        "{pad}input `{slot}` ({}, {}): content, kind or parameters changed ({} files, {} bytes now)",
-                        ext.reference(),
-                        ext.path.display(),
-                        fp.files,
-                        fp.bytes
-                    ));
+                    let old_content = old_records.get(n).and_then(|r| r.content.clone());
+                    match old_content {
+                        Some(old) if old == fp.digest => lines.push(format!(
+                            "{pad}input `{slot}` ({}): its kind or parameters changed, not its files",
+                            ext.reference()
+                        )),
+                        Some(old) => {
+                            lines.push(format!(
+                                "{pad}input `{slot}` ({}, {}): files changed ({} files, {} bytes now)",
+                                ext.reference(),
+                                ext.path.display(),
+                                fp.files,
+                                fp.bytes
+                            ));
+                            if let Some(changes) = cache.changes_since(&ext.path, &old) {
+                                for c in changes.iter().take(10) {
+                                    lines.push(format!("{pad}  {c}"));
+                                }
+                                if changes.len() > 10 {
+                                    lines.push(format!("{pad}  ... and {} more", changes.len() - 10));
+                                }
+                            }
+                        }
+                        None => lines.push(format!(
+                            "{pad}input `{slot}` ({}, {}): content, kind or parameters changed",
+                            ext.reference(),
+                            ext.path.display()
+                        )),
+                    }
                 }
                 InputRef::Stage(s) => {
                     let up = &plan.instances[*s];
@@ -179,7 +210,17 @@ fn diff(
                     ));
                     if seen.insert(*s) {
                         if let Some(old_up) = StageKey::parse(b) {
-                            diff(plan, resolved, store, *s, &old_up, depth + 1, lines, seen)?;
+                            diff(
+                                plan,
+                                resolved,
+                                store,
+                                cache,
+                                *s,
+                                &old_up,
+                                depth + 1,
+                                lines,
+                                seen,
+                            )?;
                         }
                     }
                 }

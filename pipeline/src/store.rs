@@ -44,6 +44,9 @@ pub struct InputRecord {
     pub reference: String,
     /// The upstream key, or the external input's digest.
     pub key: String,
+    /// For an external input: the content digest of its files (to name changed files later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// `_manifest.json`: what an artifact is and how it was made. Written last.

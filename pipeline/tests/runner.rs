@@ -389,7 +389,14 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     )
     .unwrap();
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
-    let lines = pipeline::ops::explain(&plan, &resolved, &store, idx).unwrap();
+    let lines = pipeline::ops::explain(
+        &plan,
+        &resolved,
+        &store,
+        &FingerprintCache::new(env.path().join("cache")),
+        idx,
+    )
+    .unwrap();
     let text: Vec<String> = lines
         .iter()
         .map(|l| {
@@ -411,7 +418,13 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     );
     assert!(text.contains("parameter `seed` changed: 1 -> 2"), "{text}");
     let up = plan.instance("ingest").unwrap();
-    assert!(
-        pipeline::ops::explain(&plan, &resolved, &store, up).unwrap()[1].starts_with("up to date")
-    );
+    assert!(pipeline::ops::explain(
+        &plan,
+        &resolved,
+        &store,
+        &FingerprintCache::new(env.path().join("cache")),
+        up
+    )
+    .unwrap()[1]
+        .starts_with("up to date"));
 }
