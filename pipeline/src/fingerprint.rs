@@ -253,8 +253,8 @@ fn stat_of(path: &Path, rel: String) -> Result<FileStat> {
     Ok(FileStat {
         path: rel,
         size: m.len(),
-        mtime_ns: i64::from(m.mtime()) * 1_000_000_000 + i64::from(m.mtime_nsec()),
-        ctime_ns: i64::from(m.ctime()) * 1_000_000_000 + i64::from(m.ctime_nsec()),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         ino: m.ino(),
     })
 }
