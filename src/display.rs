@@ -104,6 +104,18 @@ impl ProgressSink for Display {
                     self.line(format!("start    {instance}  {}", key.short()));
                 }
             }
+            RunEvent::Submitted {
+                instance,
+                job,
+                reused,
+            } => {
+                let how = if *reused {
+                    "already queued as"
+                } else {
+                    "submitted as"
+                };
+                self.line(format!("queued   {instance}  ({how} slurm job {job})"));
+            }
             RunEvent::Waiting { instance, owner } => {
                 self.line(format!(
                     "waiting  {instance}: another runner ({owner}) is building it"
@@ -130,6 +142,7 @@ impl ProgressSink for Display {
                         format!("not run  {instance}  (upstream {because} failed)")
                     }
                     Outcome::Cancelled => format!("cancel   {instance}"),
+                    Outcome::Submitted { job } => format!("queued   {instance}  (slurm job {job})"),
                 };
                 self.line(text);
             }

@@ -70,6 +70,25 @@ enum Command {
         /// Rehash the content of external inputs instead of trusting unchanged file stats.
         #[arg(long)]
         verify: bool,
+        /// Where stages run: `local` (a worker pool here) or `slurm` (one batch job per stage
+        /// instance). Default: the manifest's [executor], else local.
+        #[arg(long, value_name = "KIND", value_parser = ["local", "slurm"])]
+        executor: Option<String>,
+        /// With the Slurm executor: submit and return instead of following the jobs.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Build one stage instance whose upstream is already complete (what a cluster job runs).
+    #[command(hide = true)]
+    Exec {
+        manifest: PathBuf,
+        #[arg(long)]
+        instance: String,
+        /// The key the submitter computed; a mismatch (the manifest or inputs changed since) is an error.
+        #[arg(long)]
+        key: String,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -183,6 +202,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             only,
             dry_run,
             verify,
+            executor: executor_arg,
+            detach,
             store,
         } => {
             let t0 = Instant::now();
@@ -228,15 +249,55 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 });
             }
             let display = Arc::new(display::Display::new(cli.verbose, cli.quiet));
-            let report = executor::run(
-                &plan,
-                &reg,
-                &store,
-                &resolved,
-                &opts,
-                display.clone(),
-                cancel.clone(),
-            )?;
+            let use_slurm = executor_arg
+                .as_deref()
+                .unwrap_or(plan.executor.kind.as_str())
+                == "slurm";
+            let report = if use_slurm {
+                if matches!(url, StoreUrl::Memory) {
+                    bail!("the Slurm executor needs a store every node can reach (a shared folder or s3://), not memory://");
+                }
+                let slurm = pipeline::slurm::SlurmOptions {
+                    adaptor_bin: std::env::current_exe()
+                        .context("cannot locate the adaptor binary")?,
+                    manifest: manifest
+                        .canonicalize()
+                        .with_context(|| manifest.display().to_string())?,
+                    store: url.to_string(),
+                    cache_dir: cache.clone(),
+                    log_dir: plan
+                        .executor
+                        .slurm
+                        .log_dir
+                        .clone()
+                        .unwrap_or_else(|| cache.join("slurm-logs")),
+                    poll: std::time::Duration::from_millis(500),
+                    detach: *detach,
+                };
+                let opts = RunOptions {
+                    host: hostname(),
+                    ..opts.clone()
+                };
+                pipeline::slurm::run(
+                    &plan,
+                    &store,
+                    &resolved,
+                    &opts,
+                    &slurm,
+                    display.clone(),
+                    cancel.clone(),
+                )?
+            } else {
+                executor::run(
+                    &plan,
+                    &reg,
+                    &store,
+                    &resolved,
+                    &opts,
+                    display.clone(),
+                    cancel.clone(),
+                )?
+            };
             display.finish();
             if *dry_run {
                 let states = executor::states(&plan, &resolved, &store, opts.lease_secs)?;
@@ -260,6 +321,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let failed: Vec<_> = report.failed().collect();
+            let submitted = report
+                .outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Submitted { .. }))
+                .count();
+            if submitted > 0 && !cli.quiet {
+                eprintln!(
+                    "{submitted} submitted to Slurm; follow with `adaptor status {}`",
+                    manifest.display()
+                );
+            }
             if !cli.quiet {
                 let up = report
                     .outcomes
@@ -295,6 +367,70 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(1))
         }
+        Command::Exec {
+            manifest,
+            instance,
+            key,
+            store,
+        } => {
+            let plan = load_plan(manifest, &reg)?;
+            let idx = plan.instance(instance).ok_or_else(|| {
+                anyhow!(
+                    "{}: no stage instance named `{instance}`",
+                    manifest.display()
+                )
+            })?;
+            let url = store_url(store, Some(&plan))?;
+            let store = open_store(&url, &cache)?;
+            let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
+            if resolved.keys[idx].as_str() != key {
+                bail!(
+                    "{instance}: its key is now {} but the job was submitted for {}: the manifest or an input changed since; run `adaptor run` again",
+                    resolved.keys[idx].short(),
+                    &key[..12.min(key.len())]
+                );
+            }
+            let job = std::env::var("SLURM_JOB_ID")
+                .ok()
+                .map(|id| format!("slurm job {id}"));
+            let opts = RunOptions {
+                jobs: 1,
+                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                only: vec![instance.clone()],
+                no_deps: true,
+                host: hostname(),
+                job,
+                ..RunOptions::default()
+            };
+            let display = Arc::new(display::Display::new(true, cli.quiet));
+            let report = executor::run(
+                &plan,
+                &reg,
+                &store,
+                &resolved,
+                &opts,
+                display,
+                Arc::new(AtomicBool::new(false)),
+            )?;
+            match report
+                .outcomes
+                .iter()
+                .find(|(n, _)| n == instance)
+                .map(|(_, o)| o)
+            {
+                Some(Outcome::Ran { .. } | Outcome::UpToDate | Outcome::BuiltElsewhere) => {
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(Outcome::Failed { error, log }) => {
+                    eprintln!(
+                        "error: {instance} failed: {error}\n  log: {}",
+                        display_path(&url, log)
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                other => bail!("{instance}: {other:?}"),
+            }
+        }
         Command::Status {
             manifest,
             json,
@@ -322,6 +458,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                                 row["log"] = display_path(&url, log).into();
                             }
                             State::Running { owner } => row["owner"] = owner.as_str().into(),
+                            State::Queued { job } => row["job"] = job.as_str().into(),
                             _ => {}
                         }
                         row
@@ -333,6 +470,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     let detail = match st {
                         State::Failed { error, .. } => format!("  ({})", first_line(error)),
                         State::Running { owner } => format!("  (by {owner})"),
+                        State::Queued { job } => format!("  (slurm job {job})"),
                         State::Stale { previous } => format!("  (was {})", previous.short()),
                         _ => String::new(),
                     };
@@ -529,6 +667,12 @@ fn display_path(url: &StoreUrl, rel: &str) -> String {
         StoreUrl::Local(p) => p.join(rel).display().to_string(),
         other => format!("{other}/{rel}"),
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn first_line(s: &str) -> &str {

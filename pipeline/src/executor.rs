@@ -121,6 +121,10 @@ pub enum State {
         error: String,
         log: String,
     },
+    /// A cluster job for this key is waiting in the queue.
+    Queued {
+        job: String,
+    },
     /// Another runner holds the lease.
     Running {
         owner: String,
@@ -135,6 +139,7 @@ impl State {
             State::Missing => "missing",
             State::Failed { .. } => "failed",
             State::Running { .. } => "running",
+            State::Queued { .. } => "queued",
         }
     }
 
@@ -157,6 +162,8 @@ pub fn states(
         .map(|(i, k)| (i.kind.clone(), k.clone()))
         .collect();
     let complete = store.complete_many(&items)?;
+    let pending: Vec<usize> = (0..items.len()).filter(|&i| !complete[i]).collect();
+    let jobs = crate::slurm::live_jobs(plan, resolved, store, &pending)?;
     let mut out = Vec::with_capacity(items.len());
     for (idx, done) in complete.into_iter().enumerate() {
         if done {
@@ -164,6 +171,16 @@ pub fn states(
             continue;
         }
         let (kind, key) = &items[idx];
+        if let Some((job, state)) = jobs.get(&idx) {
+            out.push(if state == "PENDING" {
+                State::Queued { job: job.clone() }
+            } else {
+                State::Running {
+                    owner: format!("slurm job {job}"),
+                }
+            });
+            continue;
+        }
         if let Some(lease) = store.get_json::<Lease>(&Store::lock_path(kind, key))? {
             if !lease_is_stale(&lease, lease_secs) {
                 out.push(State::Running { owner: lease.owner });
@@ -197,15 +214,35 @@ pub struct FailureRecord {
     pub error: String,
     pub unix: f64,
     pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Scheduling events, for the display.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    Planned { to_run: usize, up_to_date: usize },
-    Started { instance: String, key: StageKey },
-    Finished { instance: String, outcome: Outcome },
-    Waiting { instance: String, owner: String },
+    Planned {
+        to_run: usize,
+        up_to_date: usize,
+    },
+    Started {
+        instance: String,
+        key: StageKey,
+    },
+    Finished {
+        instance: String,
+        outcome: Outcome,
+    },
+    Waiting {
+        instance: String,
+        owner: String,
+    },
+    /// Handed to a cluster scheduler (`reused`: a job another run had already submitted).
+    Submitted {
+        instance: String,
+        job: String,
+        reused: bool,
+    },
 }
 
 /// How one instance ended in a run.
@@ -220,6 +257,10 @@ pub enum Outcome {
     Failed {
         error: String,
         log: String,
+    },
+    /// Submitted to a cluster scheduler and not followed (`--detach`).
+    Submitted {
+        job: String,
     },
     /// An upstream instance failed.
     NotRun {
@@ -242,6 +283,11 @@ pub struct RunOptions {
     /// The host name recorded in leases and manifests.
     pub host: String,
     pub tool: String,
+    /// Build only the selected instances: an upstream that is not complete is an error instead of
+    /// being built (`adaptor exec`, inside a cluster job whose dependencies did that).
+    pub no_deps: bool,
+    /// A label for where this runs (e.g. `slurm job 1234`), recorded in manifests and failures.
+    pub job: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -254,6 +300,8 @@ impl Default for RunOptions {
             lease_secs: 60.0,
             host: "localhost".into(),
             tool: concat!("adaptor ", env!("CARGO_PKG_VERSION")).into(),
+            no_deps: false,
+            job: None,
         }
     }
 }
@@ -345,16 +393,14 @@ impl Leases {
     }
 }
 
-/// Builds every stale instance of the plan (or of the `only` selection and what it depends on).
-pub fn run(
+/// The instances a run considers (the `only` selection and what it needs, or everything) and the
+/// state of every instance of the plan.
+pub fn select(
     plan: &Plan,
-    registry: &StageRegistry,
-    store: &Store,
     resolved: &Resolved,
+    store: &Store,
     opts: &RunOptions,
-    sink: Arc<dyn ProgressSink>,
-    cancel: Arc<AtomicBool>,
-) -> Result<RunReport> {
+) -> Result<(Vec<usize>, Vec<State>)> {
     let selected: Vec<usize> = if opts.only.is_empty() {
         (0..plan.instances.len()).collect()
     } else {
@@ -372,6 +418,38 @@ pub fn run(
         plan.closure(&targets)
     };
     let all_states = states(plan, resolved, store, opts.lease_secs)?;
+    if opts.no_deps {
+        let targets: std::collections::HashSet<usize> =
+            opts.only.iter().flat_map(|p| plan.select(p)).collect();
+        for &i in &selected {
+            if !targets.contains(&i) && all_states[i].needs_run() {
+                return Err(Error::Other(format!(
+                    "{}: upstream {} is not complete ({}) in the store",
+                    targets
+                        .iter()
+                        .map(|&t| plan.instances[t].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    plan.instances[i].name,
+                    all_states[i].label()
+                )));
+            }
+        }
+    }
+    Ok((selected, all_states))
+}
+
+/// Builds every stale instance of the plan (or of the `only` selection and what it depends on).
+pub fn run(
+    plan: &Plan,
+    registry: &StageRegistry,
+    store: &Store,
+    resolved: &Resolved,
+    opts: &RunOptions,
+    sink: Arc<dyn ProgressSink>,
+    cancel: Arc<AtomicBool>,
+) -> Result<RunReport> {
+    let (selected, all_states) = select(plan, resolved, store, opts)?;
     let to_run: Vec<usize> = selected
         .iter()
         .copied()
@@ -801,6 +879,7 @@ fn build_locked(
                 error: error.clone(),
                 unix: now_unix(),
                 host: host.to_string(),
+                job: opts.job.clone(),
             },
             false,
         )?;
@@ -844,6 +923,7 @@ fn build_locked(
         seconds,
         tool: opts.tool.clone(),
         host: host.to_string(),
+        job: opts.job.clone(),
     };
     let outcome = match store.publish(&staging, &manifest)? {
         PublishOutcome::Published => Outcome::Ran { seconds },

@@ -65,6 +65,9 @@ pub struct ArtifactManifest {
     pub seconds: f64,
     pub tool: String,
     pub host: String,
+    /// Where it ran when not in the runner's own process (e.g. `slurm job 1234`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl ArtifactManifest {

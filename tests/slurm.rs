@@ -1,0 +1,365 @@
+//! The Slurm executor against a real single-node Slurm (slurmctld + slurmd + munge) that this test
+//! starts in a scratch folder and stops at the end (`scripts/slurm-cluster.sh`). The scenarios run
+//! in sequence inside one test so they share one cluster.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        for tool in ["slurmctld", "slurmd", "sbatch", "munged"] {
+            let found = Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(
+                found,
+                "`{tool}` is not installed: run `scripts/slurm-cluster.sh install` (as root)"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Two free ports in a row for slurmctld and slurmd.
+        let port = loop {
+            let p = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let out = Command::new(repo().join("scripts/slurm-cluster.sh"))
+            .args(["start", &dir.path().join("cluster").to_string_lossy()])
+            .env("SLURM_PORT_BASE", port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.path().join("cluster/slurm.conf");
+        Cluster { dir, conf }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/slurm-cluster.sh"))
+            .args(["stop", &self.dir.path().join("cluster").to_string_lossy()])
+            .output();
+    }
+}
+
+struct Case<'a> {
+    cluster: &'a Cluster,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> Case<'a> {
+    fn new(cluster: &'a Cluster, manifest: &str) -> Case<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.toml"), manifest).unwrap();
+        std::fs::create_dir_all(dir.path().join("raw")).unwrap();
+        std::fs::write(dir.path().join("raw/in.txt"), "raw data\n").unwrap();
+        Case { cluster, dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_adaptor"));
+        c.args(args)
+            .current_dir(self.path())
+            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"))
+            .env("SLURM_CONF", &self.cluster.conf);
+        c
+    }
+    fn run(&self, args: &[&str]) -> (Output, String) {
+        let out = self.cmd(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out, text)
+    }
+    fn squeue(&self, fmt: &str) -> String {
+        let out = Command::new("squeue")
+            .args(["-h", "-t", "all", "-o", fmt])
+            .env("SLURM_CONF", &self.cluster.conf)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// (kind/key → sorted file digests) of every complete artifact in a local store.
+fn artifacts(store: &Path) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for kind in std::fs::read_dir(store).unwrap().flatten() {
+        let name = kind.file_name().to_string_lossy().into_owned();
+        if name.starts_with('_') {
+            continue;
+        }
+        for art in std::fs::read_dir(kind.path()).unwrap().flatten() {
+            let Ok(text) = std::fs::read_to_string(art.path().join("_manifest.json")) else {
+                continue;
+            };
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut files: Vec<(String, String)> = m["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    (
+                        f["path"].as_str().unwrap().to_string(),
+                        f["blake3"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            files.sort();
+            out.insert(
+                format!("{name}/{}", art.file_name().to_string_lossy()),
+                files,
+            );
+        }
+    }
+    out
+}
+
+const GRID: &str = r#"
+[datasets.raw]
+kind = "text"
+root = "raw"
+
+[matrix]
+seed = [0, 1, 2]
+
+[stages.prep]
+kind = "command"
+inputs.deps = "datasets.raw"
+params.run = "tr a-z A-Z < $IN_DEPS/in.txt > $OUT/prep.txt"
+
+[stages.train]
+kind = "command"
+foreach = ["seed"]
+inputs.deps = "prep"
+params = { run = "cat $IN_DEPS/prep.txt > $OUT/model.txt; echo seed=$VAR_SEED >> $OUT/model.txt", vars = { seed = "${seed}" } }
+
+[stages.report]
+kind = "command"
+inputs.deps = "train[*]"
+params.run = "cat $IN_DEPS_0/model.txt $IN_DEPS_1/model.txt $IN_DEPS_2/model.txt > $OUT/report.txt"
+
+[executor.slurm]
+cpus = 1
+extra = ["--comment=adaptor-test"]
+
+[executor.slurm.resources.command]
+time = "00:10:00"
+"#;
+
+#[test]
+fn slurm_executor_on_a_real_cluster() {
+    let cluster = Cluster::start();
+
+    // 1. Same keys and same artifacts as the local executor; a second run submits nothing.
+    let case = Case::new(&cluster, GRID);
+    let (out, text) = case.run(&["run", "m.toml", "--store", "local-store"]);
+    assert!(out.status.success(), "{text}");
+    let t0 = Instant::now();
+    let (out, text) = case.run(&[
+        "run",
+        "m.toml",
+        "--executor",
+        "slurm",
+        "--store",
+        "slurm-store",
+    ]);
+    assert!(out.status.success(), "{text}");
+    let slurm_secs = t0.elapsed().as_secs_f64();
+    assert!(
+        text.contains("5 ran") && text.contains("submitted as slurm job"),
+        "{text}"
+    );
+    assert_eq!(
+        artifacts(&case.path().join("local-store")),
+        artifacts(&case.path().join("slurm-store"))
+    );
+    let manifest_of_report = std::fs::read_dir(case.path().join("slurm-store/command"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path().join("_manifest.json")).unwrap())
+        .find(|m| m.contains("\"instance\": \"report\""))
+        .unwrap();
+    assert!(
+        manifest_of_report.contains("\"job\": \"slurm job "),
+        "{manifest_of_report}"
+    );
+    let jobs_before = case.squeue("%i").lines().count();
+    let (out, text) = case.run(&[
+        "run",
+        "m.toml",
+        "--executor",
+        "slurm",
+        "--store",
+        "slurm-store",
+    ]);
+    assert!(
+        out.status.success() && text.contains("0 ran, 5 up to date"),
+        "{text}"
+    );
+    assert_eq!(
+        case.squeue("%i").lines().count(),
+        jobs_before,
+        "a no-op run submits nothing"
+    );
+    eprintln!("slurm executor: 5 instances in {slurm_secs:.1}s");
+
+    // 2. A failing stage: its dependents are not run, and the error names the job and its output.
+    let failing = GRID.replace(
+        "echo seed=$VAR_SEED >> $OUT/model.txt",
+        "test $VAR_SEED != 1 || { echo bad seed >&2; exit 4; }; echo ok > $OUT/model.txt",
+    );
+    let case2 = Case::new(&cluster, &failing);
+    let (out, text) = case2.run(&["run", "m.toml", "--executor", "slurm"]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error: train[seed=1] failed: command"),
+        "{text}"
+    );
+    assert!(
+        text.contains("exited with status 4: bad seed (slurm job "),
+        "{text}"
+    );
+    let job_out = text
+        .split("job output ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        Path::new(&job_out).is_file(),
+        "the job's output file exists: {job_out}"
+    );
+    assert!(
+        text.contains("not run: report (upstream train[seed=1] failed)"),
+        "{text}"
+    );
+    let (_, status) = case2.run(&["status", "m.toml"]);
+    assert!(
+        status.contains("failed") && status.contains("missing"),
+        "{status}"
+    );
+    // Fixed: only the failed instance and its dependent are resubmitted.
+    std::fs::write(case2.path().join("m.toml"), GRID).unwrap();
+    let (out, text) = case2.run(&["run", "m.toml", "--executor", "slurm", "--dry-run"]);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("would run").count(), 4, "{text}"); // train x3 changed params + report
+
+    // 3. Two runs at once never submit the same key twice.
+    let case3 = Case::new(&cluster, &GRID.replace("tr a-z A-Z", "sleep 1; tr a-z A-Z"));
+    let jobs_before = case3.squeue("%i").lines().count();
+    let a = case3
+        .cmd(&["run", "m.toml", "--executor", "slurm", "--detach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = case3
+        .cmd(&["run", "m.toml", "--executor", "slurm", "--detach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{a:?} {b:?}");
+    assert_eq!(
+        case3.squeue("%i").lines().count() - jobs_before,
+        5,
+        "each of the 5 keys submitted once"
+    );
+    let (_, status) = case3.run(&["status", "m.toml"]);
+    assert!(
+        status.contains("queued") || status.contains("running"),
+        "{status}"
+    );
+    // Following the detached jobs to the end: the second run reuses them.
+    let (out, text) = case3.run(&["run", "m.toml", "--executor", "slurm"]);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("submitted as"),
+        "nothing is submitted twice: {text}"
+    );
+    assert!(text.contains("already queued as slurm job"), "{text}");
+    let (_, status) = case3.run(&["status", "m.toml"]);
+    assert!(status.contains("all 5 instance(s) up to date"), "{status}");
+
+    // 4. Ctrl-C cancels the jobs the run submitted; nothing is left complete or queued.
+    let case4 = Case::new(
+        &cluster,
+        &GRID.replace("tr a-z A-Z", "sleep 30; tr a-z A-Z"),
+    );
+    let mut child = case4
+        .cmd(&["run", "m.toml", "--executor", "slurm"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (_, status) = case4.run(&["status", "m.toml"]);
+        if status.contains("running") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the first job never started: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { kill(child.id() as i32, 2) };
+    let status_code = child.wait().unwrap();
+    assert!(!status_code.success());
+    let t0 = Instant::now();
+    loop {
+        let active = case4
+            .squeue("%T")
+            .lines()
+            .filter(|s| matches!(*s, "PENDING" | "RUNNING" | "COMPLETING"))
+            .count();
+        if active == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "jobs still active after cancel"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, status) = case4.run(&["status", "m.toml"]);
+    assert!(
+        !status.contains("up-to-date") && !status.contains("queued") && !status.contains("running"),
+        "{status}"
+    );
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
