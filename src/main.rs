@@ -127,6 +127,43 @@ enum Command {
     },
     /// List the stage kinds this binary knows, with their parameters and inputs.
     Stages,
+    /// Write a synthetic miniature of a dataset in its exact raw layout (chest-X-ray-like images
+    /// whose findings are visible in the pixels and stated in reports and labels).
+    Synth {
+        /// mimic-cxr, rsna, covidx or siim.
+        #[arg(value_parser = ["mimic-cxr", "rsna", "covidx", "siim"])]
+        dataset: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Studies (mimic-cxr), patients (rsna) or images (covidx, siim).
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        image_size: u32,
+    },
+    /// Read a raw dataset folder into a records table (what the `ingest` stage does), outside a manifest.
+    Ingest {
+        /// mimic-cxr, rsna, covidx or siim.
+        #[arg(value_parser = ["mimic-cxr", "rsna", "covidx", "siim"])]
+        dataset: String,
+        /// The raw dataset folder, as downloaded.
+        #[arg(long, value_name = "DIR")]
+        raw: PathBuf,
+        /// Output folder (records.parquet, summary.json, skipped.parquet).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write bad rows to skipped.parquet beside the output instead of failing.
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long, default_value_t = 0)]
+        split_seed: u32,
+        /// decode: every image must decode; exists: only check that the files exist.
+        #[arg(long, default_value = "decode", value_parser = ["decode", "exists"])]
+        verify: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -143,6 +180,7 @@ fn main() -> ExitCode {
 fn registry() -> StageRegistry {
     let mut reg = StageRegistry::new();
     reg.register(Arc::new(pipeline::builtin::CommandStage));
+    stages::register(&mut reg);
     reg
 }
 
@@ -561,6 +599,46 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 if let Some(log) = log {
                     println!("\nlog:\n{log}");
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth { dataset, out, n, seed, image_size } => {
+            let ds = stages::synth::SynthDataset::parse(dataset).expect("clap checked the name");
+            let summary = stages::synth::generate_with_size(ds, out, *n, *seed, *image_size)
+                .with_context(|| format!("adaptor synth {dataset}"))?;
+            if !cli.quiet {
+                eprintln!(
+                    "wrote {} images of {dataset} ({} px) into {}: {}",
+                    summary.images,
+                    summary.image_size,
+                    out.display(),
+                    summary.labels.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest { dataset, raw, out, skip_bad, split_seed, verify } => {
+            let kind = stages::ingest::resolve_kind(dataset, raw)?;
+            let opts = stages::ingest::IngestOptions {
+                split_seed: *split_seed,
+                skip_bad: *skip_bad,
+                verify: stages::ingest::Verify::parse(verify).expect("clap checked the value"),
+                ..Default::default()
+            };
+            std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+            let quiet = cli.quiet;
+            let report = stages::ingest::ingest(kind, raw, out, &opts, &|line: &str| {
+                if !quiet {
+                    eprintln!("{line}");
+                }
+            })?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.skipped > 0 {
+                eprintln!(
+                    "{} bad row(s) skipped: see {}",
+                    report.skipped,
+                    out.join("skipped.parquet").display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

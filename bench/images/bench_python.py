@@ -1,0 +1,52 @@
+"""The original's Python path on the same files: cv2.imread(path, 0) / pydicom + convertScaleAbs,
+then MGCA resize_img (INTER_AREA + pad). Prints: python<TAB>kind<TAB>processes<TAB>images<TAB>seconds<TAB>images/s.
+
+Usage: .venv/bin/python bench/images/bench_python.py DIR IMSIZE PROCESSES ROUNDS
+"""
+import os
+import sys
+import time
+from multiprocessing import Pool
+
+import cv2
+import pydicom
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from make_resize_fixture import resize_img  # noqa: E402
+
+cv2.setNumThreads(1)  # one image per process, like a DataLoader worker
+
+
+def load(args):
+    path, imsize = args
+    if path.endswith(".dcm"):
+        dcm = pydicom.dcmread(path)
+        x = dcm.pixel_array
+        x = cv2.convertScaleAbs(x, alpha=(255.0 / x.max()))
+        if dcm.PhotometricInterpretation == "MONOCHROME1":
+            x = cv2.bitwise_not(x)
+    else:
+        x = cv2.imread(path, 0)
+    return resize_img(x, imsize).shape
+
+
+def main():
+    root, imsize, procs, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    for kind in ["jpeg", "dicom"]:
+        files = sorted(os.path.join(root, kind, f) for f in os.listdir(os.path.join(root, kind)))
+        for f in files:
+            load((f, imsize))
+        work = [(f, imsize) for _ in range(rounds) for f in files]
+        t = time.perf_counter()
+        if procs == 1:
+            out = [load(w) for w in work]
+        else:
+            with Pool(procs) as p:
+                out = p.map(load, work, chunksize=1)
+        secs = time.perf_counter() - t
+        assert all(o == (imsize, imsize) for o in out)
+        print(f"python\t{kind}\t{procs}\t{len(work)}\t{secs:.3f}\t{len(work) / secs:.1f}")
+
+
+if __name__ == "__main__":
+    main()

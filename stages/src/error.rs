@@ -1,0 +1,86 @@
+//! The error type of the stages crate. Every variant names the file and, where there is one, the
+//! line (1-based, the header is line 1) and field at fault, because people read these messages.
+
+use std::path::PathBuf;
+
+/// Errors of image decoding, raw-dataset parsing and records writing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{}: cannot read CSV: {message}", path.display())]
+    Csv { path: PathBuf, message: String },
+
+    #[error("{}: missing column `{column}` (columns found: {found})", path.display())]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        found: String,
+    },
+
+    #[error("{}, line {line}, field `{field}`: {message}", path.display())]
+    Field {
+        path: PathBuf,
+        line: u64,
+        field: String,
+        message: String,
+    },
+
+    #[error("{}, line {line}: {message}", path.display())]
+    Row {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+
+    #[error("{}, line {line}: image {} does not exist", path.display(), image.display())]
+    MissingImage {
+        path: PathBuf,
+        line: u64,
+        image: PathBuf,
+    },
+
+    #[error("{}, line {line}: image {}: {message}", path.display(), image.display())]
+    BadImage {
+        path: PathBuf,
+        line: u64,
+        image: PathBuf,
+        message: String,
+    },
+
+    #[error("{}: cannot decode image: {message}", path.display())]
+    Decode { path: PathBuf, message: String },
+
+    #[error("{}: DICOM file has no pixel data (PixelData element 7FE0,0010 is absent)", path.display())]
+    NoPixelData { path: PathBuf },
+
+    #[error("{}: {message}", path.display())]
+    Layout { path: PathBuf, message: String },
+
+    #[error("RLE {context}: {message}")]
+    Rle { context: String, message: String },
+
+    #[error("{}: cannot write table: {message}", path.display())]
+    Table { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Ingest errors are the crate's errors; the alias names them at the API.
+pub type IngestError = Error;

@@ -1,0 +1,191 @@
+//! Reading raw CSV/list files with line numbers, and writing records tables as Parquet.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// A raw delimited file held in memory, each row with its 1-based line number (header = line 1).
+pub struct RawTable {
+    pub path: PathBuf,
+    pub headers: Vec<String>,
+    pub rows: Vec<(u64, csv::StringRecord)>,
+}
+
+impl RawTable {
+    /// Reads a CSV (`.gz` decompressed transparently). `headers: false` for the COVIDx list files,
+    /// whose fields are separated by single spaces.
+    pub fn read(path: &Path, delimiter: u8, headers: bool) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::GzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(headers)
+            .flexible(true)
+            .from_reader(std::io::BufReader::new(reader));
+        let csv_err = |e: csv::Error| Error::Csv {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let headers = if headers {
+            rdr.headers()
+                .map_err(csv_err)?
+                .iter()
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut rows = Vec::new();
+        for rec in rdr.records() {
+            let rec = rec.map_err(csv_err)?;
+            let line = rec.position().map(|p| p.line()).unwrap_or(0);
+            if rec.iter().all(|f| f.trim().is_empty()) {
+                continue;
+            }
+            rows.push((line, rec));
+        }
+        Ok(RawTable {
+            path: path.to_path_buf(),
+            headers,
+            rows,
+        })
+    }
+
+    /// The index of a column, matched after trimming spaces (SIIM's header is `ImageId,
+    /// EncodedPixels` with a leading space in the second name).
+    pub fn col(&self, name: &str) -> Result<usize> {
+        self.headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| Error::MissingColumn {
+                path: self.path.clone(),
+                column: name.to_string(),
+                found: self
+                    .headers
+                    .iter()
+                    .map(|h| format!("`{h}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub fn field_err(&self, line: u64, field: &str, message: impl Into<String>) -> Error {
+        Error::Field {
+            path: self.path.clone(),
+            line,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `root/name` or `root/name.gz`, whichever exists (PhysioNet ships the MIMIC CSVs gzipped).
+pub fn find_csv(root: &Path, name: &str) -> Result<PathBuf> {
+    let plain = root.join(name);
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    let gz = root.join(format!("{name}.gz"));
+    if gz.is_file() {
+        return Ok(gz);
+    }
+    Err(Error::Layout {
+        path: plain,
+        message: format!("file not found (nor {name}.gz)"),
+    })
+}
+
+/// One column of a records table, in the types the README documents.
+pub enum Col {
+    Str(&'static str, Vec<String>),
+    OptStr(&'static str, Vec<Option<String>>),
+    I64(&'static str, Vec<i64>),
+    I32(&'static str, Vec<i32>),
+    OptF32(String, Vec<Option<f32>>),
+    Bool(&'static str, Vec<bool>),
+    ListStr(&'static str, Vec<Vec<String>>),
+    /// A list of `[x1, y1, x2, y2]` float lists per row.
+    Boxes(&'static str, Vec<Vec<[f32; 4]>>),
+}
+
+impl Col {
+    fn into_column(self) -> Column {
+        let s = match self {
+            Col::Str(n, v) => Series::new(n.into(), v),
+            Col::OptStr(n, v) => Series::new(n.into(), v),
+            Col::I64(n, v) => Series::new(n.into(), v),
+            Col::I32(n, v) => Series::new(n.into(), v),
+            Col::OptF32(n, v) => Series::new(n.into(), v),
+            Col::Bool(n, v) => Series::new(n.into(), v),
+            Col::ListStr(n, v) => {
+                let rows: Vec<Series> = v.into_iter().map(|r| Series::new("".into(), r)).collect();
+                list_series(n, rows, DataType::String)
+            }
+            Col::Boxes(n, v) => {
+                let inner = DataType::List(Box::new(DataType::Float32));
+                let rows: Vec<Series> = v
+                    .into_iter()
+                    .map(|bs| {
+                        let b: Vec<Series> = bs
+                            .iter()
+                            .map(|b| Series::new("".into(), b.to_vec()))
+                            .collect();
+                        list_series("", b, DataType::Float32)
+                    })
+                    .collect();
+                list_series(n, rows, inner)
+            }
+        };
+        s.into()
+    }
+}
+
+/// A list series whose item type is known even when every row (or the table) is empty.
+fn list_series(name: &str, rows: Vec<Series>, item: DataType) -> Series {
+    let rows: Vec<Series> = rows
+        .into_iter()
+        .map(|s| {
+            if s.is_empty() {
+                Series::new_empty("".into(), &item)
+            } else {
+                s
+            }
+        })
+        .collect();
+    if rows.is_empty() {
+        return Series::new_empty(name.into(), &DataType::List(Box::new(item)));
+    }
+    Series::new(name.into(), rows)
+}
+
+/// Writes the columns as a Parquet file (zstd, polars' defaults otherwise).
+pub fn write_parquet(path: &Path, cols: Vec<Col>) -> Result<usize> {
+    let table_err = |e: PolarsError| Error::Table {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut df = DataFrame::new_infer_height(cols.into_iter().map(Col::into_column).collect())
+        .map_err(table_err)?;
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    ParquetWriter::new(file)
+        .finish(&mut df)
+        .map_err(table_err)?;
+    Ok(df.height())
+}
+
+/// Reads a Parquet table (tests, and stages downstream of ingest).
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    ParquetReader::new(file).finish().map_err(|e| Error::Table {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

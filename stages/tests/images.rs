@@ -1,0 +1,170 @@
+//! Image decoding and preprocessing against OpenCV/pydicom references and real files.
+
+mod common;
+
+use std::path::Path;
+
+use stages::images::{self, DicomPixels, Gray8, GrayImage};
+
+fn png(path: &Path) -> Gray8 {
+    images::decode(path).unwrap().to_gray8()
+}
+
+fn max_diff(a: &Gray8, b: &Gray8) -> u8 {
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn resize_matches_opencv_fixture() {
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::data("resize/cases.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for case in cases["cases"].as_array().unwrap() {
+        let input = png(&common::data(&format!(
+            "resize/{}",
+            case["input"].as_str().unwrap()
+        )));
+        let expected = png(&common::data(&format!(
+            "resize/{}",
+            case["expected"].as_str().unwrap()
+        )));
+        let op = case["op"].as_str().unwrap();
+        let (got, upscale) = match op {
+            "resize_img" => {
+                let s = case["scale"].as_u64().unwrap() as u32;
+                (
+                    images::resize_img(&input, s),
+                    s > input.width.max(input.height),
+                )
+            }
+            "area" | "linear" => {
+                let (w, h) = (
+                    case["width"].as_u64().unwrap() as u32,
+                    case["height"].as_u64().unwrap() as u32,
+                );
+                let up = w > input.width || h > input.height;
+                if op == "area" {
+                    (images::resize_area(&input, w, h), up)
+                } else {
+                    (images::resize_linear(&input, w, h), true)
+                }
+            }
+            _ => unreachable!(),
+        };
+        let d = max_diff(&got, &expected);
+        // Downscaling INTER_AREA is bit-exact; upscaling and bilinear use f32 instead of OpenCV's
+        // 11-bit fixed point and may differ by one grey level.
+        let tolerance = if upscale { 1 } else { 0 };
+        assert!(
+            d <= tolerance,
+            "{op} {case}: max difference {d} > {tolerance}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 35);
+}
+
+#[test]
+fn real_chest_radiograph_decodes_with_monochrome1_inverted() {
+    let path = common::asset("RG1_UNCR.dcm");
+    let px = DicomPixels::open(&path).unwrap();
+    assert_eq!((px.height, px.width), (1955, 1841));
+    assert!(px.monochrome1);
+    assert_eq!(px.bits_stored, 15);
+    let (lo, hi) = (
+        px.stored.iter().min().copied().unwrap(),
+        px.stored.iter().max().copied().unwrap(),
+    );
+    assert_eq!((lo, hi), (874, 26479));
+    // MONOCHROME1: the largest stored value (densest, displayed white in MONOCHROME2 terms... i.e.
+    // darkest here) must come out darkest.
+    let GrayImage::Sixteen(g) = px.to_gray() else {
+        panic!("15-bit data must decode to 16 bits")
+    };
+    let at_max = px.stored.iter().position(|&v| v == hi).unwrap();
+    let at_min = px.stored.iter().position(|&v| v == lo).unwrap();
+    assert!(g.data[at_max] < g.data[at_min]);
+    assert_eq!(
+        g.data[at_max],
+        65535 - (26479.0f64 / 32767.0 * 65535.0).round() as u16
+    );
+
+    // The original's path, compared with pydicom + OpenCV (tools/make_rg1_reference.py).
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::data("rg1_mgca_256.json")).unwrap()).unwrap();
+    let g8 = px.to_gray8_mgca();
+    let sum: u64 = g8.data.iter().map(|&v| v as u64).sum();
+    assert_eq!(sum, reference["gray8_sum"].as_u64().unwrap());
+    let r = images::resize_img(&g8, 256);
+    assert_eq!(
+        r.data.iter().map(|&v| v as u64).sum::<u64>(),
+        reference["resized_256_sum"].as_u64().unwrap()
+    );
+    for s in reference["resized_256_samples"].as_array().unwrap() {
+        let (y, x, v) = (
+            s[0].as_u64().unwrap() as u32,
+            s[1].as_u64().unwrap() as u32,
+            s[2].as_u64().unwrap(),
+        );
+        assert_eq!(r.get(x, y) as u64, v, "pixel ({x}, {y})");
+    }
+}
+
+#[test]
+fn jpeg2000_chest_radiograph_equals_the_uncompressed_one() {
+    let a = DicomPixels::open(&common::asset("RG1_UNCR.dcm")).unwrap();
+    let b = DicomPixels::open(&common::asset("RG1_J2KR.dcm")).unwrap();
+    assert_eq!(b.transfer_syntax, "1.2.840.10008.1.2.4.90");
+    assert_eq!((b.width, b.height), (a.width, a.height));
+    assert!(
+        a.stored == b.stored,
+        "lossless JPEG 2000 must decode to the same samples"
+    );
+}
+
+#[test]
+fn ct_rescale_and_rle_transfer_syntax() {
+    let ct = DicomPixels::open(&common::asset("CT_small.dcm")).unwrap();
+    assert_eq!((ct.width, ct.height), (128, 128));
+    assert!(ct.signed);
+    assert_eq!(ct.intercept, -1024.0);
+    let mr = DicomPixels::open(&common::asset("MR_small_RLE.dcm")).unwrap();
+    assert_eq!(mr.transfer_syntax, "1.2.840.10008.1.2.5");
+    assert!(matches!(mr.to_gray(), GrayImage::Sixteen(_)));
+}
+
+#[test]
+fn dicom_without_pixel_data_is_an_error_naming_the_file() {
+    let path = common::asset("rtplan.dcm");
+    let e = images::decode(&path).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: DICOM file has no pixel data (PixelData element 7FE0,0010 is absent)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn truncated_jpeg_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x * 3 + y) as u8]));
+    let full = dir.path().join("full.jpg");
+    img.save(&full).unwrap();
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(images::decode(&full).is_ok());
+    let e = images::decode(&cut).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: cannot decode image: ", cut.display())),
+        "{e}"
+    );
+}

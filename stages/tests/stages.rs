@@ -1,0 +1,98 @@
+//! The `synth` and `ingest` stages through the runner's contract.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use pipeline::{
+    InputArtifact, InputOrigin, NoProgress, Params, StageContext, StageKey, StageRegistry, Value,
+};
+
+fn ctx(
+    params: Params,
+    inputs: BTreeMap<String, Vec<InputArtifact>>,
+    out: &std::path::Path,
+) -> StageContext {
+    StageContext::new(
+        "test".into(),
+        StageKey::parse(&"0".repeat(64)).unwrap(),
+        params,
+        inputs,
+        out.to_path_buf(),
+        2,
+        None,
+        Arc::new(NoProgress),
+        Arc::new(AtomicBool::new(false)),
+    )
+}
+
+fn resolved(reg: &StageRegistry, kind: &str, set: &[(&str, Value)]) -> Params {
+    let stage = reg.get(kind).unwrap();
+    let mut p: Params = stage
+        .params()
+        .into_iter()
+        .filter_map(|s| s.default.map(|d| (s.name.to_string(), d)))
+        .collect();
+    for (k, v) in set {
+        p.insert(k.to_string(), v.clone());
+    }
+    stage.validate(&p).unwrap();
+    p
+}
+
+#[test]
+fn synth_then_ingest_through_the_stage_contract() {
+    let mut reg = StageRegistry::new();
+    stages::register(&mut reg);
+    assert_eq!(reg.kinds().collect::<Vec<_>>(), ["ingest", "synth"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("synth");
+    std::fs::create_dir(&raw).unwrap();
+    let p = resolved(
+        &reg,
+        "synth",
+        &[
+            ("dataset", Value::Str("siim".into())),
+            ("n", Value::Int(10)),
+            ("image_size", Value::Int(64)),
+        ],
+    );
+    reg.get("synth")
+        .unwrap()
+        .run(&ctx(p, BTreeMap::new(), &raw))
+        .unwrap();
+
+    let out = tmp.path().join("ingest");
+    std::fs::create_dir(&out).unwrap();
+    let input = InputArtifact {
+        path: raw.clone(),
+        origin: InputOrigin::Stage {
+            kind: "synth".into(),
+            instance: "synth[siim]".into(),
+            key: StageKey::parse(&"1".repeat(64)).unwrap(),
+        },
+    };
+    let p = resolved(&reg, "ingest", &[("skip_bad", Value::Bool(true))]);
+    reg.get("ingest")
+        .unwrap()
+        .run(&ctx(
+            p,
+            BTreeMap::from([("raw".to_string(), vec![input])]),
+            &out,
+        ))
+        .unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["dataset"], "siim");
+    assert_eq!(summary["rows"], 10);
+    assert!(out.join("records.parquet").is_file());
+    assert!(!out.join("skipped.parquet").exists());
+
+    let bad = resolved(&reg, "ingest", &[]);
+    let mut bad = bad;
+    bad.insert("split_seed".into(), Value::Int(-1));
+    assert_eq!(
+        reg.get("ingest").unwrap().validate(&bad).unwrap_err(),
+        "parameter `split_seed`: split seed -1 is outside numpy's range 0..=4294967295"
+    );
+}
