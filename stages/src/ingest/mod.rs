@@ -1,6 +1,6 @@
 //! Ingest: a raw dataset folder, in its downloaded layout, to one records table (`records.parquet`,
 //! one row per image) that later stages trust. Rules and fixed defects per dataset: reference
-//! sections E.1–E.4 and G.12, and `docs/records-tables.md`.
+//! sections E.1–E.4 and G.12, and the README section "Records tables".
 
 pub mod covidx;
 pub mod mimic;
