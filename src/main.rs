@@ -224,6 +224,12 @@ fn open_store(url: &StoreUrl, cache: &Path) -> Result<Store> {
     Store::open(url, &store_settings(), cache).with_context(|| format!("cannot open store {url}"))
 }
 
+/// For commands that only read: a local store that does not exist yet is not created.
+fn read_store(url: &StoreUrl, cache: &Path) -> Result<Store> {
+    Store::open_existing(url, &store_settings(), cache)
+        .with_context(|| format!("cannot open store {url}"))
+}
+
 fn load_plan(path: &Path, reg: &StageRegistry) -> Result<Plan> {
     // Manifest errors already say file:line:col: key: what.
     pipeline::plan::load(path, reg).map_err(|e| anyhow!("{e}"))
@@ -476,7 +482,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         } => {
             let plan = load_plan(manifest, &reg)?;
             let url = store_url(store, Some(&plan))?;
-            let store = open_store(&url, &cache)?;
+            let store = read_store(&url, &cache)?;
             let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
             let states = executor::states(&plan, &resolved, &store, 60.0)?;
             if *json {
@@ -549,7 +555,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let url = store_url(store, Some(&plan))?;
-            let store = open_store(&url, &cache)?;
+            let store = read_store(&url, &cache)?;
             let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
             for line in pipeline::ops::explain(&plan, &resolved, &store, &fp_cache, idx)? {
                 println!("{line}");
@@ -602,7 +608,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Synth { dataset, out, n, seed, image_size } => {
+        Command::Synth {
+            dataset,
+            out,
+            n,
+            seed,
+            image_size,
+        } => {
             let ds = stages::synth::SynthDataset::parse(dataset).expect("clap checked the name");
             let summary = stages::synth::generate_with_size(ds, out, *n, *seed, *image_size)
                 .with_context(|| format!("adaptor synth {dataset}"))?;
@@ -612,12 +624,24 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     summary.images,
                     summary.image_size,
                     out.display(),
-                    summary.labels.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                    summary
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ingest { dataset, raw, out, skip_bad, split_seed, verify } => {
+        Command::Ingest {
+            dataset,
+            raw,
+            out,
+            skip_bad,
+            split_seed,
+            verify,
+        } => {
             let kind = stages::ingest::resolve_kind(dataset, raw)?;
             let opts = stages::ingest::IngestOptions {
                 split_seed: *split_seed,
@@ -703,7 +727,7 @@ fn find_artifact(
     if target.len() < 6 || !target.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("`{target}` is neither an artifact folder nor a key (6 or more hex digits)");
     }
-    let store = open_store(url, cache)?;
+    let store = read_store(url, cache)?;
     let mut found = Vec::new();
     for kind in store.list_dirs("")? {
         if kind.starts_with('_') {

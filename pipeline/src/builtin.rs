@@ -122,17 +122,23 @@ impl Stage for CommandStage {
                     }
                 }
             });
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    return Ok::<_, std::io::Error>(status);
+            // Block on the child; a watcher stops it if the run is cancelled.
+            let pgid = child.id() as i32;
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            s.spawn(move || loop {
+                match done_rx.recv_timeout(Duration::from_millis(100)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) if ctx.is_cancelled() => {
+                        // SAFETY: signalling the process group we created; no memory is touched.
+                        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                        return;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
                 }
-                if ctx.is_cancelled() {
-                    // SAFETY: signalling the process group we created; no memory is touched.
-                    unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
-                    return child.wait();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            });
+            let status = child.wait();
+            let _ = done_tx.send(());
+            status
         })
         .map_err(|e| format!("waiting for `{script}`: {e}"))?;
         if ctx.is_cancelled() {

@@ -508,21 +508,18 @@ pub fn run(
         .collect();
     ready.reverse(); // pop() takes them in plan order
     let threads_each = (opts.threads / opts.jobs.max(1)).max(1);
-    let stop_heartbeat = Arc::new(AtomicBool::new(false));
+    let (stop_heartbeat, heartbeat_stopped) = mpsc::channel::<()>();
 
     std::thread::scope(|scope| -> Result<()> {
         {
             let leases = leases.clone();
-            let stop = stop_heartbeat.clone();
             let period = Duration::from_secs_f64((opts.lease_secs / 4.0).clamp(0.2, 15.0));
+            // Refreshes held leases every `period`; wakes at once when the run ends.
             scope.spawn(move || {
-                let mut last = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if last.elapsed() >= period {
-                        leases.refresh(store);
-                        last = Instant::now();
-                    }
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    heartbeat_stopped.recv_timeout(period)
+                {
+                    leases.refresh(store);
                 }
             });
         }
@@ -608,7 +605,7 @@ pub fn run(
                 }
             }
         }
-        stop_heartbeat.store(true, Ordering::Relaxed);
+        let _ = stop_heartbeat.send(());
         Ok(())
     })?;
     Ok(report(plan, outcomes))

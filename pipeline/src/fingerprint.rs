@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -333,15 +332,8 @@ pub fn hash_file(path: &Path, size: u64) -> Result<String> {
     if size >= LARGE_FILE {
         hasher.update_mmap_rayon(path).at(path)?;
     } else {
-        let mut f = fs::File::open(path).at(path)?;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = f.read(&mut buf).at(path)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        let f = fs::File::open(path).at(path)?;
+        hasher.update_reader(f).at(path)?;
     }
     Ok(hasher.finalize().to_hex().to_string())
 }

@@ -143,6 +143,25 @@ pub struct Store {
 impl Store {
     /// Opens a store. `cache_dir` holds local copies of remote artifacts and staging directories.
     pub fn open(url: &StoreUrl, settings: &StoreSettings, cache_dir: &Path) -> Result<Store> {
+        Self::open_inner(url, settings, cache_dir, true)
+    }
+
+    /// Opens a store for reading only: a local store folder that does not exist reads as empty and
+    /// is not created (`status`, `explain`, `show` leave nothing behind).
+    pub fn open_existing(
+        url: &StoreUrl,
+        settings: &StoreSettings,
+        cache_dir: &Path,
+    ) -> Result<Store> {
+        Self::open_inner(url, settings, cache_dir, false)
+    }
+
+    fn open_inner(
+        url: &StoreUrl,
+        settings: &StoreSettings,
+        cache_dir: &Path,
+        create: bool,
+    ) -> Result<Store> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("adaptor-store")
@@ -155,6 +174,12 @@ impl Store {
         };
         let (inner, prefix, local_root): (Arc<dyn ObjectStore>, String, Option<PathBuf>) = match url
         {
+            // A local store that does not exist yet reads as empty; it is created by the first
+            // write, so read-only commands (`status`, `explain`) leave no folder behind.
+            StoreUrl::Local(root) if !create && !root.exists() => {
+                let root = std::path::absolute(root).at(root)?;
+                (Arc::new(InMemory::new()), String::new(), Some(root))
+            }
             StoreUrl::Local(root) => {
                 std::fs::create_dir_all(root).at(root)?;
                 let root = root.canonicalize().at(root)?;
