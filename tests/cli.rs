@@ -470,32 +470,63 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
     let first = case.ok(&["run", &demo_s, "--store", "store"]);
     assert!(first.contains(" ran, 0 up to date, 0 failed"), "{first}");
     let second = case.ok(&["run", &demo_s, "--store", "store"]);
-    assert!(second.contains("0 ran, ") && second.contains(", 0 failed"), "{second}");
+    assert!(
+        second.contains("0 ran, ") && second.contains(", 0 failed"),
+        "{second}"
+    );
     let status = case.ok(&["status", &demo_s, "--store", "store"]);
-    assert!(status.contains("instance(s) up to date") && status.starts_with("up-to-date"), "{status}");
-    assert!(!status.contains("missing") && !status.contains("stale"), "{status}");
+    assert!(
+        status.contains("instance(s) up to date") && status.starts_with("up-to-date"),
+        "{status}"
+    );
+    assert!(
+        !status.contains("missing") && !status.contains("stale"),
+        "{status}"
+    );
 
     let moto = start_moto();
     assert!(http(moto.port, "PUT", "/demo").starts_with("HTTP/1.1 200"));
     let go = |args: &[&str]| -> String {
         let out = s3_env(&mut case.cmd(args), moto.port).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {text}");
         text
     };
     let first = go(&["run", &demo_s, "--store", "s3://demo/adaptor"]);
     assert!(first.contains(" ran, 0 up to date, 0 failed"), "{first}");
     let second = go(&["run", &demo_s, "--store", "s3://demo/adaptor"]);
-    assert!(second.contains("0 ran, ") && second.contains(", 0 failed"), "{second}");
+    assert!(
+        second.contains("0 ran, ") && second.contains(", 0 failed"),
+        "{second}"
+    );
     let status = go(&["status", &demo_s, "--store", "s3://demo/adaptor"]);
-    assert!(!status.contains("missing") && !status.contains("stale") && status.contains("instance(s) up to date"), "{status}");
+    assert!(
+        !status.contains("missing")
+            && !status.contains("stale")
+            && status.contains("instance(s) up to date"),
+        "{status}"
+    );
     // Same keys on both stores.
     let local = case.ok(&["status", &demo_s, "--store", "store", "--json"]);
     let keys = |t: &str| -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(t).unwrap();
-        v.as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap().to_string())
+            .collect()
     };
-    assert_eq!(keys(&local), keys(&go(&["status", &demo_s, "--store", "s3://demo/adaptor", "--json"])));
+    assert_eq!(
+        keys(&local),
+        keys(&go(&[
+            "status",
+            &demo_s,
+            "--store",
+            "s3://demo/adaptor",
+            "--json"
+        ]))
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
