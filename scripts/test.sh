@@ -5,6 +5,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/setup.sh
 scripts/test-assets.sh
+scripts/test-assets-encoders.sh
 scripts/slurm-cluster.sh install   # slurmctld, slurmd, munge from Debian (the Slurm tests start a throwaway cluster)
 source scripts/env.sh
 cargo test --workspace --locked "$@"

@@ -127,6 +127,14 @@ enum Command {
     },
     /// List the stage kinds this binary knows, with their parameters and inputs.
     Stages,
+    /// Embed texts or images with a frozen backbone into a Parquet table (runs `adaptor-torch
+    /// embed`): `adaptor embed text --backbone DIR [--pooling pooler|cls|mean] --input FILE
+    /// --output OUT.parquet`, `adaptor embed image --backbone DIR [--normalize imagenet|half]
+    /// --input IMG... --output OUT.parquet`.
+    Embed {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Write a synthetic miniature of a dataset in its exact raw layout (chest-X-ray-like images
     /// whose findings are visible in the pixels and stated in reports and labels).
     Synth {
@@ -181,7 +189,20 @@ fn registry() -> StageRegistry {
     let mut reg = StageRegistry::new();
     reg.register(Arc::new(pipeline::builtin::CommandStage));
     stages::register(&mut reg);
+    stages::register_torch(&mut reg, torch_worker());
     reg
+}
+
+/// The libtorch worker that runs the model stages: $ADAPTOR_TORCH, else `adaptor-torch` next to
+/// this executable. Kept out of this process: loading libtorch costs ~0.34 s per start.
+fn torch_worker() -> PathBuf {
+    if let Some(p) = std::env::var_os("ADAPTOR_TORCH") {
+        return p.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("adaptor-torch")))
+        .unwrap_or_else(|| "adaptor-torch".into())
 }
 
 fn cache_dir(cli: &Cli) -> PathBuf {
@@ -665,6 +686,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed { args } => {
+            let w = torch_worker();
+            let st = std::process::Command::new(&w).arg("embed").args(args).status().map_err(|e| {
+                anyhow!("cannot start {}: {e} (build it with `cargo build --workspace`, or set ADAPTOR_TORCH)", w.display())
+            })?;
+            Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
         }
         Command::Stages => {
             for stage in reg.iter() {

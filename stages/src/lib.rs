@@ -2,6 +2,7 @@
 //! mask code they share. Each stage is a thin adapter over a library function the binary can also
 //! call directly (`adaptor synth`, see [`synth::generate`]).
 
+pub mod encode;
 pub mod error;
 pub mod images;
 pub mod ingest;
@@ -9,9 +10,11 @@ pub mod masks;
 pub mod split;
 mod stage_impls;
 pub mod synth;
+pub mod worker;
 
 use std::sync::Arc;
 
+pub use encode::register_torch;
 pub use error::{Error, IngestError, Result};
 pub use stage_impls::{IngestStage, SynthStage};
 

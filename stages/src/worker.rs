@@ -1,0 +1,423 @@
+//! Stage kinds whose work runs in a separate worker process (`adaptor-torch run-stage`), so that
+//! the `adaptor` binary never loads libtorch (about 0.34 s per process start; ARCHITECTURE.md).
+//!
+//! The declaration of such a stage (kind, version, parameters, inputs, checks) lives on this side,
+//! without tch, so planning, validation and keys work in the main binary. Its `run` starts the
+//! worker, writes one JSON [`Job`] to its stdin, and relays the JSON lines the worker prints on
+//! stdout ([`WorkerMessage`]: log lines, progress, a final error) to the [`StageContext`]. The
+//! worker rebuilds a `StageContext` from the job, with a [`JsonLinesSink`] as its progress sink.
+//!
+//! This file only depends on `pipeline`, `serde` and `serde_json`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pipeline::{
+    InputArtifact, InputOrigin, InputSpec, ParamSpec, Params, ProgressSink, Stage, StageContext,
+    StageError, StageKey,
+};
+use serde::{Deserialize, Serialize};
+
+/// Version of the job and message formats. The runner and the worker must be built from the same
+/// tree; a mismatch is refused with a message saying so.
+pub const PROTOCOL: u32 = 1;
+
+/// One stage instance for the worker: everything its `StageContext` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub protocol: u32,
+    pub kind: String,
+    pub instance: String,
+    pub key: String,
+    pub params: Params,
+    /// Input slot → the artifacts bound to it, in binding order.
+    pub inputs: BTreeMap<String, Vec<JobInput>>,
+    pub out_dir: PathBuf,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInput {
+    pub path: PathBuf,
+    pub origin: JobOrigin,
+}
+
+/// [`InputOrigin`] in a serialisable form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum JobOrigin {
+    External {
+        group: String,
+        name: String,
+        kind: String,
+        params: Params,
+    },
+    Stage {
+        kind: String,
+        instance: String,
+        key: String,
+    },
+}
+
+impl From<&InputOrigin> for JobOrigin {
+    fn from(o: &InputOrigin) -> Self {
+        match o {
+            InputOrigin::External {
+                group,
+                name,
+                kind,
+                params,
+            } => JobOrigin::External {
+                group: group.clone(),
+                name: name.clone(),
+                kind: kind.clone(),
+                params: params.clone(),
+            },
+            InputOrigin::Stage {
+                kind,
+                instance,
+                key,
+            } => JobOrigin::Stage {
+                kind: kind.clone(),
+                instance: instance.clone(),
+                key: key.as_str().to_string(),
+            },
+        }
+    }
+}
+
+impl JobOrigin {
+    fn into_origin(self) -> Result<InputOrigin, String> {
+        Ok(match self {
+            JobOrigin::External {
+                group,
+                name,
+                kind,
+                params,
+            } => InputOrigin::External {
+                group,
+                name,
+                kind,
+                params,
+            },
+            JobOrigin::Stage {
+                kind,
+                instance,
+                key,
+            } => InputOrigin::Stage {
+                key: StageKey::parse(&key)
+                    .ok_or_else(|| format!("job: input key `{key}` of {instance} is not a key"))?,
+                kind,
+                instance,
+            },
+        })
+    }
+}
+
+impl Job {
+    /// The job for `ctx`, with the inputs of the declared `slots`.
+    pub fn from_context(kind: &str, ctx: &StageContext, slots: &[InputSpec]) -> Job {
+        let inputs = slots
+            .iter()
+            .map(|s| {
+                let arts = ctx
+                    .inputs(s.name)
+                    .iter()
+                    .map(|a| JobInput {
+                        path: a.path.clone(),
+                        origin: JobOrigin::from(&a.origin),
+                    })
+                    .collect();
+                (s.name.to_string(), arts)
+            })
+            .collect();
+        Job {
+            protocol: PROTOCOL,
+            kind: kind.to_string(),
+            instance: ctx.instance().to_string(),
+            key: ctx.key().as_str().to_string(),
+            params: ctx.params().clone(),
+            inputs,
+            out_dir: ctx.out_dir().to_path_buf(),
+            threads: ctx.threads(),
+        }
+    }
+
+    /// Reads a job (one JSON document) and checks its protocol version.
+    pub fn read(r: impl Read) -> Result<Job, String> {
+        let job: Job =
+            serde_json::from_reader(r).map_err(|e| format!("cannot read the job on stdin: {e}"))?;
+        if job.protocol != PROTOCOL {
+            return Err(format!(
+                "the runner speaks worker protocol {}, this worker {PROTOCOL}: build `adaptor` and \
+                 `adaptor-torch` from the same tree",
+                job.protocol
+            ));
+        }
+        Ok(job)
+    }
+
+    /// The worker-side context. Its log goes to `sink` only: the runner writes the stage log.
+    pub fn into_context(
+        self,
+        sink: Arc<dyn ProgressSink>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<StageContext, String> {
+        let key = StageKey::parse(&self.key)
+            .ok_or_else(|| format!("job: `{}` is not a stage key", self.key))?;
+        let mut inputs = BTreeMap::new();
+        for (slot, arts) in self.inputs {
+            let arts = arts
+                .into_iter()
+                .map(|a| {
+                    Ok(InputArtifact {
+                        path: a.path,
+                        origin: a.origin.into_origin()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            inputs.insert(slot, arts);
+        }
+        Ok(StageContext::new(
+            self.instance,
+            key,
+            self.params,
+            inputs,
+            self.out_dir,
+            self.threads,
+            None,
+            sink,
+            cancel,
+        ))
+    }
+}
+
+/// One line the worker prints on stdout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerMessage {
+    /// `{"log": "..."}`
+    Log(String),
+    /// `{"progress": {"done": n, "total": n, "unit": "images"}}`
+    Progress { done: u64, total: u64, unit: String },
+    /// `{"error": "..."}`: the stage failed with this message (then a non-zero exit).
+    Error(String),
+}
+
+impl WorkerMessage {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("messages serialise")
+    }
+}
+
+/// The worker's progress sink: each report is one JSON line on its writer (stdout).
+pub struct JsonLinesSink {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl JsonLinesSink {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        JsonLinesSink {
+            out: Mutex::new(out),
+        }
+    }
+
+    pub fn stdout() -> Self {
+        Self::new(Box::new(std::io::stdout()))
+    }
+
+    pub fn send(&self, msg: &WorkerMessage) {
+        let mut out = self.out.lock().expect("sink lock");
+        // A closed pipe means the runner is gone; the worker is about to be killed anyway.
+        let _ = writeln!(out, "{}", msg.to_line());
+        let _ = out.flush();
+    }
+}
+
+impl ProgressSink for JsonLinesSink {
+    fn progress(&self, _instance: &str, done: u64, total: u64, unit: &str) {
+        self.send(&WorkerMessage::Progress {
+            done,
+            total,
+            unit: unit.to_string(),
+        });
+    }
+
+    fn log(&self, _instance: &str, line: &str) {
+        self.send(&WorkerMessage::Log(line.to_string()));
+    }
+}
+
+/// A stage kind's declaration, shared by the runner side and the worker.
+#[derive(Clone, Copy)]
+pub struct StageDecl {
+    pub kind: &'static str,
+    pub version: u32,
+    pub about: &'static str,
+    pub params: fn() -> Vec<ParamSpec>,
+    pub inputs: fn() -> Vec<InputSpec>,
+    pub validate: fn(&Params) -> Result<(), String>,
+}
+
+/// A stage whose `run` is delegated to the worker binary.
+pub struct WorkerStage {
+    decl: StageDecl,
+    worker: PathBuf,
+}
+
+impl WorkerStage {
+    pub fn new(decl: StageDecl, worker: impl Into<PathBuf>) -> Self {
+        WorkerStage {
+            decl,
+            worker: worker.into(),
+        }
+    }
+
+    pub fn worker(&self) -> &Path {
+        &self.worker
+    }
+}
+
+impl Stage for WorkerStage {
+    fn kind(&self) -> &'static str {
+        self.decl.kind
+    }
+
+    fn version(&self) -> u32 {
+        self.decl.version
+    }
+
+    fn about(&self) -> &'static str {
+        self.decl.about
+    }
+
+    fn params(&self) -> Vec<ParamSpec> {
+        (self.decl.params)()
+    }
+
+    fn inputs(&self) -> Vec<InputSpec> {
+        (self.decl.inputs)()
+    }
+
+    fn validate(&self, params: &Params) -> Result<(), String> {
+        (self.decl.validate)(params)
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let job = Job::from_context(self.decl.kind, ctx, &(self.decl.inputs)());
+        run_worker(&self.worker, &job, ctx)
+    }
+}
+
+/// Starts `worker run-stage`, hands it `job`, relays its messages to `ctx` until it exits, and
+/// kills it when the run is cancelled.
+pub fn run_worker(worker: &Path, job: &Job, ctx: &StageContext) -> Result<(), StageError> {
+    let mut child = Command::new(worker)
+        .arg("run-stage")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the torch worker {}: {e} (it is the `adaptor-torch` binary; build it \
+                 with `cargo build -p adaptor-torch`)",
+                worker.display()
+            )
+        })?;
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut text = serde_json::to_vec(job).expect("jobs serialise");
+        text.push(b'\n');
+        // If the worker died at once, its exit status and stderr say why; report that instead.
+        let _ = stdin.write_all(&text);
+    }
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let error: Mutex<Option<String>> = Mutex::new(None);
+    let tail = Mutex::new(VecDeque::<String>::new());
+    let status = std::thread::scope(|s| {
+        s.spawn(|| {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<WorkerMessage>(&line) {
+                    Ok(WorkerMessage::Log(l)) => ctx.log(l),
+                    Ok(WorkerMessage::Progress { done, total, unit }) => {
+                        ctx.progress(done, total, &unit)
+                    }
+                    Ok(WorkerMessage::Error(e)) => *error.lock().expect("error lock") = Some(e),
+                    // Something else wrote to stdout (a library): keep it in the log.
+                    Err(_) => ctx.log(line),
+                }
+            }
+        });
+        s.spawn(|| {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                ctx.log(format!("worker stderr: {line}"));
+                let mut t = tail.lock().expect("tail lock");
+                t.push_back(line);
+                if t.len() > 5 {
+                    t.pop_front();
+                }
+            }
+        });
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok::<_, std::io::Error>(status);
+            }
+            if ctx.is_cancelled() {
+                let _ = child.kill();
+                return child.wait();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .map_err(|e| format!("waiting for the torch worker: {e}"))?;
+    if ctx.is_cancelled() {
+        return Err(format!("{}: cancelled", ctx.instance()).into());
+    }
+    let error = error.into_inner().expect("error lock");
+    if status.success() && error.is_none() {
+        return Ok(());
+    }
+    if let Some(e) = error {
+        return Err(e.into());
+    }
+    let code = status
+        .code()
+        .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
+    let tail: Vec<String> = tail.into_inner().expect("tail lock").into_iter().collect();
+    let mut msg = format!("the torch worker {} exited with {code}", worker.display());
+    if !tail.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(&tail.join(" | "));
+    }
+    Err(msg.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_documented_shape() {
+        assert_eq!(WorkerMessage::Log("hi".into()).to_line(), r#"{"log":"hi"}"#);
+        assert_eq!(
+            WorkerMessage::Progress {
+                done: 3,
+                total: 10,
+                unit: "images".into()
+            }
+            .to_line(),
+            r#"{"progress":{"done":3,"total":10,"unit":"images"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<WorkerMessage>(r#"{"error":"boom"}"#).unwrap(),
+            WorkerMessage::Error("boom".into())
+        );
+    }
+}

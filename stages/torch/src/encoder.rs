@@ -1,0 +1,542 @@
+//! The encode loops: items (texts, or image files) through a backbone into an embedding table.
+//!
+//! Batches are prepared (tokenised, or decoded and preprocessed in parallel); on a GPU this runs
+//! on a producer thread while the forward pass of the previous batch runs, through a channel two
+//! batches deep (on the CPU the two would compete for the same cores, see [`LoopOptions`]). Rows
+//! are written in input order, so the table's keys are the input's keys (reference G.3); on the
+//! CPU the same inputs and settings give bit-identical tables.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use crate::bert::{TextEncoder, TextPooling};
+use crate::dinov2::Dinov2Model;
+use crate::error::{Error, Result};
+use crate::preprocess::Preprocess;
+use crate::resnet_ae::ResNetAeEncoder;
+use crate::table::{EmbeddingWriter, TableMeta};
+
+/// Where the encode loops report: a stage context, or the terminal of `adaptor embed`.
+pub trait Reporter: Sync {
+    fn log(&self, line: &str);
+    fn progress(&self, done: u64, total: u64, unit: &str);
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl Reporter for pipeline::StageContext {
+    fn log(&self, line: &str) {
+        pipeline::StageContext::log(self, line)
+    }
+
+    fn progress(&self, done: u64, total: u64, unit: &str) {
+        pipeline::StageContext::progress(self, done, total, unit)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+}
+
+/// `device = auto | cpu | cuda`.
+pub fn pick_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err(Error::Invalid(
+            "device `cuda`, but libtorch sees no CUDA device (`adaptor-torch env` shows what it \
+             sees)"
+                .into(),
+        )),
+        other => Err(Error::Invalid(format!(
+            "unknown device `{other}` (auto, cpu or cuda)"
+        ))),
+    }
+}
+
+/// `precision = fp32 | bf16`.
+pub fn pick_precision(name: &str) -> Result<Kind> {
+    match name {
+        "fp32" => Ok(Kind::Float),
+        "bf16" => Ok(Kind::BFloat16),
+        other => Err(Error::Invalid(format!(
+            "unknown precision `{other}` (fp32 or bf16)"
+        ))),
+    }
+}
+
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Loop settings shared by both modalities.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    pub batch_size: usize,
+    /// Threads for decoding/tokenising and for libtorch's intra-op parallelism on the CPU.
+    pub threads: usize,
+    /// Noun for progress (`texts`, `images`).
+    pub unit: &'static str,
+    /// Prepare the next batch on another thread while the forward pass runs. Right when the
+    /// forward pass runs on a GPU; on the CPU both would compete for the same cores (and
+    /// libtorch's OpenMP threads degrade badly when oversubscribed), so there each batch is
+    /// prepared on all threads, then encoded on all threads.
+    pub overlap: bool,
+}
+
+impl LoopOptions {
+    /// Overlap exactly when the backbone is not on the CPU.
+    pub fn new(batch_size: usize, threads: usize, unit: &'static str, device: Device) -> Self {
+        LoopOptions {
+            batch_size,
+            threads,
+            unit,
+            overlap: device != Device::Cpu,
+        }
+    }
+}
+
+/// Runs `prepare` for each chunk of `chunk` rows on a producer thread, one chunk ahead of
+/// `consume`.
+fn pipelined<P: Send>(
+    rows: usize,
+    chunk: usize,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+    prepare: impl Fn(Range<usize>) -> Result<P> + Sync,
+    mut consume: impl FnMut(Range<usize>, P) -> Result<()>,
+) -> Result<()> {
+    let bs = chunk.max(1);
+    let ranges: Vec<Range<usize>> = (0..rows)
+        .step_by(bs)
+        .map(|s| s..(s + bs).min(rows))
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start {} threads: {e}", opts.threads)))?;
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    rep.progress(0, rows as u64, opts.unit);
+    let mut after = |end: usize| {
+        rep.progress(end as u64, rows as u64, opts.unit);
+        if last_log.elapsed().as_secs_f64() >= 10.0 || end == rows {
+            let secs = started.elapsed().as_secs_f64();
+            rep.log(&format!(
+                "encoded {end}/{rows} {} in {secs:.1} s ({:.1} {}/s)",
+                opts.unit,
+                end as f64 / secs.max(1e-9),
+                opts.unit
+            ));
+            last_log = Instant::now();
+        }
+    };
+    if !opts.overlap {
+        for r in ranges {
+            if rep.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let end = r.end;
+            let p = pool.install(|| prepare(r.clone()))?;
+            consume(r, p)?;
+            after(end);
+        }
+        return Ok(());
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = sync_channel::<(Range<usize>, Result<P>)>(2);
+        let prepare = &prepare;
+        let pool = &pool;
+        let ranges_for_producer = ranges.clone();
+        s.spawn(move || {
+            for r in ranges_for_producer {
+                let p = pool.install(|| prepare(r.clone()));
+                let failed = p.is_err();
+                if tx.send((r, p)).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for (r, p) in rx {
+            if rep.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let end = r.end;
+            consume(r, p?)?;
+            after(end);
+        }
+        Ok(())
+    })
+}
+
+fn to_f32_vec(t: &Tensor) -> Vec<f32> {
+    let t = t
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .flatten(0, -1);
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.copy_data(&mut v, n);
+    v
+}
+
+/// What to encode: keys, optional splits, and per row a text or an image path.
+pub struct Items<'a, T> {
+    pub keys: &'a [String],
+    pub splits: Option<&'a [String]>,
+    pub values: &'a [T],
+}
+
+/// Batches of texts are formed within windows of this many batches, shortest texts together, so
+/// that per-batch padding stays small; rows are written back in input order.
+const SORT_WINDOW: usize = 16;
+
+/// Encodes texts into `out` (a pooled table, or a token table padded to `max_length`).
+pub fn encode_texts(
+    enc: &TextEncoder,
+    pooling: TextPooling,
+    items: Items<'_, String>,
+    out: &Path,
+    meta: &TableMeta,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+) -> Result<usize> {
+    let mut w = EmbeddingWriter::create(out, meta, items.splits.is_some())?;
+    let dim = enc.dim() as usize;
+    let max_len = enc.tokenizer.max_length();
+    let tokens = pooling == TextPooling::Tokens;
+    let bs = opts.batch_size.max(1);
+    // Token rows are large (max_length × dim floats): keep their windows short.
+    let window = bs * if tokens { 2 } else { SORT_WINDOW };
+    let rows = items.keys.len();
+    // The producer thread only touches the tokenizer (the model's tensors stay on this thread).
+    let tokenizer = &enc.tokenizer;
+    let mut forward = 0.0;
+    pipelined(
+        rows,
+        window,
+        opts,
+        rep,
+        |r| {
+            // Character count stands in for token count; the stable sort keeps it deterministic.
+            let mut order: Vec<usize> = r.collect();
+            order.sort_by_key(|&i| items.values[i].len());
+            order
+                .chunks(bs)
+                .map(|idx| {
+                    let texts: Vec<&str> = idx.iter().map(|&i| items.values[i].as_str()).collect();
+                    Ok((idx.to_vec(), tokenizer.encode(&texts)?))
+                })
+                .collect::<Result<Vec<_>>>()
+        },
+        |r, batches| {
+            let per_row = if tokens { max_len * dim } else { dim };
+            let mut values = vec![0f32; r.len() * per_row];
+            let mut mask = tokens.then(|| vec![false; r.len() * max_len]);
+            let mut done = r.start;
+            for (idx, batch) in batches {
+                let t0 = Instant::now();
+                let (emb, _) = enc.embed_tokens(&batch, pooling)?;
+                let src = to_f32_vec(&emb);
+                forward += t0.elapsed().as_secs_f64();
+                let l = batch.len;
+                for (j, &row) in idx.iter().enumerate() {
+                    let o = row - r.start;
+                    if let Some(m) = mask.as_mut() {
+                        // Pad to max_length positions: zeros, mask false.
+                        values[o * per_row..o * per_row + l * dim]
+                            .copy_from_slice(&src[j * l * dim..(j + 1) * l * dim]);
+                        for k in 0..l {
+                            m[o * max_len + k] = batch.mask[j * l + k] != 0;
+                        }
+                    } else {
+                        values[o * dim..(o + 1) * dim]
+                            .copy_from_slice(&src[j * dim..(j + 1) * dim]);
+                    }
+                }
+                done += idx.len();
+                rep.progress(done as u64, rows as u64, opts.unit);
+            }
+            let splits = items.splits.map(|s| &s[r.clone()]);
+            w.write(&items.keys[r], splits, values, mask)
+        },
+    )?;
+    log_forward(rep, forward, rows, opts.unit);
+    w.finish()
+}
+
+/// The time spent in forward passes (outputs copied to the CPU included, which also waits for a
+/// GPU to finish), as the benchmark reports it next to the end-to-end rate.
+fn log_forward(rep: &dyn Reporter, secs: f64, rows: usize, unit: &str) {
+    rep.log(&format!(
+        "forward passes: {secs:.2} s ({:.1} {unit}/s)",
+        rows as f64 / secs.max(1e-9)
+    ));
+}
+
+/// The image backbones.
+pub enum VisionModel {
+    Dinov2(Dinov2Model),
+    ResNetAe(ResNetAeEncoder),
+}
+
+/// `pooling` of encode-image, resolved per backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImagePooling {
+    Cls,
+    Mean,
+    Tokens,
+}
+
+impl ImagePooling {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImagePooling::Cls => "cls",
+            ImagePooling::Mean => "mean",
+            ImagePooling::Tokens => "tokens",
+        }
+    }
+}
+
+impl VisionModel {
+    /// `kind`: the backbone kind (`dinov2`, `resnet-ae`).
+    pub fn load(dir: &Path, kind: &str, device: Device, precision: Kind) -> Result<Self> {
+        match kind {
+            "dinov2" => Ok(VisionModel::Dinov2(Dinov2Model::load(
+                dir, device, precision,
+            )?)),
+            "resnet-ae" => Ok(VisionModel::ResNetAe(ResNetAeEncoder::load(
+                dir, device, precision,
+            )?)),
+            other => Err(Error::Invalid(format!(
+                "backbone kind `{other}` is not an image backbone (dinov2, resnet-ae)"
+            ))),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VisionModel::Dinov2(_) => "dinov2",
+            VisionModel::ResNetAe(_) => "resnet-ae",
+        }
+    }
+
+    /// `auto` → the original's output: DINOv2's CLS, ResNet-AE's mean latent.
+    pub fn resolve_pooling(&self, name: &str) -> Result<ImagePooling> {
+        Ok(match (self, name) {
+            (VisionModel::Dinov2(_), "auto" | "cls") => ImagePooling::Cls,
+            (VisionModel::ResNetAe(_), "auto" | "mean") => ImagePooling::Mean,
+            (VisionModel::ResNetAe(_), "cls") => return Err(Error::Invalid(
+                "pooling `cls`: the ResNet autoencoder has no CLS token (use auto, mean or tokens)"
+                    .into(),
+            )),
+            (_, "mean") => ImagePooling::Mean,
+            (_, "tokens") => ImagePooling::Tokens,
+            (_, other) => {
+                return Err(Error::Invalid(format!(
+                    "unknown pooling `{other}` (auto, cls, mean, tokens)"
+                )))
+            }
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            VisionModel::Dinov2(m) => m.config.hidden_size as usize,
+            VisionModel::ResNetAe(m) => m.latent_channels as usize,
+        }
+    }
+
+    /// Tokens per image at `size` px (patch tokens, or latent positions).
+    pub fn token_count(&self, size: u32) -> Result<usize> {
+        let _g = tch::no_grad_guard();
+        let x = Tensor::zeros(
+            [1, self.channels(), size as i64, size as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        Ok(self.forward(&x, ImagePooling::Tokens)?.size()[1] as usize)
+    }
+
+    pub fn channels(&self) -> i64 {
+        match self {
+            VisionModel::Dinov2(m) => m.config.num_channels,
+            VisionModel::ResNetAe(_) => 1,
+        }
+    }
+
+    /// `[B, C, S, S]` → `[B, D]` or `[B, N, D]` (tokens).
+    pub fn forward(&self, pixels: &Tensor, pooling: ImagePooling) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        Ok(match self {
+            VisionModel::Dinov2(m) => {
+                let (cls, tokens) = m.forward(pixels)?;
+                match pooling {
+                    ImagePooling::Cls => cls,
+                    ImagePooling::Mean => tokens.mean_dim(1, false, None),
+                    ImagePooling::Tokens => tokens,
+                }
+            }
+            VisionModel::ResNetAe(m) => {
+                let z = m.encode(pixels)?;
+                match pooling {
+                    ImagePooling::Mean => ResNetAeEncoder::pooled(&z),
+                    ImagePooling::Tokens => ResNetAeEncoder::tokens(&z),
+                    ImagePooling::Cls => {
+                        return Err(Error::Invalid("ResNet-AE has no CLS token".into()))
+                    }
+                }
+            }
+        })
+    }
+
+    /// Checks the preprocessing fits the backbone (channels, patch size).
+    pub fn check_preprocess(&self, p: &Preprocess) -> Result<()> {
+        match (self, p) {
+            (VisionModel::Dinov2(m), Preprocess::Dinov2 { crop, .. }) => {
+                if (*crop as i64) < m.config.patch_size {
+                    return Err(Error::Invalid(format!(
+                        "image_size {crop} is smaller than DINOv2's patch size {}",
+                        m.config.patch_size
+                    )));
+                }
+                if *crop as i64 % m.config.patch_size != 0 {
+                    return Err(Error::Invalid(format!(
+                        "image_size {crop} is not a multiple of DINOv2's patch size {} (224 = 16 × 14)",
+                        m.config.patch_size
+                    )));
+                }
+                Ok(())
+            }
+            (VisionModel::ResNetAe(_), Preprocess::ResNetAe { .. }) => Ok(()),
+            _ => Err(Error::Invalid(
+                "preprocessing does not match the backbone".into(),
+            )),
+        }
+    }
+}
+
+/// Encodes image files into `out`. A file that cannot be read fails the run with its path.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_images(
+    model: &VisionModel,
+    pooling: ImagePooling,
+    pre: &Preprocess,
+    items: Items<'_, PathBuf>,
+    out: &Path,
+    meta: &TableMeta,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+) -> Result<usize> {
+    model.check_preprocess(pre)?;
+    let mut w = EmbeddingWriter::create(out, meta, items.splits.is_some())?;
+    let (c, s) = (pre.channels() as i64, pre.crop() as i64);
+    let n_tokens = meta.tokens;
+    let mut forward = 0.0;
+    pipelined(
+        items.keys.len(),
+        opts.batch_size,
+        opts,
+        rep,
+        |r| {
+            let per = pre.len();
+            let mut buf = vec![0f32; r.len() * per];
+            buf.par_chunks_mut(per)
+                .zip(items.values[r.clone()].par_iter())
+                .try_for_each(|(dst, path)| -> Result<()> {
+                    dst.copy_from_slice(&pre.load(path)?);
+                    Ok(())
+                })?;
+            Ok(buf)
+        },
+        |r, buf| {
+            let t0 = Instant::now();
+            let b = r.len() as i64;
+            let x = Tensor::from_slice(&buf).view([b, c, s, s]);
+            let emb = to_f32_vec(&model.forward(&x, pooling)?);
+            forward += t0.elapsed().as_secs_f64();
+            let splits = items.splits.map(|sp| &sp[r.clone()]);
+            let mask = n_tokens.map(|l| vec![true; r.len() * l]);
+            w.write(&items.keys[r], splits, emb, mask)
+        },
+    )?;
+    log_forward(rep, forward, items.keys.len(), opts.unit);
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<(u64, u64)>>);
+
+    impl Reporter for Log {
+        fn log(&self, _: &str) {}
+        fn progress(&self, done: u64, total: u64, _: &str) {
+            self.0.lock().unwrap().push((done, total));
+        }
+    }
+
+    /// The loop's result, the chunks consumed and the progress reported.
+    type Outcome = (Result<()>, Vec<Range<usize>>, Vec<(u64, u64)>);
+
+    fn run(overlap: bool, fail_at: Option<usize>) -> Outcome {
+        let opts = LoopOptions {
+            batch_size: 3,
+            threads: 2,
+            unit: "items",
+            overlap,
+        };
+        let rep = Log::default();
+        let mut seen = Vec::new();
+        let r = pipelined(
+            10,
+            3,
+            &opts,
+            &rep,
+            |r| match fail_at {
+                Some(f) if r.contains(&f) => Err(Error::Invalid(format!("bad row {f}"))),
+                _ => Ok(r.clone()),
+            },
+            |r, p| {
+                assert_eq!(r, p);
+                seen.push(r);
+                Ok(())
+            },
+        );
+        let progress = rep.0.into_inner().unwrap();
+        (r, seen, progress)
+    }
+
+    #[test]
+    fn both_loops_consume_every_chunk_in_order() {
+        for overlap in [false, true] {
+            let (r, seen, progress) = run(overlap, None);
+            r.unwrap();
+            assert_eq!(seen, [0..3, 3..6, 6..9, 9..10]);
+            assert_eq!(progress, [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]);
+        }
+    }
+
+    #[test]
+    fn both_loops_stop_at_the_first_failed_chunk() {
+        for overlap in [false, true] {
+            let (r, seen, _) = run(overlap, Some(7));
+            assert_eq!(r.unwrap_err().to_string(), "bad row 7");
+            assert_eq!(seen, [0..3, 3..6], "overlap {overlap}");
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The Adaptor (reference section A) and its training: the original module exactly, a
+//! token-level fusion variant, the contrastive loss, and deterministic, resumable training with
+//! metrics, a training curve and retrieval recall. Design notes: `docs/adaptor.md`.
+//!
+//! Everything numeric runs in libtorch through tch; initialisation and shuffling use this crate's
+//! own generator ([`rng`]), so results depend only on the seed (and, on a CPU, the thread count).
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod fusion;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod nn;
+pub mod optim;
+pub mod original;
+pub mod params;
+pub mod plot;
+pub mod rng;
+pub mod train;
+
+pub use config::{AdaptorConfig, FusionConfig, Precision, TrainConfig, Variant};
+pub use data::{Batch, InMemoryPairs, PairSource};
+pub use error::{Error, Result};
+pub use metrics::{EpochMetrics, Recall, StepMetrics};
+pub use model::{Adaptor, CheckpointInfo, Forward};
+pub use nn::Mode;
+pub use original::ImageOnly;
+pub use train::{train, train_resumable, Observer, Silent, StopReason, TrainReport};
