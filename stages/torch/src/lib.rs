@@ -21,7 +21,6 @@ pub mod weights;
 
 // The declarations and the worker protocol live in the `stages` crate (no tch), so that the
 // `adaptor` binary can plan, key and start these stages without loading libtorch.
-pub use stages::{encode, worker};`.
 pub use stages::{encode, worker};
 
 pub use error::{Error, Result};
