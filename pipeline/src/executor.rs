@@ -449,35 +449,10 @@ pub fn run(
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunReport> {
-    let (selected, all_states) = select(plan, resolved, store, opts)?;
-    let to_run: Vec<usize> = selected
-        .iter()
-        .copied()
-        .filter(|&i| all_states[i].needs_run())
-        .collect();
-    sink.event(&RunEvent::Planned {
-        to_run: to_run.len(),
-        up_to_date: selected.len() - to_run.len(),
-    });
-
-    let mut outcomes: BTreeMap<usize, Outcome> = selected
-        .iter()
-        .filter(|&&i| !all_states[i].needs_run())
-        .map(|&i| (i, Outcome::UpToDate))
-        .collect();
-    if opts.dry_run || to_run.is_empty() {
-        if opts.dry_run {
-            for &i in &to_run {
-                outcomes.insert(
-                    i,
-                    Outcome::NotRun {
-                        because: format!("dry run ({})", all_states[i].label()),
-                    },
-                );
-            }
-        }
-        return Ok(report(plan, outcomes));
-    }
+    let (to_run, mut outcomes) = match begin(plan, resolved, store, opts, sink.as_ref())? {
+        Begin::Build { to_run, outcomes } => (to_run, outcomes),
+        Begin::Done(report) => return Ok(report),
+    };
 
     let host = if opts.host.is_empty() {
         local_host()
@@ -625,7 +600,55 @@ fn hint(plan: &Plan) -> String {
     }
 }
 
-fn report(plan: &Plan, outcomes: BTreeMap<usize, Outcome>) -> RunReport {
+/// How every executor starts a run: what to build, and the outcomes of what is up to date.
+pub(crate) enum Begin {
+    Build {
+        to_run: Vec<usize>,
+        outcomes: BTreeMap<usize, Outcome>,
+    },
+    /// A dry run, or nothing to do.
+    Done(RunReport),
+}
+
+pub(crate) fn begin(
+    plan: &Plan,
+    resolved: &Resolved,
+    store: &Store,
+    opts: &RunOptions,
+    sink: &dyn ProgressSink,
+) -> Result<Begin> {
+    let (selected, all_states) = select(plan, resolved, store, opts)?;
+    let to_run: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|&i| all_states[i].needs_run())
+        .collect();
+    sink.event(&RunEvent::Planned {
+        to_run: to_run.len(),
+        up_to_date: selected.len() - to_run.len(),
+    });
+    let mut outcomes: BTreeMap<usize, Outcome> = selected
+        .iter()
+        .filter(|&&i| !all_states[i].needs_run())
+        .map(|&i| (i, Outcome::UpToDate))
+        .collect();
+    if !opts.dry_run && !to_run.is_empty() {
+        return Ok(Begin::Build { to_run, outcomes });
+    }
+    if opts.dry_run {
+        for &i in &to_run {
+            outcomes.insert(
+                i,
+                Outcome::NotRun {
+                    because: format!("dry run ({})", all_states[i].label()),
+                },
+            );
+        }
+    }
+    Ok(Begin::Done(report(plan, outcomes)))
+}
+
+pub(crate) fn report(plan: &Plan, outcomes: BTreeMap<usize, Outcome>) -> RunReport {
     RunReport {
         outcomes: outcomes
             .into_iter()

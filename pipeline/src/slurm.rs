@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::executor::{
-    self, now_unix, FailureRecord, Outcome, Resolved, RunEvent, RunOptions, RunReport,
+    self, now_unix, report, FailureRecord, Outcome, Resolved, RunEvent, RunOptions, RunReport,
 };
 use crate::key::StageKey;
 use crate::plan::Plan;
@@ -169,32 +169,11 @@ pub fn run(
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunReport> {
-    let (selected, all_states) = executor::select(plan, resolved, store, opts)?;
-    let to_run: Vec<usize> = selected
-        .iter()
-        .copied()
-        .filter(|&i| all_states[i].needs_run())
-        .collect();
-    sink.event(&RunEvent::Planned {
-        to_run: to_run.len(),
-        up_to_date: selected.len() - to_run.len(),
-    });
-    let mut outcomes: BTreeMap<usize, Outcome> = selected
-        .iter()
-        .filter(|&&i| !all_states[i].needs_run())
-        .map(|&i| (i, Outcome::UpToDate))
-        .collect();
-    if opts.dry_run || to_run.is_empty() {
-        for &i in &to_run {
-            outcomes.insert(
-                i,
-                Outcome::NotRun {
-                    because: format!("dry run ({})", all_states[i].label()),
-                },
-            );
-        }
-        return Ok(report(plan, outcomes));
-    }
+    let (to_run, mut outcomes) = match executor::begin(plan, resolved, store, opts, sink.as_ref())?
+    {
+        executor::Begin::Build { to_run, outcomes } => (to_run, outcomes),
+        executor::Begin::Done(report) => return Ok(report),
+    };
     std::fs::create_dir_all(&slurm.log_dir).map_err(|e| Error::io(&slurm.log_dir, e))?;
     let owner = format!("{}:{}", opts.host, std::process::id());
 
@@ -441,15 +420,6 @@ fn ended(
         ),
         log: String::new(),
     })
-}
-
-fn report(plan: &Plan, outcomes: BTreeMap<usize, Outcome>) -> RunReport {
-    RunReport {
-        outcomes: outcomes
-            .into_iter()
-            .map(|(i, o)| (plan.instances[i].name.clone(), o))
-            .collect(),
-    }
 }
 
 impl SlurmOptions {
