@@ -2,7 +2,8 @@
 # One-time setup, idempotent and cached: a project-local Python virtualenv (.venv) holding
 #   - torch==2.11.0: libtorch for the tch-based stages (tch 0.24 pins PyTorch 2.11.0; the PyPI wheel
 #     pulls the CUDA libraries too, about 2.7 GB downloaded once into pip's cache);
-#   - moto[server]: the S3-compatible server the store's tests start on 127.0.0.1.
+#   - moto[server]: the S3-compatible server the store's tests start on 127.0.0.1;
+#   - numpy and safetensors: the PyTorch reference script a training test runs (tools/adaptor_reference.py).
 # Prints the environment a cargo build that links libtorch needs (sourced by the other scripts).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,6 +19,10 @@ vpy="$venv/bin/python"
 if ! "$vpy" -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "2.11.0")' 2>/dev/null; then
   echo "setup: installing torch==2.11.0 into $venv (libtorch; first time only)"
   "$vpy" -m pip install --quiet --disable-pip-version-check "torch==2.11.0"
+fi
+if ! "$vpy" -c 'import numpy, safetensors' 2>/dev/null; then
+  echo "setup: installing numpy and safetensors into $venv (PyTorch reference in the tests)"
+  "$vpy" -m pip install --quiet --disable-pip-version-check "numpy==2.4.6" "safetensors==0.8.0"
 fi
 if [ ! -x "$venv/bin/moto_server" ]; then
   echo "setup: installing moto[server]==5.2.5 into $venv (local S3 server for tests)"
