@@ -505,7 +505,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let url = store_url(store, Some(&plan))?;
             let store = read_store(&url, &cache)?;
             let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
-            let states = executor::states(&plan, &resolved, &store, 60.0)?;
+            let states = executor::states(&plan, &resolved, &store, executor::LEASE_SECS)?;
             if *json {
                 let rows: Vec<serde_json::Value> = plan
                     .instances

@@ -297,7 +297,7 @@ impl Default for RunOptions {
             threads: 1,
             only: Vec::new(),
             dry_run: false,
-            lease_secs: 60.0,
+            lease_secs: LEASE_SECS,
             host: "localhost".into(),
             tool: concat!("adaptor ", env!("CARGO_PKG_VERSION")).into(),
             no_deps: false,
@@ -332,6 +332,10 @@ impl RunReport {
             .count()
     }
 }
+
+/// A lease whose heartbeat is older than this belongs to a dead runner (the default of
+/// `RunOptions::lease_secs`, and what `status`, `explain` and `gc` judge leases by).
+pub const LEASE_SECS: f64 = 60.0;
 
 pub fn now_unix() -> f64 {
     SystemTime::now()

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use crate::error::Result;
-use crate::executor::{lease_is_stale, Resolved};
+use crate::executor::{lease_is_stale, Resolved, LEASE_SECS};
 use crate::fingerprint::FingerprintCache;
 use crate::key::{KeyRecipe, StageKey};
 use crate::plan::{InputRef, Plan};
@@ -64,7 +64,7 @@ pub fn explain(
         return Ok(lines);
     }
     if let Some(lease) = store.get_json::<Lease>(&Store::lock_path(&inst.kind, key))? {
-        if !lease_is_stale(&lease, 60.0) {
+        if !lease_is_stale(&lease, LEASE_SECS) {
             lines.push(format!("being built right now by {}", lease.owner));
             return Ok(lines);
         }
@@ -310,7 +310,7 @@ pub fn gc(
 }
 
 fn live_lease(store: &Store, kind: &str, key: &StageKey) -> bool {
-    matches!(store.get_json::<Lease>(&Store::lock_path(kind, key)), Ok(Some(l)) if !lease_is_stale(&l, 60.0))
+    matches!(store.get_json::<Lease>(&Store::lock_path(kind, key)), Ok(Some(l)) if !lease_is_stale(&l, LEASE_SECS))
 }
 
 #[cfg(test)]

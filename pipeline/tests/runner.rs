@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{registry, write, Fixture};
-use pipeline::executor::{resolve, run, states, Outcome, RunOptions, State};
+use pipeline::executor::{resolve, run, states, Outcome, Resolved, RunOptions, State};
 use pipeline::{FingerprintCache, NoProgress, Plan, Store, StoreSettings, StoreUrl};
 
 const GRID: &str = r#"
@@ -63,6 +63,15 @@ impl Env {
     fn plan(&self) -> Plan {
         pipeline::plan::load(&self.path().join("m.toml"), &self.fx.reg).unwrap()
     }
+    fn cache(&self) -> FingerprintCache {
+        FingerprintCache::new(self.path().join("cache"))
+    }
+    /// The manifest's plan and its keys.
+    fn planned(&self) -> (Plan, Resolved) {
+        let plan = self.plan();
+        let resolved = resolve(&plan, &self.fx.reg, &self.cache(), false).unwrap();
+        (plan, resolved)
+    }
     fn store(&self, url: &StoreUrl) -> Store {
         Store::open(url, &StoreSettings::default(), &self.path().join("cache")).unwrap()
     }
@@ -70,14 +79,7 @@ impl Env {
         StoreUrl::Local(self.path().join("artifacts"))
     }
     fn run(&self, store: &Store) -> Vec<(String, Outcome)> {
-        let plan = self.plan();
-        let resolved = resolve(
-            &plan,
-            &self.fx.reg,
-            &FingerprintCache::new(self.path().join("cache")),
-            false,
-        )
-        .unwrap();
+        let (plan, resolved) = self.planned();
         let opts = RunOptions {
             jobs: 2,
             threads: 2,
@@ -96,14 +98,7 @@ impl Env {
         .outcomes
     }
     fn states(&self, store: &Store) -> Vec<(String, State)> {
-        let plan = self.plan();
-        let resolved = resolve(
-            &plan,
-            &self.fx.reg,
-            &FingerprintCache::new(self.path().join("cache")),
-            false,
-        )
-        .unwrap();
+        let (plan, resolved) = self.planned();
         let s = states(&plan, &resolved, store, 60.0).unwrap();
         plan.instances
             .iter()
@@ -287,14 +282,7 @@ fn a_panicking_stage_is_a_failure_not_a_crash() {
 fn an_incomplete_leftover_is_not_complete_and_is_replaced() {
     let env = Env::new("[stages.s]\nkind = 'echo'\n");
     let store = env.store(&env.local());
-    let plan = env.plan();
-    let resolved = resolve(
-        &plan,
-        &env.fx.reg,
-        &FingerprintCache::new(env.path().join("cache")),
-        false,
-    )
-    .unwrap();
+    let (_, resolved) = env.planned();
     let dir = env
         .path()
         .join("artifacts/echo")
@@ -338,14 +326,7 @@ fn gc_keeps_what_the_manifest_references() {
     env.run(&store);
     env.edit("seed = 1", "seed = 5");
     env.run(&store);
-    let plan = env.plan();
-    let resolved = resolve(
-        &plan,
-        &env.fx.reg,
-        &FingerprintCache::new(env.path().join("cache")),
-        false,
-    )
-    .unwrap();
+    let (plan, resolved) = env.planned();
     let referenced: HashSet<_> = plan
         .instances
         .iter()
@@ -380,23 +361,9 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     let store = env.store(&env.local());
     env.run(&store);
     env.edit("seed = 1", "seed = 2");
-    let plan = env.plan();
-    let resolved = resolve(
-        &plan,
-        &env.fx.reg,
-        &FingerprintCache::new(env.path().join("cache")),
-        false,
-    )
-    .unwrap();
+    let (plan, resolved) = env.planned();
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
-    let lines = pipeline::ops::explain(
-        &plan,
-        &resolved,
-        &store,
-        &FingerprintCache::new(env.path().join("cache")),
-        idx,
-    )
-    .unwrap();
+    let lines = pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), idx).unwrap();
     let text: Vec<String> = lines
         .iter()
         .map(|l| {
@@ -418,13 +385,8 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     );
     assert!(text.contains("parameter `seed` changed: 1 -> 2"), "{text}");
     let up = plan.instance("ingest").unwrap();
-    assert!(pipeline::ops::explain(
-        &plan,
-        &resolved,
-        &store,
-        &FingerprintCache::new(env.path().join("cache")),
-        up
-    )
-    .unwrap()[1]
-        .starts_with("up to date"));
+    assert!(
+        pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), up).unwrap()[1]
+            .starts_with("up to date")
+    );
 }
