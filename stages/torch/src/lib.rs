@@ -15,6 +15,7 @@ pub mod nn;
 pub mod pickle;
 pub mod preprocess;
 pub mod pretrain;
+pub mod report;
 pub mod resnet_ae;
 pub mod stages_impl;
 pub mod table;

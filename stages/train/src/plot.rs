@@ -197,3 +197,25 @@ fn draw_recall(
         .draw()?;
     Ok(())
 }
+
+/// Registers the embedded font as plotters' `sans-serif` (for other plots of the workspace).
+pub fn register_embedded_font() {
+    REGISTER.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Writes an RGB buffer of `w × h` pixels as a PNG.
+pub fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| Error::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().map_err(|e| err(&e))?;
+    wr.write_image_data(rgb).map_err(|e| err(&e))?;
+    wr.finish().map_err(|e| err(&e))
+}
