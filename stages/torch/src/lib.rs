@@ -15,6 +15,7 @@ pub mod nn;
 pub mod pickle;
 pub mod preprocess;
 pub mod resnet_ae;
+pub mod segment;
 pub mod stages_impl;
 pub mod table;
 pub mod weights;
