@@ -313,6 +313,32 @@ mod tests {
     }
 
     #[test]
+    fn saved_weights_load_into_a_fresh_decoder() {
+        let shape = VitShape {
+            in_channels: 4,
+            size: 224,
+        };
+        let a = Decoder::vit(shape, Device::Cpu, 1).unwrap();
+        let x = Tensor::randn([2, 4, 16, 16], tch::kind::FLOAT_CPU);
+        // One training-mode pass moves the BatchNorm running statistics.
+        let _ = tch::no_grad(|| a.forward(&[x.shallow_clone()], true));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decoder.safetensors");
+        train::params::write_safetensors(&path, &a.state.snapshot(), &Default::default()).unwrap();
+        let b = Decoder::vit(shape, Device::Cpu, 2).unwrap();
+        b.state
+            .load(&train::params::read_safetensors(&path).unwrap(), &path)
+            .unwrap();
+        let (ya, yb) = tch::no_grad(|| {
+            (
+                a.forward(&[x.shallow_clone()], false),
+                b.forward(&[x], false),
+            )
+        });
+        assert!(ya.equal(&yb));
+    }
+
+    #[test]
     fn shapes_at_224_and_896() {
         let _g = tch::no_grad_guard();
         let d = Decoder::vit(
