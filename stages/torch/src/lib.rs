@@ -17,6 +17,7 @@ pub mod preprocess;
 pub mod pretrain;
 pub mod report;
 pub mod resnet_ae;
+pub mod segment;
 pub mod stages_impl;
 pub mod table;
 pub mod weights;

@@ -215,6 +215,43 @@ impl ResNetAeEncoder {
         Ok(x)
     }
 
+    /// The encoder's intermediate maps as the original's segmentation U-Net takes them
+    /// (`seg_models.py` `ResNetAEUNet.encode`, reference D.2): block1 = stem conv + BN + ReLU
+    /// (`[B, 64, H/2, W/2]` for ResNetAE101), block2 = max-pool + layer1, block3..block5 =
+    /// layer2..layer4; block5 is the latent [`ResNetAeEncoder::encode`] returns. BatchNorm is
+    /// folded, i.e. always in inference mode (the original left it in train mode, G.11).
+    pub fn encode_blocks(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let size = x.size();
+        if size.len() != 4 || size[1] != 1 {
+            return Err(Error::Invalid(format!(
+                "ResNet-AE input must be [B, 1, H, W], got {size:?}"
+            )));
+        }
+        let x = x.to_device(self.device).to_kind(self.kind);
+        let block1 = self.stem.forward(&x).relu();
+        let mut x = block1.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut out = vec![block1];
+        for stage in &self.stages {
+            for block in stage {
+                x = block.forward(&x);
+            }
+            out.push(x.shallow_clone());
+        }
+        Ok(out)
+    }
+
+    /// Output channels of block1..block5 (64, 256, 512, 1024, 512 for ResNetAE101).
+    pub fn block_channels(&self) -> [i64; 5] {
+        let stage = |s: &Vec<Bottleneck>| s.last().map(|b| b.c3.weight.size()[0]).unwrap_or(0);
+        [
+            self.stem.weight.size()[0],
+            stage(&self.stages[0]),
+            stage(&self.stages[1]),
+            stage(&self.stages[2]),
+            stage(&self.stages[3]),
+        ]
+    }
+
     /// The latent averaged over its spatial positions: `[B, C]`.
     pub fn pooled(latent: &Tensor) -> Tensor {
         latent.flatten(2, 3).mean_dim(2, false, None)
