@@ -210,7 +210,14 @@ pub const IMAGE: StageDecl = StageDecl {
 };
 
 /// The stage kinds that run in the torch worker.
-pub const TORCH_STAGES: &[StageDecl] = &[TEXT, IMAGE, crate::pretrain::DECL];
+pub const TORCH_STAGES: &[StageDecl] = &[
+    TEXT,
+    IMAGE,
+    crate::pretrain::DECL,
+    crate::evaluate::CLASSIFY_DECL,
+    crate::evaluate::SEGMENT_DECL,
+    crate::evaluate::REPORT_DECL,
+];
 
 /// Registers the torch stages; their runs start `worker` (the `adaptor-torch` binary).
 pub fn register_torch(reg: &mut StageRegistry, worker: impl Into<PathBuf>) {

@@ -4,6 +4,7 @@
 
 pub mod encode;
 pub mod error;
+pub mod evaluate;
 pub mod images;
 pub mod ingest;
 pub mod masks;

@@ -544,3 +544,139 @@ mod tests {
         }
     }
 }
+
+/// One pre-training run as the report's pre-training section shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainSummary {
+    pub instance: String,
+    pub variant: String,
+    pub vision: String,
+    pub text: String,
+    pub trainable_params: i64,
+    pub epochs: u64,
+    pub initial_val_loss: f64,
+    pub best_val_loss: f64,
+    /// recall@1/5/10 image→text, then text→image, at the kept checkpoint.
+    pub recall: [f64; 6],
+    pub chance: f64,
+}
+
+impl PretrainSummary {
+    /// Reads a `train-adaptor` artifact (`report.json`, `adaptor.json`, `provenance.json`).
+    pub fn read(dir: &Path, instance: &str) -> Result<Self> {
+        let json = |f: &str| -> Result<serde_json::Value> {
+            let p = dir.join(f);
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
+        };
+        let (report, ckpt, prov) = (
+            json("report.json")?,
+            json("adaptor.json")?,
+            json(stages::pretrain::PROVENANCE_FILE)?,
+        );
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        let rec = &report["best_recall"];
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        Ok(PretrainSummary {
+            instance: instance.to_string(),
+            variant: s(&ckpt["model"]["variant"]),
+            vision: s(&prov["image"]["backbone"]),
+            text: s(&prov["text"]["backbone"]),
+            trainable_params: report["trainable_params"].as_i64().unwrap_or(0),
+            epochs: report["epochs_completed"].as_u64().unwrap_or(0),
+            initial_val_loss: f(&report["initial_val_loss"]),
+            best_val_loss: f(&report["best_val_loss"]),
+            recall: [
+                f(&rec["image_to_text_r1"]),
+                f(&rec["image_to_text_r5"]),
+                f(&rec["image_to_text_r10"]),
+                f(&rec["text_to_image_r1"]),
+                f(&rec["text_to_image_r5"]),
+                f(&rec["text_to_image_r10"]),
+            ],
+            chance: 1.0 / rec["pairs"].as_f64().unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// The pre-training section of `results.md`: one row per run, variants side by side.
+pub fn pretraining_markdown(runs: &[PretrainSummary], curves: &[String]) -> String {
+    let mut md = String::from(
+        "## Pre-training\n\nValid split; recall at the kept checkpoint (lowest valid loss), in %; \
+         chance is 1/pairs.\n\n| instance | variant | vision | text | parameters | epochs | \
+         valid loss (start → best) | R@1/5/10 image→text | R@1/5/10 text→image | chance R@1 |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        let pct = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.1}", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} | {} | {} | {:.4} → {:.4} | {} | {} | {:.1} |",
+            r.instance,
+            r.variant,
+            r.vision,
+            r.text,
+            r.trainable_params,
+            r.epochs,
+            r.initial_val_loss,
+            r.best_val_loss,
+            pct(&r.recall[..3]),
+            pct(&r.recall[3..]),
+            r.chance * 100.0
+        );
+    }
+    md.push('\n');
+    for c in curves {
+        let _ = writeln!(md, "![training curve]({c})");
+    }
+    md.push('\n');
+    md
+}
+
+/// The `report` stage: reads every bound result and pre-training run, writes the outputs.
+pub fn run_stage(ctx: &pipeline::StageContext) -> std::result::Result<(), pipeline::StageError> {
+    let out = ctx.out_dir();
+    let mut results = Vec::new();
+    for a in ctx.inputs("results") {
+        let mut r = EvalResult::read(&a.path.join(RESULT_FILE))?;
+        if let pipeline::InputOrigin::Stage { instance, .. } = &a.origin {
+            r.instance = instance.clone();
+        }
+        results.push(r);
+    }
+    let mut runs = Vec::new();
+    let mut curves = Vec::new();
+    for (i, a) in ctx.inputs("pretraining").iter().enumerate() {
+        let instance = match &a.origin {
+            pipeline::InputOrigin::Stage { instance, .. } => instance.clone(),
+            pipeline::InputOrigin::External { name, .. } => name.clone(),
+        };
+        runs.push(PretrainSummary::read(&a.path, &instance)?);
+        let curve = a.path.join(train::train::CURVE);
+        if curve.is_file() {
+            let name = format!("pretraining-{i}.png");
+            std::fs::copy(&curve, out.join(&name)).map_err(|e| Error::io(&curve, e))?;
+            curves.push(name);
+        }
+    }
+    let plots = write_report(out, &results)?;
+    if !runs.is_empty() {
+        let path = out.join(RESULTS_MD);
+        let mut md = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        md.push_str(&pretraining_markdown(&runs, &curves));
+        std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
+    }
+    ctx.log(format!(
+        "report: {} evaluation(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
+        results.len(),
+        runs.len(),
+        plots.len() + curves.len()
+    ));
+    Ok(())
+}

@@ -22,6 +22,7 @@ pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
         encode::ENCODE_TEXT => encode_text(ctx),
         encode::ENCODE_IMAGE => encode_image(ctx),
         stages::pretrain::TRAIN_ADAPTOR => crate::pretrain::run(ctx),
+        stages::evaluate::REPORT => crate::report::run_stage(ctx),
         other => Err(format!(
             "the torch worker does not know stage kind `{other}` (it runs: {})",
             encode::TORCH_STAGES

@@ -1,0 +1,385 @@
+//! The `classify` and `segment` stages as the worker runs them (declarations:
+//! `stages::evaluate`): inputs resolved from the stage context into `adaptor_train::train_head`
+//! and `segment::train_segmenter`, and a `result.json` ([`EvalResult`]) the report reads.
+
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::Array;
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipeline::{StageContext, StageError};
+use tch::{Device, Kind, Tensor};
+use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
+
+use crate::encoder::pick_device;
+use crate::pretrain::{input_name, read_whole, split_rows, table_file};
+use crate::report::{EvalResult, RESULT_FILE};
+use crate::segment::{train_segmenter, DiceTerm, SegConfig, SegData};
+use crate::table::{read_string_columns, EmbeddingTable};
+use stages::ingest::RECORDS;
+use stages::pretrain::PROVENANCE_FILE;
+
+/// The dataset an ingest artifact holds (its `summary.json`).
+fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
+    let path = records_dir.join("summary.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    v["dataset"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: no `dataset` field", path.display()).into())
+}
+
+/// An integer column of a Parquet file (int32 or int64, no nulls).
+fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
+    let err = |m: String| -> StageError { format!("{}: {m}", path.display()).into() };
+    let file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
+    if builder.schema().index_of(name).is_err() {
+        return Err(err(format!("no column `{name}`")));
+    }
+    let mut out = Vec::new();
+    for batch in builder.build().map_err(|e| err(e.to_string()))? {
+        let batch = batch.map_err(|e| err(e.to_string()))?;
+        let col = batch.column_by_name(name).expect("checked");
+        if col.null_count() > 0 {
+            return Err(err(format!("column `{name}` has nulls")));
+        }
+        match col.data_type() {
+            DataType::Int32 => out.extend(col.as_primitive::<Int32Type>().values().iter().map(|&v| v as i64)),
+            DataType::Int64 => out.extend(col.as_primitive::<Int64Type>().values().iter().copied()),
+            other => return Err(err(format!("column `{name}` is {other}, not an integer"))),
+        }
+    }
+    Ok(out)
+}
+
+/// The frozen adaptor of an evaluation: loaded from a `train-adaptor` artifact, or freshly
+/// initialised (the random-init baseline), plus the text encoder it was pre-trained with.
+struct FrozenAdaptor {
+    model: Adaptor,
+    mode: &'static str,
+    text: String,
+    checkpoint: PathBuf,
+}
+
+fn frozen_adaptor(
+    ctx: &StageContext,
+    vision_dim: i64,
+    seed: u64,
+    device: Device,
+) -> Result<Option<FrozenAdaptor>, StageError> {
+    let random = ctx.str_param("adaptor_init")? == "random";
+    let bound = ctx.inputs("adaptor");
+    let Some(a) = bound.first() else {
+        if !random {
+            return Ok(None);
+        }
+        // No pre-trained adaptor to take the shape from: the original module for this width.
+        let cfg = AdaptorConfig::original(vision_dim);
+        let model = Adaptor::new(&cfg, device, seed)?;
+        let checkpoint = ctx.out_dir().join("random-adaptor.safetensors");
+        model.save(&checkpoint, &CheckpointInfo::new(cfg))?;
+        return Ok(Some(FrozenAdaptor {
+            model,
+            mode: "random",
+            text: "none".into(),
+            checkpoint,
+        }));
+    };
+    let path = a.path.join(train::train::BEST_CHECKPOINT);
+    let (trained, info) = Adaptor::from_checkpoint(&path, device)?;
+    if info.model.vision_dim != vision_dim {
+        return Err(format!(
+            "the adaptor {} takes {}-d image features; the features are {vision_dim}-d (encode \
+             the downstream images with the backbone the adaptor was pre-trained on)",
+            path.display(),
+            info.model.vision_dim
+        )
+        .into());
+    }
+    let prov = a.path.join(PROVENANCE_FILE);
+    let text = std::fs::read(&prov)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["text"]["backbone"].as_str().map(str::to_string))
+        .unwrap_or_else(|| input_name(ctx, "adaptor").unwrap_or_default());
+    if random {
+        let model = Adaptor::new(&info.model, device, seed)?;
+        let checkpoint = ctx.out_dir().join("random-adaptor.safetensors");
+        model.save(&checkpoint, &CheckpointInfo::new(info.model.clone()))?;
+        return Ok(Some(FrozenAdaptor {
+            model,
+            mode: "random",
+            text,
+            checkpoint,
+        }));
+    }
+    Ok(Some(FrozenAdaptor {
+        model: trained,
+        mode: "pretrained",
+        text,
+        checkpoint: path,
+    }))
+}
+
+/// Features `[N, D]` through the adaptor's image path, one sample at a time in effect (reference
+/// G.6: per-sample inference; chunks only bound memory).
+fn through_adaptor(a: &FrozenAdaptor, x: &Tensor, device: Device) -> Result<Tensor, StageError> {
+    let n = x.size()[0];
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = (n - start).min(4096);
+        let chunk = x.narrow(0, start, len).to_device(device);
+        parts.push(a.model.embed_image(&chunk, None, ImageOnly::PerSample)?.to_device(Device::Cpu));
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+struct HeadProgress<'a> {
+    ctx: &'a StageContext,
+    epochs: usize,
+    metric: &'static str,
+}
+
+impl train::finetune::HeadObserver for HeadProgress<'_> {
+    fn on_epoch(&mut self, e: &train::finetune::HeadEpoch) -> ControlFlow<()> {
+        self.ctx.progress(e.epoch as u64, self.epochs as u64, "epochs");
+        self.ctx.log(format!(
+            "epoch {}: train loss {:.4}, valid loss {:.4}, valid {} {:.4}{}",
+            e.epoch,
+            e.train_loss,
+            e.valid_loss,
+            self.metric,
+            e.valid.get(self.metric).copied().unwrap_or(f64::NAN),
+            if e.improved { " (best so far)" } else { "" }
+        ));
+        if self.ctx.is_cancelled() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn log(&mut self, line: &str) {
+        self.ctx.log(line);
+    }
+}
+
+fn split(t: &EmbeddingTable, features: &Tensor, labels: &[i64], name: &str) -> Result<train::finetune::HeadSplit, StageError> {
+    let rows = split_rows(t, name)?;
+    if rows.is_empty() {
+        return Err(format!("{}: no `{name}` rows", t.path.display()).into());
+    }
+    let idx = Tensor::from_slice(&rows);
+    let keys = rows.iter().map(|&r| t.keys[r as usize].clone()).collect();
+    let y = rows.iter().map(|&r| labels[r as usize]).collect();
+    Ok(train::finetune::HeadSplit::new(features.index_select(0, &idx), y).with_keys(keys))
+}
+
+pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
+    let features_dir = &ctx.input("features")?.path;
+    let records_dir = &ctx.input("records")?.path;
+    let dataset = dataset_of(records_dir)?;
+    let (label_column, classes, metric) = match dataset.as_str() {
+        "rsna" => ("target", 1, "auroc"),
+        "covidx" => ("label", 3, "accuracy"),
+        other => {
+            return Err(format!(
+                "classify: the records are `{other}`; classification is defined for rsna (binary, \
+                 AUROC) and covidx (3 classes, accuracy)"
+            )
+            .into())
+        }
+    };
+    let table = read_whole(&table_file(features_dir)?)?;
+    if table.meta.tokens.is_some() {
+        return Err(format!(
+            "{}: a token table; classification takes pooled image features",
+            table.path.display()
+        )
+        .into());
+    }
+    let records = records_dir.join(RECORDS);
+    let keys = read_string_columns(&records, &["key"])?.remove(0);
+    table.check_aligned(&keys)?;
+    let labels = read_int_column(&records, label_column)?;
+
+    let seed = ctx.i64_param("seed")? as u64;
+    let device = pick_device(ctx.str_param("device")?)?;
+    let dim = table.meta.dim as i64;
+    let raw = Tensor::from_slice(&table.values).view([table.rows() as i64, dim]);
+    let adaptor = frozen_adaptor(ctx, dim, seed, device)?;
+    let features = match &adaptor {
+        Some(a) => through_adaptor(a, &raw, device)?,
+        None => raw,
+    };
+    let features = features.to_kind(Kind::Float);
+    let data = train::finetune::HeadData {
+        train: split(&table, &features, &labels, "train")?,
+        valid: split(&table, &features, &labels, "valid")?,
+        test: split(&table, &features, &labels, "test")?,
+    };
+
+    let head_name = ctx.str_param("head")?.to_string();
+    let head = match head_name.as_str() {
+        "linear" => train::heads::HeadKind::Linear,
+        _ => train::heads::HeadKind::Mlp,
+    };
+    let mut cfg = train::finetune::HeadConfig::new(head, classes);
+    cfg.label_fraction = ctx.f64_param("fraction")?;
+    cfg.seed = seed;
+    cfg.epochs = ctx.i64_param("epochs")? as usize;
+    cfg.batch_size = ctx.i64_param("batch_size")? as usize;
+    cfg.lr = ctx.f64_param("lr")?;
+    cfg.weight_decay = ctx.f64_param("weight_decay")?;
+    cfg.patience = match ctx.i64_param("patience")? {
+        0 => None,
+        p => Some(p as usize),
+    };
+    cfg.device = match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    };
+    let mode = adaptor.as_ref().map_or("none", |a| a.mode);
+    ctx.log(format!(
+        "classify {dataset}: {head_name} head on {} features ({} adaptor{}), {} train rows × {} = fraction, seed {seed}",
+        table.meta.backbone,
+        mode,
+        adaptor
+            .as_ref()
+            .map(|a| format!(", text {}", a.text))
+            .unwrap_or_default(),
+        data.train.len(),
+        cfg.label_fraction
+    ));
+    let mut observer = HeadProgress {
+        ctx,
+        epochs: cfg.epochs,
+        metric,
+    };
+    let report = train::finetune::train_head(&cfg, &data, ctx.out_dir(), &mut observer)?;
+    ctx.check_cancelled()?;
+    let result = EvalResult {
+        instance: ctx.instance().to_string(),
+        task: "classification".into(),
+        dataset,
+        metric: metric.into(),
+        vision: table.meta.backbone.clone(),
+        text: adaptor.as_ref().map_or("none".into(), |a| a.text.clone()),
+        adaptor: mode.into(),
+        head: head_name,
+        fraction: cfg.label_fraction,
+        seed: seed as i64,
+        valid: report.valid.clone(),
+        test: report.test.clone(),
+        best_epoch: report.best_epoch,
+        epochs_run: report.epochs_run,
+        train_examples: report.train_examples,
+        trainable_params: report.trainable_params,
+        seconds: report.seconds,
+    };
+    result.write(&ctx.out_dir().join(RESULT_FILE))?;
+    ctx.log(format!(
+        "test {metric} {:.4} (valid {:.4}, epoch {} of {}), {} trainable parameters",
+        result.test.get(metric).copied().unwrap_or(f64::NAN),
+        result.valid.get(metric).copied().unwrap_or(f64::NAN),
+        result.best_epoch,
+        result.epochs_run,
+        result.trainable_params
+    ));
+    Ok(())
+}
+
+pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
+    let records_dir = &ctx.input("records")?.path;
+    let raw = &ctx.input("raw")?.path;
+    let bb = ctx.input("backbone")?;
+    let backbone_kind = bb.kind().to_string();
+    let vision = input_name(ctx, "backbone")?;
+    let dataset = dataset_of(records_dir)?;
+    let decoder = match (ctx.str_param("decoder")?, backbone_kind.as_str()) {
+        ("auto" | "unet", "resnet-ae") => "unet",
+        ("auto" | "vit", "dinov2") => "vit-decoder",
+        (d, k) => {
+            return Err(format!(
+                "segment: decoder `{d}` does not fit a `{k}` backbone (unet: resnet-ae; vit: dinov2)"
+            )
+            .into())
+        }
+    };
+    let seed = ctx.i64_param("seed")? as u64;
+    let device = pick_device(ctx.str_param("device")?)?;
+    let crop = ctx.i64_param("crop")? as u32;
+    let fraction = ctx.f64_param("fraction")?;
+
+    let mut cfg = SegConfig::new(&backbone_kind, &bb.path);
+    // The adaptor's image path takes the backbone's pooled width; build or load it first.
+    let vision_dim = crate::segment::SegBackbone::load(
+        &bb.path,
+        &backbone_kind,
+        crate::preprocess::Normalize::Imagenet,
+        device,
+    )?
+    .dim();
+    let adaptor = frozen_adaptor(ctx, vision_dim, seed, device)?;
+    cfg.adaptor = adaptor.as_ref().map(|a| a.checkpoint.clone());
+    cfg.crop = crop;
+    cfg.batch_size = ctx.i64_param("batch_size")? as usize;
+    cfg.epochs = ctx.i64_param("epochs")? as usize;
+    cfg.patience = ctx.i64_param("patience")? as usize;
+    cfg.lr = ctx.f64_param("lr")?;
+    cfg.weight_decay = ctx.f64_param("weight_decay")?;
+    cfg.loss.alpha = ctx.f64_param("alpha")?;
+    cfg.loss.dice = DiceTerm::parse(ctx.str_param("dice_loss")?).ok_or("parameter `dice_loss`")?;
+    cfg.seed = seed;
+    cfg.device = match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    };
+    let data = SegData::load(&records_dir.join(RECORDS), raw, &dataset, crop, fraction, seed)?;
+    let mode = adaptor.as_ref().map_or("none", |a| a.mode);
+    ctx.log(format!(
+        "segment {dataset}: {decoder} over {vision} ({backbone_kind}), {mode} adaptor, crop {crop}, \
+         {} of {} train images (fraction {fraction}), seed {seed}",
+        data.train.len(),
+        data.train_available
+    ));
+    let report = train_segmenter(cfg.clone(), &data, ctx.out_dir(), ctx)?;
+    ctx.check_cancelled()?;
+    let result = EvalResult {
+        instance: ctx.instance().to_string(),
+        task: "segmentation".into(),
+        dataset,
+        metric: "dice".into(),
+        vision,
+        text: adaptor.as_ref().map_or("none".into(), |a| a.text.clone()),
+        adaptor: mode.into(),
+        head: decoder.into(),
+        fraction,
+        seed: seed as i64,
+        valid: report.valid.clone(),
+        test: report.test.clone(),
+        best_epoch: report.best_epoch,
+        epochs_run: report.epochs_run,
+        train_examples: report.train_images,
+        trainable_params: report.trainable_params,
+        seconds: report.seconds,
+    };
+    result.write(&ctx.out_dir().join(RESULT_FILE))?;
+    ctx.log(format!(
+        "test Dice {:.4}, positive-only Dice {:.4}, empty share {:.3} (all-empty predictor {:.4})",
+        result.test.get("dice").copied().unwrap_or(f64::NAN),
+        result.test.get("dice_positive").copied().unwrap_or(f64::NAN),
+        result.test.get("empty_share").copied().unwrap_or(f64::NAN),
+        result.test.get("dice_all_empty_baseline").copied().unwrap_or(f64::NAN),
+    ));
+    Ok(())
+}
