@@ -23,6 +23,15 @@ use crate::table::{read_string_columns, EmbeddingTable};
 use stages::ingest::RECORDS;
 use stages::pretrain::PROVENANCE_FILE;
 
+/// The metrics that are defined (an undefined one, e.g. positive-only Dice on a split without
+/// positives, is left out rather than written as a JSON null).
+fn defined(m: &std::collections::BTreeMap<String, f64>) -> std::collections::BTreeMap<String, f64> {
+    m.iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
 /// The dataset an ingest artifact holds (its `summary.json`).
 fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
     let path = records_dir.join("summary.json");
@@ -278,8 +287,8 @@ pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
         head: head_name,
         fraction: cfg.label_fraction,
         seed: seed as i64,
-        valid: report.valid.clone(),
-        test: report.test.clone(),
+        valid: defined(&report.valid),
+        test: defined(&report.test),
         best_epoch: report.best_epoch,
         epochs_run: report.epochs_run,
         train_examples: report.train_examples,
@@ -365,8 +374,8 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
         head: decoder.into(),
         fraction,
         seed: seed as i64,
-        valid: report.valid.clone(),
-        test: report.test.clone(),
+        valid: defined(&report.valid),
+        test: defined(&report.test),
         best_epoch: report.best_epoch,
         epochs_run: report.epochs_run,
         train_examples: report.train_images,
