@@ -652,3 +652,23 @@ impl SlurmOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_tasks_of_this_run_are_named_by_their_array() {
+        let ids: Vec<String> = ["7_0", "7_2", "9", "5_1", "7_1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Array 7 was submitted here: depend on / cancel it whole; 5_1 is another run's task.
+        assert_eq!(
+            job_targets(ids.iter(), &["7".to_string()]),
+            ["7", "9", "5_1"]
+        );
+        assert_eq!(array_of("12_3"), "12");
+        assert_eq!(array_of("12"), "12");
+    }
+}
