@@ -455,8 +455,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     &key[..12.min(key.len())]
                 );
             }
-            let job = std::env::var("SLURM_JOB_ID")
+            // An array task (a shard) is named as squeue and the job records name it: `1234_5`.
+            let array_task = std::env::var("SLURM_ARRAY_JOB_ID")
                 .ok()
+                .zip(std::env::var("SLURM_ARRAY_TASK_ID").ok())
+                .map(|(a, t)| format!("{a}_{t}"));
+            let job = array_task
+                .or_else(|| std::env::var("SLURM_JOB_ID").ok())
                 .map(|id| format!("slurm job {id}"));
             let opts = RunOptions {
                 jobs: 1,
@@ -720,6 +725,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         i.name,
                         if i.required { "" } else { " (optional)" },
                         i.doc
+                    );
+                }
+                if let Some(s) = stage.sharding() {
+                    println!(
+                        "  shards = N: N instances with {} = \"i/N\"; the merge {}",
+                        s.param, s.merge
                     );
                 }
             }

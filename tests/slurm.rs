@@ -1,12 +1,16 @@
 //! The Slurm executor against a real single-node Slurm (slurmctld + slurmd + munge) that this test
-//! starts in a scratch folder and stops at the end (`scripts/slurm-cluster.sh`). The scenarios run
-//! in sequence inside one test so they share one cluster.
+//! starts in a scratch folder and stops at the end (`scripts/slurm-cluster.sh`). The scenarios of
+//! one test run in sequence so they share one cluster; the tests take turns (one cluster at a time).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// One throwaway cluster at a time on this machine.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -175,6 +179,7 @@ time = "00:10:00"
 
 #[test]
 fn slurm_executor_on_a_real_cluster() {
+    let _turn = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start();
 
     // 1. Same keys and same artifacts as the local executor; a second run submits nothing.
@@ -362,4 +367,247 @@ fn slurm_executor_on_a_real_cluster() {
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The `adaptor-torch` worker the `adaptor` binary starts: $ADAPTOR_TORCH, else the one built next
+/// to it (`cargo build -p adaptor-torch`, or `cargo test --workspace`, builds it).
+fn torch_worker() -> PathBuf {
+    let p = std::env::var_os("ADAPTOR_TORCH").map_or_else(
+        || Path::new(env!("CARGO_BIN_EXE_adaptor")).with_file_name("adaptor-torch"),
+        PathBuf::from,
+    );
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p adaptor-torch` (after `source scripts/env.sh`)",
+        p.display()
+    );
+    p
+}
+
+/// The real all-MiniLM-L6-v2 folder, fetched by scripts/test-assets-encoders.sh.
+fn minilm() -> PathBuf {
+    let root = std::env::var_os("ADAPTOR_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache/test-assets"));
+    let dir = root.join("all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/test-assets-encoders.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// The artifact folder of `instance` in a local store (read from the `_manifest.json` files).
+fn artifact_of(store: &Path, kind: &str, instance: &str) -> PathBuf {
+    std::fs::read_dir(store.join(kind))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read_to_string(p.join("_manifest.json")).is_ok_and(|m| {
+                serde_json::from_str::<serde_json::Value>(&m).unwrap()["instance"] == instance
+            })
+        })
+        .unwrap_or_else(|| panic!("no complete artifact of {instance} in {}", store.display()))
+}
+
+/// A synthetic MIMIC-CXR records table through the real MiniLM; `SHARDS` is replaced by a
+/// `shards = N` line or nothing. Batches of one text, so that a batch never spans two shards and
+/// the vectors do not depend on where the shards cut.
+const ENCODE: &str = r#"
+[backbones.minilm]
+kind = "bert"
+weights = "MINILM"
+
+[stages.synth]
+kind = "synth"
+params = { dataset = "mimic-cxr", n = 12, seed = 3, image_size = 64 }
+
+[stages.ingest]
+kind = "ingest"
+inputs.raw = "synth"
+params = { verify = "exists" }
+
+[stages.enc]
+kind = "encode-text"
+inputs.records = "ingest"
+inputs.backbone = "backbones.minilm"
+params = { batch_size = 1, pooling = "mean", device = "cpu", max_length = 64 }
+SHARDS
+
+[executor.slurm]
+cpus = 1
+"#;
+
+#[test]
+fn a_sharded_encode_over_a_job_array_equals_the_unsharded_table() {
+    let worker = torch_worker();
+    let manifest = ENCODE.replace("MINILM", &minilm().to_string_lossy());
+    let _turn = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+
+    // The unsharded table, by the local executor.
+    let whole = Case::new(&cluster, &manifest.replace("SHARDS", ""));
+    let t0 = Instant::now();
+    let (out, text) = whole.run(&["run", "m.toml", "-j", "1", "--store", "store"]);
+    assert!(out.status.success(), "{text}");
+    let local_secs = t0.elapsed().as_secs_f64();
+
+    // Three shards as one job array, then the merge, on Slurm.
+    let case = Case::new(&cluster, &manifest.replace("SHARDS", "shards = 3"));
+    let jobs_before = case.squeue("%i").lines().count();
+    let t0 = Instant::now();
+    let (out, text) = case.run(&["run", "m.toml", "--executor", "slurm", "--store", "store"]);
+    assert!(out.status.success(), "{text}");
+    let slurm_secs = t0.elapsed().as_secs_f64();
+    assert!(text.contains("6 ran"), "{text}");
+    // synth, ingest, one array of three tasks, the merge: four submissions, six squeue lines.
+    let squeue = case.squeue("%i %j");
+    assert_eq!(squeue.lines().count() - jobs_before, 6, "{squeue}");
+    let array: Vec<&str> = squeue
+        .lines()
+        .filter(|l| l.contains("adaptor:enc[shards]"))
+        .collect();
+    assert_eq!(array.len(), 3, "one array task per shard: {squeue}");
+    let array_id = array[0].split('_').next().unwrap();
+    assert!(
+        array.iter().all(|l| l.starts_with(&format!("{array_id}_"))),
+        "{squeue}"
+    );
+    for i in 0..3 {
+        assert!(
+            text.contains(&format!("enc[shard={i}/3]"))
+                && text.contains(&format!("slurm job {array_id}_{i}")),
+            "{text}"
+        );
+    }
+    let merged = artifact_of(&case.path().join("store"), "encode-text", "enc");
+    let manifest_json = std::fs::read_to_string(merged.join("_manifest.json")).unwrap();
+    assert!(manifest_json.contains("\"shards\""), "{manifest_json}");
+    let shard = artifact_of(&case.path().join("store"), "encode-text", "enc[shard=1/3]");
+    assert!(
+        std::fs::read_to_string(shard.join("_manifest.json"))
+            .unwrap()
+            .contains(&format!("\"job\": \"slurm job {array_id}_1\"")),
+        "the shard's manifest names its array task"
+    );
+    let unsharded = artifact_of(&whole.path().join("store"), "encode-text", "enc");
+    let a = std::fs::read(merged.join("embeddings.parquet")).unwrap();
+    let b = std::fs::read(unsharded.join("embeddings.parquet")).unwrap();
+    assert!(
+        a == b,
+        "the merged table is not byte-identical to the unsharded one ({} vs {} bytes)",
+        a.len(),
+        b.len()
+    );
+
+    // Up to date: status names the shards, and a second run submits nothing.
+    let (_, status) = case.run(&["status", "m.toml", "--store", "store"]);
+    assert!(
+        status.contains("enc[shard=2/3]") && status.contains("all 6 instance(s) up to date"),
+        "{status}"
+    );
+    let before = case.squeue("%i").lines().count();
+    let (out, text) = case.run(&["run", "m.toml", "--executor", "slurm", "--store", "store"]);
+    assert!(
+        out.status.success() && text.contains("0 ran, 6 up to date"),
+        "{text}"
+    );
+    assert_eq!(
+        case.squeue("%i").lines().count(),
+        before,
+        "a no-op run submits nothing"
+    );
+
+    // A failing array task: the error names the task and its output file; the merge is not run.
+    let bad = Case::new(
+        &cluster,
+        &manifest
+            .replace("SHARDS", "shards = 2")
+            .replace("max_length = 64", "max_length = 64, text_column = \"nope\""),
+    );
+    let (out, text) = bad.run(&["run", "m.toml", "--executor", "slurm"]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error: enc[shard=0/2] failed: ") && text.contains("no column `nope`"),
+        "{text}"
+    );
+    let job_out = text
+        .split("job output ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        job_out.ends_with("_0.out") || job_out.ends_with("_1.out"),
+        "{job_out}"
+    );
+    assert!(
+        Path::new(&job_out).is_file(),
+        "the task's output file exists: {job_out}"
+    );
+    assert!(text.contains("not run: enc (upstream enc[shard="), "{text}");
+
+    // Ctrl-C while the array runs cancels the array; nothing is left queued, running or complete.
+    // A stand-in worker that only sleeps keeps the tasks running (jobs inherit the environment).
+    let slow = Case::new(&cluster, &manifest.replace("SHARDS", "shards = 2"));
+    let sleeper = slow.path().join("sleepy-worker.sh");
+    std::fs::write(&sleeper, "#!/bin/sh\nsleep 60\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        &sleeper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut child = slow
+        .cmd(&["run", "m.toml", "--executor", "slurm"])
+        .env("ADAPTOR_TORCH", &sleeper)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (_, status) = slow.run(&["status", "m.toml"]);
+        if status
+            .lines()
+            .any(|l| l.starts_with("running") && l.contains("enc[shard="))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no shard ever started: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { kill(child.id() as i32, 2) };
+    assert!(!child.wait().unwrap().success());
+    let t0 = Instant::now();
+    while slow
+        .squeue("%T")
+        .lines()
+        .any(|s| matches!(s, "PENDING" | "RUNNING" | "COMPLETING"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "jobs still active after cancel: {}",
+            slow.squeue("%i %j %T")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, status) = slow.run(&["status", "m.toml"]);
+    assert!(
+        status
+            .lines()
+            .filter(|l| l.contains("enc"))
+            .all(|l| l.starts_with("missing")),
+        "{status}"
+    );
+    eprintln!(
+        "sharded encode: unsharded locally {local_secs:.1}s, 3 shards + merge on slurm {slurm_secs:.1}s (worker {})",
+        worker.display()
+    );
 }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, FingerprintCache};
 use crate::key::{KeyRecipe, StageKey};
-use crate::plan::{InputRef, Plan};
+use crate::plan::{InputRef, Part, Plan};
 use crate::stage::{InputArtifact, InputOrigin, ProgressSink, StageContext, StageRegistry};
 use crate::store::{self, ArtifactManifest, IndexEntry, InputRecord, Lease, PublishOutcome, Store};
 use crate::value::canonical_params;
@@ -870,7 +870,10 @@ fn build_locked(
     )
     .with_resume_dir(store.resume_dir(&inst.kind, key));
     ctx.log(format!("{} key {key}", inst.name));
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| stage.run(&ctx)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match inst.part {
+        Part::Merge { .. } => stage.merge(&ctx),
+        Part::Whole | Part::Shard { .. } => stage.run(&ctx),
+    }));
     let error: Option<String> = match result {
         Ok(Ok(())) => RESERVED
             .iter()

@@ -23,7 +23,7 @@ pub use key::{KeyRecipe, StageKey};
 pub use plan::{Plan, StoreUrl};
 pub use stage::{
     InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, ParamSpec, ParamType,
-    ProgressSink, Stage, StageContext, StageError, StageRegistry,
+    ProgressSink, Sharding, Stage, StageContext, StageError, StageRegistry, SHARDS_SLOT,
 };
 pub use store::{Store, StoreSettings};
 pub use value::{Params, Value};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::manifest::{self, Loc, Node, NodeValue};
-use crate::stage::{InputAccepts, StageRegistry};
+use crate::stage::{InputAccepts, StageRegistry, SHARDS_SLOT};
 use crate::value::{Params, Value};
 
 /// An external folder declared in the manifest: a raw dataset or a backbone's weights.
@@ -38,10 +38,23 @@ pub enum InputRef {
     Stage(usize),
 }
 
+/// Which part of a stage's work an instance does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// All of it (a stage without `shards`).
+    Whole,
+    /// Shard `index` of `count` (`shards = count`): the stage's sharding parameter is `index/count`.
+    Shard { index: u32, count: u32 },
+    /// The merge of `count` shards: the stage's name, parameters and inputs, plus the shards'
+    /// artifacts under [`SHARDS_SLOT`]. References to the stage resolve to it.
+    Merge { count: u32 },
+}
+
 /// One node of the DAG: a stage with its grid values substituted.
 #[derive(Debug, Clone)]
 pub struct Instance {
-    /// Stable name: `stage` or `stage[axis=value,...]` with axes in `foreach` order.
+    /// Stable name: `stage` or `stage[axis=value,...]` with axes in `foreach` order; a shard
+    /// appends `shard=i/n` (`enc[shard=2/4]`, `enc[dataset=rsna,shard=0/4]`).
     pub name: String,
     /// The `[stages.NAME]` it was expanded from.
     pub stage: String,
@@ -49,6 +62,7 @@ pub struct Instance {
     pub axes: Vec<(String, Value)>,
     pub params: Params,
     pub inputs: BTreeMap<String, Vec<InputRef>>,
+    pub part: Part,
 }
 
 impl Instance {
@@ -212,7 +226,12 @@ impl Plan {
     }
 
     /// Instances whose name matches a glob (`*` and `?`), or whose stage name equals `pattern`.
+    /// An exact instance name selects that instance alone (`enc` is the merge of a sharded stage,
+    /// not its shards too).
     pub fn select(&self, pattern: &str) -> Vec<usize> {
+        if let Some(i) = self.instance(pattern) {
+            return vec![i];
+        }
         self.instances
             .iter()
             .enumerate()
@@ -272,7 +291,10 @@ const TOP_KEYS: &[&str] = &[
     "stages",
     "executor",
 ];
-const STAGE_KEYS: &[&str] = &["kind", "foreach", "inputs", "params"];
+const STAGE_KEYS: &[&str] = &["kind", "foreach", "inputs", "params", "shards"];
+
+/// At most this many shards per stage (Slurm's default MaxArraySize is 1001).
+pub const MAX_SHARDS: i64 = 1000;
 
 /// Loads a manifest (with includes) and builds its plan.
 pub fn load(path: &Path, registry: &StageRegistry) -> Result<Plan> {
@@ -449,6 +471,8 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
     }
     let mut instances: Vec<Instance> = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
+    // Each merge instance and its shards, in shard order.
+    let mut merges: Vec<(usize, Vec<usize>)> = Vec::new();
     let stages_node = top.get("stages");
     let empty = BTreeMap::new();
     let stage_table = match stages_node {
@@ -531,6 +555,7 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
         }
 
         let specs = stage.params();
+        let shards = parse_shards(t, &prefix, &kind, stage.as_ref(), registry)?;
         for combo in cartesian(&axes) {
             let bindings: BTreeMap<String, Node> = axes
                 .iter()
@@ -562,6 +587,18 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
             if let Some(p) = t.get("params") {
                 for (k, v) in table(p, &format!("{prefix}.params"))? {
                     raw.insert(k.clone(), (v.clone(), format!("{prefix}.params.{k}")));
+                }
+            }
+            if let Some((sharding, _)) = &shards {
+                if let Some((node, key)) = raw.get(sharding.param) {
+                    return Err(err(
+                        node,
+                        key,
+                        format!(
+                            "`{prefix}.shards` sets parameter `{}` of each shard; do not set it too",
+                            sharding.param
+                        ),
+                    ));
                 }
             }
             let mut params = Params::new();
@@ -619,6 +656,51 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 return Err(err(at, &format!("{prefix}.params"), format!("{name}: {m}")));
             }
 
+            let mut part = Part::Whole;
+            if let Some((sharding, count)) = &shards {
+                // N shard instances, then the merge under the stage's own name.
+                let mut shard_indices = Vec::new();
+                for index in 0..*count {
+                    let mut shard_params = params.clone();
+                    shard_params.insert(
+                        sharding.param.to_string(),
+                        Value::Str(format!("{index}/{count}")),
+                    );
+                    let shard_name = match name.strip_suffix(']') {
+                        Some(open) => format!("{open},shard={index}/{count}]"),
+                        None => format!("{name}[shard={index}/{count}]"),
+                    };
+                    if let Err(m) = stage.validate(&shard_params) {
+                        let at = t.get("shards").unwrap_or(node);
+                        return Err(err(
+                            at,
+                            &format!("{prefix}.shards"),
+                            format!("{shard_name}: {m}"),
+                        ));
+                    }
+                    shard_indices.push(instances.len());
+                    instances.push(Instance {
+                        name: shard_name,
+                        stage: stage_name.clone(),
+                        kind: kind.clone(),
+                        axes: axis_values.clone(),
+                        params: shard_params,
+                        inputs: BTreeMap::new(),
+                        part: Part::Shard {
+                            index,
+                            count: *count,
+                        },
+                    });
+                    pending.push(Pending {
+                        node,
+                        prefix: prefix.clone(),
+                        bindings: bindings.clone(),
+                        inputs: t.get("inputs"),
+                    });
+                }
+                merges.push((instances.len(), shard_indices));
+                part = Part::Merge { count: *count };
+            }
             instances.push(Instance {
                 name,
                 stage: stage_name.clone(),
@@ -626,6 +708,7 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 axes: axis_values,
                 params,
                 inputs: BTreeMap::new(),
+                part,
             });
             pending.push(Pending {
                 node,
@@ -636,15 +719,17 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
         }
     }
 
-    // Resolve inputs.
-    let by_stage: HashMap<&str, Vec<usize>> =
-        instances
-            .iter()
-            .enumerate()
-            .fold(HashMap::new(), |mut m, (i, inst)| {
-                m.entry(inst.stage.as_str()).or_default().push(i);
-                m
-            });
+    // Resolve inputs. References never name a shard: `enc`, `enc[a=v]` and `enc[*]` mean the
+    // merged artifacts.
+    let referable = |inst: &Instance| !matches!(inst.part, Part::Shard { .. });
+    let by_stage: HashMap<&str, Vec<usize>> = instances
+        .iter()
+        .enumerate()
+        .filter(|(_, inst)| referable(inst))
+        .fold(HashMap::new(), |mut m, (i, inst)| {
+            m.entry(inst.stage.as_str()).or_default().push(i);
+            m
+        });
     // Each instance's axes rendered once, and an index from (stage, sorted `a=v,...`) to the
     // instance, so exact references resolve in O(1) even on grids of thousands of instances.
     let rendered: Vec<Vec<(String, String)>> = instances
@@ -654,6 +739,7 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
     let exact: HashMap<(&str, String), usize> = instances
         .iter()
         .enumerate()
+        .filter(|(_, inst)| referable(inst))
         .map(|(i, inst)| {
             (
                 (
@@ -792,6 +878,12 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
     for (inst, inputs) in instances.iter_mut().zip(resolved) {
         inst.inputs = inputs;
     }
+    for (merge, shards) in merges {
+        instances[merge].inputs.insert(
+            SHARDS_SLOT.to_string(),
+            shards.into_iter().map(InputRef::Stage).collect(),
+        );
+    }
 
     let order = topo_order(&instances).map_err(|cycle| {
         let first = &pending[cycle[0]];
@@ -820,6 +912,67 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
         externals,
         instances,
     })
+}
+
+/// `shards = N` of a stage: `None` when absent or 1, else the kind's sharding and N.
+fn parse_shards(
+    t: &BTreeMap<String, Node>,
+    prefix: &str,
+    kind: &str,
+    stage: &dyn crate::stage::Stage,
+    registry: &StageRegistry,
+) -> Result<Option<(crate::stage::Sharding, u32)>> {
+    let Some(node) = t.get("shards") else {
+        return Ok(None);
+    };
+    let key = format!("{prefix}.shards");
+    let Some(sharding) = stage.sharding() else {
+        let can: Vec<&str> = registry
+            .iter()
+            .filter(|s| s.sharding().is_some())
+            .map(|s| s.kind())
+            .collect();
+        return Err(err(
+            node,
+            &key,
+            format!(
+                "stage kind `{kind}` cannot be sharded (kinds that can: {})",
+                if can.is_empty() {
+                    "none".to_string()
+                } else {
+                    can.join(", ")
+                }
+            ),
+        ));
+    };
+    let count = match node.value {
+        NodeValue::Int(n) if (1..=MAX_SHARDS).contains(&n) => n as u32,
+        _ => {
+            return Err(err(
+                node,
+                &key,
+                format!(
+                    "expected a number of shards in 1..={MAX_SHARDS}, found {} ({})",
+                    node.type_name(),
+                    node.to_value()
+                ),
+            ))
+        }
+    };
+    let declared = stage.params().iter().any(|p| p.name == sharding.param)
+        && !stage.inputs().iter().any(|i| i.name == SHARDS_SLOT);
+    if !declared {
+        return Err(err(
+            node,
+            &key,
+            format!(
+                "stage kind `{kind}` declares sharding by parameter `{}` but no such parameter, or \
+                 an input named `{SHARDS_SLOT}` (a bug in the stage)",
+                sharding.param
+            ),
+        ));
+    }
+    Ok((count > 1).then_some((sharding, count)))
 }
 
 fn parse_executor(node: &Node, registry: &StageRegistry) -> Result<ExecutorSpec> {

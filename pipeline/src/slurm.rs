@@ -1,6 +1,10 @@
 //! The Slurm executor: each stale stage instance becomes a batch job that runs `adaptor exec` on
 //! that one instance against the shared store; DAG edges become `--dependency=afterok`.
 //!
+//! The stale shards of one sharded stage instance (`shards = N`) go out as one job array
+//! (`--array=i,j,...`), task `i` building shard `i`; the merge instance is an ordinary job that
+//! depends `afterok` on the whole array. Each shard's record holds its task id (`<array>_<i>`).
+//!
 //! Job ids are recorded in the store (`_jobs/<kind>/<key>.json`, created if absent), so a second
 //! `adaptor run` reuses a queued or running job instead of submitting the same key twice, and
 //! `status` can show queued and running jobs. Whether a job succeeded is read from the store, never
@@ -20,7 +24,7 @@ use crate::executor::{
     self, now_unix, report, FailureRecord, Outcome, Resolved, RunEvent, RunOptions, RunReport,
 };
 use crate::key::StageKey;
-use crate::plan::Plan;
+use crate::plan::{Part, Plan};
 use crate::stage::ProgressSink;
 use crate::store::{ArtifactManifest, Store};
 
@@ -77,14 +81,20 @@ pub fn job_states(ids: &[String]) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     // squeue takes a comma-separated list; keep command lines short.
     for chunk in ids.chunks(200) {
+        // An array task `A_i` is looked up through its array `A`; `-r` prints one line per task
+        // (`A_i STATE`), pending ones included.
+        let mut wanted: Vec<&str> = chunk.iter().map(|id| array_of(id)).collect();
+        wanted.sort();
+        wanted.dedup();
         let args = vec![
             "-h".to_string(),
+            "-r".to_string(),
             "-t".to_string(),
             "all".to_string(),
             "-o".to_string(),
             "%i %T".to_string(),
             "-j".to_string(),
-            chunk.join(","),
+            wanted.join(","),
         ];
         let text = match slurm_cmd("squeue", &args) {
             Ok(t) => t,
@@ -98,6 +108,29 @@ pub fn job_states(ids: &[String]) -> Result<HashMap<String, String>> {
         }
     }
     Ok(out)
+}
+
+/// `1234` for an array task `1234_5`, else the id itself.
+fn array_of(id: &str) -> &str {
+    id.split_once('_').map_or(id, |(a, _)| a)
+}
+
+/// What to name in `--dependency` and `scancel`: the array id for tasks of an array this run
+/// submitted (it holds exactly the shards of one merge), else the job or task id; deduplicated.
+fn job_targets<'a>(ids: impl Iterator<Item = &'a String>, arrays_here: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for id in ids {
+        let a = array_of(id);
+        let t = if a != id && arrays_here.iter().any(|x| x == a) {
+            a.to_string()
+        } else {
+            id.clone()
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
 }
 
 fn is_active(state: &str) -> bool {
@@ -180,17 +213,52 @@ pub fn run(
     // Submit in dependency order; a dependency is the job of an upstream instance being built.
     let mut jobs: HashMap<usize, (String, String)> = HashMap::new(); // instance -> (job id, log)
     let mut submitted_here: Vec<String> = Vec::new();
+    let mut arrays_here: Vec<String> = Vec::new();
     for &i in &to_run {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
+        if jobs.contains_key(&i) {
+            continue; // a shard submitted with its siblings' array
+        }
         let inst = &plan.instances[i];
-        let key = &resolved.keys[i];
-        let path = job_path(&inst.kind, key);
-        let deps: Vec<String> = inst
+        let dep_ids: Vec<String> = inst
             .deps()
             .filter_map(|d| jobs.get(&d).map(|(id, _)| id.clone()))
             .collect();
+        let deps = job_targets(dep_ids.iter(), &arrays_here);
+        if let Part::Shard { .. } = inst.part {
+            // The stale shards of this instance's stage and grid point, as one array. They share
+            // their inputs, so their dependencies are all submitted by now.
+            let siblings: Vec<usize> = to_run
+                .iter()
+                .copied()
+                .filter(|&s| {
+                    let o = &plan.instances[s];
+                    matches!(o.part, Part::Shard { .. })
+                        && o.stage == inst.stage
+                        && o.axes == inst.axes
+                })
+                .collect();
+            let array = submit_array(plan, store, resolved, opts, slurm, &siblings, &deps, &owner)?;
+            if let Some(a) = array.array_id {
+                arrays_here.push(a);
+            }
+            for (s, id, log, fresh) in array.tasks {
+                if fresh {
+                    submitted_here.push(id.clone());
+                }
+                sink.event(&RunEvent::Submitted {
+                    instance: plan.instances[s].name.clone(),
+                    job: id.clone(),
+                    reused: !fresh,
+                });
+                jobs.insert(s, (id, log));
+            }
+            continue;
+        }
+        let key = &resolved.keys[i];
+        let path = job_path(&inst.kind, key);
         let (id, log, fresh) =
             claim_or_submit(plan, store, resolved, opts, slurm, i, &path, &deps, &owner)?;
         if fresh {
@@ -228,11 +296,12 @@ pub fn run(
     }
     while !left.is_empty() {
         if cancel.load(Ordering::Relaxed) {
-            let ids: Vec<String> = left
+            let mine: Vec<String> = left
                 .iter()
                 .filter_map(|i| jobs.get(i).map(|(id, _)| id.clone()))
                 .filter(|id| submitted_here.contains(id))
                 .collect();
+            let ids = job_targets(mine.iter(), &arrays_here);
             if !ids.is_empty() {
                 let _ = slurm_cmd("scancel", &ids);
             }
@@ -294,79 +363,106 @@ fn claim_or_submit(
 ) -> Result<(String, String, bool)> {
     let inst = &plan.instances[i];
     let key = &resolved.keys[i];
+    let claim = match claim(store, opts, path, &inst.name, owner)? {
+        Claim::Reuse { id, log } => return Ok((id, log, false)),
+        Claim::Ours(claim) => claim,
+    };
+    let log = slurm
+        .log_dir
+        .join(format!("{}-{}-%j.out", inst.kind, key.short()));
+    let res = slurm.resources_for(plan, &inst.kind);
+    let mut args: Vec<String> = vec![
+        "--parsable".into(),
+        format!("--job-name=adaptor:{}", inst.name),
+        format!("--output={}", log.display()),
+        "--kill-on-invalid-dep=yes".into(),
+    ];
+    if !deps.is_empty() {
+        args.push(format!("--dependency=afterok:{}", deps.join(":")));
+    }
+    args.extend(res.sbatch_args());
+    args.push(format!("--wrap={}", exec_command(slurm, &inst.name, key)));
+    let out = match slurm_cmd("sbatch", &args) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = store.delete(path);
+            return Err(e);
+        }
+    };
+    let id = out.trim().split(';').next().unwrap_or("").to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        let _ = store.delete(path);
+        return Err(Error::Other(format!("sbatch printed no job id: {out:?}")));
+    }
+    let log = log.display().to_string().replace("%j", &id);
+    store.put_json(
+        path,
+        &JobRecord {
+            job_id: id.clone(),
+            log: log.clone(),
+            ..claim
+        },
+        false,
+    )?;
+    Ok((id, log, true))
+}
+
+/// The shell command a job runs: `adaptor exec` on one instance.
+fn exec_command(slurm: &SlurmOptions, instance: &str, key: &StageKey) -> String {
+    let exec: Vec<String> = vec![
+        slurm.adaptor_bin.display().to_string(),
+        "exec".into(),
+        slurm.manifest.display().to_string(),
+        "--instance".into(),
+        instance.to_string(),
+        "--key".into(),
+        key.to_string(),
+        "--store".into(),
+        slurm.store.clone(),
+        "--cache-dir".into(),
+        slurm.cache_dir.display().to_string(),
+    ];
+    exec.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+enum Claim {
+    /// This run holds `_jobs/<kind>/<key>.json` (with an empty job id) and must submit.
+    Ours(JobRecord),
+    /// A live job of another run builds the key.
+    Reuse { id: String, log: String },
+}
+
+/// Takes the job record of a key (create-if-absent), or finds the live job that holds it; a record
+/// of a job that ended, or a claim abandoned for `lease_secs`, is taken over.
+fn claim(
+    store: &Store,
+    opts: &RunOptions,
+    path: &str,
+    instance: &str,
+    owner: &str,
+) -> Result<Claim> {
     loop {
         let claim = JobRecord {
-            instance: inst.name.clone(),
+            instance: instance.to_string(),
             job_id: String::new(),
             owner: owner.into(),
             unix: now_unix(),
             log: String::new(),
         };
         if store.put_json(path, &claim, true)? {
-            let log = slurm
-                .log_dir
-                .join(format!("{}-{}-%j.out", inst.kind, key.short()));
-            let res = slurm.resources_for(plan, &inst.kind);
-            let mut args: Vec<String> = vec![
-                "--parsable".into(),
-                format!("--job-name=adaptor:{}", inst.name),
-                format!("--output={}", log.display()),
-                "--kill-on-invalid-dep=yes".into(),
-            ];
-            if !deps.is_empty() {
-                args.push(format!("--dependency=afterok:{}", deps.join(":")));
-            }
-            args.extend(res.sbatch_args());
-            let exec: Vec<String> = vec![
-                slurm.adaptor_bin.display().to_string(),
-                "exec".into(),
-                slurm.manifest.display().to_string(),
-                "--instance".into(),
-                inst.name.clone(),
-                "--key".into(),
-                key.to_string(),
-                "--store".into(),
-                slurm.store.clone(),
-                "--cache-dir".into(),
-                slurm.cache_dir.display().to_string(),
-            ];
-            args.push(format!(
-                "--wrap={}",
-                exec.iter()
-                    .map(|a| shell_quote(a))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
-            let out = match slurm_cmd("sbatch", &args) {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = store.delete(path);
-                    return Err(e);
-                }
-            };
-            let id = out.trim().split(';').next().unwrap_or("").to_string();
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '_') {
-                let _ = store.delete(path);
-                return Err(Error::Other(format!("sbatch printed no job id: {out:?}")));
-            }
-            let log = log.display().to_string().replace("%j", &id);
-            store.put_json(
-                path,
-                &JobRecord {
-                    job_id: id.clone(),
-                    log: log.clone(),
-                    ..claim
-                },
-                false,
-            )?;
-            return Ok((id, log, true));
+            return Ok(Claim::Ours(claim));
         }
-        // Someone holds the claim: reuse their job if it is alive, else take over.
         match store.get_json::<JobRecord>(path)? {
             Some(r) if !r.job_id.is_empty() => {
                 let states = job_states(std::slice::from_ref(&r.job_id))?;
                 if states.get(&r.job_id).is_some_and(|s| is_active(s)) {
-                    return Ok((r.job_id, r.log, false));
+                    return Ok(Claim::Reuse {
+                        id: r.job_id,
+                        log: r.log,
+                    });
                 }
                 store.delete(path)?;
             }
@@ -374,6 +470,130 @@ fn claim_or_submit(
             Some(_) => std::thread::sleep(Duration::from_millis(200)),
             None => {}
         }
+    }
+}
+
+/// The shards of one array submission: (instance, job id `A_i`, job output file, submitted here).
+struct ArraySubmission {
+    array_id: Option<String>,
+    tasks: Vec<(usize, String, String, bool)>,
+}
+
+/// Claims the job records of `shards` (stale shards of one stage instance) and submits those not
+/// already being built as one job array: task `i` runs `adaptor exec` on shard `i`.
+#[allow(clippy::too_many_arguments)]
+fn submit_array(
+    plan: &Plan,
+    store: &Store,
+    resolved: &Resolved,
+    opts: &RunOptions,
+    slurm: &SlurmOptions,
+    shards: &[usize],
+    deps: &[String],
+    owner: &str,
+) -> Result<ArraySubmission> {
+    let mut tasks = Vec::new();
+    let mut ours: Vec<(usize, u32, JobRecord)> = Vec::new();
+    for &s in shards {
+        let inst = &plan.instances[s];
+        let Part::Shard { index, .. } = inst.part else {
+            continue;
+        };
+        let path = job_path(&inst.kind, &resolved.keys[s]);
+        match claim(store, opts, &path, &inst.name, owner) {
+            Ok(Claim::Reuse { id, log }) => tasks.push((s, id, log, false)),
+            Ok(Claim::Ours(c)) => ours.push((s, index, c)),
+            Err(e) => {
+                release(plan, store, resolved, &ours);
+                return Err(e);
+            }
+        }
+    }
+    if ours.is_empty() {
+        return Ok(ArraySubmission {
+            array_id: None,
+            tasks,
+        });
+    }
+    let first = &plan.instances[ours[0].0];
+    let whole = plan
+        .instances
+        .iter()
+        .position(|m| {
+            matches!(m.part, Part::Merge { .. }) && m.stage == first.stage && m.axes == first.axes
+        })
+        .map_or_else(|| first.name.clone(), |m| plan.instances[m].name.clone());
+    let whole_key = plan.instance(&whole).map_or_else(
+        || resolved.keys[ours[0].0].short(),
+        |m| resolved.keys[m].short(),
+    );
+    let log = slurm
+        .log_dir
+        .join(format!("{}-{whole_key}-%A_%a.out", first.kind));
+    let indices: Vec<String> = ours.iter().map(|(_, i, _)| i.to_string()).collect();
+    let mut args: Vec<String> = vec![
+        "--parsable".into(),
+        format!("--array={}", indices.join(",")),
+        format!("--job-name=adaptor:{whole}[shards]"),
+        format!("--output={}", log.display()),
+        "--kill-on-invalid-dep=yes".into(),
+    ];
+    if !deps.is_empty() {
+        args.push(format!("--dependency=afterok:{}", deps.join(":")));
+    }
+    args.extend(slurm.resources_for(plan, &first.kind).sbatch_args());
+    // Task `i` builds shard `i`; any other task id is a bug and fails loudly.
+    let mut script = String::from("case \"$SLURM_ARRAY_TASK_ID\" in");
+    for (s, index, _) in &ours {
+        script.push_str(&format!(
+            " {index}) exec {};;",
+            exec_command(slurm, &plan.instances[*s].name, &resolved.keys[*s])
+        ));
+    }
+    script.push_str(" *) echo \"no shard for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2;; esac");
+    args.push(format!("--wrap={script}"));
+    let out = match slurm_cmd("sbatch", &args) {
+        Ok(o) => o,
+        Err(e) => {
+            release(plan, store, resolved, &ours);
+            return Err(e);
+        }
+    };
+    let id = out.trim().split(';').next().unwrap_or("").to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        release(plan, store, resolved, &ours);
+        return Err(Error::Other(format!(
+            "sbatch printed no array job id: {out:?}"
+        )));
+    }
+    for (s, index, claim) in ours {
+        let task = format!("{id}_{index}");
+        let log = log
+            .display()
+            .to_string()
+            .replace("%A", &id)
+            .replace("%a", &index.to_string());
+        store.put_json(
+            &job_path(&plan.instances[s].kind, &resolved.keys[s]),
+            &JobRecord {
+                job_id: task.clone(),
+                log: log.clone(),
+                ..claim
+            },
+            false,
+        )?;
+        tasks.push((s, task, log, true));
+    }
+    Ok(ArraySubmission {
+        array_id: Some(id),
+        tasks,
+    })
+}
+
+/// Gives back job-record claims that were never submitted.
+fn release(plan: &Plan, store: &Store, resolved: &Resolved, ours: &[(usize, u32, JobRecord)]) {
+    for (s, _, _) in ours {
+        let _ = store.delete(&job_path(&plan.instances[*s].kind, &resolved.keys[*s]));
     }
 }
 
@@ -430,5 +650,25 @@ impl SlurmOptions {
             Some(r) => r.over(&spec.defaults),
             None => spec.defaults.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_tasks_of_this_run_are_named_by_their_array() {
+        let ids: Vec<String> = ["7_0", "7_2", "9", "5_1", "7_1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Array 7 was submitted here: depend on / cancel it whole; 5_1 is another run's task.
+        assert_eq!(
+            job_targets(ids.iter(), &["7".to_string()]),
+            ["7", "9", "5_1"]
+        );
+        assert_eq!(array_of("12_3"), "12");
+        assert_eq!(array_of("12"), "12");
     }
 }

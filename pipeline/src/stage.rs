@@ -163,6 +163,23 @@ impl InputSpec {
 /// names the file, row or field at fault.
 pub type StageError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The input slot through which a merge instance sees its shards' artifacts, in shard order.
+pub const SHARDS_SLOT: &str = "shards";
+
+/// A stage kind that can be split into shards (`shards = N` under `[stages.NAME]`) and merged back.
+///
+/// The planner turns such a stage into N shard instances, each with parameter `param` set to
+/// `"i/N"`, and one merge instance with the stage's own name and parameters, which has the same
+/// inputs plus the N shard artifacts under [`SHARDS_SLOT`] and runs [`Stage::merge`]. Its artifact
+/// must equal what an unsharded instance would have written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sharding {
+    /// A string parameter (`shard`) that takes `"i/n"`: which part of the work an instance does.
+    pub param: &'static str,
+    /// What the merge does, for `adaptor stages` and docs.
+    pub merge: &'static str,
+}
+
 /// One stage kind. Implementations live in the `stages` crate.
 pub trait Stage: Send + Sync {
     /// The stage kind, as written in manifests (`kind = "ingest"`). Also the top folder of its
@@ -186,6 +203,23 @@ pub trait Stage: Send + Sync {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// `Some` when manifests may write `shards = N` for this kind (see [`Sharding`]).
+    fn sharding(&self) -> Option<Sharding> {
+        None
+    }
+
+    /// Builds the whole artifact from the shards' artifacts (input [`SHARDS_SLOT`], in shard
+    /// order); the other inputs and the parameters are the unsharded instance's. Only called for
+    /// kinds whose [`Stage::sharding`] is `Some`.
+    fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
+        Err(format!(
+            "{}: stage kind `{}` cannot merge shards",
+            ctx.instance(),
+            self.kind()
+        )
+        .into())
+    }
 }
 
 /// Where an input came from.

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{registry, write};
+use common::{registry, sharded_registry, write};
 use pipeline::executor::resolve;
 use pipeline::{FingerprintCache, StageKey, StageRegistry};
 use proptest::prelude::*;
@@ -373,6 +373,148 @@ fn bad_manifests_say_where_and_what() {
             "{name}:\n  {}\n",
             err.replace(&canonical, "$DIR").replace(&root, "$DIR")
         ));
+    }
+    insta::assert_snapshot!(out);
+}
+
+const SHARDED: &str = r#"
+[matrix]
+d = ["a", "b"]
+
+[stages.prep]
+kind = "echo"
+foreach = ["d"]
+params.name = "${d}"
+
+[stages.enc]
+kind = "split"
+foreach = ["d"]
+shards = 3
+inputs.src = "prep[d=${d}]"
+
+[stages.one]
+kind = "split"
+shards = 2
+params.lines = 5
+
+[stages.use]
+kind = "echo"
+inputs.src = ["enc[d=a]", "one"]
+
+[stages.all]
+kind = "other"
+inputs.src = "enc[*]"
+"#;
+
+#[test]
+fn shards_expand_into_instances_and_a_merge_that_references_resolve_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _) = sharded_registry();
+    let path = write(dir.path(), "m.toml", SHARDED);
+    let plan = pipeline::plan::load(&path, &f.reg).unwrap();
+    let mut out = String::new();
+    for inst in &plan.instances {
+        let inputs: Vec<String> = inst
+            .inputs
+            .iter()
+            .map(|(slot, refs)| {
+                let names: Vec<&str> = refs
+                    .iter()
+                    .map(|r| match r {
+                        pipeline::plan::InputRef::Stage(s) => plan.instances[*s].name.as_str(),
+                        pipeline::plan::InputRef::External(_) => "external",
+                    })
+                    .collect();
+                format!("{slot}: {}", names.join(" "))
+            })
+            .collect();
+        let shard = inst
+            .params
+            .get("shard")
+            .map(|v| format!(" shard={v}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{}  {:?}{shard}  <- {}\n",
+            inst.name,
+            inst.part,
+            inputs.join("; ")
+        ));
+    }
+    insta::assert_snapshot!(out);
+
+    // Keys: every shard has its own; the merge's key differs from all of them and follows them.
+    let keys = keys_of(dir.path(), SHARDED, &f.reg);
+    let key = |name: &str| keys.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let distinct: std::collections::HashSet<_> = keys.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(distinct.len(), keys.len());
+    // One shard's upstream changes: that grid point's shards and merge change, the other's do not.
+    let changed = keys_of(
+        dir.path(),
+        &SHARDED.replace("params.name = \"${d}\"", "params.name = \"${d}${d}\""),
+        &f.reg,
+    );
+    let key2 = |name: &str| changed.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    for name in ["enc[d=a,shard=1/3]", "enc[d=a]", "use", "all"] {
+        assert_ne!(key(name), key2(name), "{name}");
+    }
+    for name in ["one[shard=0/2]", "one"] {
+        assert_eq!(key(name), key2(name), "{name}");
+    }
+    // Another shard count: new shards, a new merge key; the same parameters unsharded are another
+    // instance again.
+    let four = keys_of(
+        dir.path(),
+        &SHARDED.replace("shards = 2", "shards = 4"),
+        &f.reg,
+    );
+    let key4 = |name: &str| four.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
+    assert_eq!(key4("one[shard=0/2]"), None);
+    assert_ne!(key4("one").unwrap(), key("one"));
+    let whole = keys_of(dir.path(), &SHARDED.replace("shards = 2\n", ""), &f.reg);
+    let keyw = |name: &str| {
+        whole
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.clone())
+    };
+    assert_ne!(keyw("one").unwrap(), key("one"));
+    // `shards = 1` is the unsharded stage.
+    let one = keys_of(
+        dir.path(),
+        &SHARDED.replace("shards = 2", "shards = 1"),
+        &f.reg,
+    );
+    assert_eq!(
+        one.iter().find(|(n, _)| n == "one").unwrap().1,
+        keyw("one").unwrap()
+    );
+    // `--only enc[d=a]` and `adaptor exec` name the merge alone; its closure holds the shards.
+    let m = plan.select("enc[d=a]");
+    assert_eq!(m.len(), 1);
+    assert_eq!(plan.closure(&m).len(), 1 + 3 + 1);
+}
+
+#[test]
+fn sharding_errors_say_where_and_what() {
+    let (f, _) = sharded_registry();
+    let cases: &[(&str, &str)] = &[
+        ("a kind that cannot be sharded", "[stages.s]\nkind = 'echo'\nshards = 4\n"),
+        ("zero shards", "[stages.s]\nkind = 'split'\nshards = 0\n"),
+        ("too many shards", "[stages.s]\nkind = 'split'\nshards = 5000\n"),
+        ("shards not a number", "[stages.s]\nkind = 'split'\nshards = 'four'\n"),
+        ("shards and the shard parameter", "[stages.s]\nkind = 'split'\nshards = 2\nparams.shard = '0/2'\n"),
+        ("a reference to a shard", "[stages.s]\nkind = 'split'\nshards = 2\n[stages.t]\nkind = 'echo'\ninputs.src = 's[shard=0/2]'\n"),
+    ];
+    let mut out = String::new();
+    for (name, text) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "m.toml", text);
+        let err = match pipeline::plan::load(&path, &f.reg) {
+            Ok(_) => panic!("case `{name}` was accepted"),
+            Err(e) => e.to_string(),
+        };
+        let root = dir.path().to_string_lossy().to_string();
+        out.push_str(&format!("{name}:\n  {}\n", err.replace(&root, "$DIR")));
     }
     insta::assert_snapshot!(out);
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{registry, write, Fixture};
+use common::{registry, sharded_registry, write, Fixture};
 use pipeline::executor::{resolve, run, states, Outcome, Resolved, RunOptions, State};
 use pipeline::{FingerprintCache, NoProgress, Plan, Store, StoreSettings, StoreUrl};
 
@@ -388,5 +388,58 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     assert!(
         pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), up).unwrap()[1]
             .starts_with("up to date")
+    );
+}
+
+#[test]
+fn shards_run_in_the_pool_then_the_merge_and_equal_the_unsharded_output() {
+    let text = "[stages.enc]\nkind = 'split'\nshards = 3\nparams.lines = 10\n[stages.use]\nkind = 'echo'\ninputs.src = 'enc'\n";
+    let (fx, merges) = sharded_registry();
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+        fx,
+    };
+    write(env.path(), "m.toml", text);
+    let store = env.store(&env.local());
+    let first = env.run(&store);
+    assert_eq!(
+        ran(&first),
+        [
+            "enc",
+            "enc[shard=0/3]",
+            "enc[shard=1/3]",
+            "enc[shard=2/3]",
+            "use"
+        ]
+    );
+    assert_eq!(merges.load(Ordering::SeqCst), 1);
+    let (plan, resolved) = env.planned();
+    let artifact = |name: &str| {
+        let i = plan.instance(name).unwrap();
+        env.path()
+            .join("artifacts")
+            .join(&plan.instances[i].kind)
+            .join(resolved.keys[i].as_str())
+    };
+    let merged = std::fs::read_to_string(artifact("enc").join("out.txt")).unwrap();
+    let want: String = (0..10).map(|k| format!("line {k}\n")).collect();
+    assert_eq!(merged, want, "the merge is the unsharded output");
+    assert_eq!(
+        std::fs::read_to_string(artifact("enc[shard=1/3]").join("out.txt")).unwrap(),
+        "line 3\nline 4\nline 5\n"
+    );
+    // Up to date: nothing runs again.
+    assert!(ran(&env.run(&store)).is_empty());
+    assert_eq!(merges.load(Ordering::SeqCst), 1);
+    // Two shards instead of three: new shards, a new merge, and its reader.
+    env.edit("shards = 3", "shards = 2");
+    assert_eq!(
+        ran(&env.run(&store)),
+        ["enc", "enc[shard=0/2]", "enc[shard=1/2]", "use"]
+    );
+    let states = env.states(&store);
+    assert!(
+        states.iter().all(|(_, s)| *s == State::UpToDate),
+        "{states:?}"
     );
 }

@@ -219,11 +219,23 @@ pub const TORCH_STAGES: &[StageDecl] = &[
     crate::evaluate::REPORT_DECL,
 ];
 
+/// The torch stages that manifests may shard (`shards = N`): each shard encodes `shard = "i/N"`,
+/// and the worker's merge (`torch_stages::merge`) concatenates the shard tables into the table an
+/// unsharded run writes.
+pub const SHARDED: &[&str] = &[ENCODE_TEXT, ENCODE_IMAGE];
+
 /// Registers the torch stages; their runs start `worker` (the `adaptor-torch` binary).
 pub fn register_torch(reg: &mut StageRegistry, worker: impl Into<PathBuf>) {
     let worker = worker.into();
     for decl in TORCH_STAGES {
-        reg.register(Arc::new(WorkerStage::new(*decl, worker.clone())));
+        let mut stage = WorkerStage::new(*decl, worker.clone());
+        if SHARDED.contains(&decl.kind) {
+            stage = stage.with_sharding(pipeline::Sharding {
+                param: "shard",
+                merge: "concatenates the shard tables in row order into the unsharded table",
+            });
+        }
+        reg.register(Arc::new(stage));
     }
 }
 

@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pipeline::{
-    InputArtifact, InputOrigin, InputSpec, ParamSpec, Params, ProgressSink, Stage, StageContext,
-    StageError, StageKey,
+    InputArtifact, InputOrigin, InputSpec, ParamSpec, Params, ProgressSink, Sharding, Stage,
+    StageContext, StageError, StageKey, SHARDS_SLOT,
 };
 use serde::{Deserialize, Serialize};
 
 /// Version of the job and message formats. The runner and the worker must be built from the same
-/// tree; a mismatch is refused with a message saying so.
-pub const PROTOCOL: u32 = 1;
+/// tree; a mismatch is refused with a message saying so. 2: jobs say whether they merge shards.
+pub const PROTOCOL: u32 = 2;
 
 /// One stage instance for the worker: everything its `StageContext` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,9 @@ pub struct Job {
     /// [`StageContext::resume_dir`], when the runner gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_dir: Option<PathBuf>,
+    /// Merge the shards bound to [`SHARDS_SLOT`] instead of running the stage ([`Stage::merge`]).
+    #[serde(default)]
+    pub merge: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,18 +128,32 @@ impl JobOrigin {
 impl Job {
     /// The job for `ctx`, with the inputs of the declared `slots`.
     pub fn from_context(kind: &str, ctx: &StageContext, slots: &[InputSpec]) -> Job {
+        Self::with_slots(kind, ctx, slots.iter().map(|s| s.name), false)
+    }
+
+    /// The merge job for `ctx`: the declared `slots` and the shards ([`SHARDS_SLOT`]).
+    pub fn merge_from_context(kind: &str, ctx: &StageContext, slots: &[InputSpec]) -> Job {
+        let names = slots.iter().map(|s| s.name).chain([SHARDS_SLOT]);
+        Self::with_slots(kind, ctx, names, true)
+    }
+
+    fn with_slots<'a>(
+        kind: &str,
+        ctx: &StageContext,
+        slots: impl Iterator<Item = &'a str>,
+        merge: bool,
+    ) -> Job {
         let inputs = slots
-            .iter()
-            .map(|s| {
+            .map(|name| {
                 let arts = ctx
-                    .inputs(s.name)
+                    .inputs(name)
                     .iter()
                     .map(|a| JobInput {
                         path: a.path.clone(),
                         origin: JobOrigin::from(&a.origin),
                     })
                     .collect();
-                (s.name.to_string(), arts)
+                (name.to_string(), arts)
             })
             .collect();
         Job {
@@ -149,6 +166,7 @@ impl Job {
             out_dir: ctx.out_dir().to_path_buf(),
             threads: ctx.threads(),
             resume_dir: ctx.resume_dir().map(Path::to_path_buf),
+            merge,
         }
     }
 
@@ -272,10 +290,11 @@ pub struct StageDecl {
     pub validate: fn(&Params) -> Result<(), String>,
 }
 
-/// A stage whose `run` is delegated to the worker binary.
+/// A stage whose `run` (and `merge`, when it can be sharded) is delegated to the worker binary.
 pub struct WorkerStage {
     decl: StageDecl,
     worker: PathBuf,
+    sharding: Option<Sharding>,
 }
 
 impl WorkerStage {
@@ -283,7 +302,14 @@ impl WorkerStage {
         WorkerStage {
             decl,
             worker: worker.into(),
+            sharding: None,
         }
+    }
+
+    /// Lets manifests shard this stage; the worker must implement the merge for its kind.
+    pub fn with_sharding(mut self, sharding: Sharding) -> Self {
+        self.sharding = Some(sharding);
+        self
     }
 
     pub fn worker(&self) -> &Path {
@@ -318,6 +344,23 @@ impl Stage for WorkerStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let job = Job::from_context(self.decl.kind, ctx, &(self.decl.inputs)());
+        run_worker(&self.worker, &job, ctx)
+    }
+
+    fn sharding(&self) -> Option<Sharding> {
+        self.sharding.clone()
+    }
+
+    fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
+        if self.sharding.is_none() {
+            return Err(format!(
+                "{}: stage kind `{}` cannot merge shards",
+                ctx.instance(),
+                self.decl.kind
+            )
+            .into());
+        }
+        let job = Job::merge_from_context(self.decl.kind, ctx, &(self.decl.inputs)());
         run_worker(&self.worker, &job, ctx)
     }
 }

@@ -133,3 +133,82 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// A shardable stage (kind `split`): writes lines `start..end` of `0..lines` to `out.txt`, where
+/// `start..end` is its `shard = "i/n"` part; the merge concatenates the shards' `out.txt`.
+pub struct Split {
+    pub runs: Arc<AtomicUsize>,
+    pub merges: Arc<AtomicUsize>,
+}
+
+impl Stage for Split {
+    fn kind(&self) -> &'static str {
+        "split"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "test stage that can be sharded"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::optional("lines", ParamType::Int, Value::Int(10), "lines to write"),
+            ParamSpec::optional("shard", ParamType::Str, Value::Str("0/1".into()), "i/n"),
+        ]
+    }
+    fn inputs(&self) -> Vec<InputSpec> {
+        vec![InputSpec::many("src", InputAccepts::Any, "upstream").optional()]
+    }
+    fn validate(&self, params: &pipeline::Params) -> Result<(), String> {
+        let s = params.get("shard").and_then(Value::as_str).unwrap_or("0/1");
+        let (i, n) = s.split_once('/').ok_or("parameter `shard`: not i/n")?;
+        let (i, n): (u32, u32) = (
+            i.parse().map_err(|_| "bad shard index")?,
+            n.parse().map_err(|_| "bad shard count")?,
+        );
+        if i >= n {
+            return Err(format!(
+                "parameter `shard`: `{s}` has its index outside 0..{n}"
+            ));
+        }
+        Ok(())
+    }
+    fn sharding(&self) -> Option<pipeline::Sharding> {
+        Some(pipeline::Sharding {
+            param: "shard",
+            merge: "concatenates out.txt",
+        })
+    }
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let lines = ctx.i64_param("lines")? as usize;
+        let (i, n) = ctx.str_param("shard")?.split_once('/').unwrap();
+        let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
+        let text: String = (lines * i / n..lines * (i + 1) / n)
+            .map(|k| format!("line {k}\n"))
+            .collect();
+        std::fs::write(ctx.out_dir().join("out.txt"), text)?;
+        Ok(())
+    }
+    fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
+        self.merges.fetch_add(1, Ordering::SeqCst);
+        let mut text = String::new();
+        for s in ctx.inputs(pipeline::SHARDS_SLOT) {
+            text.push_str(&std::fs::read_to_string(s.path.join("out.txt"))?);
+        }
+        std::fs::write(ctx.out_dir().join("out.txt"), text)?;
+        Ok(())
+    }
+}
+
+/// [`registry`] plus the shardable `split` kind; its merges are counted in `merges`.
+pub fn sharded_registry() -> (Fixture, Arc<AtomicUsize>) {
+    let mut f = registry(1);
+    let merges = Arc::new(AtomicUsize::new(0));
+    f.reg.register(Arc::new(Split {
+        runs: f.runs.clone(),
+        merges: merges.clone(),
+    }));
+    (f, merges)
+}

@@ -203,6 +203,19 @@ pub struct Items<'a, T> {
 /// that per-batch padding stays small; rows are written back in input order.
 const SORT_WINDOW: usize = 16;
 
+/// Rows per table write of the encode loop of stage `kind`. The merge of shards writes in the same
+/// windows, so that its Parquet file is byte-identical to an unsharded run's (page boundaries
+/// follow the writes).
+pub fn write_window(kind: &str, batch_size: usize, tokens: bool) -> usize {
+    let bs = batch_size.max(1);
+    match kind {
+        // Token rows are large (max_length × dim floats): keep their windows short.
+        crate::encode::ENCODE_TEXT if tokens => bs * 2,
+        crate::encode::ENCODE_TEXT => bs * SORT_WINDOW,
+        _ => bs,
+    }
+}
+
 /// Encodes texts into `out` (a pooled table, or a token table padded to `max_length`).
 pub fn encode_texts(
     enc: &TextEncoder,
@@ -218,8 +231,7 @@ pub fn encode_texts(
     let max_len = enc.tokenizer.max_length();
     let tokens = pooling == TextPooling::Tokens;
     let bs = opts.batch_size.max(1);
-    // Token rows are large (max_length × dim floats): keep their windows short.
-    let window = bs * if tokens { 2 } else { SORT_WINDOW };
+    let window = write_window(crate::encode::ENCODE_TEXT, bs, tokens);
     let rows = items.keys.len();
     // The producer thread only touches the tokenizer (the model's tensors stay on this thread).
     let tokenizer = &enc.tokenizer;
@@ -446,7 +458,11 @@ pub fn encode_images(
     let mut forward = 0.0;
     pipelined(
         items.keys.len(),
-        opts.batch_size,
+        write_window(
+            crate::encode::ENCODE_IMAGE,
+            opts.batch_size,
+            n_tokens.is_some(),
+        ),
         opts,
         rep,
         |r| {

@@ -232,9 +232,14 @@ fn run_stage() -> ExitCode {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             let job = Job::read(std::io::stdin().lock())?;
             let kind = job.kind.clone();
+            let merge = job.merge;
             torch_stages::stages_impl::set_threads(job.threads);
             let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)))?;
-            torch_stages::stages_impl::run(&kind, &ctx).map_err(|e| e.to_string())
+            if merge {
+                torch_stages::merge::run(&kind, &ctx).map_err(|e| e.to_string())
+            } else {
+                torch_stages::stages_impl::run(&kind, &ctx).map_err(|e| e.to_string())
+            }
         }));
     let err = match result {
         Ok(Ok(())) => return ExitCode::SUCCESS,
