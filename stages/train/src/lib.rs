@@ -18,6 +18,7 @@ pub mod original;
 pub mod params;
 pub mod plot;
 pub mod rng;
+pub mod scores;
 pub mod train;
 
 pub use config::{AdaptorConfig, FusionConfig, Precision, TrainConfig, Variant};
