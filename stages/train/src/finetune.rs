@@ -52,8 +52,10 @@ pub enum HeadSchedule {
     OriginalPerEpochRestarts,
 }
 
-/// Everything that decides a head-training run.
+/// Everything that decides a head-training run. In JSON every field is optional: missing fields
+/// take [`HeadConfig::default`] (the MLP head on a binary task, the rest as [`HeadConfig::new`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HeadConfig {
     pub head: HeadKind,
     /// 1: a binary task (BCE-with-logits on one logit, sigmoid); ≥ 2: cross-entropy, softmax.
@@ -83,6 +85,12 @@ pub struct HeadConfig {
     pub min_delta: f64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig::new(HeadKind::Mlp, 1)
+    }
 }
 
 impl HeadConfig {
@@ -717,6 +725,32 @@ mod tests {
         assert_eq!(label_subset(30, 0.01, 0).len(), 1); // max(1, round(0.3))
         assert_eq!(label_subset(250, 0.01, 0).len(), 2); // round(2.5) = 2, half to even
         assert_eq!(label_subset(350, 0.01, 0).len(), 4); // round(3.5) = 4
+    }
+
+    #[test]
+    fn config_fills_missing_fields_and_rejects_unknown_ones() {
+        let c: HeadConfig =
+            serde_json::from_str(r#"{"head": "linear", "classes": 3, "label_fraction": 0.1}"#)
+                .unwrap();
+        assert_eq!(
+            c,
+            HeadConfig {
+                label_fraction: 0.1,
+                ..HeadConfig::new(HeadKind::Linear, 3)
+            }
+        );
+        let back: HeadConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<HeadConfig>(r#"{"lr_max": 1}"#).is_err());
+        let bad = HeadConfig {
+            label_fraction: 0.0,
+            ..c
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("label_fraction"));
     }
 
     #[test]
