@@ -212,6 +212,161 @@ fn mlp_head_learns_a_separable_binary_task_and_selects_on_validation_only() {
     );
 }
 
+/// Reads every column of a Parquet file as `(name, values as f64 or strings)`.
+fn read_parquet(path: &Path) -> Vec<(String, Vec<String>)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+    use arrow_schema::DataType;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut cols: Vec<(String, Vec<String>)> = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        for (i, field) in batch.schema().fields().iter().enumerate() {
+            if cols.len() <= i {
+                cols.push((field.name().clone(), Vec::new()));
+            }
+            let a = batch.column(i);
+            let v: Vec<String> = match field.data_type() {
+                DataType::Int64 => a
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect(),
+                DataType::Float64 => a
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|x| format!("{x:?}"))
+                    .collect(),
+                DataType::Utf8 => a
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|x| x.unwrap().to_string())
+                    .collect(),
+                DataType::Boolean => a
+                    .as_boolean()
+                    .iter()
+                    .map(|x| x.unwrap().to_string())
+                    .collect(),
+                t => panic!("unexpected column type {t:?}"),
+            };
+            cols[i].1.extend(v);
+        }
+    }
+    cols
+}
+
+#[test]
+fn output_tables_hold_the_test_predictions_and_every_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HeadConfig {
+        epochs: 3,
+        ..small(HeadKind::Mlp, 3)
+    };
+    let d = data(3, 16, 0.8);
+    let r = train_head(&cfg, &d, dir.path(), &mut Silent).unwrap();
+    let pred = read_parquet(&dir.path().join(PREDICTIONS));
+    let names: Vec<&str> = pred.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "row",
+            "key",
+            "label",
+            "prob_0",
+            "prob_1",
+            "prob_2",
+            "predicted"
+        ]
+    );
+    assert!(pred.iter().all(|(_, v)| v.len() == d.test.len()));
+    assert_eq!(pred[1].1[4], "img0004");
+    let labels: Vec<String> = d.test.labels.iter().map(|l| l.to_string()).collect();
+    assert_eq!(pred[2].1, labels);
+    // The accuracy in the report is the accuracy of the `predicted` column.
+    let right = pred[6]
+        .1
+        .iter()
+        .zip(&labels)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert_eq!(r.test["accuracy"], right as f64 / labels.len() as f64);
+    let epochs = read_parquet(&dir.path().join(HEAD_EPOCH_METRICS));
+    let names: Vec<&str> = epochs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "epoch",
+            "steps",
+            "lr",
+            "train_loss",
+            "valid_loss",
+            "valid_accuracy",
+            "valid_auroc",
+            "valid_auroc_class_0",
+            "valid_auroc_class_1",
+            "valid_auroc_class_2",
+            "valid_macro_f1",
+            "improved"
+        ]
+    );
+    assert_eq!(epochs[0].1, ["1", "2", "3"]);
+    // 400 rows in batches of 64: 7 steps per epoch.
+    assert_eq!(epochs[1].1, ["7", "14", "21"]);
+}
+
+#[test]
+fn head_weight_decay_spares_batchnorm_and_biases() {
+    let h = ClassificationHead::original_mlp(768, 3, Device::Cpu, 0).unwrap();
+    let opt = AdamW::with_decay(h.params(), (0.9, 0.999), 1e-8, 1e-4, decays);
+    assert_eq!(
+        opt.decay_mask(),
+        [
+            ("block_forward.2.weight", true),
+            ("block_forward.3.weight", false),
+            ("block_forward.3.bias", false),
+            ("block_forward.6.weight", true),
+            ("block_forward.6.bias", false),
+        ]
+    );
+}
+
+#[test]
+fn original_schedule_and_decay_run_and_one_example_is_refused_by_the_mlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HeadConfig {
+        epochs: 3,
+        schedule: adaptor_train::HeadSchedule::OriginalPerEpochRestarts,
+        original_weight_decay: true,
+        ..small(HeadKind::Mlp, 1)
+    };
+    let mut rec = Record::default();
+    train_head(&cfg, &data(1, 16, 1.0), dir.path(), &mut rec).unwrap();
+    // T_0 = int(0.4 · 7 · 3) = 8 epochs: epoch e runs at the cosine of e / 8.
+    for e in &rec.0 {
+        let t = (e.epoch - 1) as f64 / 8.0;
+        let want = 1e-8 + (cfg.lr - 1e-8) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+        assert!(
+            (e.lr - want).abs() < 1e-15,
+            "epoch {}: {} vs {want}",
+            e.epoch,
+            e.lr
+        );
+    }
+    let one = HeadConfig {
+        label_fraction: 0.001, // max(1, round(0.4)) = 1 row
+        ..cfg
+    };
+    let e = train_head(&one, &data(1, 16, 1.0), dir.path(), &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("BatchNorm needs 2"), "{e}");
+}
+
 #[test]
 fn linear_probe_learns_three_classes() {
     let dir = tempfile::tempdir().unwrap();
