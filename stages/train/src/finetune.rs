@@ -62,8 +62,9 @@ pub struct HeadConfig {
     pub classes: i64,
     /// Hidden width of the MLP head (the original: 512).
     pub hidden: i64,
-    /// Dropout `p` before each Linear (the original: 0.1).
-    pub dropout: f64,
+    /// Dropout `p` before each Linear; `None`: the head's own default, 0.1 for the MLP head (the
+    /// original `SSLEvaluator(p=0.1)`) and 0.0 for the linear probe (MGCA's `dropout=0.0`).
+    pub dropout: Option<f64>,
     /// Fraction of the training rows used (1.0, 0.1, 0.01 in the paper): `max(1, round(f · n))`
     /// rows, rounding half to even like pandas, drawn without stratification from `seed`.
     pub label_fraction: f64,
@@ -101,7 +102,7 @@ impl HeadConfig {
             head,
             classes,
             hidden: 512,
-            dropout: 0.1,
+            dropout: None,
             label_fraction: 1.0,
             seed: 0,
             epochs: 100,
@@ -118,6 +119,27 @@ impl HeadConfig {
             min_delta: 1e-3,
             device: "cpu".into(),
         }
+    }
+
+    /// MGCA's linear-probe protocol (reference F.2): a bare Linear (dropout 0), AdamW lr 5e-4,
+    /// weight decay 1e-6 on every parameter, constant rate, 50 epochs.
+    pub fn mgca_linear_probe(classes: i64) -> Self {
+        HeadConfig {
+            lr: 5e-4,
+            weight_decay: 1e-6,
+            original_weight_decay: true,
+            schedule: HeadSchedule::Constant,
+            epochs: 50,
+            ..HeadConfig::new(HeadKind::Linear, classes)
+        }
+    }
+
+    /// The dropout `p` the head uses (see [`HeadConfig::dropout`]).
+    pub fn dropout_p(&self) -> f64 {
+        self.dropout.unwrap_or(match self.head {
+            HeadKind::Mlp => 0.1,
+            HeadKind::Linear => 0.0,
+        })
     }
 
     pub fn device(&self) -> Result<Device> {
@@ -478,7 +500,7 @@ pub fn train_head(
         dim,
         cfg.classes,
         cfg.hidden,
-        cfg.dropout,
+        cfg.dropout_p(),
         device,
         derive_seed(cfg.seed, "head_init", 0),
     )?;
@@ -742,6 +764,13 @@ mod tests {
         let back: HeadConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<HeadConfig>(r#"{"lr_max": 1}"#).is_err());
+        assert_eq!(c.dropout_p(), 0.0);
+        assert_eq!(HeadConfig::default().dropout_p(), 0.1);
+        let probe = HeadConfig::mgca_linear_probe(3);
+        assert_eq!(
+            (probe.head, probe.dropout_p(), probe.weight_decay),
+            (HeadKind::Linear, 0.0, 1e-6)
+        );
         let bad = HeadConfig {
             label_fraction: 0.0,
             ..c
