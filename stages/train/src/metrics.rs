@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
@@ -105,19 +105,21 @@ pub fn retrieval_recall(image: &Tensor, text: &Tensor) -> Recall {
     }
 }
 
-enum Column {
+pub(crate) enum Column {
     I64(Vec<i64>),
     F64(Vec<Option<f64>>),
     Bool(Vec<bool>),
+    Str(Vec<String>),
 }
 
-fn write_parquet(path: &Path, columns: Vec<(&str, Column)>) -> Result<()> {
+pub(crate) fn write_parquet(path: &Path, columns: Vec<(&str, Column)>) -> Result<()> {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(name, c)| match c {
             Column::I64(_) => Field::new(*name, DataType::Int64, false),
             Column::F64(v) => Field::new(*name, DataType::Float64, v.iter().any(Option::is_none)),
             Column::Bool(_) => Field::new(*name, DataType::Boolean, false),
+            Column::Str(_) => Field::new(*name, DataType::Utf8, false),
         })
         .collect();
     let arrays: Vec<ArrayRef> = columns
@@ -127,6 +129,7 @@ fn write_parquet(path: &Path, columns: Vec<(&str, Column)>) -> Result<()> {
                 Column::I64(v) => Arc::new(Int64Array::from(v)),
                 Column::F64(v) => Arc::new(Float64Array::from(v)),
                 Column::Bool(v) => Arc::new(BooleanArray::from(v)),
+                Column::Str(v) => Arc::new(StringArray::from(v)),
             }
         })
         .collect();

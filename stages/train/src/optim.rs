@@ -68,6 +68,29 @@ impl AdamW {
         }
     }
 
+    /// AdamW where `decays(name, tensor)` picks the parameters that get weight decay (e.g. only
+    /// weight matrices, for a head whose BatchNorm is named by a `Sequential` index).
+    pub fn with_decay(
+        params: &ParamStore,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        decays: impl Fn(&str, &Tensor) -> bool,
+    ) -> Self {
+        let mut opt = AdamW::new(params, betas, eps, weight_decay, DecayPolicy::All);
+        opt.decay = opt.params.iter().map(|(n, t)| decays(n, t)).collect();
+        opt
+    }
+
+    /// Whether each parameter (in store order) gets weight decay.
+    pub fn decay_mask(&self) -> Vec<(&str, bool)> {
+        self.params
+            .iter()
+            .zip(&self.decay)
+            .map(|((n, _), d)| (n.as_str(), *d))
+            .collect()
+    }
+
     pub fn steps(&self) -> u64 {
         self.step
     }

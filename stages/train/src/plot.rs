@@ -198,6 +198,152 @@ fn draw_recall(
     Ok(())
 }
 
+/// One epoch of a classification head's training, as the curve draws it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadCurvePoint {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub valid_loss: f64,
+    /// The validation metric used for model selection (AUROC or accuracy).
+    pub valid_metric: Option<f64>,
+}
+
+/// The classification-head curve PNG: training and validation loss per epoch (left), the
+/// selection metric on the validation split (right), the selected epoch circled.
+pub fn head_curve(
+    path: &Path,
+    points: &[HeadCurvePoint],
+    metric_name: &str,
+    best_epoch: Option<usize>,
+    title: &str,
+) -> Result<()> {
+    REGISTER.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    let err = |e: &dyn std::fmt::Display| Error::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let root = root
+            .titled(title, ("sans-serif", 18))
+            .map_err(|e| err(&e))?;
+        let (left, right) = root.split_horizontally(W / 2);
+        draw_head_losses(&left, points, best_epoch).map_err(|e| err(&e))?;
+        draw_head_metric(&right, points, metric_name, best_epoch).map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    let file = std::fs::File::create(path).map_err(io_err(path))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().map_err(|e| err(&e))?;
+    w.write_image_data(&buf).map_err(|e| err(&e))?;
+    w.finish().map_err(|e| err(&e))
+}
+
+fn draw_head_losses(
+    area: &Area,
+    points: &[HeadCurvePoint],
+    best_epoch: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let x_max = points.len().max(1) as f64;
+    let (lo, hi) = points
+        .iter()
+        .flat_map(|p| [p.train_loss, p.valid_loss])
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        (lo.min(hi - 1e-6), hi)
+    } else {
+        (0.0, 1.0)
+    };
+    let pad = (hi - lo) * 0.05;
+    let mut chart = ChartBuilder::on(area)
+        .caption("loss", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.5..x_max + 0.5, (lo - pad)..(hi + pad))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss")
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.epoch as f64, p.train_loss)),
+            BLUE.stroke_width(2),
+        ))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.epoch as f64, p.valid_loss)),
+            RED.stroke_width(2),
+        ))?
+        .label("validation")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+    if let Some(p) = points.iter().find(|p| Some(p.epoch) == best_epoch) {
+        chart.draw_series(std::iter::once(Circle::new(
+            (p.epoch as f64, p.valid_loss),
+            7,
+            BLACK.stroke_width(2),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()?;
+    Ok(())
+}
+
+fn draw_head_metric(
+    area: &Area,
+    points: &[HeadCurvePoint],
+    metric_name: &str,
+    best_epoch: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let x_max = points.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("validation {metric_name}"), ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.5..x_max + 0.5, 0.0..1.0f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    let green = RGBColor(0, 120, 60);
+    let series: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.valid_metric.map(|m| (p.epoch as f64, m)))
+        .collect();
+    chart.draw_series(LineSeries::new(
+        series.iter().copied(),
+        green.stroke_width(2),
+    ))?;
+    chart.draw_series(series.iter().map(|&p| Circle::new(p, 3, green.filled())))?;
+    if let Some(&p) = series
+        .iter()
+        .find(|p| best_epoch.is_some_and(|b| p.0 == b as f64))
+    {
+        chart.draw_series(std::iter::once(Circle::new(p, 7, BLACK.stroke_width(2))))?;
+    }
+    Ok(())
+}
+
 /// Registers the embedded font as plotters' `sans-serif` (for other plots of the workspace).
 pub fn register_embedded_font() {
     REGISTER.call_once(|| {

@@ -44,7 +44,14 @@ pub const RESUME_DIR: &str = "resume";
 
 const RESUME_FORMAT: &str = "adaptor-resume/1";
 
-static TORCH_RNG: Mutex<()> = Mutex::new(());
+pub(crate) static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// Holds libtorch's process-global generator for the caller (the training loops take it for
+/// their whole run): hold it between `tch::manual_seed` and the draws that must follow it. Not
+/// re-entrant: release it before calling [`train`] or [`crate::train_head`].
+pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Receives progress; returning `Break` stops training (the last epoch's resume state stays).
 pub trait Observer {
