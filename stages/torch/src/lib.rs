@@ -11,6 +11,7 @@ pub mod bert;
 pub mod dinov2;
 pub mod encoder;
 pub mod error;
+pub mod evaluate;
 pub mod merge;
 pub mod nn;
 pub mod pickle;

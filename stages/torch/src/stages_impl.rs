@@ -23,6 +23,8 @@ pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
         encode::ENCODE_IMAGE => encode_image(ctx),
         stages::pretrain::TRAIN_ADAPTOR => crate::pretrain::run(ctx),
         stages::evaluate::REPORT => crate::report::run_stage(ctx),
+        stages::evaluate::CLASSIFY => crate::evaluate::classify(ctx),
+        stages::evaluate::SEGMENT => crate::evaluate::segment(ctx),
         other => Err(format!(
             "the torch worker does not know stage kind `{other}` (it runs: {})",
             encode::TORCH_STAGES

@@ -1,0 +1,65 @@
+//! The shipped manifests plan: the full reproduction grid (with its dataset and backbone folders
+//! pointed at empty stand-ins, since the real ones are not here) and the demo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn dry_run(dir: &Path, manifest: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_adaptor"))
+        .args(["run", &manifest.to_string_lossy(), "--dry-run", "--store"])
+        .arg(dir.join("store"))
+        .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dry run of {}:\n{text}", manifest.display());
+    text
+}
+
+fn count(text: &str, prefix: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with("would run") && l.split_whitespace().nth(3).is_some_and(|n| n.starts_with(prefix)))
+        .count()
+}
+
+#[test]
+fn the_reproduction_manifest_plans_the_whole_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("manifests/reproduce.toml")).unwrap();
+    // Every /data/... and /models/... folder becomes an empty folder under the temp dir.
+    let mut text = text;
+    for prefix in ["/data/", "/models/"] {
+        let stand_in = format!("{}{prefix}", dir.path().display());
+        text = text.replace(&format!("\"{prefix}"), &format!("\"{stand_in}"));
+    }
+    for line in text.lines() {
+        if let Some(p) = line
+            .split('"')
+            .nth(1)
+            .filter(|p| p.starts_with(&dir.path().display().to_string()))
+        {
+            std::fs::create_dir_all(p).unwrap();
+        }
+    }
+    let manifest = dir.path().join("reproduce.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let out = dry_run(dir.path(), &manifest);
+
+    // 15 adaptors (5 text × 3 vision); 4 tasks × 3 fractions × 3 seeds for each, and for the
+    // no-adaptor ablation per vision backbone; images in 8 shards and a merge per table.
+    assert_eq!(count(&out, "ingest["), 4);
+    assert_eq!(count(&out, "text"), 5);
+    assert_eq!(count(&out, "image["), 9 * (8 + 1));
+    assert_eq!(count(&out, "pretrain"), 15);
+    assert_eq!(count(&out, "classify[") + count(&out, "classify-cxrbert["), 15 * 2 * 3 * 3);
+    assert_eq!(count(&out, "classify-none["), 3 * 2 * 3 * 3);
+    assert_eq!(count(&out, "segment-siim"), 15 * 3 * 3);
+    assert_eq!(count(&out, "segment-rsna"), 15 * 3 * 3);
+    assert_eq!(count(&out, "segment-none["), 3 * 2 * 3 * 3);
+    assert_eq!(count(&out, "report"), 1);
+}
