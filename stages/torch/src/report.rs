@@ -299,14 +299,17 @@ pub fn markdown(results: &[EvalResult]) -> String {
     }
 
     // Every metric of every evaluation, for what the tables do not show.
-    md.push_str("## All test metrics\n\n| instance | adaptor | fraction | seed | best epoch | train examples | metrics |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("## All test metrics\n\nMetrics in %, the loss as computed.\n\n| instance | adaptor | fraction | seed | best epoch | train examples | metrics |\n|---|---|---|---|---|---|---|\n");
     let mut sorted: Vec<&EvalResult> = results.iter().collect();
     sorted.sort_by(|a, b| a.instance.cmp(&b.instance));
     for r in sorted {
         let metrics = r
             .test
             .iter()
-            .map(|(k, v)| format!("{k} {:.1}", v * 100.0))
+            .map(|(k, v)| match k.as_str() {
+                "loss" => format!("{k} {v:.4}"),
+                _ => format!("{k} {:.1}", v * 100.0),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let _ = writeln!(
@@ -603,7 +606,7 @@ impl PretrainSummary {
 /// The pre-training section of `results.md`: one row per run, variants side by side.
 pub fn pretraining_markdown(runs: &[PretrainSummary], curves: &[String]) -> String {
     let mut md = String::from(
-        "## Pre-training\n\nValid split; recall at the kept checkpoint (lowest valid loss), in %; \
+        "\n## Pre-training\n\nValid split; recall at the kept checkpoint (lowest valid loss), in %; \
          chance is 1/pairs.\n\n| instance | variant | vision | text | parameters | epochs | \
          valid loss (start → best) | R@1/5/10 image→text | R@1/5/10 text→image | chance R@1 |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
