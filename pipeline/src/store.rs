@@ -7,6 +7,8 @@
 //! - `_failed/<kind>/<key>/` the log and error of the last failed attempt.
 //! - `_index/<manifest-id>/<instance-hash>.json` which key each instance of a manifest last built.
 //! - `_staging/` (local only) directories being written; renamed into place when complete.
+//! - `_resume/<kind>/<key>/` (local; the cache folder for remote stores) state a stage resumes
+//!   from after a kill; removed when its artifact is committed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
