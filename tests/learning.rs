@@ -281,12 +281,18 @@ fn the_demo_chain_runs_reports_and_learns() {
     for entry in std::fs::read_dir(store.join("classify")).unwrap().flatten() {
         let r = json(&entry.path().join("result.json"));
         if r["dataset"] == "rsna" && r["adaptor"] == "pretrained" {
-            rsna.push((r["fraction"].as_f64().unwrap(), r["test"]["auroc"].as_f64().unwrap()));
+            rsna.push((
+                r["fraction"].as_f64().unwrap(),
+                r["test"]["auroc"].as_f64().unwrap(),
+            ));
         }
     }
     assert_eq!(rsna.len(), 2, "{rsna:?}");
     for (fraction, auroc) in &rsna {
-        assert!(*auroc > 0.7, "RSNA AUROC {auroc} at fraction {fraction}: no learning");
+        assert!(
+            *auroc > 0.7,
+            "RSNA AUROC {auroc} at fraction {fraction}: no learning"
+        );
     }
     eprintln!("RSNA AUROC through the pre-trained adaptor: {rsna:?}\n{md}");
 }

@@ -15,15 +15,24 @@ fn dry_run(dir: &Path, manifest: &Path) -> String {
         .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dry run of {}:\n{text}", manifest.display());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "dry run of {}:\n{text}",
+        manifest.display()
+    );
     text
 }
 
 fn count(text: &str, prefix: &str) -> usize {
     text.lines()
-        .filter(|l| l.starts_with("would run") && l.split_whitespace().nth(3).is_some_and(|n| n.starts_with(prefix)))
+        .filter(|l| {
+            l.starts_with("would run")
+                && l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
         .count()
 }
 
@@ -56,7 +65,10 @@ fn the_reproduction_manifest_plans_the_whole_grid() {
     assert_eq!(count(&out, "text"), 5);
     assert_eq!(count(&out, "image["), 9 * (8 + 1));
     assert_eq!(count(&out, "pretrain"), 15);
-    assert_eq!(count(&out, "classify[") + count(&out, "classify-cxrbert["), 15 * 2 * 3 * 3);
+    assert_eq!(
+        count(&out, "classify[") + count(&out, "classify-cxrbert["),
+        15 * 2 * 3 * 3
+    );
     assert_eq!(count(&out, "classify-none["), 3 * 2 * 3 * 3);
     assert_eq!(count(&out, "segment-siim"), 15 * 3 * 3);
     assert_eq!(count(&out, "segment-rsna"), 15 * 3 * 3);

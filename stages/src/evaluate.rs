@@ -43,7 +43,12 @@ fn common(epochs: i64, batch: i64, lr: f64, wd: f64, patience: i64) -> Vec<Param
             "with an `adaptor` input: its pre-trained weights, or `random` (the same module \
              freshly initialised from `seed`: the random-init baseline)",
         ),
-        ParamSpec::optional("epochs", ParamType::Int, Value::Int(epochs), "maximum epochs"),
+        ParamSpec::optional(
+            "epochs",
+            ParamType::Int,
+            Value::Int(epochs),
+            "maximum epochs",
+        ),
         ParamSpec::optional(
             "batch_size",
             ParamType::Int,
@@ -267,7 +272,9 @@ mod tests {
     fn parameters_are_checked() {
         let mut p = Params::new();
         p.insert("fraction".into(), Value::Float(0.0));
-        assert!((CLASSIFY_DECL.validate)(&p).unwrap_err().contains("fraction"));
+        assert!((CLASSIFY_DECL.validate)(&p)
+            .unwrap_err()
+            .contains("fraction"));
         let mut p = Params::new();
         p.insert("crop".into(), Value::Int(100));
         assert!((SEGMENT_DECL.validate)(&p).unwrap_err().contains("crop"));

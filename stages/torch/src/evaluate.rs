@@ -60,7 +60,12 @@ fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
             return Err(err(format!("column `{name}` has nulls")));
         }
         match col.data_type() {
-            DataType::Int32 => out.extend(col.as_primitive::<Int32Type>().values().iter().map(|&v| v as i64)),
+            DataType::Int32 => out.extend(
+                col.as_primitive::<Int32Type>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as i64),
+            ),
             DataType::Int64 => out.extend(col.as_primitive::<Int64Type>().values().iter().copied()),
             other => return Err(err(format!("column `{name}` is {other}, not an integer"))),
         }
@@ -146,7 +151,11 @@ fn through_adaptor(a: &FrozenAdaptor, x: &Tensor, device: Device) -> Result<Tens
     while start < n {
         let len = (n - start).min(4096);
         let chunk = x.narrow(0, start, len).to_device(device);
-        parts.push(a.model.embed_image(&chunk, None, ImageOnly::PerSample)?.to_device(Device::Cpu));
+        parts.push(
+            a.model
+                .embed_image(&chunk, None, ImageOnly::PerSample)?
+                .to_device(Device::Cpu),
+        );
         start += len;
     }
     Ok(Tensor::cat(&parts, 0))
@@ -160,7 +169,8 @@ struct HeadProgress<'a> {
 
 impl train::finetune::HeadObserver for HeadProgress<'_> {
     fn on_epoch(&mut self, e: &train::finetune::HeadEpoch) -> ControlFlow<()> {
-        self.ctx.progress(e.epoch as u64, self.epochs as u64, "epochs");
+        self.ctx
+            .progress(e.epoch as u64, self.epochs as u64, "epochs");
         self.ctx.log(format!(
             "epoch {}: train loss {:.4}, valid loss {:.4}, valid {} {:.4}{}",
             e.epoch,
@@ -182,7 +192,12 @@ impl train::finetune::HeadObserver for HeadProgress<'_> {
     }
 }
 
-fn split(t: &EmbeddingTable, features: &Tensor, labels: &[i64], name: &str) -> Result<train::finetune::HeadSplit, StageError> {
+fn split(
+    t: &EmbeddingTable,
+    features: &Tensor,
+    labels: &[i64],
+    name: &str,
+) -> Result<train::finetune::HeadSplit, StageError> {
     let rows = split_rows(t, name)?;
     if rows.is_empty() {
         return Err(format!("{}: no `{name}` rows", t.path.display()).into());
@@ -317,12 +332,10 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
     let decoder = match (ctx.str_param("decoder")?, backbone_kind.as_str()) {
         ("auto" | "unet", "resnet-ae") => "unet",
         ("auto" | "vit", "dinov2") => "vit-decoder",
-        (d, k) => {
-            return Err(format!(
-                "segment: decoder `{d}` does not fit a `{k}` backbone (unet: resnet-ae; vit: dinov2)"
-            )
-            .into())
-        }
+        (d, k) => return Err(format!(
+            "segment: decoder `{d}` does not fit a `{k}` backbone (unet: resnet-ae; vit: dinov2)"
+        )
+        .into()),
     };
     let seed = ctx.i64_param("seed")? as u64;
     let device = pick_device(ctx.str_param("device")?)?;
@@ -353,7 +366,14 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
     };
-    let data = SegData::load(&records_dir.join(RECORDS), raw, &dataset, crop, fraction, seed)?;
+    let data = SegData::load(
+        &records_dir.join(RECORDS),
+        raw,
+        &dataset,
+        crop,
+        fraction,
+        seed,
+    )?;
     let mode = adaptor.as_ref().map_or("none", |a| a.mode);
     ctx.log(format!(
         "segment {dataset}: {decoder} over {vision} ({backbone_kind}), {mode} adaptor, crop {crop}, \
@@ -386,9 +406,17 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
     ctx.log(format!(
         "test Dice {:.4}, positive-only Dice {:.4}, empty share {:.3} (all-empty predictor {:.4})",
         result.test.get("dice").copied().unwrap_or(f64::NAN),
-        result.test.get("dice_positive").copied().unwrap_or(f64::NAN),
+        result
+            .test
+            .get("dice_positive")
+            .copied()
+            .unwrap_or(f64::NAN),
         result.test.get("empty_share").copied().unwrap_or(f64::NAN),
-        result.test.get("dice_all_empty_baseline").copied().unwrap_or(f64::NAN),
+        result
+            .test
+            .get("dice_all_empty_baseline")
+            .copied()
+            .unwrap_or(f64::NAN),
     ));
     Ok(())
 }

@@ -55,8 +55,9 @@ pub const RESULTS_MD: &str = "results.md";
 impl EvalResult {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Invalid(format!("{}: not an evaluation result: {e}", path.display())))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Invalid(format!("{}: not an evaluation result: {e}", path.display()))
+        })
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -134,7 +135,14 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// The original's published numbers (reference F.1; test split, %, single seed, the maximum over
 /// the logged test history, G.17), by task, text encoder, vision backbone and fraction.
-fn published(dataset: &str, task: &str, metric: &str, text: &str, vision: &str, fraction: f64) -> Option<f64> {
+fn published(
+    dataset: &str,
+    task: &str,
+    metric: &str,
+    text: &str,
+    vision: &str,
+    fraction: f64,
+) -> Option<f64> {
     const TEXTS: [&str; 5] = ["bert", "biobert", "clinicalbert", "pubmedbert", "cxrbert"];
     #[rustfmt::skip]
     const RSNA_CLS: [[f64; 9]; 5] = [
@@ -266,7 +274,13 @@ pub fn markdown(results: &[EvalResult]) -> String {
                 match m.get(col) {
                     Some(v) => {
                         let (mean, std) = mean_std(v);
-                        let _ = write!(md, " {:.1} ± {:.1} (n={})", mean * 100.0, std * 100.0, v.len());
+                        let _ = write!(
+                            md,
+                            " {:.1} ± {:.1} (n={})",
+                            mean * 100.0,
+                            std * 100.0,
+                            v.len()
+                        );
                         if let Some(p) = published(
                             &task.dataset,
                             &task.task,
@@ -286,7 +300,15 @@ pub fn markdown(results: &[EvalResult]) -> String {
             md.push('\n');
         }
         md.push('\n');
-        let has_published = published(&task.dataset, &task.task, &task.metric, "bert", "dinov2-s", 1.0).is_some();
+        let has_published = published(
+            &task.dataset,
+            &task.task,
+            &task.metric,
+            "bert",
+            "dinov2-s",
+            1.0,
+        )
+        .is_some();
         if has_published && matched == 0 {
             md.push_str(
                 "The original published this task for text encoders BERT, BioBERT, \
@@ -326,9 +348,12 @@ pub fn markdown(results: &[EvalResult]) -> String {
     md
 }
 
+/// One row of `results.parquet`: (result, split, metric, value).
+type Row<'a> = (&'a EvalResult, &'a str, &'a str, f64);
+
 /// `results.parquet`: one row per (instance, split, metric).
 pub fn write_parquet(path: &Path, results: &[EvalResult]) -> Result<()> {
-    let mut rows: Vec<(&EvalResult, &str, &str, f64)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for r in results {
         for (split, m) in [("valid", &r.valid), ("test", &r.test)] {
             for (name, v) in m {
@@ -336,7 +361,7 @@ pub fn write_parquet(path: &Path, results: &[EvalResult]) -> Result<()> {
             }
         }
     }
-    let s = |f: &dyn Fn(&(&EvalResult, &str, &str, f64)) -> String| -> ArrayRef {
+    let s = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
     let columns: Vec<(&str, ArrayRef)> = vec![
@@ -349,26 +374,38 @@ pub fn write_parquet(path: &Path, results: &[EvalResult]) -> Result<()> {
         ("adaptor", s(&|r| r.0.adaptor.clone())),
         (
             "fraction",
-            Arc::new(Float64Array::from(rows.iter().map(|r| r.0.fraction).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.0.fraction).collect::<Vec<_>>(),
+            )),
         ),
         (
             "seed",
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.0.seed).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.0.seed).collect::<Vec<_>>(),
+            )),
         ),
         ("split", s(&|r| r.1.to_string())),
         ("metric", s(&|r| r.2.to_string())),
         (
             "value",
-            Arc::new(Float64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
         ),
         (
             "best_epoch",
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.0.best_epoch as i64).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(
+                rows.iter()
+                    .map(|r| r.0.best_epoch as i64)
+                    .collect::<Vec<_>>(),
+            )),
         ),
         (
             "train_examples",
             Arc::new(Int64Array::from(
-                rows.iter().map(|r| r.0.train_examples as i64).collect::<Vec<_>>(),
+                rows.iter()
+                    .map(|r| r.0.train_examples as i64)
+                    .collect::<Vec<_>>(),
             )),
         ),
     ];
@@ -378,9 +415,15 @@ pub fn write_parquet(path: &Path, results: &[EvalResult]) -> Result<()> {
             .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
             .collect::<Vec<_>>(),
     ));
-    debug_assert!(schema.fields().iter().all(|f| f.data_type() != &DataType::Null));
-    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    debug_assert!(schema
+        .fields()
+        .iter()
+        .all(|f| f.data_type() != &DataType::Null));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = ArrowWriter::try_new(file, schema, None)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
@@ -473,7 +516,8 @@ pub fn plots(dir: &Path, results: &[EvalResult]) -> Result<Vec<String>> {
 pub fn write_report(dir: &Path, results: &[EvalResult]) -> Result<Vec<String>> {
     write_parquet(&dir.join(RESULTS_PARQUET), results)?;
     let md = markdown(results);
-    std::fs::write(dir.join(RESULTS_MD), md).map_err(|e| Error::io(&dir.join(RESULTS_MD), e))?;
+    let path = dir.join(RESULTS_MD);
+    std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
     plots(dir, results)
 }
 
@@ -481,9 +525,18 @@ pub fn write_report(dir: &Path, results: &[EvalResult]) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn result(text: &str, vision: &str, adaptor: &str, fraction: f64, seed: i64, v: f64) -> EvalResult {
+    fn result(
+        text: &str,
+        vision: &str,
+        adaptor: &str,
+        fraction: f64,
+        seed: i64,
+        v: f64,
+    ) -> EvalResult {
         EvalResult {
-            instance: format!("classify[text={text},vision={vision},fraction={fraction},seed={seed}]"),
+            instance: format!(
+                "classify[text={text},vision={vision},fraction={fraction},seed={seed}]"
+            ),
             task: "classification".into(),
             dataset: "rsna".into(),
             metric: "auroc".into(),
@@ -514,10 +567,43 @@ mod tests {
 
     #[test]
     fn published_numbers_match_by_normalised_names() {
-        assert_eq!(published("rsna", "classification", "auroc", "BioBERT", "dinov2-b", 0.01), Some(84.4));
-        assert_eq!(published("covidx", "classification", "accuracy", "cxr-bert", "resnet-ae", 1.0), Some(77.7));
-        assert_eq!(published("rsna", "classification", "auroc", "minilm", "dinov2-b", 0.01), None);
-        assert_eq!(published("rsna", "classification", "auroc", "bert", "dinov2-s", 0.5), None);
+        assert_eq!(
+            published(
+                "rsna",
+                "classification",
+                "auroc",
+                "BioBERT",
+                "dinov2-b",
+                0.01
+            ),
+            Some(84.4)
+        );
+        assert_eq!(
+            published(
+                "covidx",
+                "classification",
+                "accuracy",
+                "cxr-bert",
+                "resnet-ae",
+                1.0
+            ),
+            Some(77.7)
+        );
+        assert_eq!(
+            published(
+                "rsna",
+                "classification",
+                "auroc",
+                "minilm",
+                "dinov2-b",
+                0.01
+            ),
+            None
+        );
+        assert_eq!(
+            published("rsna", "classification", "auroc", "bert", "dinov2-s", 0.5),
+            None
+        );
     }
 
     #[test]
@@ -543,7 +629,10 @@ mod tests {
         let plots = write_report(dir.path(), &results).unwrap();
         assert_eq!(plots, vec!["rsna-classification-mlp.png".to_string()]);
         for f in [RESULTS_PARQUET, RESULTS_MD, "rsna-classification-mlp.png"] {
-            assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() > 0, "{f}");
+            assert!(
+                std::fs::metadata(dir.path().join(f)).unwrap().len() > 0,
+                "{f}"
+            );
         }
     }
 }
