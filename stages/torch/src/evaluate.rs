@@ -332,10 +332,12 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
     let decoder = match (ctx.str_param("decoder")?, backbone_kind.as_str()) {
         ("auto" | "unet", "resnet-ae") => "unet",
         ("auto" | "vit", "dinov2") => "vit-decoder",
-        (d, k) => return Err(format!(
+        (d, k) => {
+            return Err(format!(
             "segment: decoder `{d}` does not fit a `{k}` backbone (unet: resnet-ae; vit: dinov2)"
         )
-        .into()),
+            .into())
+        }
     };
     let seed = ctx.i64_param("seed")? as u64;
     let device = pick_device(ctx.str_param("device")?)?;
