@@ -473,10 +473,12 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
     case.write("demo.toml", &common::small_demo());
     let demo_s = "demo.toml";
     let only = ["--only", "pretrain"];
-    let run = |store: &str| [&["run", demo_s, "--store", store][..], &only[..]].concat();
-    let first = case.ok(&run("store"));
+    fn run<'a>(demo: &'a str, store: &'a str, only: &[&'a str]) -> Vec<&'a str> {
+        [&["run", demo, "--store", store][..], only].concat()
+    }
+    let first = case.ok(&run(demo_s, "store", &only));
     assert!(first.contains("5 ran, 0 up to date, 0 failed"), "{first}");
-    let second = case.ok(&run("store"));
+    let second = case.ok(&run(demo_s, "store", &only));
     assert!(second.contains("0 ran, 5 up to date, 0 failed"), "{second}");
     let status = case.ok(&["status", demo_s, "--store", "store"]);
     assert!(
@@ -493,9 +495,9 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
         assert!(out.status.success(), "{args:?}: {text}");
         text
     };
-    let first = go(&run("s3://demo/adaptor"));
+    let first = go(&run(demo_s, "s3://demo/adaptor", &only));
     assert!(first.contains("5 ran, 0 up to date, 0 failed"), "{first}");
-    let second = go(&run("s3://demo/adaptor"));
+    let second = go(&run(demo_s, "s3://demo/adaptor", &only));
     assert!(second.contains("0 ran, 5 up to date, 0 failed"), "{second}");
     // Same keys on both stores, and the same instances complete.
     let local = case.ok(&["status", demo_s, "--store", "store", "--json"]);
