@@ -242,22 +242,40 @@ fn the_demo_chain_runs_reports_and_learns() {
 
     // Learning on the synthetic RSNA task (positives carry an opacity): the head through the
     // pre-trained adaptor is well above chance at every fraction.
-    let mut rsna = Vec::new();
-    for entry in std::fs::read_dir(store.join("classify")).unwrap().flatten() {
-        let r = json(&entry.path().join("result.json"));
-        if r["dataset"] == "rsna" && r["adaptor"] == "pretrained" {
-            rsna.push((
-                r["fraction"].as_f64().unwrap(),
-                r["test"]["auroc"].as_f64().unwrap(),
-            ));
-        }
-    }
-    assert_eq!(rsna.len(), 2, "{rsna:?}");
-    for (fraction, auroc) in &rsna {
+    let auroc = |mode: &str| -> Vec<(f64, f64)> {
+        let mut v: Vec<(f64, f64)> = std::fs::read_dir(store.join("classify"))
+            .unwrap()
+            .flatten()
+            .map(|e| json(&e.path().join("result.json")))
+            .filter(|r| r["dataset"] == "rsna" && r["adaptor"] == mode)
+            .map(|r| {
+                (
+                    r["fraction"].as_f64().unwrap(),
+                    r["test"]["auroc"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
+    let (pre, random, none) = (auroc("pretrained"), auroc("random"), auroc("none"));
+    eprintln!(
+        "RSNA AUROC at 10 % and 100 %: pre-trained {pre:?}, random-init {random:?}, none {none:?}"
+    );
+    assert_eq!(pre.len(), 2, "{pre:?}");
+    let mean = |v: &[(f64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    for ((fraction, p), (_, n)) in pre.iter().zip(&none) {
         assert!(
-            *auroc > 0.7,
-            "RSNA AUROC {auroc} at fraction {fraction}: no learning"
+            *p > 0.7,
+            "RSNA AUROC {p} at fraction {fraction}: no learning"
+        );
+        assert!(
+            p > n,
+            "at fraction {fraction} the pre-trained adaptor ({p}) does not beat no adaptor ({n})"
         );
     }
-    eprintln!("RSNA AUROC through the pre-trained adaptor: {rsna:?}\n{md}");
+    assert!(
+        mean(&pre) > mean(&random),
+        "the pre-trained adaptor ({pre:?}) does not beat a random-initialised one ({random:?})"
+    );
 }

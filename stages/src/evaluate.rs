@@ -127,8 +127,8 @@ fn segment_params() -> Vec<ParamSpec> {
         ParamSpec::optional(
             "crop",
             ParamType::Int,
-            Value::Int(224),
-            "input size in pixels (the original: 896 for SIIM, 224 for RSNA)",
+            Value::Int(0),
+            "input size in pixels; 0: the original's, 896 for SIIM and 224 for RSNA",
         ),
         ParamSpec::optional(
             "alpha",
@@ -222,8 +222,9 @@ fn check_common(params: &Params) -> Result<(), String> {
 fn check_segment(params: &Params) -> Result<(), String> {
     check_common(params)?;
     match params.get("crop").and_then(Value::as_i64) {
-        Some(c) if c < 32 || c % 32 != 0 => Err(format!(
-            "parameter `crop` = {c}: the decoders need a multiple of 32 (224, 448, 896)"
+        Some(c) if c != 0 && (c < 32 || c % 32 != 0) => Err(format!(
+            "parameter `crop` = {c}: the decoders need a multiple of 32 (224, 448, 896), or 0 \
+             for the original's size per dataset"
         )),
         _ => Ok(()),
     }

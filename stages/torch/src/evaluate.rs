@@ -341,7 +341,11 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
     };
     let seed = ctx.i64_param("seed")? as u64;
     let device = pick_device(ctx.str_param("device")?)?;
-    let crop = ctx.i64_param("crop")? as u32;
+    let crop = match (ctx.i64_param("crop")?, dataset.as_str()) {
+        (0, "siim") => 896,
+        (0, _) => 224,
+        (c, _) => c as u32,
+    };
     let fraction = ctx.f64_param("fraction")?;
 
     let mut cfg = SegConfig::new(&backbone_kind, &bb.path);
