@@ -156,7 +156,12 @@ fn image_inputs() -> Vec<InputSpec> {
     ]
 }
 
-fn int_in(params: &Params, name: &str, range: std::ops::RangeInclusive<i64>) -> Result<(), String> {
+/// Checks that integer parameter `name`, when set, lies in `range` (shared by the torch stages' declarations).
+pub(crate) fn int_in(
+    params: &Params,
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<(), String> {
     match params.get(name).and_then(Value::as_i64) {
         Some(v) if !range.contains(&v) => Err(format!(
             "parameter `{name}` = {v} is outside {}..={}",

@@ -5,7 +5,7 @@
 
 use pipeline::{InputAccepts, InputSpec, ParamSpec, ParamType, Params, Value};
 
-use crate::encode::{DEVICES, ENCODE_IMAGE};
+use crate::encode::{int_in, DEVICES, ENCODE_IMAGE};
 use crate::pretrain::TRAIN_ADAPTOR;
 use crate::worker::StageDecl;
 
@@ -191,16 +191,10 @@ fn report_inputs() -> Vec<InputSpec> {
 }
 
 fn check_common(params: &Params) -> Result<(), String> {
-    let int = |name: &str, lo: i64, hi: i64| match params.get(name).and_then(Value::as_i64) {
-        Some(v) if !(lo..=hi).contains(&v) => {
-            Err(format!("parameter `{name}` = {v} is outside {lo}..={hi}"))
-        }
-        _ => Ok(()),
-    };
-    int("epochs", 1, 100_000)?;
-    int("batch_size", 1, 1 << 20)?;
-    int("patience", 0, 100_000)?;
-    int("seed", 0, i64::MAX)?;
+    int_in(params, "epochs", 1..=100_000)?;
+    int_in(params, "batch_size", 1..=1 << 20)?;
+    int_in(params, "patience", 0..=100_000)?;
+    int_in(params, "seed", 0..=i64::MAX)?;
     if let Some(f) = params.get("fraction").and_then(Value::as_f64) {
         if !(f > 0.0 && f <= 1.0) {
             return Err(format!("parameter `fraction` = {f} must be in (0, 1]"));

@@ -7,7 +7,7 @@
 
 use pipeline::{InputAccepts, InputSpec, ParamSpec, ParamType, Params, Value};
 
-use crate::encode::{DEVICES, ENCODE_IMAGE, ENCODE_TEXT, PRECISIONS};
+use crate::encode::{int_in, DEVICES, ENCODE_IMAGE, ENCODE_TEXT, PRECISIONS};
 use crate::worker::StageDecl;
 
 pub const TRAIN_ADAPTOR: &str = "train-adaptor";
@@ -107,18 +107,10 @@ fn inputs() -> Vec<InputSpec> {
 }
 
 fn validate(params: &Params) -> Result<(), String> {
-    let int = |name: &str, lo: i64, hi: i64| -> Result<(), String> {
-        match params.get(name).and_then(Value::as_i64) {
-            Some(v) if !(lo..=hi).contains(&v) => {
-                Err(format!("parameter `{name}` = {v} is outside {lo}..={hi}"))
-            }
-            _ => Ok(()),
-        }
-    };
-    int("epochs", 1, 100_000)?;
-    int("batch_size", 2, 1 << 20)?;
-    int("patience", 0, 100_000)?;
-    int("seed", 0, i64::MAX)?;
+    int_in(params, "epochs", 1..=100_000)?;
+    int_in(params, "batch_size", 2..=1 << 20)?;
+    int_in(params, "patience", 0..=100_000)?;
+    int_in(params, "seed", 0..=i64::MAX)?;
     for (name, lo, hi) in [
         ("lr", 0.0, 1.0),
         ("weight_decay", 0.0, 10.0),

@@ -15,7 +15,7 @@ use pipeline::{StageContext, StageError};
 use tch::{Device, Kind, Tensor};
 use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
 
-use crate::encoder::pick_device;
+use crate::encoder::{device_name, pick_device};
 use crate::pretrain::{input_name, read_whole, split_rows, table_file};
 use crate::report::{EvalResult, RESULT_FILE};
 use crate::segment::{train_segmenter, DiceTerm, SegConfig, SegData};
@@ -89,25 +89,36 @@ fn frozen_adaptor(
     device: Device,
 ) -> Result<Option<FrozenAdaptor>, StageError> {
     let random = ctx.str_param("adaptor_init")? == "random";
-    let bound = ctx.inputs("adaptor");
-    let Some(a) = bound.first() else {
-        if !random {
-            return Ok(None);
-        }
-        // No pre-trained adaptor to take the shape from: the original module for this width.
-        let cfg = AdaptorConfig::original(vision_dim);
+    // The random-init baseline: the same module (or, without an input, the original module for
+    // this width) freshly initialised from `seed`, saved so the segmentation library can load it.
+    let random_adaptor = |cfg: AdaptorConfig, text: String| -> Result<FrozenAdaptor, StageError> {
         let model = Adaptor::new(&cfg, device, seed)?;
         let checkpoint = ctx.out_dir().join("random-adaptor.safetensors");
         model.save(&checkpoint, &CheckpointInfo::new(cfg))?;
-        return Ok(Some(FrozenAdaptor {
+        Ok(FrozenAdaptor {
             model,
             mode: "random",
-            text: "none".into(),
+            text,
             checkpoint,
-        }));
+        })
+    };
+    let Some(a) = ctx.inputs("adaptor").first() else {
+        return Ok(if random {
+            Some(random_adaptor(
+                AdaptorConfig::original(vision_dim),
+                "none".into(),
+            )?)
+        } else {
+            None
+        });
     };
     let path = a.path.join(train::train::BEST_CHECKPOINT);
-    let (trained, info) = Adaptor::from_checkpoint(&path, device)?;
+    // The configuration alone (`adaptor.json`); the weights are read only when they are used.
+    let info_path = train::model::config_path(&path);
+    let info: CheckpointInfo = std::fs::read(&info_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", info_path.display()))?;
     if info.model.vision_dim != vision_dim {
         return Err(format!(
             "the adaptor {} takes {}-d image features; the features are {vision_dim}-d (encode \
@@ -124,18 +135,11 @@ fn frozen_adaptor(
         .and_then(|v| v["text"]["backbone"].as_str().map(str::to_string))
         .unwrap_or_else(|| input_name(ctx, "adaptor").unwrap_or_default());
     if random {
-        let model = Adaptor::new(&info.model, device, seed)?;
-        let checkpoint = ctx.out_dir().join("random-adaptor.safetensors");
-        model.save(&checkpoint, &CheckpointInfo::new(info.model.clone()))?;
-        return Ok(Some(FrozenAdaptor {
-            model,
-            mode: "random",
-            text,
-            checkpoint,
-        }));
+        return Ok(Some(random_adaptor(info.model, text)?));
     }
+    let (model, _) = Adaptor::from_checkpoint(&path, device)?;
     Ok(Some(FrozenAdaptor {
-        model: trained,
+        model,
         mode: "pretrained",
         text,
         checkpoint: path,
@@ -268,10 +272,7 @@ pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
         0 => None,
         p => Some(p as usize),
     };
-    cfg.device = match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    };
+    cfg.device = device_name(device);
     let mode = adaptor.as_ref().map_or("none", |a| a.mode);
     ctx.log(format!(
         "classify {dataset}: {head_name} head on {} features ({} adaptor{}), {} train rows × {} = fraction, seed {seed}",
@@ -368,10 +369,7 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
     cfg.loss.alpha = ctx.f64_param("alpha")?;
     cfg.loss.dice = DiceTerm::parse(ctx.str_param("dice_loss")?).ok_or("parameter `dice_loss`")?;
     cfg.seed = seed;
-    cfg.device = match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    };
+    cfg.device = device_name(device);
     let data = SegData::load(
         &records_dir.join(RECORDS),
         raw,

@@ -14,7 +14,7 @@ use train::{
 };
 
 use crate::encode::{EMBEDDINGS_FILE, TOKENS_FILE};
-use crate::encoder::pick_device;
+use crate::encoder::{device_name, pick_device};
 use crate::table::{EmbeddingTable, TableMeta};
 use stages::pretrain::PROVENANCE_FILE;
 
@@ -258,10 +258,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         0 => None,
         p => Some(p as usize),
     };
-    cfg.device = match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    };
+    cfg.device = device_name(device);
     cfg.precision = match ctx.str_param("precision")? {
         "bf16" => Precision::Bf16,
         _ => Precision::Fp32,

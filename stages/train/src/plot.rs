@@ -27,10 +27,7 @@ pub fn training_curve(
     initial: Option<(f64, Recall)>,
     title: &str,
 ) -> Result<()> {
-    REGISTER.call_once(|| {
-        // Only fails on an unparsable font, which the embedded one is not.
-        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+    register_embedded_font();
     let err = |e: &dyn std::fmt::Display| Error::Output {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -48,13 +45,7 @@ pub fn training_curve(
         draw_recall(&right, epochs, initial.map(|i| i.1)).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    let file = std::fs::File::create(path).map_err(io_err(path))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| err(&e))?;
-    w.write_image_data(&buf).map_err(|e| err(&e))?;
-    w.finish().map_err(|e| err(&e))
+    write_png(path, &buf, W, H)
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
@@ -217,9 +208,7 @@ pub fn head_curve(
     best_epoch: Option<usize>,
     title: &str,
 ) -> Result<()> {
-    REGISTER.call_once(|| {
-        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+    register_embedded_font();
     let err = |e: &dyn std::fmt::Display| Error::Output {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -236,13 +225,7 @@ pub fn head_curve(
         draw_head_metric(&right, points, metric_name, best_epoch).map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    let file = std::fs::File::create(path).map_err(io_err(path))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| err(&e))?;
-    w.write_image_data(&buf).map_err(|e| err(&e))?;
-    w.finish().map_err(|e| err(&e))
+    write_png(path, &buf, W, H)
 }
 
 fn draw_head_losses(
@@ -347,6 +330,7 @@ fn draw_head_metric(
 /// Registers the embedded font as plotters' `sans-serif` (for other plots of the workspace).
 pub fn register_embedded_font() {
     REGISTER.call_once(|| {
+        // Only fails on an unparsable font, which the embedded one is not.
         let _ = register_font("sans-serif", FontStyle::Normal, FONT);
     });
 }

@@ -1,17 +1,12 @@
 //! `curve.png`: training and validation loss per epoch (left), validation Dice, positive-only Dice
 //! and the all-empty predictor's Dice (right). Same drawing stack as `adaptor_train::plot`
-//! (plotters on an RGB buffer, embedded DejaVu Sans Mono, `png`).
+//! (plotters on an RGB buffer, its embedded DejaVu Sans Mono and PNG writer).
 
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
 use super::train::SegEpoch;
-
-static FONT: &[u8] = include_bytes!("../../../train/assets/DejaVuSansMono.ttf");
-static REGISTER: Once = Once::new();
 
 const W: u32 = 1200;
 const H: u32 = 480;
@@ -26,9 +21,7 @@ pub fn curve(
     empty_baseline: f64,
     title: &str,
 ) -> Result<(), BoxErr> {
-    REGISTER.call_once(|| {
-        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+    train::plot::register_embedded_font();
     let mut buf = vec![255u8; (W * H * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
@@ -132,12 +125,6 @@ pub fn curve(
             .draw()?;
         root.present()?;
     }
-    let file = std::fs::File::create(path)?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W, H);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header()?;
-    w.write_image_data(&buf)?;
-    w.finish()?;
+    train::plot::write_png(path, &buf, W, H)?;
     Ok(())
 }
