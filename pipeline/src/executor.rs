@@ -382,7 +382,13 @@ struct Leases {
 
 impl Leases {
     fn refresh(&self, store: &Store) {
-        let paths: Vec<String> = self.held.lock().expect("lease lock").keys().cloned().collect();
+        let paths: Vec<String> = self
+            .held
+            .lock()
+            .expect("lease lock")
+            .keys()
+            .cloned()
+            .collect();
         for path in paths {
             self.confirm(store, &path);
         }

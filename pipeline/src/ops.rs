@@ -295,9 +295,10 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
         |kind: &str, k: &StageKey| scope.referenced.contains(&(kind.to_string(), k.clone()));
     let (dirs, objects) = store.list_top("")?;
     for o in objects {
-        report
-            .skipped
-            .push((o, "an object gc does not own (not in an artifact folder)".into()));
+        report.skipped.push((
+            o,
+            "an object gc does not own (not in an artifact folder)".into(),
+        ));
     }
     for top in dirs {
         if BOOKKEEPING.contains(&top.as_str()) {
@@ -338,7 +339,9 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
             for key_dir in key_dirs {
                 let rel = format!("{book}/{kind}/{key_dir}");
                 let Some(k) = StageKey::parse(&key_dir) else {
-                    report.skipped.push((rel + "/", "not named by a key".into()));
+                    report
+                        .skipped
+                        .push((rel + "/", "not named by a key".into()));
                     continue;
                 };
                 if referenced(&kind, &k) || live_lease(store, &kind, &k, scope.lease_secs) {
@@ -404,7 +407,9 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(f64::INFINITY, |d| store.now().unwrap_or(0.0) - d.as_secs_f64());
+                    .map_or(f64::INFINITY, |d| {
+                        store.now().unwrap_or(0.0) - d.as_secs_f64()
+                    });
                 let gone = match &owner {
                     Some(o) if o.host_id == me => !crate::lease::pid_alive(o.pid),
                     Some(o) => {

@@ -457,7 +457,9 @@ fn claim(
         }
         // An empty or truncated record (a writer killed mid-write, a bad disk) is stale: taken
         // over by compare-and-swap, so two runners never both claim it.
-        if let crate::store::Record::Corrupt { version, .. } = store.get_record::<JobRecord>(path)? {
+        if let crate::store::Record::Corrupt { version, .. } =
+            store.get_record::<JobRecord>(path)?
+        {
             let bytes = serde_json::to_vec_pretty(&claim).expect("serialisable");
             if store
                 .put_if_version(path, bytes.into(), &version)?

@@ -116,7 +116,10 @@ impl ArtifactManifest {
         for f in &self.files {
             check_rel_path(&f.path).map_err(|e| format!("file path `{}`: {e}", f.path))?;
             if crate::executor::RESERVED.contains(&f.path.as_str()) {
-                return Err(format!("file path `{}` is a name the runner reserves", f.path));
+                return Err(format!(
+                    "file path `{}` is a name the runner reserves",
+                    f.path
+                ));
             }
             if !seen.insert(f.path.as_str()) {
                 return Err(format!("file path `{}` is listed twice", f.path));
@@ -190,7 +193,9 @@ pub fn check_rel_path(p: &str) -> std::result::Result<(), String> {
     }
     for c in p.split('/') {
         if c.is_empty() || c == "." || c == ".." {
-            return Err(format!("has a `{c}` component (must stay inside the artifact)"));
+            return Err(format!(
+                "has a `{c}` component (must stay inside the artifact)"
+            ));
         }
     }
     Ok(())
@@ -873,7 +878,13 @@ impl Store {
             .rt
             .block_on(async move { inner.list_with_delimiter(path.as_ref()).await })
             .map_err(|e| self.os_err(e))?;
-        let last = |p: &ObjPath| self.rel(p).rsplit('/').next().unwrap_or_default().to_string();
+        let last = |p: &ObjPath| {
+            self.rel(p)
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
         Ok((
             res.common_prefixes.iter().map(last).collect(),
             res.objects.iter().map(|o| last(&o.location)).collect(),
@@ -961,7 +972,9 @@ impl Store {
     /// staging folder is inside the store).
     pub fn keep_unpublished(&self, staging: &Path, manifest: &ArtifactManifest) -> Result<PathBuf> {
         if self.local_root.is_some() {
-            return Err(Error::Other("a local store keeps no unpublished outputs".into()));
+            return Err(Error::Other(
+                "a local store keeps no unpublished outputs".into(),
+            ));
         }
         write_synced(
             &staging.join("manifest.json"),
@@ -1067,7 +1080,10 @@ impl Store {
                     Ok(None) => Vec::new(),
                     Err(e) => manifest_bad(e),
                     Ok(Some(m)) => compare(m, &|rel| {
-                        std::fs::metadata(root.join(rel)).ok().filter(|md| md.is_file()).map(|md| md.len())
+                        std::fs::metadata(root.join(rel))
+                            .ok()
+                            .filter(|md| md.is_file())
+                            .map(|md| md.len())
                     }),
                 })
                 .collect());
@@ -1089,7 +1105,9 @@ impl Store {
                         async move {
                             match p {
                                 None => Ok(None),
-                                Some(p) => inner.list(Some(&p)).try_collect::<Vec<_>>().await.map(Some),
+                                Some(p) => {
+                                    inner.list(Some(&p)).try_collect::<Vec<_>>().await.map(Some)
+                                }
                             }
                         }
                     })
@@ -1153,8 +1171,9 @@ impl Store {
                         Ok(md) if md.len() != f.bytes => {
                             Err(format!("{} bytes, the manifest says {}", md.len(), f.bytes))
                         }
-                        Ok(md) => crate::fingerprint::hash_file(&p, md.len())
-                            .map_err(|e| e.to_string()),
+                        Ok(md) => {
+                            crate::fingerprint::hash_file(&p, md.len()).map_err(|e| e.to_string())
+                        }
                     }
                 }
                 None => match self.fetch_file(&rel, f.bytes, None) {
@@ -1216,7 +1235,12 @@ impl Store {
     /// Streams one remote object in ranged chunks of [`CHUNK`] (each retried from its offset),
     /// hashing it and writing it to `dest` when given. Checks the size first. Returns the blake3
     /// digest, or `None` if the object does not exist.
-    fn fetch_file(&self, rel: &str, expected_size: u64, dest: Option<&Path>) -> Result<Option<String>> {
+    fn fetch_file(
+        &self,
+        rel: &str,
+        expected_size: u64,
+        dest: Option<&Path>,
+    ) -> Result<Option<String>> {
         use std::io::Write;
         let path = self.path(rel);
         let inner = self.inner.clone();
@@ -1258,7 +1282,8 @@ impl Store {
                         // retried here, from this chunk's offset.
                         Err(_) if tries < 3 => {
                             tries += 1;
-                            tokio::time::sleep(std::time::Duration::from_millis(200 << tries)).await;
+                            tokio::time::sleep(std::time::Duration::from_millis(200 << tries))
+                                .await;
                         }
                         Err(e) => return Err(Error::Other(format!("{what}: {e}"))),
                     }
@@ -1451,10 +1476,12 @@ impl Store {
         if dest.join("_manifest.json").is_file() {
             return Ok(dest);
         }
-        let manifest = self.read_manifest(kind, key)?.ok_or_else(|| Error::Artifact {
-            what: format!("{}/{rel}", self.url),
-            message: "is not complete (no _manifest.json)".into(),
-        })?;
+        let manifest = self
+            .read_manifest(kind, key)?
+            .ok_or_else(|| Error::Artifact {
+                what: format!("{}/{rel}", self.url),
+                message: "is not complete (no _manifest.json)".into(),
+            })?;
         let tmp = self
             .cache_dir
             .join("artifacts")
@@ -1526,7 +1553,9 @@ fn sync_tree(dir: &Path) -> Result<()> {
         if entry.file_type().at(&path)?.is_dir() {
             sync_tree(&path)?;
         } else {
-            std::fs::File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .at(&path)?;
         }
     }
     sync_dir(dir)

@@ -365,9 +365,7 @@ fn gc_keeps_what_the_manifest_references() {
         .states(&store)
         .iter()
         .all(|(_, s)| *s == State::UpToDate));
-    assert!(gc(&store, &referenced, false)
-        .deleted
-        .is_empty());
+    assert!(gc(&store, &referenced, false).deleted.is_empty());
 }
 
 #[test]
