@@ -524,3 +524,71 @@ mod paths {
         }
     }
 }
+
+#[test]
+fn a_runner_whose_lease_is_taken_over_stops_and_publishes_nothing() {
+    let env = Env::new("[stages.a]\nkind = 'echo'\nparams.sleep_ms = 1500\n");
+    let store = env.store(&env.local());
+    let (plan, resolved) = env.planned();
+    let key = resolved.keys[0].clone();
+    let path = Store::lock_path("echo", &key);
+    let outcomes = std::thread::scope(|s| {
+        // Another runner takes the lease over while the stage runs (as if this one had been
+        // suspended past the timeout): a compare-and-swap on the version it read.
+        s.spawn(|| {
+            let t0 = std::time::Instant::now();
+            loop {
+                if let Record::Found { version, .. } = store.get_record::<Lease>(&path).unwrap() {
+                    let thief = serde_json::to_vec(&template("thief")).unwrap();
+                    if store
+                        .put_if_version(&path, thief.into(), &version)
+                        .unwrap()
+                        .is_some()
+                    {
+                        break;
+                    }
+                }
+                assert!(
+                    t0.elapsed().as_secs() < 10,
+                    "the runner never took the lease"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let opts = RunOptions {
+            lease_secs: 2.0, // heartbeat every 0.5 s
+            ..RunOptions::default()
+        };
+        run(
+            &plan,
+            &env.fx.reg,
+            &store,
+            &resolved,
+            &opts,
+            Arc::new(NoProgress),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap()
+        .outcomes
+    });
+    assert!(
+        matches!(&outcomes[0].1, Outcome::Failed { error, .. } if error.contains("lost its lease")),
+        "{outcomes:?}"
+    );
+    // Nothing committed, no failure record over the new owner's key, its lease untouched.
+    assert!(!store.is_complete("echo", &key).unwrap());
+    assert!(store
+        .get(&format!("{}/_error.json", Store::failed_dir("echo", &key)))
+        .unwrap()
+        .is_none());
+    let Record::Found { value, .. } = store.get_record::<Lease>(&path).unwrap() else {
+        panic!("the new owner's lease is gone")
+    };
+    assert_eq!(value.owner, "thief");
+    assert_eq!(
+        std::fs::read_dir(env.path().join("artifacts/_staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
