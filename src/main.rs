@@ -710,11 +710,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
                 bad += 1;
                 for f in &v.report.bad {
-                    println!(
-                        "bad  {}: {}",
-                        display_path(&url, &format!("{}/{}/{}", v.kind, v.key, f.path)),
-                        f.problem
-                    );
+                    println!("bad  {}: {}", display_path(&url, &f.location), f.problem);
                 }
                 if let Some(to) = &v.quarantined {
                     println!(

@@ -207,6 +207,8 @@ pub fn check_rel_path(p: &str) -> std::result::Result<(), String> {
 pub struct BadFile {
     /// Relative to the artifact folder (`_manifest.json` when the manifest itself is bad).
     pub path: String,
+    /// Store-relative path of the object (inside the attempt folder on a remote store).
+    pub location: String,
     pub problem: String,
 }
 
@@ -1106,23 +1108,26 @@ impl Store {
                     };
                     Some(BadFile {
                         path: f.path.clone(),
+                        location: m.file_rel(&f.path),
                         problem,
                     })
                 })
                 .collect()
         };
-        let manifest_bad = |e: &String| {
+        let manifest_bad = |e: &String, i: usize| {
             vec![BadFile {
                 path: "_manifest.json".into(),
+                location: Self::manifest_path(&items[i].0, &items[i].1),
                 problem: e.clone(),
             }]
         };
         if let Some(root) = &self.local_root {
             return Ok(manifests
                 .iter()
-                .map(|m| match m {
+                .enumerate()
+                .map(|(i, m)| match m {
                     Ok(None) => Vec::new(),
-                    Err(e) => manifest_bad(e),
+                    Err(e) => manifest_bad(e, i),
                     Ok(Some(m)) => compare(m, &|rel| {
                         std::fs::metadata(root.join(rel))
                             .ok()
@@ -1163,9 +1168,10 @@ impl Store {
         Ok(manifests
             .iter()
             .zip(listings)
-            .map(|(m, listing)| match m {
+            .enumerate()
+            .map(|(i, (m, listing))| match m {
                 Ok(None) => Vec::new(),
-                Err(e) => manifest_bad(e),
+                Err(e) => manifest_bad(e, i),
                 Ok(Some(m)) => {
                     let sizes: std::collections::HashMap<String, u64> = listing
                         .unwrap_or_default()
@@ -1196,6 +1202,7 @@ impl Store {
                     bytes: 0,
                     bad: vec![BadFile {
                         path: "_manifest.json".into(),
+                        location: Self::manifest_path(kind, key),
                         problem: message,
                     }],
                 }))
@@ -1234,6 +1241,7 @@ impl Store {
             };
             report.bad.push(BadFile {
                 path: f.path.clone(),
+                location: rel,
                 problem,
             });
         }
