@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod s3;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
