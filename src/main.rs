@@ -119,6 +119,20 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Rehash artifacts against their `_manifest.json`: those the manifests reference, or the
+    /// whole store with --all. Names each bad file; exits 1 if any artifact is bad.
+    Verify {
+        manifests: Vec<PathBuf>,
+        /// Every artifact in the store, referenced or not.
+        #[arg(long)]
+        all: bool,
+        /// Move each bad artifact to `_quarantine/` (its `_manifest.json` first), so the next run
+        /// rebuilds it.
+        #[arg(long)]
+        quarantine: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Show an artifact: by key (or a unique prefix of one) or by the path of its folder.
     Show {
         target: String,
@@ -377,6 +391,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 )?
             };
             display.finish();
+            print_warnings(&store, cli.quiet);
             if *dry_run {
                 let states = executor::states(&plan, &resolved, &store, opts.lease_secs)?;
                 for (name, outcome) in &report.outcomes {
@@ -524,6 +539,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let store = read_store(&url, &cache)?;
             let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
             let states = executor::states(&plan, &resolved, &store, executor::LEASE_SECS)?;
+            print_warnings(&store, cli.quiet);
             if *json {
                 let rows: Vec<serde_json::Value> = plan
                     .instances
@@ -542,6 +558,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                             }
                             State::Running { owner } => row["owner"] = owner.as_str().into(),
                             State::Queued { job } => row["job"] = job.as_str().into(),
+                            State::Corrupt { bad } => {
+                                row["bad_files"] = bad
+                                    .iter()
+                                    .map(|f| serde_json::json!({"path": f.path, "problem": f.problem}))
+                                    .collect::<Vec<_>>()
+                                    .into()
+                            }
                             _ => {}
                         }
                         row
@@ -555,6 +578,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         State::Running { owner } => format!("  (by {owner})"),
                         State::Queued { job } => format!("  (slurm job {job})"),
                         State::Stale { previous } => format!("  (was {})", previous.short()),
+                        State::Corrupt { bad } => format!(
+                            "  ({})",
+                            bad.iter()
+                                .map(|f| format!("{}: {}", f.path, f.problem))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
                         _ => String::new(),
                     };
                     println!("{:<10}  {}  {}{detail}", st.label(), key.short(), inst.name);
@@ -618,7 +648,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             let url = store_url(store, first_plan.as_ref())?;
             let store = open_store(&url, &cache)?;
-            let report = pipeline::ops::gc(&store, &referenced, *dry_run)?;
+            let kinds: HashSet<String> = reg.iter().map(|s| s.kind().to_string()).collect();
+            let job_alive = |id: &str| -> Option<bool> {
+                pipeline::slurm::job_states(&[id.to_string()])
+                    .ok()
+                    .map(|st| st.get(id).is_some_and(|s| pipeline::slurm::is_active(s)))
+            };
+            let scope = pipeline::ops::GcScope {
+                kinds: &kinds,
+                referenced: &referenced,
+                lease_secs: executor::LEASE_SECS,
+                job_alive: &job_alive,
+            };
+            let report = pipeline::ops::gc(&store, &scope, *dry_run)?;
+            print_warnings(&store, cli.quiet);
             let total: u64 = report.deleted.iter().map(|(_, b)| b).sum();
             for (path, bytes) in &report.deleted {
                 println!(
@@ -626,6 +669,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     if *dry_run { "would delete" } else { "deleted" },
                     human_bytes(*bytes)
                 );
+            }
+            for (path, why) in &report.skipped {
+                println!("skipped {path}: {why}");
             }
             println!(
                 "{} {} folder(s), {}; kept {} referenced artifact(s) in {url}",
@@ -635,6 +681,73 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 report.kept
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            manifests,
+            all,
+            quarantine,
+            store,
+        } => {
+            if manifests.is_empty() && !*all {
+                bail!("name the manifests whose artifacts to verify, or pass --all for the whole store");
+            }
+            let mut items = Vec::new();
+            let mut first_plan = None;
+            for m in manifests {
+                let plan = load_plan(m, &reg)?;
+                let resolved = executor::resolve(&plan, &reg, &fp_cache, false)?;
+                for (inst, key) in plan.instances.iter().zip(resolved.keys) {
+                    items.push((inst.kind.clone(), key));
+                }
+                first_plan.get_or_insert(plan);
+            }
+            let url = store_url(store, first_plan.as_ref())?;
+            let store = if *quarantine {
+                open_store(&url, &cache)?
+            } else {
+                read_store(&url, &cache)?
+            };
+            if *all {
+                items.extend(pipeline::ops::all_artifacts(&store)?);
+            }
+            items.sort();
+            items.dedup();
+            let checked = pipeline::ops::verify(&store, &items, *quarantine)?;
+            print_warnings(&store, cli.quiet);
+            let (mut files, mut bytes, mut bad) = (0usize, 0u64, 0usize);
+            for v in &checked {
+                files += v.report.files;
+                bytes += v.report.bytes;
+                if v.report.bad.is_empty() {
+                    continue;
+                }
+                bad += 1;
+                for f in &v.report.bad {
+                    println!(
+                        "bad  {}: {}",
+                        display_path(&url, &format!("{}/{}/{}", v.kind, v.key, f.path)),
+                        f.problem
+                    );
+                }
+                if let Some(to) = &v.quarantined {
+                    println!(
+                        "quarantined {}/{} -> {} (the next run rebuilds it)",
+                        v.kind,
+                        v.key.short(),
+                        display_path(&url, to)
+                    );
+                }
+            }
+            println!(
+                "verified {} artifact(s), {files} file(s), {}: {bad} bad",
+                checked.len(),
+                human_bytes(bytes)
+            );
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Show { target, store } => {
             let url = store_url(store, None)?;
@@ -802,7 +915,7 @@ fn find_artifact(
                     anyhow!("{kind}/{} is not complete (no _manifest.json)", key.short())
                 })?;
             let log = store
-                .get(&format!("{}/_log.txt", Store::artifact_dir(kind, &key)))?
+                .get(&m.file_rel("_log.txt"))?
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
             Ok((m, log))
         }
@@ -813,6 +926,15 @@ fn find_artifact(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// Prints what the store noticed and tolerated (unreadable records treated as stale).
+fn print_warnings(store: &Store, quiet: bool) {
+    for w in store.take_warnings() {
+        if !quiet {
+            eprintln!("warning: {w}");
+        }
     }
 }
 

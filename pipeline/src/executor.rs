@@ -129,6 +129,11 @@ pub enum State {
     Running {
         owner: String,
     },
+    /// Complete, but a file is missing or its size differs from `_manifest.json`: rebuilt by
+    /// the next run (after moving the artifact aside).
+    Corrupt {
+        bad: Vec<store::BadFile>,
+    },
 }
 
 impl State {
@@ -140,6 +145,7 @@ impl State {
             State::Failed { .. } => "failed",
             State::Running { .. } => "running",
             State::Queued { .. } => "queued",
+            State::Corrupt { .. } => "corrupt",
         }
     }
 
@@ -164,10 +170,21 @@ pub fn states(
     let complete = store.complete_many(&items)?;
     let pending: Vec<usize> = (0..items.len()).filter(|&i| !complete[i]).collect();
     let jobs = crate::slurm::live_jobs(plan, resolved, store, &pending)?;
+    // A stat per file of each complete artifact (one listing per artifact on S3).
+    let done_items: Vec<(String, StageKey)> = (0..items.len())
+        .filter(|&i| complete[i])
+        .map(|i| items[i].clone())
+        .collect();
+    let mut sizes = store.check_sizes(&done_items)?.into_iter();
     let mut out = Vec::with_capacity(items.len());
     for (idx, done) in complete.into_iter().enumerate() {
         if done {
-            out.push(State::UpToDate);
+            let bad = sizes.next().expect("one per complete artifact");
+            out.push(if bad.is_empty() {
+                State::UpToDate
+            } else {
+                State::Corrupt { bad }
+            });
             continue;
         }
         let (kind, key) = &items[idx];
@@ -181,21 +198,23 @@ pub fn states(
             });
             continue;
         }
-        if let Some(lease) = store.get_json::<Lease>(&Store::lock_path(kind, key))? {
-            if !lease_is_stale(&lease, lease_secs) {
-                out.push(State::Running { owner: lease.owner });
-                continue;
-            }
+        if let crate::lease::LeaseState::Live { owner } =
+            crate::lease::state(store, kind, key, lease_secs)?
+        {
+            out.push(State::Running { owner });
+            continue;
         }
         let failed_dir = Store::failed_dir(kind, key);
-        if let Some(err) = store.get_json::<FailureRecord>(&format!("{failed_dir}/_error.json"))? {
+        if let Some(err) =
+            store.get_json_or_stale::<FailureRecord>(&format!("{failed_dir}/_error.json"))?
+        {
             out.push(State::Failed {
                 error: err.error,
                 log: format!("{failed_dir}/_log.txt"),
             });
             continue;
         }
-        let entry: Option<IndexEntry> = store.get_json(&Store::index_path(
+        let entry: Option<IndexEntry> = store.get_json_or_stale(&Store::index_path(
             &plan.manifest_id,
             &plan.instances[idx].name,
         ))?;
@@ -344,18 +363,6 @@ pub fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // Zombies count as dead: a killed runner may linger unreaped.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            .is_some_and(|st| st != "Z" && st != "X"),
-        Err(_) => false,
-    }
-}
-
 fn local_host() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
@@ -367,32 +374,32 @@ fn local_host() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// A lease is stale when its heartbeat is older than `lease_secs`, or when its runner was on this
-/// host and its process is gone.
-pub fn lease_is_stale(lease: &Lease, lease_secs: f64) -> bool {
-    if now_unix() - lease.heartbeat_unix > lease_secs {
-        return true;
-    }
-    lease.host == local_host() && !pid_alive(lease.pid)
-}
-
 /// Leases this runner holds, refreshed by a heartbeat thread.
 struct Leases {
-    held: Mutex<HashMap<String, Lease>>,
+    held: Mutex<HashMap<String, crate::lease::HeldLease>>,
+    lease_secs: f64,
 }
 
 impl Leases {
     fn refresh(&self, store: &Store) {
-        let held: Vec<(String, Lease)> = self
+        let paths: Vec<String> = self
             .held
             .lock()
             .expect("lease lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .keys()
+            .cloned()
             .collect();
-        for (path, mut lease) in held {
-            lease.heartbeat_unix = now_unix();
-            let _ = store.put_json(&path, &lease, false);
+        for path in paths {
+            self.confirm(store, &path);
+        }
+    }
+
+    /// Refreshes one held lease now; `false` if it is lost (or not held).
+    fn confirm(&self, store: &Store, path: &str) -> bool {
+        let mut held = self.held.lock().expect("lease lock");
+        match held.get_mut(path) {
+            Some(h) => crate::lease::refresh(store, h, self.lease_secs),
+            None => false,
         }
     }
 }
@@ -465,6 +472,7 @@ pub fn run(
     };
     let leases = Arc::new(Leases {
         held: Mutex::new(HashMap::new()),
+        lease_secs: opts.lease_secs,
     });
     let pending: Vec<usize> = to_run.clone();
     let mut waiting_on: HashMap<usize, usize> = HashMap::new(); // instance -> stale deps left
@@ -661,56 +669,6 @@ pub(crate) fn report(plan: &Plan, outcomes: BTreeMap<usize, Outcome>) -> RunRepo
     }
 }
 
-/// Takes the lease of a key, waiting while a live runner holds it. `Ok(false)` if the artifact
-/// became complete meanwhile.
-fn acquire(
-    store: &Store,
-    kind: &str,
-    key: &StageKey,
-    lease: &Lease,
-    lease_secs: f64,
-    sink: &dyn ProgressSink,
-    cancel: &AtomicBool,
-) -> Result<bool> {
-    let path = Store::lock_path(kind, key);
-    let mut announced = false;
-    loop {
-        if store.is_complete(kind, key)? {
-            return Ok(false);
-        }
-        if store.put_json(&path, lease, true)? {
-            // Re-check: the holder may have committed and released between our two calls.
-            if store.is_complete(kind, key)? {
-                store.delete(&path)?;
-                return Ok(false);
-            }
-            return Ok(true);
-        }
-        match store.get_json::<Lease>(&path)? {
-            Some(other) if lease_is_stale(&other, lease_secs) => {
-                store.delete(&path)?;
-            }
-            Some(other) => {
-                if !announced {
-                    sink.event(&RunEvent::Waiting {
-                        instance: lease.instance.clone(),
-                        owner: other.owner,
-                    });
-                    announced = true;
-                }
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(Error::Other(format!(
-                        "{}: cancelled while waiting for another runner",
-                        lease.instance
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            None => {}
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn build_one(
     plan: &Plan,
@@ -741,24 +699,52 @@ fn build_one(
         pid: std::process::id(),
         instance: inst.name.clone(),
         heartbeat_unix: now_unix(),
+        token: String::new(),
+        host_id: String::new(),
+        released: false,
     };
-    if !acquire(
+    let mut on_wait = |owner: &str| {
+        sink.event(&RunEvent::Waiting {
+            instance: inst.name.clone(),
+            owner: owner.to_string(),
+        })
+    };
+    let held = match crate::lease::acquire(
         store,
         &inst.kind,
         key,
         &lease,
         opts.lease_secs,
-        sink.as_ref(),
+        &mut on_wait,
         &cancel,
     )? {
-        return Ok(Outcome::BuiltElsewhere);
-    }
-    let lock_path = Store::lock_path(&inst.kind, key);
+        crate::lease::Acquired::Complete => return Ok(Outcome::BuiltElsewhere),
+        crate::lease::Acquired::Held { lease, .. } => lease,
+    };
+    let lock_path = held.path.clone();
+    let lost = held.lost.clone();
     leases
         .held
         .lock()
         .expect("lease lock")
-        .insert(lock_path.clone(), lease);
+        .insert(lock_path.clone(), held);
+    // The stage's cancel flag: the run's, or this lease lost (the stage stops; nothing commits).
+    let stop = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, finished, cancel, lost) =
+            (stop.clone(), finished.clone(), cancel.clone(), lost.clone());
+        std::thread::spawn(move || {
+            while !finished.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) || lost.load(Ordering::SeqCst) {
+                    stop.store(true, Ordering::SeqCst);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let fence = || leases.confirm(store, &lock_path);
     let result = build_locked(
         plan,
         stage.as_ref(),
@@ -770,12 +756,38 @@ fn build_one(
         threads,
         &nonce,
         sink.clone(),
-        cancel,
+        stop,
+        &fence,
+        &lost,
     );
-    leases.held.lock().expect("lease lock").remove(&lock_path);
-    let released = store.delete(&lock_path);
+    finished.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    let mut held = leases
+        .held
+        .lock()
+        .expect("lease lock")
+        .remove(&lock_path)
+        .expect("held until here");
+    let was_lost = held.is_lost();
+    let released = crate::lease::release(store, &mut held);
     let outcome = result?;
     released?;
+    if was_lost && !matches!(outcome, Outcome::Ran { .. }) {
+        // Another runner took the key over: it commits (or has committed) the artifact.
+        return Ok(if store.is_complete(&inst.kind, key)? {
+            Outcome::BuiltElsewhere
+        } else {
+            Outcome::Failed {
+                error: format!(
+                    "{}: lost its lease on {}/{} to another runner (suspended or cut off for longer than the lease timeout); stopped without publishing",
+                    inst.name,
+                    inst.kind,
+                    key.short()
+                ),
+                log: String::new(),
+            }
+        });
+    }
     Ok(outcome)
 }
 
@@ -792,6 +804,8 @@ fn build_locked(
     nonce: &str,
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
+    fence: &dyn Fn() -> bool,
+    lost: &AtomicBool,
 ) -> Result<Outcome> {
     let inst = &plan.instances[idx];
     let key = &resolved.keys[idx];
@@ -802,7 +816,33 @@ fn build_locked(
     let started_unix = now_unix();
     let clock = Instant::now();
 
+    // A finished output of this key whose publish failed earlier: publish it, do not recompute.
+    if let Some((kept, manifest)) = store.take_unpublished(&inst.kind, key)? {
+        return Ok(match store.publish(&kept, &manifest, fence)? {
+            PublishOutcome::Published => {
+                store.delete_prefix(&Store::failed_dir(&inst.kind, key))?;
+                Outcome::Ran {
+                    seconds: manifest.seconds,
+                }
+            }
+            PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
+            PublishOutcome::LostLease => Outcome::Cancelled,
+        });
+    }
+
     let staging = store.new_staging(nonce)?;
+    // Who writes this folder, so gc removes it only once its writer is provably gone.
+    let owner = crate::ops::StagingOwner {
+        host_id: crate::lease::host_id(),
+        pid: std::process::id(),
+        kind: inst.kind.clone(),
+        key: key.clone(),
+    };
+    std::fs::write(
+        staging.join("owner.json"),
+        serde_json::to_vec(&owner).expect("serialisable"),
+    )
+    .map_err(|e| Error::io(staging.join("owner.json"), e))?;
     let out_dir = staging.join("out");
     let log_path = staging.join("log.txt");
     let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
@@ -890,6 +930,12 @@ fn build_locked(
         )),
     };
     if let Some(error) = error {
+        if lost.load(Ordering::SeqCst) {
+            // Not ours any more: the new owner's records are left alone.
+            drop(ctx);
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(Outcome::Cancelled);
+        }
         let error = if cancel.load(Ordering::Relaxed) {
             format!("cancelled: {error}")
         } else {
@@ -952,10 +998,43 @@ fn build_locked(
         tool: opts.tool.clone(),
         host: host.to_string(),
         job: opts.job.clone(),
+        attempt: store.new_attempt(),
     };
-    let outcome = match store.publish(&staging, &manifest)? {
+    let published = match store.publish(&staging, &manifest, fence) {
+        Ok(p) => p,
+        Err(e) => {
+            // Keep the finished output for the next run, and say so where `status` looks.
+            let error = match store.keep_unpublished(&staging, &manifest) {
+                Ok(dir) => format!(
+                    "publishing failed: {e}; the finished output is kept in {} and the next run publishes it instead of recomputing",
+                    dir.display()
+                ),
+                Err(_) => format!("publishing failed: {e}"),
+            };
+            let _ = store.put_json(
+                &format!("{}/_error.json", Store::failed_dir(&inst.kind, key)),
+                &FailureRecord {
+                    instance: inst.name.clone(),
+                    error: error.clone(),
+                    unix: now_unix(),
+                    host: host.to_string(),
+                    job: opts.job.clone(),
+                },
+                false,
+            );
+            return Ok(Outcome::Failed {
+                error,
+                log: String::new(),
+            });
+        }
+    };
+    let outcome = match published {
         PublishOutcome::Published => Outcome::Ran { seconds },
         PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
+        PublishOutcome::LostLease => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(Outcome::Cancelled);
+        }
     };
     // A success supersedes an earlier failure of the same key, and its resume state.
     store.delete_prefix(&Store::failed_dir(&inst.kind, key))?;
@@ -972,7 +1051,7 @@ fn build_locked(
             status: "ok".into(),
             unix: now_unix(),
             error: None,
-            log: format!("{}/_log.txt", Store::artifact_dir(&inst.kind, key)),
+            log: manifest.file_rel("_log.txt"),
         },
         false,
     )?;

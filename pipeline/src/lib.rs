@@ -8,6 +8,7 @@ pub mod error;
 pub mod executor;
 pub mod fingerprint;
 pub mod key;
+pub mod lease;
 pub mod manifest;
 pub mod ops;
 pub mod plan;

@@ -1,13 +1,14 @@
-//! Read-side operations over a plan and a store: `explain` (why would this re-run?) and `gc`.
+//! Operations over a plan and a store: `explain` (why would this re-run?), `gc` (delete what the
+//! store owns and nobody needs) and `verify` (rehash artifacts against their manifests).
 
 use std::collections::{BTreeSet, HashSet};
 
 use crate::error::Result;
-use crate::executor::{lease_is_stale, Resolved, LEASE_SECS};
+use crate::executor::{Resolved, LEASE_SECS};
 use crate::fingerprint::FingerprintCache;
 use crate::key::{KeyRecipe, StageKey};
 use crate::plan::{InputRef, Plan};
-use crate::store::{ArtifactManifest, IndexEntry, Lease, Store};
+use crate::store::{ArtifactManifest, IndexEntry, Record, Store};
 
 fn fmt_time(unix: f64) -> String {
     // UTC, to the second; no time-zone database needed.
@@ -63,14 +64,14 @@ pub fn explain(
         ));
         return Ok(lines);
     }
-    if let Some(lease) = store.get_json::<Lease>(&Store::lock_path(&inst.kind, key))? {
-        if !lease_is_stale(&lease, LEASE_SECS) {
-            lines.push(format!("being built right now by {}", lease.owner));
-            return Ok(lines);
-        }
+    if let crate::lease::LeaseState::Live { owner } =
+        crate::lease::state(store, &inst.kind, key, LEASE_SECS)?
+    {
+        lines.push(format!("being built right now by {owner}"));
+        return Ok(lines);
     }
     let entry: Option<IndexEntry> =
-        store.get_json(&Store::index_path(&plan.manifest_id, &inst.name))?;
+        store.get_json_or_stale(&Store::index_path(&plan.manifest_id, &inst.name))?;
     let Some(entry) = entry else {
         lines.push("would run: never built from this manifest in this store (no earlier artifact to compare with)".into());
         return Ok(lines);
@@ -230,78 +231,200 @@ fn diff(
     Ok(())
 }
 
-/// What `gc` removed (or would remove).
+/// What `gc` removed (or would remove), kept and skipped.
 #[derive(Debug, Default)]
 pub struct GcReport {
-    /// (store-relative folder, bytes)
+    /// (store-relative folder or object, bytes)
     pub deleted: Vec<(String, u64)>,
     pub kept: usize,
+    /// Folders and objects gc does not own or cannot judge, with why; never deleted.
+    pub skipped: Vec<(String, String)>,
 }
 
-const RESERVED_TOP: &[&str] = &["_locks", "_failed", "_index", "_staging"];
+/// The store's own bookkeeping folders (see `store.rs`).
+pub const BOOKKEEPING: &[&str] = &[
+    "_locks",
+    "_failed",
+    "_index",
+    "_staging",
+    "_resume",
+    "_jobs",
+    "_quarantine",
+];
 
-/// Deletes every artifact (and failure record) whose (kind, key) is not in `referenced`. Keys
-/// under a live lease are kept whatever the manifests say.
-pub fn gc(
-    store: &Store,
-    referenced: &HashSet<(String, StageKey)>,
-    dry_run: bool,
-) -> Result<GcReport> {
+/// What gc needs to know besides the store.
+pub struct GcScope<'a> {
+    /// Stage kinds this binary knows: only folders named after one hold artifacts gc may delete.
+    pub kinds: &'a HashSet<String>,
+    /// (kind, key) the listed manifests reference: kept, with their resume state.
+    pub referenced: &'a HashSet<(String, StageKey)>,
+    pub lease_secs: f64,
+    /// Whether a cluster job is still queued or running: `None` if that cannot be told (then
+    /// its record is kept).
+    pub job_alive: &'a dyn Fn(&str) -> Option<bool>,
+}
+
+/// `_staging/<nonce>/owner.json`: who writes a staging folder (so gc can tell if it is gone).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StagingOwner {
+    pub host_id: String,
+    pub pid: u32,
+    pub kind: String,
+    pub key: StageKey,
+}
+
+/// Deletes what the store owns and nothing else: artifact folders named by a key under a kind
+/// this binary knows that no listed manifest references and no live lease holds; their failure
+/// records and resume state; records of cluster jobs that ended; staging folders whose writer is
+/// provably gone (same host: its pid is dead; another host: no live lease on its key and older
+/// than the lease timeout). Anything else (a user's `notes/`, another tool's objects) is skipped
+/// and reported. An artifact loses its `_manifest.json` first, so an interrupted gc never leaves
+/// a partial folder that looks complete.
+pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
     let mut report = GcReport::default();
-    for kind in store.list_dirs("")? {
-        if RESERVED_TOP.contains(&kind.as_str()) {
+    let remove = |report: &mut GcReport, rel: String| -> Result<()> {
+        let bytes = if dry_run {
+            store.list(&rel)?.iter().map(|(_, s)| s).sum()
+        } else {
+            store.delete_prefix(&rel)?
+        };
+        report.deleted.push((rel, bytes));
+        Ok(())
+    };
+    let referenced =
+        |kind: &str, k: &StageKey| scope.referenced.contains(&(kind.to_string(), k.clone()));
+    let (dirs, objects) = store.list_top("")?;
+    for o in objects {
+        report.skipped.push((
+            o,
+            "an object gc does not own (not in an artifact folder)".into(),
+        ));
+    }
+    for top in dirs {
+        if BOOKKEEPING.contains(&top.as_str()) {
             continue;
         }
-        for key_dir in store.list_dirs(&kind)? {
-            let keep = StageKey::parse(&key_dir).is_some_and(|k| {
-                referenced.contains(&(kind.clone(), k.clone())) || live_lease(store, &kind, &k)
-            });
-            if keep {
+        if !scope.kinds.contains(&top) {
+            report.skipped.push((
+                format!("{top}/"),
+                "not a stage kind this binary knows".into(),
+            ));
+            continue;
+        }
+        let (key_dirs, objects) = store.list_top(&top)?;
+        for o in objects {
+            report
+                .skipped
+                .push((format!("{top}/{o}"), "not an artifact folder".into()));
+        }
+        for key_dir in key_dirs {
+            let Some(k) = StageKey::parse(&key_dir) else {
+                report
+                    .skipped
+                    .push((format!("{top}/{key_dir}/"), "not named by a key".into()));
+                continue;
+            };
+            if referenced(&top, &k) || live_lease(store, &top, &k, scope.lease_secs) {
                 report.kept += 1;
                 continue;
             }
-            let prefix = format!("{kind}/{key_dir}");
-            let bytes = if dry_run {
-                store.list(&prefix)?.iter().map(|(_, s)| s).sum()
-            } else {
-                store.delete_prefix(&prefix)?
-            };
-            report.deleted.push((prefix, bytes));
+            remove(&mut report, format!("{top}/{key_dir}"))?;
         }
     }
-    for kind in store.list_dirs("_failed")? {
-        for key_dir in store.list_dirs(&format!("_failed/{kind}"))? {
-            let keep =
-                StageKey::parse(&key_dir).is_some_and(|k| referenced.contains(&(kind.clone(), k)));
-            if !keep {
-                let prefix = format!("_failed/{kind}/{key_dir}");
-                let bytes = if dry_run {
-                    store.list(&prefix)?.iter().map(|(_, s)| s).sum()
-                } else {
-                    store.delete_prefix(&prefix)?
+    // Failure records and resume state: `<bookkeeping>/<kind>/<key>/`.
+    for book in ["_failed", "_resume"] {
+        let (kinds, _) = store.list_top(book)?;
+        for kind in kinds {
+            let (key_dirs, _) = store.list_top(&format!("{book}/{kind}"))?;
+            for key_dir in key_dirs {
+                let rel = format!("{book}/{kind}/{key_dir}");
+                let Some(k) = StageKey::parse(&key_dir) else {
+                    report
+                        .skipped
+                        .push((rel + "/", "not named by a key".into()));
+                    continue;
                 };
-                report.deleted.push((prefix, bytes));
+                if referenced(&kind, &k) || live_lease(store, &kind, &k, scope.lease_secs) {
+                    continue;
+                }
+                remove(&mut report, rel)?;
             }
         }
     }
-    // Staging folders of runners that are gone (local stores only).
+    // Job records of cluster jobs: kept while the job is queued or running.
+    for (rel, _) in store.list("_jobs")? {
+        let key = rel
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(StageKey::parse);
+        let kind = rel.split('/').nth(1).unwrap_or_default().to_string();
+        let Some(key) = key else {
+            report
+                .skipped
+                .push((rel, "not a job record (not named by a key)".into()));
+            continue;
+        };
+        if referenced(&kind, &key) {
+            continue;
+        }
+        let alive = match store.get_record::<crate::slurm::JobRecord>(&rel)? {
+            Record::Absent => continue,
+            Record::Found { value, .. } if !value.job_id.is_empty() => {
+                match (scope.job_alive)(&value.job_id) {
+                    Some(a) => a,
+                    None => {
+                        report.skipped.push((
+                            rel,
+                            format!("cannot tell whether job {} still runs", value.job_id),
+                        ));
+                        continue;
+                    }
+                }
+            }
+            // A claim without a job id, or an unreadable record: gone after the lease timeout.
+            Record::Found { modified_unix, .. } | Record::Corrupt { modified_unix, .. } => {
+                store.now()? - modified_unix <= scope.lease_secs
+            }
+        };
+        if !alive {
+            remove(&mut report, rel)?;
+        }
+    }
+    // Staging folders of runners that are provably gone (local stores only).
     if let Some(root) = store.local_root() {
         let staging = root.join("_staging");
+        let me = crate::lease::host_id();
         if let Ok(entries) = std::fs::read_dir(&staging) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                // `<kind>-<short key>-<pid>-<nonce>`: the pid is the second field from the end.
-                let pid: Option<u32> = name.rsplit('-').nth(1).and_then(|p| p.parse().ok());
-                let alive =
-                    pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-                if !alive {
-                    let rel = format!("_staging/{name}");
-                    let bytes = if dry_run {
-                        0
-                    } else {
-                        store.delete_prefix(&rel)?
-                    };
-                    report.deleted.push((rel, bytes));
+                let rel = format!("_staging/{name}");
+                let owner: Option<StagingOwner> = std::fs::read(e.path().join("owner.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let age = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(f64::INFINITY, |d| {
+                        store.now().unwrap_or(0.0) - d.as_secs_f64()
+                    });
+                let gone = match &owner {
+                    Some(o) if o.host_id == me => !crate::lease::pid_alive(o.pid),
+                    Some(o) => {
+                        !live_lease(store, &o.kind, &o.key, scope.lease_secs)
+                            && age > scope.lease_secs
+                    }
+                    None => age > scope.lease_secs,
+                };
+                if gone {
+                    remove(&mut report, rel)?;
+                } else if owner.as_ref().is_some_and(|o| o.host_id != me) {
+                    report.skipped.push((
+                        rel,
+                        "written from another host; kept until its lease times out".into(),
+                    ));
                 }
             }
         }
@@ -309,8 +432,66 @@ pub fn gc(
     Ok(report)
 }
 
-fn live_lease(store: &Store, kind: &str, key: &StageKey) -> bool {
-    matches!(store.get_json::<Lease>(&Store::lock_path(kind, key)), Ok(Some(l)) if !lease_is_stale(&l, LEASE_SECS))
+fn live_lease(store: &Store, kind: &str, key: &StageKey, lease_secs: f64) -> bool {
+    // An error reading the lease keeps the artifact: gc never deletes on a guess.
+    !matches!(
+        crate::lease::state(store, kind, key, lease_secs),
+        Ok(crate::lease::LeaseState::Free | crate::lease::LeaseState::Stale { .. })
+    )
+}
+
+/// One artifact checked by [`verify`].
+#[derive(Debug)]
+pub struct Verified {
+    pub kind: String,
+    pub key: StageKey,
+    pub report: crate::store::VerifyReport,
+    /// Where it was moved, when bad and `quarantine` was asked.
+    pub quarantined: Option<String>,
+}
+
+/// Every artifact folder in the store (a known or unknown kind, named by a key).
+pub fn all_artifacts(store: &Store) -> Result<Vec<(String, StageKey)>> {
+    let mut out = Vec::new();
+    for kind in store.list_dirs("")? {
+        if kind.starts_with('_') {
+            continue;
+        }
+        for key in store.list_dirs(&kind)? {
+            if let Some(k) = StageKey::parse(&key) {
+                out.push((kind.clone(), k));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Rehashes each complete artifact of `items` against its `_manifest.json` (incomplete ones are
+/// left out); with `quarantine`, moves each bad one aside so the next run rebuilds it.
+pub fn verify(
+    store: &Store,
+    items: &[(String, StageKey)],
+    quarantine: bool,
+) -> Result<Vec<Verified>> {
+    let mut out = Vec::new();
+    for (kind, key) in items {
+        let Some(report) = store.verify(kind, key)? else {
+            continue;
+        };
+        let quarantined = if quarantine && !report.bad.is_empty() {
+            Some(store.quarantine(kind, key)?)
+        } else {
+            None
+        };
+        out.push(Verified {
+            kind: kind.clone(),
+            key: key.clone(),
+            report,
+            quarantined,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

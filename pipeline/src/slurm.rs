@@ -133,7 +133,7 @@ fn job_targets<'a>(ids: impl Iterator<Item = &'a String>, arrays_here: &[String]
     out
 }
 
-fn is_active(state: &str) -> bool {
+pub fn is_active(state: &str) -> bool {
     matches!(
         state,
         "PENDING"
@@ -168,8 +168,8 @@ pub fn live_jobs(
 ) -> Result<HashMap<usize, (String, String)>> {
     let mut records = Vec::new();
     for &i in which {
-        if let Some(r) =
-            store.get_json::<JobRecord>(&job_path(&plan.instances[i].kind, &resolved.keys[i]))?
+        if let Some(r) = store
+            .get_json_or_stale::<JobRecord>(&job_path(&plan.instances[i].kind, &resolved.keys[i]))?
         {
             if !r.job_id.is_empty() {
                 records.push((i, r.job_id));
@@ -455,7 +455,21 @@ fn claim(
         if store.put_json(path, &claim, true)? {
             return Ok(Claim::Ours(claim));
         }
-        match store.get_json::<JobRecord>(path)? {
+        // An empty or truncated record (a writer killed mid-write, a bad disk) is stale: taken
+        // over by compare-and-swap, so two runners never both claim it.
+        if let crate::store::Record::Corrupt { version, .. } =
+            store.get_record::<JobRecord>(path)?
+        {
+            let bytes = serde_json::to_vec_pretty(&claim).expect("serialisable");
+            if store
+                .put_if_version(path, bytes.into(), &version)?
+                .is_some()
+            {
+                return Ok(Claim::Ours(claim));
+            }
+            continue;
+        }
+        match store.get_json_or_stale::<JobRecord>(path)? {
             Some(r) if !r.job_id.is_empty() => {
                 let states = job_states(std::slice::from_ref(&r.job_id))?;
                 if states.get(&r.job_id).is_some_and(|s| is_active(s)) {
@@ -614,7 +628,7 @@ fn ended(
         return Ok(Outcome::Ran { seconds: m.seconds });
     }
     let failed = Store::failed_dir(&inst.kind, key);
-    if let Some(f) = store.get_json::<FailureRecord>(&format!("{failed}/_error.json"))? {
+    if let Some(f) = store.get_json_or_stale::<FailureRecord>(&format!("{failed}/_error.json"))? {
         if f.unix > 0.0 {
             return Ok(Outcome::Failed {
                 error: format!("{} (slurm job {id}, job output {log})", f.error),

@@ -2,8 +2,12 @@
 //!
 //! Layout (the same on every backend):
 //! - `<kind>/<key>/…` an artifact's files, then `_log.txt`, then `_manifest.json`, written last.
-//!   An artifact is complete if and only if its `_manifest.json` exists.
-//! - `_locks/<kind>/<key>.json` the lease of the runner building that key (create-if-absent).
+//!   An artifact is complete if and only if its `_manifest.json` exists. On a remote store the
+//!   files of one attempt live under `<kind>/<key>/<attempt>/` (named by the manifest's
+//!   `attempt`), so an attempt never overwrites the files of another, committed or not.
+//! - `_locks/<kind>/<key>.json` the lease of the runner building that key (create-if-absent,
+//!   refreshed and released only by compare-and-swap on its version; see `lease.rs`).
+//! - `_quarantine/<kind>/<key>-<unix>/` artifacts `verify --quarantine` or `run` moved aside.
 //! - `_failed/<kind>/<key>/` the log and error of the last failed attempt.
 //! - `_index/<manifest-id>/<instance-hash>.json` which key each instance of a manifest last built.
 //! - `_staging/` (local only) directories being written; renamed into place when complete.
@@ -20,7 +24,10 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion, WriteMultipart,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -70,9 +77,57 @@ pub struct ArtifactManifest {
     /// Where it ran when not in the runner's own process (e.g. `slurm job 1234`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// On a remote store: the folder inside `<kind>/<key>/` that holds this attempt's files
+    /// (absent for local stores and for artifacts written before attempts existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 impl ArtifactManifest {
+    /// Store-relative path of one of its files (or of `_log.txt`).
+    pub fn file_rel(&self, path: &str) -> String {
+        match &self.attempt {
+            Some(a) => format!("{}/{a}/{path}", Store::artifact_dir(&self.kind, &self.key)),
+            None => format!("{}/{path}", Store::artifact_dir(&self.kind, &self.key)),
+        }
+    }
+
+    /// Checks what a reader relies on before it joins anything to a folder: the manifest is the
+    /// one of `kind`/`key`, and every file path (and the attempt folder) stays inside the artifact.
+    pub fn validate(&self, kind: &str, key: &StageKey) -> std::result::Result<(), String> {
+        if self.kind != kind || self.key != *key {
+            return Err(format!(
+                "describes {}/{}, not {kind}/{key}",
+                self.kind, self.key
+            ));
+        }
+        if let Some(a) = &self.attempt {
+            check_rel_path(a)
+                .and_then(|()| {
+                    if a.contains('/') {
+                        Err("has more than one component".into())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|e| format!("attempt folder `{a}`: {e}"))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.files {
+            check_rel_path(&f.path).map_err(|e| format!("file path `{}`: {e}", f.path))?;
+            if crate::executor::RESERVED.contains(&f.path.as_str()) {
+                return Err(format!(
+                    "file path `{}` is a name the runner reserves",
+                    f.path
+                ));
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(format!("file path `{}` is listed twice", f.path));
+            }
+        }
+        Ok(())
+    }
+
     pub fn recipe(&self) -> crate::key::KeyRecipe {
         crate::key::KeyRecipe {
             kind: self.kind.clone(),
@@ -109,7 +164,83 @@ pub struct Lease {
     pub host: String,
     pub pid: u32,
     pub instance: String,
+    /// The writer's clock, for people; staleness is judged by the store's clock instead.
     pub heartbeat_unix: f64,
+    /// Random per acquisition: who holds the lease (fencing).
+    #[serde(default)]
+    pub token: String,
+    /// hostname, boot id and pid namespace: where `pid` means something (see `lease::host_id`).
+    #[serde(default)]
+    pub host_id: String,
+    /// Set by a release: the key is free (S3 has no conditional delete, so a release is a
+    /// conditional overwrite with this mark).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
+}
+
+/// Checks a relative path read from a record (a `_manifest.json`, local or remote) before it is
+/// joined to a local folder: not empty, not absolute, no `.`/`..`/empty component, no backslash
+/// or NUL. So a crafted manifest can never make a reader write or read outside the artifact.
+pub fn check_rel_path(p: &str) -> std::result::Result<(), String> {
+    if p.is_empty() {
+        return Err("is empty".into());
+    }
+    if p.starts_with('/') {
+        return Err("is absolute".into());
+    }
+    if p.contains('\\') || p.contains('\0') {
+        return Err("contains a backslash or NUL".into());
+    }
+    for c in p.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(format!(
+                "has a `{c}` component (must stay inside the artifact)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One file of an artifact that does not match its `_manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFile {
+    /// Relative to the artifact folder (`_manifest.json` when the manifest itself is bad).
+    pub path: String,
+    pub problem: String,
+}
+
+/// What `verify` found in one artifact.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub files: usize,
+    pub bytes: u64,
+    pub bad: Vec<BadFile>,
+}
+
+/// The version of a stored object, for compare-and-swap: the ETag/version on S3 and in memory,
+/// the blake3 of the content on a local store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjVersion {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A small record (lease, job record, index entry) as read back, with its version and the time
+/// the store last wrote it (store's clock: S3 `LastModified`, file mtime).
+#[derive(Debug, Clone)]
+pub enum Record<T> {
+    Absent,
+    /// Empty, truncated or not what was expected: treated as stale by every reader (a warning is
+    /// queued on the store, see [`Store::take_warnings`]).
+    Corrupt {
+        version: ObjVersion,
+        modified_unix: f64,
+    },
+    Found {
+        value: T,
+        version: ObjVersion,
+        modified_unix: f64,
+    },
 }
 
 /// Environment-derived settings for remote stores, collected by the binary (the library never reads
@@ -131,7 +262,20 @@ pub enum PublishOutcome {
     Published,
     /// Another runner completed the same key first; ours was discarded.
     AlreadyComplete,
+    /// The fence said this runner no longer holds the key's lease: nothing was committed.
+    LostLease,
 }
+
+/// S3 request policy (documented in README "Store guarantees"): each request is at most one
+/// chunk ([`CHUNK`]) of a transfer, so a per-request timeout bounds a stuck connection without
+/// capping the size of a file.
+pub const S3_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const S3_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub const S3_MAX_RETRIES: usize = 10;
+pub const S3_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Downloads read ranges of this size, one at a time (memory stays flat in the file size).
+const CHUNK: u64 = 8 << 20;
 
 pub struct Store {
     url: StoreUrl,
@@ -140,6 +284,41 @@ pub struct Store {
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
     rt: tokio::runtime::Runtime,
+    /// Store clock minus this machine's clock, measured once (see [`Store::now`]).
+    clock_offset: std::sync::Mutex<Option<f64>>,
+    warnings: std::sync::Mutex<Vec<String>>,
+}
+
+/// A fresh random hex string (attempt folders, lease tokens, temporary names).
+pub fn unique_token() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut h = blake3::Hasher::new();
+    h.update(&t.to_le_bytes());
+    h.update(&n.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    if let Ok(b) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        h.update(&b);
+    }
+    h.finalize().to_hex()[..16].to_string()
+}
+
+fn content_version(bytes: &[u8]) -> ObjVersion {
+    ObjVersion {
+        e_tag: Some(blake3::hash(bytes).to_hex().to_string()),
+        version: None,
+    }
+}
+
+fn unix_of(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Store {
@@ -192,7 +371,24 @@ impl Store {
             }
             StoreUrl::Memory => (Arc::new(InMemory::new()), String::new(), None),
             StoreUrl::S3 { bucket, prefix } => {
-                let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
+                // Explicit retry and timeout policy (see the constants above); set before the
+                // AWS_* settings, which may adjust the client options (AWS_ALLOW_HTTP).
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_retry(RetryConfig {
+                        backoff: BackoffConfig {
+                            init_backoff: std::time::Duration::from_millis(100),
+                            max_backoff: std::time::Duration::from_secs(15),
+                            base: 2.0,
+                        },
+                        max_retries: S3_MAX_RETRIES,
+                        retry_timeout: S3_RETRY_TIMEOUT,
+                    })
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(S3_CONNECT_TIMEOUT)
+                            .with_timeout(S3_REQUEST_TIMEOUT),
+                    );
                 for (k, v) in &settings.aws {
                     match k.as_str() {
                         // The AWS SDKs' names, which object_store does not read itself.
@@ -209,6 +405,7 @@ impl Store {
                 }
                 // If-None-Match / If-Match: create-if-absent commits and leases.
                 b = b.with_conditional_put(S3ConditionalPut::ETagMatch);
+
                 let s3 = b.build().map_err(|e| store_err(e.to_string()))?;
                 (Arc::new(s3), prefix.clone(), None)
             }
@@ -220,6 +417,8 @@ impl Store {
             local_root,
             cache_dir: cache_dir.to_path_buf(),
             rt,
+            clock_offset: std::sync::Mutex::new(None),
+            warnings: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -352,6 +551,243 @@ impl Store {
         }
     }
 
+    /// Queues a warning for the binary to print (the library never prints).
+    pub fn warn(&self, message: String) {
+        self.warnings.lock().expect("warnings").push(message);
+    }
+
+    /// The warnings queued since the last call.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings"))
+    }
+
+    /// Reads an object with its version and the store's modification time.
+    pub fn get_versioned(&self, rel: &str) -> Result<Option<(Bytes, ObjVersion, f64)>> {
+        if let Some(root) = &self.local_root {
+            let p = root.join(rel);
+            let bytes = match std::fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io(p, e)),
+            };
+            let modified = match std::fs::metadata(&p).and_then(|m| m.modified()) {
+                Ok(t) => unix_of(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io(p, e)),
+            };
+            let v = content_version(&bytes);
+            return Ok(Some((Bytes::from(bytes), v, modified)));
+        }
+        let path = self.path(rel);
+        let inner = self.inner.clone();
+        match self.rt.block_on(async move {
+            let r = inner.get(&path).await?;
+            let meta = r.meta.clone();
+            let bytes = r.bytes().await?;
+            Ok::<_, object_store::Error>((bytes, meta))
+        }) {
+            Ok((bytes, meta)) => Ok(Some((
+                bytes,
+                ObjVersion {
+                    e_tag: meta.e_tag,
+                    version: meta.version,
+                },
+                meta.last_modified.timestamp_millis() as f64 / 1000.0,
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.os_err(e)),
+        }
+    }
+
+    /// Reads a small JSON record; an empty, truncated or unparsable one is [`Record::Corrupt`]
+    /// (with a warning queued), never an error.
+    pub fn get_record<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> Result<Record<T>> {
+        Ok(match self.get_versioned(rel)? {
+            None => Record::Absent,
+            Some((bytes, version, modified_unix)) => match serde_json::from_slice(&bytes) {
+                Ok(value) => Record::Found {
+                    value,
+                    version,
+                    modified_unix,
+                },
+                Err(e) => {
+                    self.warn(format!(
+                        "{}/{rel} is unreadable ({} bytes: {e}); treating it as stale",
+                        self.url,
+                        bytes.len()
+                    ));
+                    Record::Corrupt {
+                        version,
+                        modified_unix,
+                    }
+                }
+            },
+        })
+    }
+
+    /// Like [`Store::get_json`], but a corrupt record reads as absent (with a warning).
+    pub fn get_json_or_stale<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> Result<Option<T>> {
+        Ok(match self.get_record(rel)? {
+            Record::Found { value, .. } => Some(value),
+            _ => None,
+        })
+    }
+
+    /// Creates an object if it does not exist; its version, or `None` if it existed.
+    pub fn create_versioned(&self, rel: &str, bytes: Bytes) -> Result<Option<ObjVersion>> {
+        if let Some(root) = &self.local_root {
+            let p = root.join(rel);
+            let parent = p.parent().expect("records have a parent");
+            std::fs::create_dir_all(parent).at(parent)?;
+            // Written in full under a private name, then linked: never seen half-written.
+            let tmp = parent.join(format!(".new-{}", unique_token()));
+            write_synced(&tmp, &bytes)?;
+            let r = std::fs::hard_link(&tmp, &p);
+            let _ = std::fs::remove_file(&tmp);
+            return match r {
+                Ok(()) => Ok(Some(content_version(&bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(Error::io(p, e)),
+            };
+        }
+        let path = self.path(rel);
+        let inner = self.inner.clone();
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .rt
+            .block_on(async move { inner.put_opts(&path, PutPayload::from(bytes), opts).await })
+        {
+            Ok(r) => Ok(Some(ObjVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(self.os_err(e)),
+        }
+    }
+
+    /// Replaces an object only if it is still at `expected` (compare-and-swap); the new version,
+    /// or `None` if it changed or vanished. S3: `If-Match` on the ETag. Local: the file is taken
+    /// aside by one atomic rename, compared, and the new one linked in only if nobody created
+    /// another meanwhile; a mismatch puts the old one back unless someone already replaced it.
+    pub fn put_if_version(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expected: &ObjVersion,
+    ) -> Result<Option<ObjVersion>> {
+        if let Some(root) = &self.local_root {
+            let p = root.join(rel);
+            let parent = p.parent().expect("records have a parent");
+            let tok = unique_token();
+            let tmp = parent.join(format!(".new-{tok}"));
+            let grab = parent.join(format!(".grab-{tok}"));
+            std::fs::create_dir_all(parent).at(parent)?;
+            write_synced(&tmp, &bytes)?;
+            let cleanup = |paths: &[&Path]| {
+                for q in paths {
+                    let _ = std::fs::remove_file(q);
+                }
+            };
+            match std::fs::rename(&p, &grab) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    cleanup(&[&tmp]);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    cleanup(&[&tmp]);
+                    return Err(Error::io(p, e));
+                }
+            }
+            let current = std::fs::read(&grab).map(|b| content_version(&b));
+            if current.as_ref().ok() == Some(expected) {
+                let r = std::fs::hard_link(&tmp, &p);
+                cleanup(&[&tmp, &grab]);
+                return match r {
+                    Ok(()) => Ok(Some(content_version(&bytes))),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+                    Err(e) => Err(Error::io(p, e)),
+                };
+            }
+            // Not ours to replace: put it back (unless a newer one appeared meanwhile).
+            let _ = std::fs::hard_link(&grab, &p);
+            cleanup(&[&tmp, &grab]);
+            return Ok(None);
+        }
+        let path = self.path(rel);
+        let inner = self.inner.clone();
+        let opts = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: expected.e_tag.clone(),
+                version: expected.version.clone(),
+            }),
+            ..Default::default()
+        };
+        match self
+            .rt
+            .block_on(async move { inner.put_opts(&path, PutPayload::from(bytes), opts).await })
+        {
+            Ok(r) => Ok(Some(ObjVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. })
+            | Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(self.os_err(e)),
+        }
+    }
+
+    /// Deletes a local record only if it is still at `expected`. `Ok(false)` if it changed.
+    /// Local stores only (S3 has no conditional delete; callers overwrite with a mark instead).
+    pub fn delete_if_version_local(&self, rel: &str, expected: &ObjVersion) -> Result<bool> {
+        let Some(root) = &self.local_root else {
+            return Err(Error::Other(format!(
+                "{}: conditional delete is only available on a local store",
+                self.url
+            )));
+        };
+        let p = root.join(rel);
+        let parent = p.parent().expect("records have a parent");
+        let grab = parent.join(format!(".grab-{}", unique_token()));
+        match std::fs::rename(&p, &grab) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(p, e)),
+        }
+        let ours = std::fs::read(&grab).map(|b| content_version(&b)).ok() == Some(expected.clone());
+        if !ours {
+            let _ = std::fs::hard_link(&grab, &p);
+        }
+        let _ = std::fs::remove_file(&grab);
+        Ok(ours)
+    }
+
+    /// The store's clock now (seconds since the epoch): this machine's clock corrected by an
+    /// offset measured once by writing a probe object and reading back its modification time.
+    /// Staleness of leases is judged with it, so clock skew between machines does not matter.
+    pub fn now(&self) -> Result<f64> {
+        let local_now = || unix_of(std::time::SystemTime::now());
+        if let Some(off) = *self.clock_offset.lock().expect("clock") {
+            return Ok(local_now() + off);
+        }
+        let rel = format!("_locks/.clock-{}", unique_token());
+        let before = local_now();
+        self.put(&rel, Bytes::from_static(b"clock probe"), false)?;
+        let after = local_now();
+        let modified = self.get_versioned(&rel)?.map(|(_, _, m)| m);
+        self.delete(&rel)?;
+        // S3 LastModified has one-second resolution: the midpoint is within a second.
+        let off = modified.map_or(0.0, |m| m - (before + after) / 2.0);
+        *self.clock_offset.lock().expect("clock") = Some(off);
+        Ok(local_now() + off)
+    }
+
     /// Writes an object. With `create_only`, returns `Ok(false)` if it already exists.
     pub fn put(&self, rel: &str, bytes: Bytes, create_only: bool) -> Result<bool> {
         let path = self.path(rel);
@@ -430,12 +866,50 @@ impl Store {
             .collect())
     }
 
-    /// Deletes every object under a prefix (and, locally, the folder).
+    /// The immediate sub-folders and objects of a store-relative prefix (`""` for the top).
+    pub fn list_top(&self, prefix: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let path = if prefix.is_empty() {
+            (!self.prefix.is_empty()).then(|| ObjPath::from(self.prefix.as_str()))
+        } else {
+            Some(self.path(prefix))
+        };
+        let inner = self.inner.clone();
+        let res = self
+            .rt
+            .block_on(async move { inner.list_with_delimiter(path.as_ref()).await })
+            .map_err(|e| self.os_err(e))?;
+        let last = |p: &ObjPath| {
+            self.rel(p)
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok((
+            res.common_prefixes.iter().map(last).collect(),
+            res.objects.iter().map(|o| last(&o.location)).collect(),
+        ))
+    }
+
+    /// Deletes a single object or every object under a prefix (and, locally, the folder). A
+    /// `_manifest.json` directly inside goes first, so a folder never looks complete while
+    /// half deleted.
     pub fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let manifest = format!("{prefix}/_manifest.json");
         if let Some(root) = &self.local_root {
             let dir = root.join(prefix);
+            if dir.is_file() {
+                let n = std::fs::metadata(&dir).at(&dir)?.len();
+                std::fs::remove_file(&dir).at(&dir)?;
+                return Ok(n);
+            }
             if dir.exists() {
                 let n = self.list(prefix)?.into_iter().map(|(_, s)| s).sum();
+                let m = root.join(&manifest);
+                if m.is_file() {
+                    std::fs::remove_file(&m).at(&m)?;
+                    sync_dir(&dir)?;
+                }
                 std::fs::remove_dir_all(&dir).at(&dir)?;
                 return Ok(n);
             }
@@ -443,8 +917,20 @@ impl Store {
         }
         let objects = self.list(prefix)?;
         let total = objects.iter().map(|(_, s)| s).sum();
+        if objects.iter().any(|(rel, _)| *rel == manifest) {
+            self.delete(&manifest)?;
+        }
         for (rel, _) in objects {
-            self.delete(&rel)?;
+            if rel != manifest {
+                self.delete(&rel)?;
+            }
+        }
+        if total == 0 {
+            // A single object (e.g. a job record), not a folder.
+            if let Some(b) = self.get(prefix)? {
+                self.delete(prefix)?;
+                return Ok(b.len() as u64);
+            }
         }
         Ok(total)
     }
@@ -474,22 +960,390 @@ impl Store {
         }
     }
 
-    /// Makes a staged artifact visible: its files, then `_log.txt`, then `_manifest.json` last. On a
-    /// local store the whole directory appears at once (one rename).
-    pub fn publish(&self, staging: &Path, manifest: &ArtifactManifest) -> Result<PublishOutcome> {
+    /// Where a finished output whose publish failed is kept for the next run (remote stores).
+    fn unpublished_dir(&self, kind: &str, key: &StageKey) -> PathBuf {
+        self.cache_dir
+            .join("unpublished")
+            .join(Self::artifact_dir(kind, key))
+    }
+
+    /// Keeps a finished staging folder whose publish failed (with the manifest to publish), so
+    /// the next run re-publishes it instead of recomputing. Remote stores only (a local store's
+    /// staging folder is inside the store).
+    pub fn keep_unpublished(&self, staging: &Path, manifest: &ArtifactManifest) -> Result<PathBuf> {
+        if self.local_root.is_some() {
+            return Err(Error::Other(
+                "a local store keeps no unpublished outputs".into(),
+            ));
+        }
+        write_synced(
+            &staging.join("manifest.json"),
+            &serde_json::to_vec_pretty(manifest).expect("serialisable"),
+        )?;
+        let dest = self.unpublished_dir(&manifest.kind, &manifest.key);
+        let _ = std::fs::remove_dir_all(&dest);
+        let parent = dest.parent().expect("has a parent");
+        std::fs::create_dir_all(parent).at(parent)?;
+        std::fs::rename(staging, &dest).at(&dest)?;
+        Ok(dest)
+    }
+
+    /// A kept output of `kind`/`key` (see [`Store::keep_unpublished`]) whose files still match
+    /// its manifest (rehashed): its folder and manifest. One that does not match is removed.
+    pub fn take_unpublished(
+        &self,
+        kind: &str,
+        key: &StageKey,
+    ) -> Result<Option<(PathBuf, ArtifactManifest)>> {
+        let dir = self.unpublished_dir(kind, key);
+        let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else {
+            return Ok(None);
+        };
+        let sound = serde_json::from_slice::<ArtifactManifest>(&bytes)
+            .ok()
+            .filter(|m| m.validate(kind, key).is_ok())
+            .filter(|m| describe_outputs(&dir.join("out")).is_ok_and(|files| files == m.files));
+        match sound {
+            Some(m) => Ok(Some((dir, m))),
+            None => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A fresh attempt folder name for a publish: on a remote store each attempt uploads under
+    /// its own folder; a local store commits by rename and needs none.
+    pub fn new_attempt(&self) -> Option<String> {
+        self.local_root
+            .is_none()
+            .then(|| format!("_attempt-{}", unique_token()))
+    }
+
+    /// Reads and validates the `_manifest.json` of `kind`/`key` (see
+    /// [`ArtifactManifest::validate`]); `None` if the artifact is not complete.
+    pub fn read_manifest(&self, kind: &str, key: &StageKey) -> Result<Option<ArtifactManifest>> {
+        let rel = Self::manifest_path(kind, key);
+        let Some(bytes) = self.get(&rel)? else {
+            return Ok(None);
+        };
+        let bad = |message: String| Error::Artifact {
+            what: format!("{}/{rel}", self.url),
+            message,
+        };
+        let m: ArtifactManifest =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("unreadable JSON: {e}")))?;
+        m.validate(kind, key).map_err(bad)?;
+        Ok(Some(m))
+    }
+
+    /// For each complete artifact of `items`: the files whose size differs from the manifest or
+    /// that are missing (one stat per file locally, one listing per artifact on S3). An
+    /// unreadable manifest is reported as a bad `_manifest.json`. Incomplete artifacts get `[]`.
+    pub fn check_sizes(&self, items: &[(String, StageKey)]) -> Result<Vec<Vec<BadFile>>> {
+        let manifests: Vec<std::result::Result<Option<ArtifactManifest>, String>> = items
+            .iter()
+            .map(|(kind, key)| match self.read_manifest(kind, key) {
+                Ok(m) => Ok(m),
+                Err(Error::Artifact { message, .. }) => Err(message),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect();
+        let compare = |m: &ArtifactManifest, sizes: &dyn Fn(&str) -> Option<u64>| -> Vec<BadFile> {
+            m.files
+                .iter()
+                .filter_map(|f| {
+                    let problem = match sizes(&m.file_rel(&f.path)) {
+                        None => "missing".to_string(),
+                        Some(n) if n != f.bytes => {
+                            format!("{n} bytes, the manifest says {}", f.bytes)
+                        }
+                        Some(_) => return None,
+                    };
+                    Some(BadFile {
+                        path: f.path.clone(),
+                        problem,
+                    })
+                })
+                .collect()
+        };
+        let manifest_bad = |e: &String| {
+            vec![BadFile {
+                path: "_manifest.json".into(),
+                problem: e.clone(),
+            }]
+        };
+        if let Some(root) = &self.local_root {
+            return Ok(manifests
+                .iter()
+                .map(|m| match m {
+                    Ok(None) => Vec::new(),
+                    Err(e) => manifest_bad(e),
+                    Ok(Some(m)) => compare(m, &|rel| {
+                        std::fs::metadata(root.join(rel))
+                            .ok()
+                            .filter(|md| md.is_file())
+                            .map(|md| md.len())
+                    }),
+                })
+                .collect());
+        }
+        let prefixes: Vec<Option<ObjPath>> = manifests
+            .iter()
+            .map(|m| match m {
+                Ok(Some(m)) => Some(self.path(&Self::artifact_dir(&m.kind, &m.key))),
+                _ => None,
+            })
+            .collect();
+        let inner = self.inner.clone();
+        let listings: Vec<Option<Vec<object_store::ObjectMeta>>> = self
+            .rt
+            .block_on(async move {
+                futures::stream::iter(prefixes)
+                    .map(|p| {
+                        let inner = inner.clone();
+                        async move {
+                            match p {
+                                None => Ok(None),
+                                Some(p) => {
+                                    inner.list(Some(&p)).try_collect::<Vec<_>>().await.map(Some)
+                                }
+                            }
+                        }
+                    })
+                    .buffered(16)
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| self.os_err(e))?;
+        Ok(manifests
+            .iter()
+            .zip(listings)
+            .map(|(m, listing)| match m {
+                Ok(None) => Vec::new(),
+                Err(e) => manifest_bad(e),
+                Ok(Some(m)) => {
+                    let sizes: std::collections::HashMap<String, u64> = listing
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|o| (self.rel(&o.location), o.size))
+                        .collect();
+                    compare(m, &|rel| sizes.get(rel).copied())
+                }
+            })
+            .collect())
+    }
+
+    /// Whether `kind`/`key` is complete and every file has its recorded size.
+    pub fn is_sound(&self, kind: &str, key: &StageKey) -> Result<bool> {
+        let item = [(kind.to_string(), key.clone())];
+        Ok(self.complete_many(&item)?[0] && self.check_sizes(&item)?[0].is_empty())
+    }
+
+    /// Rehashes every file of a complete artifact against its `_manifest.json`. `None` if the
+    /// artifact is not complete. Remote files are streamed (ranged reads), never held in memory.
+    pub fn verify(&self, kind: &str, key: &StageKey) -> Result<Option<VerifyReport>> {
+        let manifest = match self.read_manifest(kind, key) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(None),
+            Err(Error::Artifact { message, .. }) => {
+                return Ok(Some(VerifyReport {
+                    files: 1,
+                    bytes: 0,
+                    bad: vec![BadFile {
+                        path: "_manifest.json".into(),
+                        problem: message,
+                    }],
+                }))
+            }
+            Err(e) => return Err(e),
+        };
+        let mut report = VerifyReport::default();
+        for f in &manifest.files {
+            report.files += 1;
+            report.bytes += f.bytes;
+            let rel = manifest.file_rel(&f.path);
+            let got: std::result::Result<String, String> = match &self.local_root {
+                Some(root) => {
+                    let p = root.join(&rel);
+                    match std::fs::metadata(&p) {
+                        Err(_) => Err("missing".into()),
+                        Ok(md) if md.len() != f.bytes => {
+                            Err(format!("{} bytes, the manifest says {}", md.len(), f.bytes))
+                        }
+                        Ok(md) => {
+                            crate::fingerprint::hash_file(&p, md.len()).map_err(|e| e.to_string())
+                        }
+                    }
+                }
+                None => match self.fetch_file(&rel, f.bytes, None) {
+                    Ok(Some(d)) => Ok(d),
+                    Ok(None) => Err("missing".into()),
+                    Err(Error::Artifact { message, .. }) => Err(message),
+                    Err(e) => return Err(e),
+                },
+            };
+            let problem = match got {
+                Ok(d) if d == f.blake3 => continue,
+                Ok(d) => format!("content digest {d} differs from the recorded {}", f.blake3),
+                Err(p) => p,
+            };
+            report.bad.push(BadFile {
+                path: f.path.clone(),
+                problem,
+            });
+        }
+        Ok(Some(report))
+    }
+
+    /// Moves an artifact aside to `_quarantine/<kind>/<key>-<unix>/` so the next run rebuilds
+    /// it; returns that folder. Its `_manifest.json` goes first (locally the whole folder moves
+    /// in one rename), so it never looks complete while half moved.
+    pub fn quarantine(&self, kind: &str, key: &StageKey) -> Result<String> {
+        let from = Self::artifact_dir(kind, key);
+        let to = format!(
+            "_quarantine/{kind}/{key}-{}",
+            unix_of(std::time::SystemTime::now()) as u64
+        );
+        if let Some(root) = &self.local_root {
+            let (src, dst) = (root.join(&from), root.join(&to));
+            let parent = dst.parent().expect("has a parent");
+            std::fs::create_dir_all(parent).at(parent)?;
+            std::fs::rename(&src, &dst).at(&src)?;
+            sync_dir(src.parent().expect("has a parent"))?;
+            return Ok(to);
+        }
+        let manifest = Self::manifest_path(kind, key);
+        if let Some(bytes) = self.get(&manifest)? {
+            self.put(&format!("{to}/_manifest.json"), bytes, false)?;
+            self.delete(&manifest)?;
+        }
+        for (rel, _) in self.list(&from)? {
+            let Some(tail) = rel.strip_prefix(&from) else {
+                continue;
+            };
+            let (src, dst) = (self.path(&rel), self.path(&format!("{to}{tail}")));
+            let inner = self.inner.clone();
+            self.rt
+                .block_on(async move { inner.copy(&src, &dst).await })
+                .map_err(|e| self.os_err(e))?;
+            self.delete(&rel)?;
+        }
+        Ok(to)
+    }
+
+    /// Streams one remote object in ranged chunks of [`CHUNK`] (each retried from its offset),
+    /// hashing it and writing it to `dest` when given. Checks the size first. Returns the blake3
+    /// digest, or `None` if the object does not exist.
+    fn fetch_file(
+        &self,
+        rel: &str,
+        expected_size: u64,
+        dest: Option<&Path>,
+    ) -> Result<Option<String>> {
+        use std::io::Write;
+        let path = self.path(rel);
+        let inner = self.inner.clone();
+        let what = format!("{}/{rel}", self.url);
+        let result: std::result::Result<Option<String>, Error> = self.rt.block_on(async move {
+            let size = match inner.head(&path).await {
+                Ok(m) => m.size,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(Error::Other(e.to_string())),
+            };
+            if size != expected_size {
+                return Err(Error::Artifact {
+                    what,
+                    message: format!("{size} bytes, the manifest says {expected_size}"),
+                });
+            }
+            let mut out = match dest {
+                Some(d) => Some(std::io::BufWriter::new(std::fs::File::create(d).at(d)?)),
+                None => None,
+            };
+            let mut hasher = blake3::Hasher::new();
+            let mut offset = 0u64;
+            while offset < size {
+                let end = (offset + CHUNK).min(size);
+                let mut tries = 0;
+                let bytes = loop {
+                    match inner.get_range(&path, offset..end).await {
+                        Ok(b) if b.len() as u64 == end - offset => break b,
+                        Ok(b) => {
+                            return Err(Error::Artifact {
+                                what,
+                                message: format!(
+                                    "range {offset}..{end} returned {} bytes (changed while read?)",
+                                    b.len()
+                                ),
+                            })
+                        }
+                        // object_store already retried the request; a body cut mid-stream is
+                        // retried here, from this chunk's offset.
+                        Err(_) if tries < 3 => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(200 << tries))
+                                .await;
+                        }
+                        Err(e) => return Err(Error::Other(format!("{what}: {e}"))),
+                    }
+                };
+                hasher.update(&bytes);
+                if let (Some(w), Some(d)) = (out.as_mut(), dest) {
+                    w.write_all(&bytes).at(d)?;
+                }
+                offset = end;
+            }
+            if let (Some(w), Some(d)) = (out, dest) {
+                w.into_inner()
+                    .map_err(|e| Error::io(d, e.into_error()))?
+                    .sync_all()
+                    .at(d)?;
+            }
+            Ok(Some(hasher.finalize().to_hex().to_string()))
+        });
+        result.map_err(|e| match e {
+            Error::Other(m) => Error::Store {
+                url: self.url.to_string(),
+                message: m,
+            },
+            other => other,
+        })
+    }
+
+    /// Makes a staged artifact visible: its files, then `_log.txt`, then `_manifest.json` last.
+    /// `fence` is asked right before the commit; if it says the lease is lost, nothing is
+    /// committed. Local store: every file and folder is fsynced, then the whole folder appears
+    /// at once (one rename), then its parent folders are fsynced. Remote store: the files go
+    /// under a fresh attempt folder that only this manifest names, then the manifest is created
+    /// if absent; a failed or lost attempt's files are deleted (best effort) and never followed.
+    pub fn publish(
+        &self,
+        staging: &Path,
+        manifest: &ArtifactManifest,
+        fence: &dyn Fn() -> bool,
+    ) -> Result<PublishOutcome> {
         let out = staging.join("out");
         let log = staging.join("log.txt");
-        let manifest_bytes = serde_json::to_vec_pretty(manifest).expect("serialisable");
         let dir_rel = Self::artifact_dir(&manifest.kind, &manifest.key);
         if let Some(root) = &self.local_root {
             if log.exists() {
                 std::fs::rename(&log, out.join("_log.txt")).at(&log)?;
             }
+            sync_tree(&out)?;
+            let manifest_bytes = serde_json::to_vec_pretty(manifest).expect("serialisable");
             write_synced(&out.join("_manifest.json"), &manifest_bytes)?;
             sync_dir(&out)?;
             let target = root.join(&dir_rel);
             let parent = target.parent().expect("artifact dirs have a parent");
+            let new_parent = !parent.exists();
             std::fs::create_dir_all(parent).at(parent)?;
+            if new_parent {
+                sync_dir(root)?;
+            }
+            if !fence() {
+                return Ok(PublishOutcome::LostLease);
+            }
             return match std::fs::rename(&out, &target) {
                 Ok(()) => {
                     sync_dir(parent)?;
@@ -501,35 +1355,61 @@ impl Store {
                     Ok(PublishOutcome::AlreadyComplete)
                 }
                 Err(_) if target.exists() => {
-                    // An incomplete leftover (no manifest): replace it.
+                    // An incomplete leftover (no manifest: an interrupted gc or quarantine).
                     std::fs::remove_dir_all(&target).at(&target)?;
                     std::fs::rename(&out, &target).at(&target)?;
+                    sync_dir(parent)?;
                     let _ = std::fs::remove_dir_all(staging);
                     Ok(PublishOutcome::Published)
                 }
                 Err(e) => Err(Error::io(&target, e)),
             };
         }
-        for file in &manifest.files {
-            self.upload_file(&out.join(&file.path), &format!("{dir_rel}/{}", file.path))?;
+        let mut manifest = manifest.clone();
+        let attempt = manifest
+            .attempt
+            .clone()
+            .unwrap_or_else(|| format!("_attempt-{}", unique_token()));
+        manifest.attempt = Some(attempt.clone());
+        let attempt_rel = format!("{dir_rel}/{attempt}");
+        let uploaded = (|| -> Result<Option<PublishOutcome>> {
+            for file in &manifest.files {
+                self.upload_file(&out.join(&file.path), &manifest.file_rel(&file.path))?;
+            }
+            if log.exists() {
+                self.upload_file(&log, &manifest.file_rel("_log.txt"))?;
+            }
+            if !fence() {
+                return Ok(Some(PublishOutcome::LostLease));
+            }
+            let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("serialisable");
+            let created = self.put(
+                &Self::manifest_path(&manifest.kind, &manifest.key),
+                Bytes::from(manifest_bytes),
+                true,
+            )?;
+            Ok((!created).then_some(PublishOutcome::AlreadyComplete))
+        })();
+        match uploaded {
+            Ok(None) => {
+                let _ = std::fs::remove_dir_all(staging);
+                Ok(PublishOutcome::Published)
+            }
+            Ok(Some(outcome)) => {
+                // Not committed: our attempt folder is never followed; remove it.
+                let _ = self.delete_prefix(&attempt_rel);
+                let _ = std::fs::remove_dir_all(staging);
+                Ok(outcome)
+            }
+            Err(e) => {
+                // The staging folder stays (the caller keeps it for a re-publish).
+                let _ = self.delete_prefix(&attempt_rel);
+                Err(e)
+            }
         }
-        if log.exists() {
-            self.upload_file(&log, &format!("{dir_rel}/_log.txt"))?;
-        }
-        let created = self.put(
-            &Self::manifest_path(&manifest.kind, &manifest.key),
-            Bytes::from(manifest_bytes),
-            true,
-        )?;
-        let _ = std::fs::remove_dir_all(staging);
-        Ok(if created {
-            PublishOutcome::Published
-        } else {
-            PublishOutcome::AlreadyComplete
-        })
     }
 
-    /// Uploads one local file, streaming large ones as multipart.
+    /// Uploads one local file, streaming large ones as multipart (aborted on error).
     pub fn upload_file(&self, local: &Path, rel: &str) -> Result<()> {
         let size = std::fs::metadata(local).at(local)?.len();
         if size <= MULTIPART_CHUNK as u64 {
@@ -547,25 +1427,36 @@ impl Store {
                 .await
                 .map_err(|e| Error::Other(e.to_string()))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
-            let mut f = std::fs::File::open(&local).at(&local)?;
-            let mut buf = vec![0u8; MULTIPART_CHUNK];
-            loop {
-                let n = f.read(&mut buf).at(&local)?;
-                if n == 0 {
-                    break;
+            let written: std::result::Result<(), Error> = async {
+                let mut f = std::fs::File::open(&local).at(&local)?;
+                let mut buf = vec![0u8; MULTIPART_CHUNK];
+                loop {
+                    let n = f.read(&mut buf).at(&local)?;
+                    if n == 0 {
+                        break;
+                    }
+                    // Bounded memory: at most a few chunks in flight.
+                    writer
+                        .wait_for_capacity(4)
+                        .await
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                    writer.write(&buf[..n]);
                 }
-                // Bounded memory: at most a few chunks in flight.
-                writer
-                    .wait_for_capacity(4)
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))?;
-                writer.write(&buf[..n]);
+                Ok(())
             }
-            writer
-                .finish()
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?;
-            Ok(())
+            .await;
+            match written {
+                Ok(()) => writer
+                    .finish()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::Other(e.to_string())),
+                Err(e) => {
+                    // Abort, so no half-uploaded parts linger in the bucket.
+                    let _ = writer.abort().await;
+                    Err(e)
+                }
+            }
         });
         result.map_err(|e| Error::Store {
             url: self.url.to_string(),
@@ -574,7 +1465,8 @@ impl Store {
     }
 
     /// A local directory holding a complete artifact: the artifact itself on a local store, a
-    /// verified copy in the cache folder otherwise.
+    /// verified copy in the cache folder otherwise (streamed in chunks, each file's digest
+    /// checked, moved into place in one rename when complete).
     pub fn local_artifact(&self, kind: &str, key: &StageKey) -> Result<PathBuf> {
         let rel = Self::artifact_dir(kind, key);
         if let Some(root) = &self.local_root {
@@ -584,45 +1476,49 @@ impl Store {
         if dest.join("_manifest.json").is_file() {
             return Ok(dest);
         }
-        let manifest: ArtifactManifest = self
-            .get_json(&Self::manifest_path(kind, key))?
+        let manifest = self
+            .read_manifest(kind, key)?
             .ok_or_else(|| Error::Artifact {
                 what: format!("{}/{rel}", self.url),
                 message: "is not complete (no _manifest.json)".into(),
             })?;
-        static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .cache_dir
             .join("artifacts")
-            .join(format!("{rel}.part-{}-{n}", std::process::id()));
+            .join(format!("{rel}.part-{}", unique_token()));
         let _ = std::fs::remove_dir_all(&tmp);
-        for file in &manifest.files {
-            let bytes =
-                self.get(&format!("{rel}/{}", file.path))?
+        let fetched = (|| -> Result<()> {
+            for file in &manifest.files {
+                // Paths were checked by `read_manifest`: this stays inside `tmp`.
+                let p = tmp.join(&file.path);
+                std::fs::create_dir_all(p.parent().expect("has parent")).at(&p)?;
+                let file_rel = manifest.file_rel(&file.path);
+                let digest = self
+                    .fetch_file(&file_rel, file.bytes, Some(&p))?
                     .ok_or_else(|| Error::Artifact {
                         what: format!("{}/{rel}", self.url),
                         message: format!("file {} listed in _manifest.json is missing", file.path),
                     })?;
-            let digest = blake3::hash(&bytes).to_hex().to_string();
-            if digest != file.blake3 {
-                return Err(Error::Artifact {
-                    what: format!("{}/{rel}/{}", self.url, file.path),
-                    message: format!(
-                        "content digest {digest} differs from the recorded {}",
-                        file.blake3
-                    ),
-                });
+                if digest != file.blake3 {
+                    return Err(Error::Artifact {
+                        what: format!("{}/{file_rel}", self.url),
+                        message: format!(
+                            "content digest {digest} differs from the recorded {}",
+                            file.blake3
+                        ),
+                    });
+                }
             }
-            let p = tmp.join(&file.path);
-            std::fs::create_dir_all(p.parent().expect("has parent")).at(&p)?;
-            std::fs::write(&p, &bytes).at(&p)?;
+            std::fs::write(
+                tmp.join("_manifest.json"),
+                serde_json::to_vec_pretty(&manifest).expect("ser"),
+            )
+            .at(&tmp)
+        })();
+        if let Err(e) = fetched {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        std::fs::write(
-            tmp.join("_manifest.json"),
-            serde_json::to_vec_pretty(&manifest).expect("ser"),
-        )
-        .at(&tmp)?;
         std::fs::create_dir_all(dest.parent().expect("has parent")).at(&dest)?;
         match std::fs::rename(&tmp, &dest) {
             Ok(()) => Ok(dest),
@@ -630,7 +1526,10 @@ impl Store {
                 let _ = std::fs::remove_dir_all(&tmp);
                 Ok(dest)
             }
-            Err(e) => Err(Error::io(&dest, e)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(Error::io(&dest, e))
+            }
         }
     }
 }
@@ -644,6 +1543,22 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+/// fsyncs every file and folder under `dir` (children before their folder).
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        if entry.file_type().at(&path)?.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .at(&path)?;
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Lists the files of a staged output folder (recursively, sorted) with sizes and blake3 digests.

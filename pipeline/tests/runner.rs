@@ -114,6 +114,22 @@ impl Env {
     }
 }
 
+/// gc with the test registry's kinds and no cluster.
+fn gc(
+    store: &Store,
+    referenced: &HashSet<(String, pipeline::StageKey)>,
+    dry_run: bool,
+) -> pipeline::ops::GcReport {
+    let kinds: HashSet<String> = ["echo", "other"].iter().map(|k| k.to_string()).collect();
+    let scope = pipeline::ops::GcScope {
+        kinds: &kinds,
+        referenced,
+        lease_secs: 60.0,
+        job_alive: &|_| None,
+    };
+    pipeline::ops::gc(store, &scope, dry_run).unwrap()
+}
+
 fn ran(outcomes: &[(String, Outcome)]) -> Vec<String> {
     let mut v: Vec<String> = outcomes
         .iter()
@@ -333,7 +349,7 @@ fn gc_keeps_what_the_manifest_references() {
         .map(|i| i.kind.clone())
         .zip(resolved.keys.clone())
         .collect();
-    let dry = pipeline::ops::gc(&store, &referenced, true).unwrap();
+    let dry = gc(&store, &referenced, true);
     assert_eq!(dry.deleted.len(), 7);
     assert_eq!(
         env.states(&store)
@@ -342,17 +358,14 @@ fn gc_keeps_what_the_manifest_references() {
             .count(),
         8
     );
-    let real = pipeline::ops::gc(&store, &referenced, false).unwrap();
+    let real = gc(&store, &referenced, false);
     assert_eq!(real.deleted.len(), 7);
     assert_eq!(real.kept, 8);
     assert!(env
         .states(&store)
         .iter()
         .all(|(_, s)| *s == State::UpToDate));
-    assert!(pipeline::ops::gc(&store, &referenced, false)
-        .unwrap()
-        .deleted
-        .is_empty());
+    assert!(gc(&store, &referenced, false).deleted.is_empty());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Shared by the end-to-end tests: the repository, the real MiniLM folder, the smaller demo.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::path::PathBuf;
 
 pub mod s3;

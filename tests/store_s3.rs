@@ -1,0 +1,256 @@
+//! The store's guarantees on S3, against a real S3-compatible server (moto on 127.0.0.1):
+//! attempt folders, `status` saying `corrupt`, `verify` naming the bad file, `run` rebuilding it,
+//! fenced lease takeover with `If-Match`, and a crafted remote manifest never followed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::AtomicBool;
+
+mod common;
+
+use pipeline::lease::{self, Acquired};
+use pipeline::store::{Lease, Record};
+use pipeline::{StageKey, Store, StoreSettings, StoreUrl};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Case {
+    fn new(moto: &common::moto::Moto) -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+            env: moto.env(),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn write(&self, name: &str, text: &str) {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    fn go(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out: Output = Command::new(bin())
+            .args(args)
+            .current_dir(self.path())
+            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+#[test]
+fn s3_a_deleted_or_truncated_file_is_corrupt_named_by_verify_and_rebuilt() {
+    let moto = common::moto::start("chaos");
+    let case = Case::new(&moto);
+    case.write(
+        "m.toml",
+        "store = 's3://chaos/p'\n[stages.a]\nkind = 'command'\nparams.run = 'echo hello > $OUT/a.txt; mkdir $OUT/d; echo x > $OUT/d/b.txt'\n\
+         [stages.b]\nkind = 'command'\ninputs.deps = 'a'\nparams.run = 'cat $IN_DEPS/a.txt $IN_DEPS/d/b.txt > $OUT/c.txt'\n",
+    );
+    let (code, out) = case.go(&["run", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    // Each artifact's files live in its attempt folder, named by the manifest.
+    let keys = moto.keys("chaos", "p/command/");
+    let a_txt = keys
+        .iter()
+        .find(|k| k.ends_with("/a.txt"))
+        .expect("a.txt uploaded")
+        .clone();
+    assert!(a_txt.contains("/_attempt-"), "{keys:?}");
+    assert!(
+        keys.iter()
+            .any(|k| k.contains("/_attempt-") && k.ends_with("/_log.txt")),
+        "{keys:?}"
+    );
+    let (code, out) = case.go(&["verify", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("verified 2 artifact(s), 3 file(s)") && out.contains(": 0 bad"),
+        "{out}"
+    );
+
+    // Delete a file of the upstream artifact behind the store's back.
+    let store = s3_store(&moto, case.path(), "p");
+    store.delete(a_txt.strip_prefix("p/").unwrap()).unwrap();
+    assert!(!moto.keys("chaos", "p/command/").contains(&a_txt));
+    let (_, status) = case.go(&["status", "m.toml"]);
+    assert!(
+        status.contains("corrupt") && status.contains("a.txt: missing"),
+        "{status}"
+    );
+    let (code, out) = case.go(&["verify", "m.toml"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("bad  s3://chaos/p/command/") && out.contains("/a.txt: missing"),
+        "{out}"
+    );
+    assert!(out.contains(": 1 bad"), "{out}");
+
+    let (code, out) = case.go(&["run", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 ran, 1 up to date"), "{out}");
+    let (code, out) = case.go(&["verify", "m.toml", "--all"]);
+    assert_eq!(code, Some(0), "{out}");
+    // The corrupt one was moved aside, manifest first.
+    assert!(!moto.keys("chaos", "p/_quarantine/command/").is_empty());
+}
+
+fn s3_store(moto: &common::moto::Moto, dir: &Path, prefix: &str) -> Store {
+    Store::open(
+        &StoreUrl::S3 {
+            bucket: "chaos".into(),
+            prefix: prefix.into(),
+        },
+        &StoreSettings { aws: moto.env() },
+        &dir.join("cache"),
+    )
+    .unwrap()
+}
+
+fn template(owner: &str) -> Lease {
+    Lease {
+        owner: owner.into(),
+        host: "test".into(),
+        pid: 1,
+        instance: "a".into(),
+        heartbeat_unix: 0.0,
+        token: String::new(),
+        host_id: String::new(),
+        released: false,
+    }
+}
+
+#[test]
+fn s3_lease_takeover_is_a_compare_and_swap_and_the_old_owner_loses() {
+    let moto = common::moto::start("chaos");
+    let dir = tempfile::tempdir().unwrap();
+    let store = s3_store(&moto, dir.path(), "leases");
+    let key = StageKey::parse(&"ef".repeat(32)).unwrap();
+    let path = Store::lock_path("echo", &key);
+    let never = AtomicBool::new(false);
+    let Acquired::Held {
+        lease: mut first, ..
+    } = lease::acquire(
+        &store,
+        "echo",
+        &key,
+        &template("first"),
+        60.0,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap()
+    else {
+        panic!("nothing is complete")
+    };
+    assert!(lease::refresh(&store, &mut first, 60.0));
+    for round in 0..5 {
+        let Record::Found { version, .. } = store.get_record::<Lease>(&path).unwrap() else {
+            panic!("no lease")
+        };
+        let barrier = std::sync::Barrier::new(2);
+        let won: Vec<bool> = std::thread::scope(|s| {
+            let racers: Vec<_> = ["second", "third"]
+                .iter()
+                .map(|who| {
+                    let (barrier, version, path, store) = (&barrier, &version, &path, &store);
+                    s.spawn(move || {
+                        let bytes =
+                            serde_json::to_vec(&template(&format!("{who}-{round}"))).unwrap();
+                        barrier.wait();
+                        store
+                            .put_if_version(path, bytes.into(), version)
+                            .unwrap()
+                            .is_some()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+    }
+    assert!(!lease::refresh(&store, &mut first, 60.0));
+    lease::release(&store, &mut first).unwrap();
+    let Record::Found { value, .. } = store.get_record::<Lease>(&path).unwrap() else {
+        panic!("the new owner's lease is gone")
+    };
+    assert!(value.owner.ends_with("-4") && !value.released, "{value:?}");
+}
+
+#[test]
+fn s3_a_crafted_manifest_path_never_writes_outside_the_cache() {
+    let moto = common::moto::start("chaos");
+    let case = Case::new(&moto);
+    case.write(
+        "m.toml",
+        "store = 's3://chaos/q'\n[stages.a]\nkind = 'command'\nparams.run = 'echo hello > $OUT/a.txt'\n\
+         [stages.b]\nkind = 'command'\ninputs.deps = 'a'\nparams.run = 'cat $IN_DEPS/a.txt > $OUT/c.txt'\n",
+    );
+    let (code, out) = case.go(&["run", "m.toml", "--only", "a"]);
+    assert_eq!(code, Some(0), "{out}");
+    let store = s3_store(&moto, case.path(), "q");
+    let a_dir = moto
+        .keys("chaos", "q/command/")
+        .into_iter()
+        .find(|k| k.ends_with("/_manifest.json"))
+        .unwrap();
+    let rel = a_dir.strip_prefix("q/").unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&store.get(rel).unwrap().unwrap()).unwrap();
+    m["files"][0]["path"] = "../../../../escaped.txt".into();
+    store
+        .put(rel, serde_json::to_vec(&m).unwrap().into(), false)
+        .unwrap();
+
+    // status and verify call it corrupt; the run moves it aside and rebuilds it, then the
+    // downstream stage downloads the rebuilt one.
+    let (_, status) = case.go(&["status", "m.toml"]);
+    assert!(
+        status.contains("corrupt") && status.contains("`..` component"),
+        "{status}"
+    );
+    let (code, out) = case.go(&["verify", "m.toml"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("/_manifest.json: file path"), "{out}");
+    let (code, out) = case.go(&["run", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 ran"), "{out}");
+    let escaped: Vec<_> = walk(case.path())
+        .into_iter()
+        .filter(|p| p.ends_with("escaped.txt"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
