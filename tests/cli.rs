@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::s3::{http, s3_env, start_moto};
+use common::moto;
+use common::s3::s3_env;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
@@ -320,9 +321,7 @@ fn bad_manifest_exits_2_with_file_line_and_key() {
 
 #[test]
 fn s3_round_trip_run_status_explain_gc() {
-    let moto = start_moto();
-    let created = http(moto.port, "PUT", "/adaptor-test");
-    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    let moto = moto::start("adaptor-test");
     let case = Case::new();
     case.write("raw/data.bin", &"x".repeat(20 << 20)); // forces a multipart upload downstream
     case.write(
@@ -354,11 +353,7 @@ fn s3_round_trip_run_status_explain_gc() {
     );
 
     // The downstream stage read the 20 MiB artifact back from S3.
-    let listing = http(
-        moto.port,
-        "GET",
-        "/adaptor-test?list-type=2&prefix=runs/one/command/",
-    );
+    let listing = moto.http("GET", "/adaptor-test?list-type=2&prefix=runs/one/command/");
     assert!(
         listing.contains("big.bin") && listing.contains("_manifest.json"),
         "{listing}"
@@ -422,8 +417,7 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
         "{status}"
     );
 
-    let moto = start_moto();
-    assert!(http(moto.port, "PUT", "/demo").starts_with("HTTP/1.1 200"));
+    let moto = moto::start("demo");
     let go = |args: &[&str]| -> String {
         let out = s3_env(&mut case.cmd(args), moto.port).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -471,8 +465,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn s3_two_runners_commit_each_key_once() {
-    let moto = start_moto();
-    assert!(http(moto.port, "PUT", "/race").starts_with("HTTP/1.1 200"));
+    let moto = moto::start("race");
     let case = Case::new();
     let log = case.path().join("builds.log");
     case.write(

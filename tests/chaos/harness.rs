@@ -10,15 +10,17 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::s3::{http, http_bytes, list_keys, s3_env, start_moto, Moto};
+use crate::common::moto::{self, Moto};
+use crate::common::s3::{http_bytes, list_keys, s3_env};
 use crate::proxy::Rng;
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
 }
 
-/// The lease timeout the scenarios run with (seconds): small, so that a takeover happens within
-/// a test. Passed to every `adaptor` process.
+/// The lease timeout of the suspended-runner scenario (seconds): small, so that a takeover
+/// happens within a test. The other scenarios keep the default (a 2 s lease on a loaded 2-core
+/// machine can expire under a runner that is merely starved of CPU).
 pub const LEASE_SECS: &str = "2";
 
 /// Repetitions of a scenario: `ci` in the test suite; with `CHAOS_REPS=N` (bench/chaos/run.sh),
@@ -106,6 +108,8 @@ pub struct Case {
     pub bucket: String,
     /// `--store` for every command.
     pub store: String,
+    /// `ADAPTOR_LEASE_SECS` for every command, when set.
+    pub lease_secs: Option<&'static str>,
 }
 
 impl Case {
@@ -118,10 +122,8 @@ impl Case {
                 String::new(),
             ),
             Backend::S3 => {
-                let moto = start_moto();
                 let bucket = "chaos".to_string();
-                let created = http(moto.port, "PUT", &format!("/{bucket}"));
-                assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+                let moto = moto::start(&bucket);
                 (Some(Arc::new(moto)), format!("s3://{bucket}/runs"), bucket)
             }
         };
@@ -131,6 +133,7 @@ impl Case {
             moto,
             bucket,
             store,
+            lease_secs: None,
         }
     }
 
@@ -160,9 +163,11 @@ impl Case {
                 "ADAPTOR_CACHE_DIR",
                 self.path().join(format!("cache-{tag}")),
             )
-            .env("ADAPTOR_LEASE_SECS", LEASE_SECS)
             .env("CHAOS_TAG", tag)
             .stdin(Stdio::null());
+        if let Some(secs) = self.lease_secs {
+            c.env("ADAPTOR_LEASE_SECS", secs);
+        }
         if self.backend == Backend::S3 {
             s3_env(&mut c, port.unwrap_or_else(|| self.moto_port()));
         }

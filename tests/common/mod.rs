@@ -2,10 +2,9 @@
 #![allow(dead_code)]
 
 pub mod moto;
+pub mod s3;
 
 use std::path::PathBuf;
-
-pub mod s3;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,67 +1,14 @@
-//! A real S3-compatible server for the tests: moto, started on 127.0.0.1 by the test itself, and
-//! plain unsigned HTTP requests to it (moto accepts them) to create buckets and inspect objects.
+//! Requests to the S3 server of the tests (moto, see `moto.rs`) that the client under test does
+//! not make: reading, writing and deleting objects behind the runner's back, listing every key,
+//! and the settings that point an `adaptor` process at the server (or at a proxy in front of it).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server() -> PathBuf {
-    let p = super::repo().join(".venv/bin/moto_server");
-    assert!(
-        p.exists(),
-        "{} is missing: run `scripts/setup.sh` (it installs moto into .venv)",
-        p.display()
-    );
-    p
-}
-
-pub fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_server())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let moto = Moto { child, port };
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    moto
-}
+use std::net::TcpStream;
+use std::process::Command;
 
 /// Moto answers object reads of unsigned requests with 403; it does not check signatures, so a
 /// well-formed header with a made-up signature does.
 const AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
-
-/// One plain HTTP request, e.g. CreateBucket: the status line and the body.
-pub fn http(port: u16, method: &str, path: &str) -> String {
-    let (status, body) = http_bytes(port, method, path, &[]);
-    format!(
-        "HTTP/1.1 {status}\r\n\r\n{}",
-        String::from_utf8_lossy(&body)
-    )
-}
 
 /// One plain HTTP request with a body (signed in form only, see [`AUTH`]): (status code, response body).
 pub fn http_bytes(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
