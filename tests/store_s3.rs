@@ -254,3 +254,46 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn s3_gc_aborts_the_multipart_upload_of_a_runner_that_is_gone() {
+    let moto = common::moto::start("chaos");
+    let dir = tempfile::tempdir().unwrap();
+    let store = s3_store(&moto, dir.path(), "mp");
+    // A runner starts uploading a large file of an attempt, then dies (nothing completes it).
+    let key = "ab".repeat(32);
+    let rel = format!("command/{key}/_attempt-x/big.bin");
+    let (record, record_rel, recorded) = store.begin_upload(&rel).unwrap();
+    assert!(recorded.unwrap());
+    let uploads = |m: &common::moto::Moto| m.http("GET", "/chaos?uploads");
+    assert!(
+        uploads(&moto).contains(&record.upload_id),
+        "{}",
+        uploads(&moto)
+    );
+
+    let kinds: std::collections::HashSet<String> = ["command".to_string()].into();
+    let referenced = std::collections::HashSet::new();
+    let gc = |lease_secs: f64| {
+        let scope = pipeline::ops::GcScope {
+            kinds: &kinds,
+            referenced: &referenced,
+            lease_secs,
+            job_alive: &|_| None,
+        };
+        pipeline::ops::gc(&store, &scope, false).unwrap()
+    };
+    // Younger than the lease timeout: kept (its runner may be alive).
+    assert!(gc(60.0).deleted.is_empty());
+    assert!(uploads(&moto).contains(&record.upload_id));
+    // Older than the lease timeout, no live lease on its key: aborted, record removed.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let report = gc(0.5);
+    assert_eq!(report.deleted, [(record_rel.clone(), 0)]);
+    assert!(
+        !uploads(&moto).contains(&record.upload_id),
+        "{}",
+        uploads(&moto)
+    );
+    assert!(store.get(&record_rel).unwrap().is_none());
+}

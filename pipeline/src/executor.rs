@@ -719,7 +719,7 @@ fn build_one(
         &cancel,
     )? {
         crate::lease::Acquired::Complete => return Ok(Outcome::BuiltElsewhere),
-        crate::lease::Acquired::Held { lease, .. } => lease,
+        crate::lease::Acquired::Held { lease, .. } => *lease,
     };
     let lock_path = held.path.clone();
     let lost = held.lost.clone();

@@ -122,7 +122,7 @@ impl HeldLease {
 
 pub enum Acquired {
     Held {
-        lease: HeldLease,
+        lease: Box<HeldLease>,
         /// A corrupt complete artifact found under the lease and moved aside (to be rebuilt).
         quarantined: Option<String>,
     },
@@ -205,12 +205,12 @@ pub fn acquire(
             }
             let to = store.quarantine(kind, key)?;
             return Ok(Acquired::Held {
-                lease: held,
+                lease: Box::new(held),
                 quarantined: Some(to),
             });
         }
         return Ok(Acquired::Held {
-            lease: held,
+            lease: Box::new(held),
             quarantined: None,
         });
     }

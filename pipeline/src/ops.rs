@@ -8,7 +8,7 @@ use crate::executor::{Resolved, LEASE_SECS};
 use crate::fingerprint::FingerprintCache;
 use crate::key::{KeyRecipe, StageKey};
 use crate::plan::{InputRef, Plan};
-use crate::store::{ArtifactManifest, IndexEntry, Record, Store};
+use crate::store::{ArtifactManifest, IndexEntry, Record, Store, UploadRecord};
 
 fn fmt_time(unix: f64) -> String {
     // UTC, to the second; no time-zone database needed.
@@ -243,6 +243,7 @@ pub struct GcReport {
 
 /// The store's own bookkeeping folders (see `store.rs`).
 pub const BOOKKEEPING: &[&str] = &[
+    "_uploads",
     "_locks",
     "_failed",
     "_index",
@@ -390,6 +391,40 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
         if !alive {
             remove(&mut report, rel)?;
         }
+    }
+    // Multipart uploads of runners that are gone (`_uploads/`, remote stores): aborted once
+    // the record is older than the lease timeout and no live lease holds the key uploaded to.
+    for (rel, _) in store.list("_uploads")? {
+        let (record, modified) = match store.get_record::<UploadRecord>(&rel)? {
+            Record::Absent => continue,
+            Record::Found {
+                value,
+                modified_unix,
+                ..
+            } => (Some(value), modified_unix),
+            Record::Corrupt { modified_unix, .. } => (None, modified_unix),
+        };
+        if store.now()? - modified <= scope.lease_secs {
+            continue;
+        }
+        if let Some(r) = &record {
+            let mut parts = r.path.split('/');
+            let mut kind = parts.next().unwrap_or_default();
+            if kind == "_failed" {
+                kind = parts.next().unwrap_or_default();
+            }
+            let key = parts.next().and_then(StageKey::parse);
+            if key.is_some_and(|k| live_lease(store, kind, &k, scope.lease_secs)) {
+                continue;
+            }
+            if !dry_run {
+                store.abort_upload(r)?;
+            }
+        }
+        if !dry_run {
+            store.delete(&rel)?;
+        }
+        report.deleted.push((rel, 0));
     }
     // Staging folders of runners that are provably gone (local stores only).
     if let Some(root) = store.local_root() {

@@ -8,6 +8,7 @@
 //! - `_locks/<kind>/<key>.json` the lease of the runner building that key (create-if-absent,
 //!   refreshed and released only by compare-and-swap on its version; see `lease.rs`).
 //! - `_quarantine/<kind>/<key>-<unix>/` artifacts `verify --quarantine` or `run` moved aside.
+//! - `_uploads/<random>.json` multipart uploads in progress (remote), for gc to abort.
 //! - `_failed/<kind>/<key>/` the log and error of the last failed attempt.
 //! - `_index/<manifest-id>/<instance-hash>.json` which key each instance of a manifest last built.
 //! - `_staging/` (local only) directories being written; renamed into place when complete.
@@ -277,9 +278,20 @@ pub const S3_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Downloads read ranges of this size, one at a time (memory stays flat in the file size).
 const CHUNK: u64 = 8 << 20;
 
+/// `_uploads/<token>.json`: a multipart upload in progress, so that gc can abort it once its
+/// runner is gone (object_store 0.13 cannot list a bucket's multipart uploads).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Store-relative path of the object being uploaded.
+    pub path: String,
+    pub upload_id: String,
+}
+
 pub struct Store {
     url: StoreUrl,
     inner: Arc<dyn ObjectStore>,
+    /// The same store's multipart API (S3, memory): uploads whose id we record.
+    multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     prefix: String,
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
@@ -353,6 +365,7 @@ impl Store {
             url: url.to_string(),
             message,
         };
+        let mut multipart: Option<Arc<dyn object_store::multipart::MultipartStore>> = None;
         let (inner, prefix, local_root): (Arc<dyn ObjectStore>, String, Option<PathBuf>) = match url
         {
             // A local store that does not exist yet reads as empty; it is created by the first
@@ -369,7 +382,11 @@ impl Store {
                     .with_automatic_cleanup(true);
                 (Arc::new(fs), String::new(), Some(root))
             }
-            StoreUrl::Memory => (Arc::new(InMemory::new()), String::new(), None),
+            StoreUrl::Memory => {
+                let m = Arc::new(InMemory::new());
+                multipart = Some(m.clone());
+                (m, String::new(), None)
+            }
             StoreUrl::S3 { bucket, prefix } => {
                 // Explicit retry and timeout policy (see the constants above); set before the
                 // AWS_* settings, which may adjust the client options (AWS_ALLOW_HTTP).
@@ -406,13 +423,15 @@ impl Store {
                 // If-None-Match / If-Match: create-if-absent commits and leases.
                 b = b.with_conditional_put(S3ConditionalPut::ETagMatch);
 
-                let s3 = b.build().map_err(|e| store_err(e.to_string()))?;
-                (Arc::new(s3), prefix.clone(), None)
+                let s3 = Arc::new(b.build().map_err(|e| store_err(e.to_string()))?);
+                multipart = Some(s3.clone());
+                (s3, prefix.clone(), None)
             }
         };
         Ok(Store {
             url: url.clone(),
             inner,
+            multipart,
             prefix,
             local_root,
             cache_dir: cache_dir.to_path_buf(),
@@ -777,13 +796,38 @@ impl Store {
             return Ok(local_now() + off);
         }
         let rel = format!("_locks/.clock-{}", unique_token());
+        if let Some(root) = self.local_root.as_ref().filter(|r| r.exists()) {
+            // Directly, not through object_store: its delete would also remove empty parents.
+            let p = root.join(&rel);
+            let measured = std::fs::create_dir_all(p.parent().expect("has a parent"))
+                .and_then(|()| std::fs::write(&p, b"clock probe"))
+                .and_then(|()| std::fs::metadata(&p)?.modified());
+            let _ = std::fs::remove_file(&p);
+            let off = measured.map_or(0.0, |t| unix_of(t) - local_now());
+            *self.clock_offset.lock().expect("clock") = Some(off);
+            return Ok(local_now() + off);
+        }
         let before = local_now();
-        self.put(&rel, Bytes::from_static(b"clock probe"), false)?;
-        let after = local_now();
-        let modified = self.get_versioned(&rel)?.map(|(_, _, m)| m);
-        self.delete(&rel)?;
-        // S3 LastModified has one-second resolution: the midpoint is within a second.
-        let off = modified.map_or(0.0, |m| m - (before + after) / 2.0);
+        let probe = self
+            .put(&rel, Bytes::from_static(b"clock probe"), false)
+            .and_then(|_| {
+                let after = local_now();
+                let modified = self.get_versioned(&rel)?.map(|(_, _, m)| m);
+                self.delete(&rel)?;
+                Ok((after, modified))
+            });
+        let off = match probe {
+            // S3 LastModified has one-second resolution: the midpoint is within a second.
+            Ok((after, modified)) => modified.map_or(0.0, |m| m - (before + after) / 2.0),
+            Err(e) => {
+                // A read-only credential (e.g. `status`): fall back to this machine's clock.
+                self.warn(format!(
+                    "cannot measure the clock of {} ({e}); judging leases by this machine's clock",
+                    self.url
+                ));
+                0.0
+            }
+        };
         *self.clock_offset.lock().expect("clock") = Some(off);
         Ok(local_now() + off)
     }
@@ -1417,6 +1461,9 @@ impl Store {
             self.put(rel, Bytes::from(bytes), false)?;
             return Ok(());
         }
+        if let Some(mp) = self.multipart.clone() {
+            return self.upload_recorded(mp, local, rel, size);
+        }
         let path = self.path(rel);
         let inner = self.inner.clone();
         let local = local.to_path_buf();
@@ -1462,6 +1509,97 @@ impl Store {
             url: self.url.to_string(),
             message: format!("upload of {rel}: {e}"),
         })
+    }
+
+    /// A multipart upload whose id is recorded under `_uploads/` while it runs: parts of
+    /// [`MULTIPART_CHUNK`] read from disk at their offset, four in flight at most; aborted on
+    /// error; the record is removed when the upload is completed or aborted.
+    fn upload_recorded(
+        &self,
+        mp: Arc<dyn object_store::multipart::MultipartStore>,
+        local: &Path,
+        rel: &str,
+        size: u64,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(rel);
+        let file = std::fs::File::open(local).at(local)?;
+        let (record, record_rel, recorded) = self.begin_upload(rel)?;
+        let id = record.upload_id.clone();
+        let parts = size.div_ceil(MULTIPART_CHUNK as u64) as usize;
+        let result: std::result::Result<(), object_store::Error> = match recorded {
+            Err(e) => Err(object_store::Error::Generic {
+                store: "adaptor",
+                source: Box::new(std::io::Error::other(e.to_string())),
+            }),
+            Ok(_) => self.rt.block_on(async {
+                let ids: Vec<object_store::multipart::PartId> = futures::stream::iter(0..parts)
+                    .map(|i| {
+                        let (mp, path, id, file) = (mp.clone(), path.clone(), id.clone(), &file);
+                        async move {
+                            let offset = i as u64 * MULTIPART_CHUNK as u64;
+                            let len = (size - offset).min(MULTIPART_CHUNK as u64) as usize;
+                            let mut buf = vec![0u8; len];
+                            file.read_exact_at(&mut buf, offset).map_err(|e| {
+                                object_store::Error::Generic {
+                                    store: "adaptor",
+                                    source: Box::new(e),
+                                }
+                            })?;
+                            mp.put_part(&path, &id, i, PutPayload::from(buf)).await
+                        }
+                    })
+                    .buffered(4)
+                    .try_collect()
+                    .await?;
+                mp.complete_multipart(&path, &id, ids).await.map(|_| ())
+            }),
+        };
+        if result.is_err() {
+            // Abort, so no half-uploaded parts linger in the bucket.
+            let _ = self.rt.block_on(mp.abort_multipart(&path, &id));
+        }
+        let _ = self.delete(&record_rel);
+        result.map_err(|e| Error::Store {
+            url: self.url.to_string(),
+            message: format!("upload of {rel} ({}): {e}", local.display()),
+        })
+    }
+
+    /// Starts a multipart upload of `rel` and records it under `_uploads/` (so gc can abort it if
+    /// this process dies): the record, its store path, and whether recording it worked.
+    pub fn begin_upload(&self, rel: &str) -> Result<(UploadRecord, String, Result<bool>)> {
+        let mp = self.multipart.clone().ok_or_else(|| Error::Store {
+            url: self.url.to_string(),
+            message: "this store has no multipart uploads".into(),
+        })?;
+        let id = self
+            .rt
+            .block_on(mp.create_multipart(&self.path(rel)))
+            .map_err(|e| self.os_err(e))?;
+        let record_rel = format!("_uploads/{}.json", unique_token());
+        let record = UploadRecord {
+            path: rel.to_string(),
+            upload_id: id,
+        };
+        let recorded = self.put_json(&record_rel, &record, false);
+        Ok((record, record_rel, recorded))
+    }
+
+    /// Aborts a recorded multipart upload (see [`UploadRecord`]); one that no longer exists is
+    /// fine.
+    pub fn abort_upload(&self, record: &UploadRecord) -> Result<()> {
+        let Some(mp) = self.multipart.clone() else {
+            return Ok(());
+        };
+        let path = self.path(&record.path);
+        match self
+            .rt
+            .block_on(mp.abort_multipart(&path, &record.upload_id))
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.os_err(e)),
+        }
     }
 
     /// A local directory holding a complete artifact: the artifact itself on a local store, a

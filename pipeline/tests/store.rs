@@ -266,7 +266,7 @@ fn template(owner: &str) -> Lease {
 
 fn held(a: Acquired) -> lease::HeldLease {
     match a {
-        Acquired::Held { lease, .. } => lease,
+        Acquired::Held { lease, .. } => *lease,
         Acquired::Complete => panic!("complete"),
     }
 }
