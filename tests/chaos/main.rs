@@ -122,27 +122,51 @@ fn kill_9_s3_at_random_points_then_rerun() {
 
 // ---- 2. S3 faults injected by the proxy ----
 
-fn fault_plan() -> FaultPlan {
+/// Faults the server answers (503, 500), connections cut before the server saw the request,
+/// stalls and latency.
+fn server_faults() -> FaultPlan {
     FaultPlan {
         p_503: 0.05,
         p_500: 0.03,
         p_drop_request: 0.03,
-        p_drop_response: 0.03,
         p_stall: 0.02,
         stall: Duration::from_millis(1500),
         latency: (Duration::from_millis(1), Duration::from_millis(8)),
+        ..FaultPlan::default()
+    }
+}
+
+/// Answers cut off in the middle of the body, after the server applied the request (the client
+/// cannot tell whether a write happened), on top of the rest.
+fn cut_responses() -> FaultPlan {
+    FaultPlan {
+        p_drop_response: 0.04,
+        ..server_faults()
     }
 }
 
 #[test]
-fn s3_faults_leave_no_corrupt_or_partial_artifact() {
-    let scenario = "S3 faults through the proxy";
+fn s3_errors_stalls_and_dropped_requests_leave_no_corrupt_artifact() {
+    s3_faults(
+        "S3 errors, stalls, dropped requests",
+        server_faults(),
+        2,
+        15,
+    );
+}
+
+#[test]
+fn s3_responses_cut_mid_body_leave_no_corrupt_artifact() {
+    s3_faults("S3 responses cut mid-body", cut_responses(), 1, 15);
+}
+
+fn s3_faults(scenario: &str, plan: FaultPlan, ci: usize, per_100: usize) {
     let seed = seed(scenario);
     let case = Case::new(Backend::S3);
-    let proxy = Proxy::start(case.moto_port(), fault_plan(), seed);
+    let proxy = Proxy::start(case.moto_port(), plan, seed);
     let (n, big) = (3, 9 << 20); // big.bin goes up as a multipart upload
     let t0 = Instant::now();
-    let reps = reps(2, 25);
+    let reps = reps(ci, per_100);
     let (mut completed, mut failed_named, mut recovered) = (0, 0, 0);
     let mut log = BuildLog::new(&case);
     for rep in 0..reps {
