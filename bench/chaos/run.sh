@@ -31,7 +31,13 @@ print("|---|---:|---:|---:|---:|---:|---|")
 for r in rows:
     print(f"| {r['scenario']} | {r['reps']} | {r['faults']} | {r['lost_or_corrupt']} | {r['recovered']} | {r['seconds']:.0f} | {r['note']} |")
 if failed:
-    print("\nFailing scenarios record no row; their assertion messages are in the cargo test output.")
+    text = open(log).read()
+    print("\n## Failing scenarios\n")
+    print("A failing scenario stops at its first violation and records no row above:\n")
+    for name in failed:
+        m = re.search(r"thread '" + re.escape(name) + r"' \([0-9]+\) panicked at [^\n]*\n([^\n]*)(\n[^\n]*)?", text)
+        first = (m.group(1) + (m.group(2) or "")).strip().replace("|", "\\|")[:600] if m else "(no message)"
+        print(f"- `{name}`: {first}")
 PY
 rm -f "$results" "$log"
 exit "$rc"
