@@ -35,8 +35,8 @@ if failed:
     print("\n## Failing scenarios\n")
     print("A failing scenario stops at its first violation and records no row above:\n")
     for name in failed:
-        m = re.search(r"thread '" + re.escape(name) + r"' \([0-9]+\) panicked at [^\n]*\n([^\n]*)(\n[^\n]*)?", text)
-        first = (m.group(1) + (m.group(2) or "")).strip().replace("|", "\\|")[:600] if m else "(no message)"
+        m = re.search(r"thread '" + re.escape(name) + r"' \([0-9]+\) panicked at [^\n]*\n((?:(?!stack backtrace|note: )[^\n]*\n){1,3})", text)
+        first = " ".join(m.group(1).split()).replace("|", "\\|")[:600] if m else "(no message)"
         print(f"- `{name}`: {first}")
 PY
 rm -f "$results" "$log"
