@@ -235,6 +235,18 @@ fn cache_dir(cli: &Cli) -> PathBuf {
     }
 }
 
+/// The lease timeout of `run`: `ADAPTOR_LEASE_SECS` when set (the chaos tests shorten it so that
+/// a suspended runner loses its key within a test), else the default.
+fn lease_secs() -> Result<f64> {
+    match std::env::var("ADAPTOR_LEASE_SECS") {
+        Err(_) => Ok(executor::LEASE_SECS),
+        Ok(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+            _ => bail!("ADAPTOR_LEASE_SECS: expected a positive number of seconds, got `{v}`"),
+        },
+    }
+}
+
 fn store_settings() -> StoreSettings {
     StoreSettings {
         aws: std::env::vars()
@@ -312,6 +324,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 only: only.clone(),
                 dry_run: *dry_run,
                 host: String::new(),
+                lease_secs: lease_secs()?,
                 ..RunOptions::default()
             };
             let cancel = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,6 @@
 //! End-to-end tests of the `adaptor` binary: real processes, a real local store, a real S3 server
 //! (moto, started on 127.0.0.1 by the test), kill -9 in the middle of a stage.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -10,12 +8,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::moto;
+use common::s3::s3_env;
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 struct Case {
@@ -322,71 +319,9 @@ fn bad_manifest_exits_2_with_file_line_and_key() {
 
 // ---- S3, against a real S3-compatible server (moto) on 127.0.0.1 ----
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server() -> PathBuf {
-    let p = repo().join(".venv/bin/moto_server");
-    assert!(
-        p.exists(),
-        "{} is missing: run `scripts/setup.sh` (it installs moto into .venv)",
-        p.display()
-    );
-    p
-}
-
-fn start_moto() -> Moto {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_server())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let moto = Moto { child, port };
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    moto
-}
-
-/// One plain HTTP request to moto (unsigned: moto accepts it), e.g. CreateBucket.
-fn http(port: u16, method: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn s3_env(c: &mut Command, port: u16) -> &mut Command {
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "secret-that-must-not-leak")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ALLOW_HTTP", "true")
-}
-
 #[test]
 fn s3_round_trip_run_status_explain_gc() {
-    let moto = start_moto();
-    let created = http(moto.port, "PUT", "/adaptor-test");
-    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    let moto = moto::start("adaptor-test");
     let case = Case::new();
     case.write("raw/data.bin", &"x".repeat(20 << 20)); // forces a multipart upload downstream
     case.write(
@@ -418,11 +353,7 @@ fn s3_round_trip_run_status_explain_gc() {
     );
 
     // The downstream stage read the 20 MiB artifact back from S3.
-    let listing = http(
-        moto.port,
-        "GET",
-        "/adaptor-test?list-type=2&prefix=runs/one/command/",
-    );
+    let listing = moto.http("GET", "/adaptor-test?list-type=2&prefix=runs/one/command/");
     assert!(
         listing.contains("big.bin") && listing.contains("_manifest.json"),
         "{listing}"
@@ -486,8 +417,7 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
         "{status}"
     );
 
-    let moto = start_moto();
-    assert!(http(moto.port, "PUT", "/demo").starts_with("HTTP/1.1 200"));
+    let moto = moto::start("demo");
     let go = |args: &[&str]| -> String {
         let out = s3_env(&mut case.cmd(args), moto.port).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -535,8 +465,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn s3_two_runners_commit_each_key_once() {
-    let moto = start_moto();
-    assert!(http(moto.port, "PUT", "/race").starts_with("HTTP/1.1 200"));
+    let moto = moto::start("race");
     let case = Case::new();
     let log = case.path().join("builds.log");
     case.write(

@@ -1,0 +1,123 @@
+//! Requests to the S3 server of the tests (moto, see `moto.rs`) that the client under test does
+//! not make: reading, writing and deleting objects behind the runner's back, listing every key,
+//! and the settings that point an `adaptor` process at the server (or at a proxy in front of it).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+/// Moto answers object reads of unsigned requests with 403; it does not check signatures, so a
+/// well-formed header with a made-up signature does.
+const AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+
+/// One plain HTTP request with a body (signed in form only, see [`AUTH`]): (status code, response body).
+pub fn http_bytes(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{AUTH}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&out[..head_end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let mut body = out[head_end..].to_vec();
+    if chunked {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 || b.len() < eol + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[(eol + 4 + size).min(b.len())..];
+    }
+}
+
+/// Every object key under a prefix of a bucket (ListObjectsV2, following continuation tokens).
+pub fn list_keys(port: u16, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/{bucket}?list-type=2&prefix={prefix}");
+        if let Some(t) = &token {
+            path.push_str(&format!("&continuation-token={}", urlencode(t)));
+        }
+        let (status, body) = http_bytes(port, "GET", &path, &[]);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body).into_owned();
+        keys.extend(between_all(&text, "<Key>", "</Key>").map(xml_unescape));
+        token = between_all(&text, "<NextContinuationToken>", "</NextContinuationToken>")
+            .next()
+            .map(str::to_string);
+        if token.is_none() {
+            return keys;
+        }
+    }
+}
+
+fn between_all<'a>(text: &'a str, open: &'a str, close: &'a str) -> impl Iterator<Item = &'a str> {
+    text.split(open)
+        .skip(1)
+        .filter_map(move |s| s.split(close).next())
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The settings an `adaptor` process needs to reach the S3 server on `port` of 127.0.0.1 (moto
+/// itself, or a proxy in front of it).
+pub fn s3_env(c: &mut Command, port: u16) -> &mut Command {
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "secret-that-must-not-leak")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+}
