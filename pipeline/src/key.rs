@@ -119,7 +119,9 @@ mod tests {
             format!("\"{}é\"", &good[..62]),
             "42".to_string(),
         ] {
-            let e = serde_json::from_str::<StageKey>(&bad).unwrap_err().to_string();
+            let e = serde_json::from_str::<StageKey>(&bad)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains("is not a stage key") || e.contains("invalid type"),
                 "{bad}: {e}"
