@@ -534,3 +534,36 @@ fn an_image_claiming_a_huge_size_is_a_bad_row_not_an_abort() {
     let report = run(DatasetKind::Covidx, &raw, &out, &opts).unwrap();
     assert_eq!(report.skipped, 1);
 }
+
+/// CheXpert label columns become records columns under their header names: a blank, repeated or
+/// reserved name is an error naming the CSV, line 1 and the column (found by the label fuzzer:
+/// it used to fail while writing records.parquet, naming only the output).
+#[test]
+fn mimic_label_headers_that_cannot_be_columns_are_named() {
+    use std::io::Read;
+    let (_t, raw, out) = make(DatasetKind::MimicCxr, 4);
+    let gz = raw.join("mimic-cxr-2.0.0-chexpert.csv.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let plain = raw.join("mimic-cxr-2.0.0-chexpert.csv");
+    for (from, to, message) in [
+        (
+            "Edema",
+            "Atelectasis",
+            "`Atelectasis` is the name of two columns",
+        ),
+        ("Edema", " ", "an empty column name"),
+        ("Edema", "split", "`split` is a column ingest writes itself"),
+    ] {
+        std::fs::write(&plain, text.replacen(from, to, 1)).unwrap();
+        let e = run(DatasetKind::MimicCxr, &raw, &out, &IngestOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{}, line 1, field `", plain.display())) && e.contains(message),
+            "{e}"
+        );
+    }
+}
