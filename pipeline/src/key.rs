@@ -11,10 +11,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::value::{canonical_params, Params};
 
-/// A 256-bit blake3 digest, shown as 64 hex digits (12 in short form).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A 256-bit blake3 digest, shown as 64 hex digits (12 in short form). Every value is valid: the
+/// only ways to make one are [`StageKey::from_hash`], [`StageKey::parse`] and deserializing,
+/// which checks the text the same way (a key read back from the store, in `_manifest.json`, the
+/// run index or a job record, is untrusted).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct StageKey(String);
+
+impl<'de> Deserialize<'de> for StageKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StageKey::parse(&s).ok_or_else(|| {
+            let shown: String = s.chars().take(80).collect();
+            serde::de::Error::custom(format!(
+                "`{shown}` is not a stage key (64 lowercase hex digits)"
+            ))
+        })
+    }
+}
 
 impl StageKey {
     pub fn from_hash(h: blake3::Hash) -> Self {
@@ -35,7 +50,7 @@ impl StageKey {
 
     /// The first 12 hex digits, as shown by `status`.
     pub fn short(&self) -> &str {
-        &self.0[..12]
+        self.0.get(..12).unwrap_or(&self.0)
     }
 }
 
@@ -83,5 +98,34 @@ impl KeyRecipe {
 
     pub fn key(&self) -> StageKey {
         StageKey::from_hash(blake3::hash(self.canonical().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated_when_deserialized() {
+        let good = "0123456789abcdef".repeat(4);
+        let k: StageKey = serde_json::from_str(&format!("\"{good}\"")).unwrap();
+        assert_eq!(k.as_str(), good);
+        assert_eq!(k.short(), "0123456789ab");
+        for bad in [
+            "\"abc\"".to_string(),
+            "\"\"".to_string(),
+            format!("\"{}\"", good.to_uppercase()),
+            format!("\"{good}0\""),
+            format!("\"{}é\"", &good[..62]),
+            "42".to_string(),
+        ] {
+            let e = serde_json::from_str::<StageKey>(&bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("is not a stage key") || e.contains("invalid type"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

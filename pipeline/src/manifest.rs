@@ -232,12 +232,19 @@ fn load_inner(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Node> {
                 .into());
         };
         let target = file.dir().join(rel);
-        if !target.exists() {
+        // A folder, FIFO or device is refused here, where the including line can be named
+        // (reading a FIFO would also block forever).
+        if !target.is_file() {
+            let what = if target.exists() {
+                "is not a regular file"
+            } else {
+                "does not exist"
+            };
             return Err(item
                 .loc
                 .error(
                     &format!("include[{i}]"),
-                    format!("included file {} does not exist", target.display()),
+                    format!("included file {} {what}", target.display()),
                 )
                 .into());
         }

@@ -353,6 +353,7 @@ fn bad_manifests_say_where_and_what() {
         ("empty axis", "[matrix]\nseed = []\n"),
         ("missing include", "include = ['nope.toml']\n"),
         ("self include", "include = ['m.toml']\n"),
+        ("include of a folder", "include = ['.']\n"),
     ];
     let mut out = String::new();
     for (name, text) in cases {

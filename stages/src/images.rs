@@ -5,6 +5,7 @@
 //! resize of the longer side, then symmetric zero padding (floor/ceil) to a square.
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use dicom_dictionary_std::tags;
 use dicom_pixeldata::PixelDecoder;
@@ -96,6 +97,98 @@ impl ImageFormat {
     }
 }
 
+/// What one decode may cost, checked against the file's header BEFORE any pixel buffer is
+/// allocated, so a header claiming 65,535 × 65,535 pixels is an error naming the file instead of
+/// a failed 34 GB allocation that aborts the process (ingest's `verify = "decode"` decodes in
+/// the runner's own process). Process-wide: the `adaptor` and `adaptor-torch` binaries set it
+/// from `ADAPTOR_MAX_IMAGE_PIXELS` and `ADAPTOR_MAX_IMAGE_BYTES` (README, "Bad input").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Width × height of one image (one DICOM frame). Default 2^28 (16,384 × 16,384).
+    pub max_pixels: u64,
+    /// Bytes of the decoded image at its stored depth and channel count (the decoder's output
+    /// buffer; for DICOM the first frame). Default 1 GiB.
+    pub max_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: 1 << 28,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// The environment variables that override the defaults (read by the binaries only).
+    pub const PIXELS_VAR: &'static str = "ADAPTOR_MAX_IMAGE_PIXELS";
+    pub const BYTES_VAR: &'static str = "ADAPTOR_MAX_IMAGE_BYTES";
+
+    /// The defaults with the given overrides (the values of [`Self::PIXELS_VAR`] and
+    /// [`Self::BYTES_VAR`]); a value that is not a positive integer is an error naming it.
+    pub fn with_overrides(pixels: Option<&str>, bytes: Option<&str>) -> Result<Self> {
+        let parse = |name: &str, v: &str| -> Result<u64> {
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Error::Invalid(format!("{name}=`{v}` is not a positive integer")))
+        };
+        let mut l = DecodeLimits::default();
+        if let Some(v) = pixels {
+            l.max_pixels = parse(Self::PIXELS_VAR, v)?;
+        }
+        if let Some(v) = bytes {
+            l.max_bytes = parse(Self::BYTES_VAR, v)?;
+        }
+        Ok(l)
+    }
+
+    /// The limits every decode in this process uses.
+    pub fn current() -> Self {
+        *LIMITS.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the limits for every later decode in this process.
+    pub fn set(self) {
+        *LIMITS.write().unwrap_or_else(|e| e.into_inner()) = self;
+    }
+
+    /// Refuses an image of `width × height` whose decoded buffer takes `bytes`.
+    pub fn check(&self, path: &Path, width: u64, height: u64, bytes: u64) -> Result<()> {
+        let pixels = width.saturating_mul(height);
+        if pixels > self.max_pixels {
+            return Err(decode_err(
+                path,
+                format!(
+                    "the header says {width} × {height} = {pixels} pixels, over the decode limit \
+                     of {} pixels ({} raises it)",
+                    self.max_pixels,
+                    Self::PIXELS_VAR
+                ),
+            ));
+        }
+        if bytes > self.max_bytes {
+            return Err(decode_err(
+                path,
+                format!(
+                    "decoding the {width} × {height} image would take {bytes} bytes, over the \
+                     decode memory budget of {} bytes ({} raises it)",
+                    self.max_bytes,
+                    Self::BYTES_VAR
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+static LIMITS: RwLock<DecodeLimits> = RwLock::new(DecodeLimits {
+    max_pixels: 1 << 28,
+    max_bytes: 1 << 30,
+});
+
 fn decode_err(path: &Path, message: impl ToString) -> Error {
     Error::Decode {
         path: path.to_path_buf(),
@@ -142,9 +235,23 @@ pub fn decode_raster_bytes(path: &Path, bytes: &[u8]) -> Result<GrayImage> {
             "truncated JPEG: no end-of-image marker (FF D9) at the end of the file",
         ));
     }
+    let limits = DecodeLimits::current();
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    reader.no_limits();
-    let img = reader.decode().map_err(|e| decode_err(path, e))?;
+    // The codec's own allocation cap, for what it allocates besides the output buffer.
+    let mut codec_limits = image::Limits::default();
+    codec_limits.max_alloc = Some(limits.max_bytes);
+    reader.limits(codec_limits);
+    // Only the header is read here; the pixel buffer is allocated by `from_decoder`, after the
+    // limits are checked.
+    let decoder = reader.into_decoder().map_err(|e| decode_err(path, e))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    limits.check(
+        path,
+        w as u64,
+        h as u64,
+        image::ImageDecoder::total_bytes(&decoder),
+    )?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| decode_err(path, e))?;
     use image::DynamicImage as D;
     Ok(match img {
         D::ImageLuma8(g) => GrayImage::Eight(Gray {
@@ -206,7 +313,21 @@ impl DicomPixels {
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string();
-        let decoded = obj.decode_pixel_data().map_err(|e| decode_err(path, e))?;
+        // The size the header claims, checked before the pixel data is decoded (the decoder
+        // allocates rows × columns × samples × bytes per sample for a frame; this reader then
+        // keeps the values as i32, 4 more bytes per pixel).
+        let header = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u64>().ok());
+        if let (Some(rows), Some(cols)) = (header(tags::ROWS), header(tags::COLUMNS)) {
+            let spp = header(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+            let sample_bytes = header(tags::BITS_ALLOCATED).unwrap_or(16).div_ceil(8);
+            let per_pixel = spp.saturating_mul(sample_bytes).saturating_add(4);
+            let bytes = rows.saturating_mul(cols).saturating_mul(per_pixel);
+            DecodeLimits::current().check(path, cols, rows, bytes)?;
+        }
+        // Only the first frame: a multi-frame file costs one frame's memory.
+        let decoded = obj
+            .decode_pixel_data_frame(0)
+            .map_err(|e| decode_err(path, e))?;
         let spp = decoded.samples_per_pixel();
         if spp != 1 {
             return Err(decode_err(

@@ -40,17 +40,40 @@ pub fn parse_rle(rle: &str, width: u32, height: u32, context: &str) -> Result<Ve
     let total = width as u64 * height as u64;
     let mut pos = 0u64;
     let mut runs = Vec::with_capacity(nums.len() / 2);
+    // Checked arithmetic throughout: every number comes from the file, and a wrapped sum would
+    // paint a wrong mask instead of failing.
     for (i, pair) in nums.chunks_exact(2).enumerate() {
-        pos += pair[0];
-        let end = pos + pair[1];
-        if end > total {
-            return Err(err(format!(
-                "run {} (pixels {pos}..{end}) runs past the end of the {width}×{height} image ({total} pixels)",
-                i + 1
-            )));
+        let start = pos.checked_add(pair[0]);
+        let end = start.and_then(|s| s.checked_add(pair[1]));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= total => {
+                runs.push((start, pair[1]));
+                pos = end;
+            }
+            (Some(start), Some(end)) => {
+                return Err(err(format!(
+                    "run {} (pixels {start}..{end}) runs past the end of the {width}×{height} \
+                     image ({total} pixels)",
+                    i + 1
+                )))
+            }
+            (Some(start), None) => {
+                return Err(err(format!(
+                    "run {} (start {start}, length {}) runs past the end of the {width}×{height} \
+                     image ({total} pixels)",
+                    i + 1,
+                    pair[1]
+                )))
+            }
+            (None, _) => {
+                return Err(err(format!(
+                    "run {} starts {} pixels after pixel {pos}, past the end of the \
+                     {width}×{height} image ({total} pixels)",
+                    i + 1,
+                    pair[0]
+                )))
+            }
         }
-        runs.push((pos, pair[1]));
-        pos = end;
     }
     Ok(runs)
 }
@@ -162,6 +185,31 @@ mod tests {
             e.to_string(),
             "RLE train-rle.csv, line 7, field ` EncodedPixels`: run 2 (pixels 5..7) runs past the end of the \
              2×2 image (4 pixels)"
+        );
+        let e = parse_rle("1 x", 2, 2, "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "RLE c: item 2 `x` is not a non-negative integer"
+        );
+        // numbers that overflow u64, or whose sum does, are errors, never a wrapped mask
+        let e = parse_rle("1 99999999999999999999999", 2, 2, "c").unwrap_err();
+        assert!(e.to_string().contains("item 2"), "{e}");
+        let e = parse_rle(&format!("1 1 {} 1", u64::MAX), 2, 2, "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "RLE c: run 2 starts {} pixels after pixel 2, past the end of the 2×2 image \
+                 (4 pixels)",
+                u64::MAX
+            )
+        );
+        let e = parse_rle(&format!("1 {}", u64::MAX), 2, 2, "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "RLE c: run 1 (start 1, length {}) runs past the end of the 2×2 image (4 pixels)",
+                u64::MAX
+            )
         );
         let e = parse_rle("1 x", 2, 2, "c").unwrap_err();
         assert_eq!(

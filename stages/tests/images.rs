@@ -168,3 +168,129 @@ fn truncated_jpeg_is_an_error_naming_the_file() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decode limits: a header claiming a huge image is an error naming the file, checked before any
+// pixel buffer is allocated (without limits these allocate tens of GB and abort the process).
+
+fn limit_err(path: &Path) -> String {
+    let e = images::decode(path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: cannot decode image: ", path.display())),
+        "{e}"
+    );
+    e
+}
+
+#[test]
+fn png_header_claiming_65535_squared_rgba16_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("huge.png");
+    std::fs::write(&path, stages::synth::oversized_png(65_535, 65_535)).unwrap();
+    let e = limit_err(&path);
+    assert!(
+        e.contains(
+            "the header says 65535 × 65535 = 4294836225 pixels, over the decode limit of \
+             268435456 pixels (ADAPTOR_MAX_IMAGE_PIXELS raises it)"
+        ),
+        "{e}"
+    );
+    // Within the pixel limit (2^28), over the memory budget: 2 GiB of RGBA16.
+    std::fs::write(&path, stages::synth::oversized_png(16_384, 16_384)).unwrap();
+    let e = limit_err(&path);
+    assert!(
+        e.contains(
+            "decoding the 16384 × 16384 image would take 2147483648 bytes, over the decode \
+             memory budget of 1073741824 bytes (ADAPTOR_MAX_IMAGE_BYTES raises it)"
+        ),
+        "{e}"
+    );
+}
+
+/// Replaces the 2-byte little-endian value of a DICOM US element (explicit or implicit VR).
+fn patch_us(bytes: &mut [u8], group: u16, elem: u16, value: u16) {
+    let tag = [group.to_le_bytes(), elem.to_le_bytes()].concat();
+    let at = (0..bytes.len() - 10)
+        .find(|&i| {
+            bytes[i..i + 4] == tag[..]
+                && (bytes[i + 4..i + 8] == *b"US\x02\x00" || bytes[i + 4..i + 8] == [2, 0, 0, 0])
+        })
+        .expect("element present");
+    bytes[at + 8..at + 10].copy_from_slice(&value.to_le_bytes());
+}
+
+#[test]
+fn dicom_and_jpeg_headers_claiming_huge_images_are_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("rsna");
+    stages::synth::generate_with_size(stages::synth::SynthDataset::Rsna, &raw, 2, 1, 32).unwrap();
+    let dcm = std::fs::read_dir(raw.join("stage_2_train_images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&dcm).unwrap();
+    patch_us(&mut bytes, 0x0028, 0x0010, 65_535); // Rows
+    patch_us(&mut bytes, 0x0028, 0x0011, 65_535); // Columns
+    let path = tmp.path().join("huge.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = limit_err(&path);
+    assert!(
+        e.contains("65535 × 65535 = 4294836225 pixels, over the decode limit"),
+        "{e}"
+    );
+    let e = DicomPixels::open(&path).unwrap_err().to_string();
+    assert!(e.contains("over the decode limit"), "{e}");
+
+    let raw = tmp.path().join("mimic");
+    stages::synth::generate_with_size(stages::synth::SynthDataset::MimicCxr, &raw, 1, 1, 32)
+        .unwrap();
+    let jpg = walk(&raw)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&jpg).unwrap();
+    // SOF0/SOF2: FF C0|C2, length (2), precision (1), height (2), width (2), big-endian
+    let sof = (0..bytes.len() - 9)
+        .find(|&i| bytes[i] == 0xff && matches!(bytes[i + 1], 0xc0 | 0xc2))
+        .unwrap();
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+    let path = tmp.path().join("huge.jpg");
+    std::fs::write(&path, &bytes).unwrap();
+    limit_err(&path);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn decode_limits_are_overridable_and_bad_overrides_are_named() {
+    use stages::images::DecodeLimits;
+    let l = DecodeLimits::with_overrides(Some("1000"), Some(" 4096 ")).unwrap();
+    assert_eq!((l.max_pixels, l.max_bytes), (1000, 4096));
+    let d = DecodeLimits::with_overrides(None, None).unwrap();
+    assert_eq!((d.max_pixels, d.max_bytes), (1 << 28, 1 << 30));
+    let e = DecodeLimits::with_overrides(Some("lots"), None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ADAPTOR_MAX_IMAGE_PIXELS=`lots` is not a positive integer"
+    );
+    // An image over a lowered limit is refused, with the numbers.
+    let path = common::data("resize/in_97x131.png");
+    let e = l.check(&path, 97, 131, 97 * 131).unwrap_err().to_string();
+    assert!(
+        e.contains("97 × 131 = 12707 pixels, over the decode limit of 1000"),
+        "{e}"
+    );
+}

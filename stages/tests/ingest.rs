@@ -489,3 +489,81 @@ fn truncated_jpeg_and_dicom_without_pixels_name_row_and_image() {
         )
     );
 }
+
+/// `verify = "decode"` decodes in the runner's process: a PNG whose header claims 65,535 ×
+/// 65,535 RGBA16 (34 GB) must be a bad row naming the list file, the line and the image, never
+/// an abort on a failed allocation.
+#[test]
+fn an_image_claiming_a_huge_size_is_a_bad_row_not_an_abort() {
+    let (_t, raw, out) = make(DatasetKind::Covidx, 12);
+    let list = std::fs::read_dir(&raw)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("train_COVIDx")
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(&list).unwrap();
+    let (line, file) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let f = l.split(' ').nth(1)?;
+            f.ends_with(".png").then(|| (i + 1, f.to_string()))
+        })
+        .expect("a PNG in the list");
+    let image = raw.join("train").join(&file);
+    std::fs::write(&image, stages::synth::oversized_png(65_535, 65_535)).unwrap();
+    let e = run(DatasetKind::Covidx, &raw, &out, &IngestOptions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}, line {line}: image {}: the header says 65535 × 65535 = 4294836225 pixels, over \
+             the decode limit of 268435456 pixels (ADAPTOR_MAX_IMAGE_PIXELS raises it)",
+            list.display(),
+            image.display()
+        )
+    );
+    let opts = IngestOptions {
+        skip_bad: true,
+        ..Default::default()
+    };
+    let report = run(DatasetKind::Covidx, &raw, &out, &opts).unwrap();
+    assert_eq!(report.skipped, 1);
+}
+
+/// CheXpert label columns become records columns under their header names: a blank, repeated or
+/// reserved name is an error naming the CSV, line 1 and the column (found by the label fuzzer:
+/// it used to fail while writing records.parquet, naming only the output).
+#[test]
+fn mimic_label_headers_that_cannot_be_columns_are_named() {
+    use std::io::Read;
+    let (_t, raw, out) = make(DatasetKind::MimicCxr, 4);
+    let gz = raw.join("mimic-cxr-2.0.0-chexpert.csv.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let plain = raw.join("mimic-cxr-2.0.0-chexpert.csv");
+    for (from, to, message) in [
+        (
+            "Edema",
+            "Atelectasis",
+            "`Atelectasis` is the name of two columns",
+        ),
+        ("Edema", " ", "an empty column name"),
+        ("Edema", "split", "`split` is a column ingest writes itself"),
+    ] {
+        std::fs::write(&plain, text.replacen(from, to, 1)).unwrap();
+        let e = run(DatasetKind::MimicCxr, &raw, &out, &IngestOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{}, line 1, field `", plain.display())) && e.contains(message),
+            "{e}"
+        );
+    }
+}

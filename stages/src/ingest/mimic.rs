@@ -277,6 +277,36 @@ pub(crate) fn ingest(
         .filter(|(i, _)| *i != c_subject && *i != c_study)
         .map(|(i, h)| (i, h.trim().to_string()))
         .collect();
+    // Label columns become records columns under their header names: each must be a distinct,
+    // non-empty name that no fixed column of the records table already has.
+    const FIXED: &[&str] = &[
+        "key",
+        "path",
+        "split",
+        "official_split",
+        "subject_id",
+        "study_id",
+        "view",
+        "impression",
+        "findings",
+        "caption",
+        "caption_tokens",
+        "report",
+    ];
+    for (k, (_, name)) in label_cols.iter().enumerate() {
+        let clash = if name.is_empty() {
+            Some("an empty column name".to_string())
+        } else if FIXED.contains(&name.as_str()) {
+            Some(format!("`{name}` is a column ingest writes itself"))
+        } else if label_cols[..k].iter().any(|(_, n)| n == name) {
+            Some(format!("`{name}` is the name of two columns"))
+        } else {
+            None
+        };
+        if let Some(m) = clash {
+            return Err(chex.field_err(1, name, format!("label column {}: {m}", k + 1)));
+        }
+    }
     let mut bad = BadRows::new(opts.skip_bad);
     let int =
         |t: &RawTable, rec: &csv::StringRecord, line: u64, c: usize, name: &str| -> Result<i64> {

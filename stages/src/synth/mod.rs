@@ -169,6 +169,50 @@ pub(crate) fn encode_jpeg(img: &Gray8, quality: u8) -> Vec<u8> {
     buf
 }
 
+/// A hostile PNG: a valid header claiming `width × height` RGBA at 16 bits per sample (8 bytes a
+/// pixel: 65,535 × 65,535 claims 34 GB) and one tiny compressed row. What the decode limits are
+/// tested with (`images::DecodeLimits`); a decoder without limits allocates the whole claim.
+pub fn oversized_png(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([16, 6, 0, 0, 0]); // 16-bit RGBA, deflate, adaptive filter, no interlace
+    chunk(&mut out, b"IHDR", &ihdr);
+    // zlib stream of a few zero bytes (stored block)
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x04, 0x00, 0xfb, 0xff, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01,
+        ],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
 pub(crate) fn encode_png(img: &Gray8) -> Vec<u8> {
     use image::ImageEncoder;
     let mut buf = Vec::new();

@@ -73,7 +73,19 @@ struct Machine<'a> {
     memo: HashMap<u32, Id>,
     /// Storages met (persistent ids), in order: the legacy format needs their element sizes.
     storages: Vec<StorageRef>,
+    /// Items copied or walked so far beyond the one byte each opcode costs: bounded by
+    /// [`Machine::budget`], so a crafted pickle that makes every opcode re-walk a huge shared
+    /// list (through the memo) is an error instead of quadratic time.
+    work: u64,
 }
+
+/// How many levels of `torch.Size(tuple)`-style wrapping `seq_of` looks through.
+const MAX_WRAP: usize = 8;
+
+/// Nesting depth of containers past which a checkpoint is refused: real state dicts and pickled
+/// modules nest a few dozen levels; a pickle nested hundreds of thousands deep is an attack on
+/// the recursive walk (a stack overflow), not a model.
+pub const MAX_DEPTH: usize = 256;
 
 /// Opcode-level failure, turned into an [`Error::File`] with the path by the caller.
 type PResult<T> = std::result::Result<T, String>;
@@ -88,7 +100,25 @@ impl<'a> Machine<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             storages: Vec::new(),
+            work: 0,
         }
+    }
+
+    /// The work allowed for this pickle: linear in its size.
+    fn budget(&self) -> u64 {
+        16 * self.data.len() as u64 + (1 << 20)
+    }
+
+    fn charge(&mut self, items: usize) -> PResult<()> {
+        self.work += items as u64;
+        if self.work > self.budget() {
+            return Err(format!(
+                "the pickle makes its opcodes walk more than {} items (a crafted or corrupt \
+                 file: shared containers re-used through the memo)",
+                self.budget()
+            ));
+        }
+        Ok(())
     }
 
     fn push_node(&mut self, n: Node) {
@@ -173,27 +203,36 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Items of a tuple or list (or a `torch.Size(tuple)` object).
-    fn seq_of(&self, id: Id) -> Option<Vec<Id>> {
-        match &self.nodes[id] {
-            Node::Tuple(v) | Node::List(v) => Some(v.clone()),
-            Node::Object { args, .. } => match &self.nodes[*args] {
-                Node::Tuple(a) if a.len() == 1 => self.seq_of(a[0]),
-                _ => None,
-            },
-            _ => None,
+    /// Items of a tuple or list (or a `torch.Size(tuple)` object, looked through iteratively and
+    /// at most [`MAX_WRAP`] levels deep, so a long chain of wrapped objects cannot overflow the
+    /// stack).
+    fn seq_of(&self, id: Id) -> Option<&[Id]> {
+        let mut id = id;
+        for _ in 0..MAX_WRAP {
+            match &self.nodes[id] {
+                Node::Tuple(v) | Node::List(v) => return Some(v),
+                Node::Object { args, .. } => match &self.nodes[*args] {
+                    Node::Tuple(a) if a.len() == 1 => id = a[0],
+                    _ => return None,
+                },
+                _ => return None,
+            }
         }
+        None
     }
 
-    fn ints_of(&self, id: Id) -> PResult<Vec<i64>> {
-        self.seq_of(id)
-            .ok_or("tensor size/stride is not a tuple")?
-            .into_iter()
-            .map(|i| {
+    fn ints_of(&mut self, id: Id) -> PResult<Vec<i64>> {
+        let items = self.seq_of(id).ok_or("tensor size/stride is not a tuple")?;
+        let n = items.len();
+        let v = items
+            .iter()
+            .map(|&i| {
                 self.int_of(i)
-                    .ok_or_else(|| "tensor size/stride holds a non-integer".into())
+                    .ok_or_else(|| "tensor size/stride holds a non-integer".to_string())
             })
-            .collect()
+            .collect::<PResult<Vec<_>>>()?;
+        self.charge(n)?;
+        Ok(v)
     }
 
     fn add_item(&mut self, target: Id, k: Id, v: Id) -> PResult<()> {
@@ -502,7 +541,14 @@ impl<'a> Machine<'a> {
 
     /// `('storage', storage_type, key, location, numel[, view_metadata])`.
     fn persistent(&mut self, pid: Id) -> PResult<Node> {
-        let items = self.seq_of(pid).ok_or("persistent id is not a tuple")?;
+        // Only the first six fields are read; a longer tuple is not copied.
+        let items: Vec<Id> = self
+            .seq_of(pid)
+            .ok_or("persistent id is not a tuple")?
+            .iter()
+            .take(6)
+            .copied()
+            .collect();
         // Legacy whole-module pickles record each module class with its source code:
         // ('module', class, source_file, source). The class is all that is needed.
         if items.len() >= 2 && self.str_of(items[0]) == Some("module") {
@@ -549,11 +595,15 @@ impl<'a> Machine<'a> {
                 })
             }
         };
-        let a = self.seq_of(args).unwrap_or_default();
+        // The rebuild functions take at most 8 arguments; a longer tuple is not copied.
+        let (n_args, a): (usize, Vec<Id>) = self
+            .seq_of(args)
+            .map(|v| (v.len(), v.iter().take(8).copied().collect()))
+            .unwrap_or_default();
         match (module.as_str(), name.as_str()) {
             ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_tensor_v3") => {
-                if a.len() < 4 {
-                    return Err(format!("{name} with {} arguments", a.len()));
+                if n_args < 4 {
+                    return Err(format!("{name} with {n_args} arguments"));
                 }
                 let Node::Storage(storage) = self.nodes[a[0]].clone() else {
                     return Err(format!("{name}: first argument is not a storage"));
@@ -588,16 +638,19 @@ impl<'a> Machine<'a> {
             }
             ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") => {
                 let mut items = Vec::new();
+                let mut walked = 0;
                 // OrderedDict([(k, v), ...]) in older pickles
                 if let Some(first) = a.first() {
                     if let Some(pairs) = self.seq_of(*first) {
-                        for p in pairs {
-                            if let Some([k, v]) = self.seq_of(p).as_deref() {
-                                items.push((*k, *v));
+                        walked = pairs.len();
+                        for &p in pairs {
+                            if let Some(&[k, v]) = self.seq_of(p) {
+                                items.push((k, v));
                             }
                         }
                     }
                 }
+                self.charge(walked)?;
                 Ok(Node::Dict(items))
             }
             ("copy_reg" | "copyreg", "_reconstructor") => {
@@ -682,20 +735,62 @@ struct ZipStorages {
     archive: zip::ZipArchive<std::fs::File>,
     prefix: String,
     path: std::path::PathBuf,
+    /// The archive's size on disk: what every entry's declared size is checked against.
+    file_len: u64,
     cache: HashMap<String, Vec<u8>>,
+}
+
+/// Deflate cannot expand data more than about 1032 times; a larger claimed ratio is a lie.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Reads one zip entry whole, after checking the sizes its header declares against the archive
+/// file: a stored (uncompressed, what `torch.save` writes) entry cannot be larger than the file,
+/// a compressed one cannot expand more than deflate can. The read stops at the declared size, so
+/// a lying header cannot make it allocate more either.
+fn read_entry(
+    archive: &mut zip::ZipArchive<std::fs::File>,
+    name: &str,
+    file_len: u64,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let f = archive
+        .by_name(name)
+        .map_err(|e| Error::file(path, format!("entry `{name}`: {e}")))?;
+    let (size, packed) = (f.size(), f.compressed_size());
+    let limit = match f.compression() {
+        zip::CompressionMethod::Stored => packed.min(file_len),
+        _ => packed.min(file_len).saturating_mul(MAX_DEFLATE_RATIO),
+    };
+    if size > limit {
+        return Err(Error::file(
+            path,
+            format!(
+                "entry `{name}` claims {size} bytes, more than the {file_len}-byte archive can \
+                 hold ({packed} bytes compressed): a corrupt or crafted zip header"
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    f.take(size + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    if buf.len() as u64 != size {
+        return Err(Error::file(
+            path,
+            format!(
+                "entry `{name}` holds {} bytes, its header says {size}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(buf)
 }
 
 impl StorageSource for ZipStorages {
     fn bytes(&mut self, key: &str) -> Result<std::borrow::Cow<'_, [u8]>> {
         if !self.cache.contains_key(key) {
             let name = format!("{}data/{key}", self.prefix);
-            let mut f = self
-                .archive
-                .by_name(&name)
-                .map_err(|e| Error::file(&self.path, format!("storage `{name}`: {e}")))?;
-            let mut buf = Vec::with_capacity(f.size() as usize);
-            f.read_to_end(&mut buf)
-                .map_err(|e| Error::io(&self.path, e))?;
+            let buf = read_entry(&mut self.archive, &name, self.file_len, &self.path)?;
             // A tensor's storage is read once; keep only the latest to bound memory.
             self.cache.clear();
             self.cache.insert(key.to_string(), buf);
@@ -746,6 +841,7 @@ pub fn load(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 fn load_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| Error::file(path, format!("bad zip archive: {e}")))?;
     let pkl = archive
@@ -754,9 +850,9 @@ fn load_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .map(str::to_string)
         .ok_or_else(|| Error::file(path, "zip archive without data.pkl: not a torch.save file"))?;
     let prefix = pkl[..pkl.len() - "data.pkl".len()].to_string();
-    if let Ok(mut f) = archive.by_name(&format!("{prefix}byteorder")) {
+    if let Ok(f) = archive.by_name(&format!("{prefix}byteorder")) {
         let mut s = String::new();
-        let _ = f.read_to_string(&mut s);
+        let _ = f.take(16).read_to_string(&mut s);
         if s.trim() == "big" {
             return Err(Error::file(
                 path,
@@ -764,12 +860,7 @@ fn load_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
             ));
         }
     }
-    let mut data = Vec::new();
-    archive
-        .by_name(&pkl)
-        .map_err(|e| Error::file(path, e.to_string()))?
-        .read_to_end(&mut data)
-        .map_err(|e| Error::io(path, e))?;
+    let data = read_entry(&mut archive, &pkl, file_len, path)?;
     let mut nodes = Vec::new();
     let root = {
         let mut m = Machine::new(&data, 0, &mut nodes);
@@ -779,6 +870,7 @@ fn load_zip(path: &Path) -> Result<Vec<(String, Tensor)>> {
         archive,
         prefix,
         path: path.to_path_buf(),
+        file_len,
         cache: HashMap::new(),
     };
     materialise(path, &nodes, root, &mut src)
@@ -858,8 +950,7 @@ fn materialise(
     root: Id,
     src: &mut dyn StorageSource,
 ) -> Result<Vec<(String, Tensor)>> {
-    let mut refs = Vec::new();
-    collect(nodes, root, "", &mut refs, 0);
+    let refs = collect(nodes, root).map_err(|e| Error::file(path, e))?;
     if refs.is_empty() {
         return Err(Error::file(path, "the checkpoint holds no tensors"));
     }
@@ -869,38 +960,81 @@ fn materialise(
             Some((root, off)) => (root.as_str(), *off),
             None => (t.storage.key.as_str(), 0),
         };
+        let bad = |m: String| Error::file(path, format!("tensor `{name}`: {m}"));
         let bytes = src.bytes(key)?;
         let elt = t.kind.elt_size_in_bytes();
-        let numel_storage = (bytes.len() / elt) as i64;
-        let offset = base + t.offset;
-        // The furthest element the view touches must lie inside the storage.
-        let extent: i64 = t
-            .size
-            .iter()
-            .zip(&t.stride)
-            .map(|(&s, &st)| if s == 0 { 0 } else { (s - 1) * st })
-            .sum();
-        let empty = t.size.contains(&0);
-        if !empty && offset + extent >= numel_storage {
-            return Err(Error::file(
-                path,
-                format!("tensor `{name}` reaches beyond its storage `{key}`"),
-            ));
-        }
+        let numel_storage = bytes.len() / elt;
+        let view = check_view(&t, base, numel_storage as u64).map_err(bad)?;
         let flat = Tensor::f_from_data_size(
-            &bytes[..numel_storage as usize * elt],
-            &[numel_storage],
+            &bytes[..numel_storage * elt],
+            &[numel_storage as i64],
             t.kind,
         )?;
-        let tensor = if empty {
-            Tensor::f_zeros(&t.size, (t.kind, tch::Device::Cpu))?
-        } else {
-            flat.f_as_strided(&t.size, &t.stride, offset)?
-                .f_contiguous()?
+        let tensor = match view {
+            None => Tensor::f_zeros(&t.size, (t.kind, tch::Device::Cpu))?,
+            Some(offset) => flat
+                .f_as_strided(&t.size, &t.stride, offset)?
+                .f_contiguous()?,
         };
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+/// Tensors a storage may be expanded into beyond its own size (a stride-0 `expand` saved as
+/// such): up to this many elements, or the storage's size when larger.
+const MAX_EXPANDED_NUMEL: u64 = 1 << 24;
+
+/// Checks a tensor's view (sizes, strides, offset) against its storage's element count before
+/// anything is allocated, in checked arithmetic (every number comes from the file). Returns the
+/// element offset of the view, or `None` for an empty tensor.
+fn check_view(t: &TensorRef, base: i64, numel_storage: u64) -> PResult<Option<i64>> {
+    if t.size.len() != t.stride.len() {
+        return Err(format!(
+            "{} sizes but {} strides",
+            t.size.len(),
+            t.stride.len()
+        ));
+    }
+    if let Some(s) = t.size.iter().chain(&t.stride).find(|&&v| v < 0) {
+        return Err(format!(
+            "negative size or stride {s} (size {:?}, stride {:?})",
+            t.size, t.stride
+        ));
+    }
+    let offset = base
+        .checked_add(t.offset)
+        .filter(|&o| o >= 0)
+        .ok_or_else(|| format!("storage offset {base} + {} is invalid", t.offset))?;
+    let mut numel: u64 = 1;
+    for &s in &t.size {
+        numel = numel.saturating_mul(s as u64);
+    }
+    if numel == 0 {
+        // zero-sized: nothing is read, and the size itself is allocated as zero elements
+        return Ok(None);
+    }
+    if numel > numel_storage.max(MAX_EXPANDED_NUMEL) {
+        return Err(format!(
+            "size {:?} is {numel} elements, more than its storage holds ({numel_storage})",
+            t.size
+        ));
+    }
+    // The furthest element the view touches must lie inside the storage.
+    let mut last = offset as u64;
+    for (&s, &st) in t.size.iter().zip(&t.stride) {
+        last = (s as u64 - 1)
+            .checked_mul(st as u64)
+            .and_then(|x| x.checked_add(last))
+            .ok_or_else(|| format!("size {:?} with stride {:?} overflows", t.size, t.stride))?;
+    }
+    if last >= numel_storage {
+        return Err(format!(
+            "reaches element {last} of its storage `{}`, which holds {numel_storage}",
+            t.storage.key
+        ));
+    }
+    Ok(Some(offset))
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -920,50 +1054,335 @@ fn key_str(nodes: &[Node], k: Id) -> Option<String> {
 }
 
 /// Walks the pickled object and names every tensor reachable through dicts, lists and module
-/// state (`_parameters`, `_buffers`, `_modules` contribute no name part).
-fn collect(nodes: &[Node], id: Id, prefix: &str, out: &mut Vec<(String, TensorRef)>, depth: usize) {
-    if depth > 64 {
-        return;
+/// state (`_parameters`, `_buffers`, `_modules` contribute no name part). A container that
+/// contains itself (a memo cycle), nesting deeper than [`MAX_DEPTH`], or shared containers that
+/// would make the walk visit more than a few times as many nodes as the pickle holds are errors:
+/// each would otherwise hang the walk or overflow its stack.
+fn collect(nodes: &[Node], root: Id) -> PResult<Vec<(String, TensorRef)>> {
+    let mut walk = Walk {
+        nodes,
+        on_path: vec![false; nodes.len()],
+        visits: 0,
+        max_visits: 4 * nodes.len() as u64 + (1 << 16),
+        out: Vec::new(),
+    };
+    walk.visit(root, "", 0)?;
+    Ok(walk.out)
+}
+
+struct Walk<'a> {
+    nodes: &'a [Node],
+    /// Containers on the path from the root to the node being visited.
+    on_path: Vec<bool>,
+    visits: u64,
+    max_visits: u64,
+    out: Vec<(String, TensorRef)>,
+}
+
+impl Walk<'_> {
+    fn visit(&mut self, id: Id, prefix: &str, depth: usize) -> PResult<()> {
+        self.visits += 1;
+        if self.visits > self.max_visits {
+            return Err(format!(
+                "the pickled object graph is too large to walk (more than {} visits for {} \
+                 objects: shared containers nested inside each other)",
+                self.max_visits,
+                self.nodes.len()
+            ));
+        }
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "objects nested more than {MAX_DEPTH} levels deep (at `{prefix}`)"
+            ));
+        }
+        let nodes = self.nodes;
+        match &nodes[id] {
+            Node::Tensor(t) => {
+                self.out.push((prefix.to_string(), t.clone()));
+                return Ok(());
+            }
+            Node::Dict(_) | Node::List(_) | Node::Tuple(_) | Node::Object { .. } => {}
+            _ => return Ok(()),
+        }
+        if self.on_path[id] {
+            let at = if prefix.is_empty() {
+                "the root"
+            } else {
+                prefix
+            };
+            return Err(format!(
+                "a {} contains itself (a reference cycle at `{at}`)",
+                node_name(&nodes[id])
+            ));
+        }
+        self.on_path[id] = true;
+        let r = self.children(id, prefix, depth);
+        self.on_path[id] = false;
+        r
     }
-    let items = |pairs: &[(Id, Id)], out: &mut Vec<(String, TensorRef)>| {
-        for (k, v) in pairs {
-            let Some(k) = key_str(nodes, *k) else {
+
+    fn items(&mut self, pairs: &[(Id, Id)], prefix: &str, depth: usize) -> PResult<()> {
+        for &(k, v) in pairs {
+            let Some(k) = key_str(self.nodes, k) else {
                 continue;
             };
             if matches!(k.as_str(), "_parameters" | "_buffers" | "_modules") {
-                collect(nodes, *v, prefix, out, depth + 1);
+                self.visit(v, prefix, depth + 1)?;
             } else if !k.starts_with('_') {
-                collect(nodes, *v, &join(prefix, &k), out, depth + 1);
+                self.visit(v, &join(prefix, &k), depth + 1)?;
             }
         }
-    };
-    match &nodes[id] {
-        Node::Tensor(t) => out.push((prefix.to_string(), t.clone())),
-        Node::Dict(pairs) => items(pairs, out),
-        Node::List(v) | Node::Tuple(v) => {
-            for (i, x) in v.iter().enumerate() {
-                collect(nodes, *x, &join(prefix, &i.to_string()), out, depth + 1);
-            }
-        }
-        Node::Object {
-            state, items: own, ..
-        } => {
-            items(own, out);
-            if let Some(s) = state {
-                match &nodes[*s] {
-                    Node::Dict(pairs) => items(pairs, out),
-                    // (state, slotstate) tuples
-                    Node::Tuple(v) => {
-                        for x in v {
-                            if let Node::Dict(pairs) = &nodes[*x] {
-                                items(pairs, out);
-                            }
-                        }
-                    }
-                    _ => {}
+        Ok(())
+    }
+
+    fn children(&mut self, id: Id, prefix: &str, depth: usize) -> PResult<()> {
+        let nodes = self.nodes;
+        match &nodes[id] {
+            Node::Dict(pairs) => self.items(pairs, prefix, depth)?,
+            Node::List(v) | Node::Tuple(v) => {
+                for (i, &x) in v.iter().enumerate() {
+                    self.visit(x, &join(prefix, &i.to_string()), depth + 1)?;
                 }
             }
+            Node::Object {
+                state, items: own, ..
+            } => {
+                self.items(own, prefix, depth)?;
+                if let Some(s) = *state {
+                    match &nodes[s] {
+                        Node::Dict(pairs) => self.items(pairs, prefix, depth)?,
+                        // (state, slotstate) tuples
+                        Node::Tuple(v) => {
+                            for &x in v {
+                                if let Node::Dict(pairs) = &nodes[x] {
+                                    self.items(pairs, prefix, depth)?;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
         }
-        _ => {}
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Pickle bytes, written opcode by opcode.
+    #[derive(Default)]
+    struct P(Vec<u8>);
+
+    impl P {
+        fn op(mut self, b: &[u8]) -> Self {
+            self.0.extend_from_slice(b);
+            self
+        }
+        fn str(self, s: &str) -> Self {
+            let n = (s.len() as u32).to_le_bytes();
+            self.op(b"X").op(&n).op(s.as_bytes())
+        }
+        fn global(self, module: &str, name: &str) -> Self {
+            self.op(format!("c{module}\n{name}\n").as_bytes())
+        }
+        /// `torch._utils._rebuild_tensor_v2(storage('0', FloatStorage, n), offset, size, stride)`
+        fn tensor(self, numel: u8, offset: u8, size: &[u8], stride: &[u8]) -> Self {
+            let mut p = self
+                .global("torch._utils", "_rebuild_tensor_v2")
+                .op(b"(")
+                .op(b"(")
+                .str("storage")
+                .global("torch", "FloatStorage")
+                .str("0")
+                .str("cpu")
+                .op(&[b'K', numel])
+                .op(b"tQ")
+                .op(&[b'K', offset])
+                .op(b"(");
+            for s in size {
+                p = p.op(&[b'K', *s]);
+            }
+            p = p.op(b"t(");
+            for s in stride {
+                p = p.op(&[b'K', *s]);
+            }
+            p.op(b"t\x89")
+                .global("collections", "OrderedDict")
+                .op(b")R")
+                .op(b"tR")
+        }
+        fn stop(self) -> Vec<u8> {
+            let mut v = vec![0x80, 2];
+            v.extend(self.0);
+            v.push(b'.');
+            v
+        }
+    }
+
+    /// A legacy (pre-1.6) checkpoint: its pickles, then storage `0` with `numel` declared
+    /// elements and the given floats.
+    fn legacy(root: Vec<u8>, numel: u64, floats: &[f32]) -> Vec<u8> {
+        let mut magic = vec![0x80, 2, 0x8a, 10];
+        magic.extend_from_slice(&0x1950a86a20f9469cfc6c_u128.to_le_bytes()[..10]);
+        magic.push(b'.');
+        let mut out = magic;
+        out.extend(P::default().op(b"M\xe9\x03").stop());
+        out.extend(P::default().op(b"}").stop());
+        out.extend(root);
+        out.extend(P::default().op(b"]").str("0").op(b"a").stop());
+        out.extend(numel.to_le_bytes());
+        for f in floats {
+            out.extend(f.to_le_bytes());
+        }
+        out
+    }
+
+    fn state_dict(tensor: P) -> Vec<u8> {
+        P::default().op(b"}").str("w").op(&tensor.0).op(b"s").stop()
+    }
+
+    fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in entries {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(bytes).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn load_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.pt");
+        std::fs::write(&path, bytes).unwrap();
+        load(&path)
+    }
+
+    fn err(bytes: &[u8]) -> String {
+        let e = load_bytes(bytes).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("model.pt: "), "the error names the file: {e}");
+        e
+    }
+
+    #[test]
+    fn hand_written_checkpoints_load() {
+        let floats = [1.0f32, 2.0, 3.0, 4.0];
+        let t = load_bytes(&legacy(
+            state_dict(P::default().tensor(4, 0, &[2, 2], &[2, 1])),
+            4,
+            &floats,
+        ))
+        .unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].0, "w");
+        assert_eq!(Vec::<f32>::try_from(t[0].1.flatten(0, -1)).unwrap(), floats);
+        let data: Vec<u8> = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let pkl = state_dict(P::default().tensor(4, 1, &[3], &[1]));
+        let t = load_bytes(&zip(&[("m/data.pkl", &pkl), ("m/data/0", &data)])).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&t[0].1).unwrap(), [2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn a_list_containing_itself_is_an_error_not_a_hang() {
+        // l = []; l.append(l); l.append(l)  — walking it naively never ends
+        let pkl = P::default().op(b"]q\x00h\x00ah\x00a").stop();
+        let e = err(&zip(&[("m/data.pkl", &pkl)]));
+        assert!(e.contains("a list contains itself"), "{e}");
+        // the same through a dict
+        let pkl = P::default().op(b"}q\x00").str("a").op(b"h\x00s").stop();
+        let e = err(&zip(&[("m/data.pkl", &pkl)]));
+        assert!(
+            e.contains("a dict contains itself (a reference cycle at `a`)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn exponentially_shared_lists_are_an_error_not_a_hang() {
+        // l0 = []; l(i+1) = [l(i), l(i)]: 2^200 paths through 200 lists
+        let mut p = P::default().op(b"]q\x00");
+        for i in 0..200u8 {
+            p = p.op(&[b']', b'(', b'h', i, b'h', i, b'e', b'q', i + 1]);
+        }
+        let e = err(&zip(&[("m/data.pkl", &p.stop())]));
+        assert!(e.contains("too large to walk"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // [[[...[]...]]] 300,000 levels deep
+        let n = 300_000;
+        let mut p = P::default();
+        p.0.extend(std::iter::repeat_n(b'(', n));
+        p.0.push(b']');
+        p.0.extend(std::iter::repeat_n(b'l', n));
+        let e = err(&zip(&[("m/data.pkl", &p.stop())]));
+        assert!(e.contains("nested more than 256 levels deep"), "{e}");
+    }
+
+    #[test]
+    fn sizes_from_zip_headers_are_checked_against_the_file() {
+        let data = [0u8; 16];
+        let pkl = state_dict(P::default().tensor(4, 0, &[4], &[1]));
+        let mut bytes = zip(&[("m/data.pkl", &pkl), ("m/data/0", &data)]);
+        // Claim 4 GiB for the storage in its central directory record (uncompressed size at
+        // offset 24 of the record; the reader trusts the central directory).
+        let name = b"m/data/0";
+        let at = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == b"PK\x01\x02")
+            .map(|(i, _)| i)
+            .find(|&i| bytes[i + 46..].starts_with(name))
+            .unwrap();
+        bytes[at + 24..at + 28].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let e = err(&bytes);
+        assert!(
+            e.contains("entry `m/data/0` claims 4294967280 bytes, more than the"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_from_storage_records_and_views_are_checked() {
+        // a storage record claiming 2^62 elements
+        let root = state_dict(P::default().tensor(4, 0, &[4], &[1]));
+        let e = err(&legacy(root.clone(), 1 << 62, &[0.0; 4]));
+        assert!(e.contains("storage `0` is truncated"), "{e}");
+        // a view past its storage
+        let root = state_dict(P::default().tensor(4, 0, &[5], &[1]));
+        let e = err(&legacy(root, 4, &[0.0; 4]));
+        assert!(e.contains("tensor `w`: reaches element 4"), "{e}");
+        // a stride-0 view of 255^4 elements of a 4-element storage: refused before allocating
+        let root = state_dict(P::default().tensor(4, 0, &[255, 255, 255, 255], &[0, 0, 0, 0]));
+        let e = err(&legacy(root, 4, &[0.0; 4]));
+        assert!(e.contains("more than its storage holds"), "{e}");
+        // sizes and strides whose extent overflows 64 bits (LONG1 integers of 8 bytes)
+        let big = |p: P| p.op(&[0x8a, 8]).op(&(i64::MAX / 2).to_le_bytes());
+        let mut p = P::default()
+            .op(b"}")
+            .str("w")
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"((")
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .str("0")
+            .str("cpu")
+            .op(b"K\x04tQK\x00(K\x04K\x04t(");
+        p = big(p);
+        p = big(p);
+        let root = p
+            .op(b"t\x89")
+            .global("collections", "OrderedDict")
+            .op(b")RtRs")
+            .stop();
+        let e = err(&legacy(root, 4, &[0.0; 4]));
+        assert!(e.contains("tensor `w`"), "{e}");
     }
 }

@@ -112,6 +112,13 @@ impl TableMeta {
             .and_then(|(a, rest)| rest.split_once(" of ").map(|(b, c)| (a, b, c)));
         let (a, b, c) =
             parsed.ok_or_else(|| Error::table(path, format!("metadata rows `{rows}`")))?;
+        let (row_start, row_end, rows_total) = (num("rows", a)?, num("rows", b)?, num("rows", c)?);
+        if row_start > row_end || row_end > rows_total {
+            return Err(Error::table(
+                path,
+                format!("metadata `{PREFIX}rows` = `{rows}`: not a range of rows of the total"),
+            ));
+        }
         Ok(TableMeta {
             table: get("table")?,
             backbone: get("backbone")?,
@@ -122,9 +129,9 @@ impl TableMeta {
             preprocessing: get("preprocessing")?,
             precision: get("precision")?,
             shard: get("shard")?,
-            row_start: num("rows", a)?,
-            row_end: num("rows", b)?,
-            rows_total: num("rows", c)?,
+            row_start,
+            row_end,
+            rows_total,
         })
     }
 }
@@ -292,6 +299,16 @@ pub struct EmbeddingTable {
     pub mask: Option<Vec<bool>>,
 }
 
+fn no_nulls(path: &Path, col: &dyn Array, name: &str) -> Result<()> {
+    if col.null_count() > 0 {
+        return Err(Error::table(
+            path,
+            format!("column `{name}` has {} null rows", col.null_count()),
+        ));
+    }
+    Ok(())
+}
+
 fn strings(path: &Path, col: &dyn Array, name: &str) -> Result<Vec<String>> {
     if col.null_count() > 0 {
         return Err(Error::table(path, format!("column `{name}` has nulls")));
@@ -433,6 +450,7 @@ impl EmbeddingTable {
             match t.meta.tokens {
                 None => {
                     let e = col("embedding")?;
+                    no_nulls(path, e.as_ref(), "embedding")?;
                     let list = e
                         .as_fixed_size_list_opt()
                         .filter(|l| l.value_length() as usize == t.meta.dim)
@@ -452,33 +470,64 @@ impl EmbeddingTable {
                     t.values.extend_from_slice(v.values());
                 }
                 Some(_) => {
+                    let (dim, len) = (t.meta.dim, t.meta.tokens.unwrap_or(0));
                     let tok = col("tokens")?;
+                    no_nulls(path, tok.as_ref(), "tokens")?;
                     let inner = tok
                         .as_fixed_size_list_opt()
+                        .filter(|l| l.value_length() as usize == len)
                         .and_then(|l| l.values().as_fixed_size_list_opt().cloned())
-                        .ok_or_else(|| Error::table(path, "`tokens` is not a list of vectors"))?;
+                        .filter(|l| l.value_length() as usize == dim)
+                        .ok_or_else(|| {
+                            Error::table(
+                                path,
+                                format!(
+                                    "`tokens` is {}, not FixedSizeList<FixedSizeList<Float32, \
+                                     {dim}>, {len}>",
+                                    tok.data_type()
+                                ),
+                            )
+                        })?;
                     let v = inner
                         .values()
                         .as_primitive_opt::<Float32Type>()
                         .ok_or_else(|| Error::table(path, "`tokens` items are not Float32"))?;
                     t.values.extend_from_slice(v.values());
                     let m = col("mask")?;
+                    no_nulls(path, m.as_ref(), "mask")?;
                     let bools = m
                         .as_fixed_size_list_opt()
-                        .map(|l| {
-                            l.values()
-                                .as_boolean()
-                                .iter()
-                                .map(|b| b.unwrap_or(false))
-                                .collect::<Vec<_>>()
-                        })
-                        .ok_or_else(|| Error::table(path, "`mask` is not a list of booleans"))?;
+                        .filter(|l| l.value_length() as usize == len)
+                        .and_then(|l| l.values().as_boolean_opt())
+                        .map(|b| b.iter().map(|b| b.unwrap_or(false)).collect::<Vec<_>>())
+                        .ok_or_else(|| {
+                            Error::table(
+                                path,
+                                format!(
+                                    "`mask` is {}, not FixedSizeList<Boolean, {len}>",
+                                    m.data_type()
+                                ),
+                            )
+                        })?;
                     t.mask.as_mut().expect("token table").extend(bools);
                 }
             }
         }
-        let want = t.keys.len() * t.row_len();
-        if t.values.len() != want {
+        let want = t.keys.len().checked_mul(t.row_len());
+        let mask_want = t.keys.len().checked_mul(t.meta.tokens.unwrap_or(0));
+        if let (Some(m), Some(want)) = (&t.mask, mask_want) {
+            if m.len() != want {
+                return Err(Error::table(
+                    path,
+                    format!(
+                        "column `mask`: {} values for {} rows",
+                        m.len(),
+                        t.keys.len()
+                    ),
+                ));
+            }
+        }
+        if want != Some(t.values.len()) {
             return Err(Error::table(
                 path,
                 format!("{} values for {} rows", t.values.len(), t.keys.len()),
@@ -498,9 +547,9 @@ impl EmbeddingTable {
         Ok(t)
     }
 
-    /// Floats per row.
+    /// Floats per row (saturating: a table whose metadata claims more cannot be read anyway).
     pub fn row_len(&self) -> usize {
-        self.meta.dim * self.meta.tokens.unwrap_or(1)
+        self.meta.dim.saturating_mul(self.meta.tokens.unwrap_or(1))
     }
 
     pub fn rows(&self) -> usize {
@@ -799,5 +848,136 @@ mod tests {
         let t = EmbeddingTable::read_from_store(&store, "encode-text", &key, "embeddings.parquet")
             .unwrap();
         assert_eq!((t.keys, t.values), (keys(&["a"]), vec![1.0, 2.0]));
+    }
+
+    /// Writes arbitrary columns with the metadata of `m` (dim and tokens overridable as text).
+    fn write_raw(path: &Path, m: &TableMeta, over: &[(&str, &str)], cols: Vec<(&str, ArrayRef)>) {
+        let mut kv = m.to_kv();
+        for (k, v) in over {
+            let key = format!("{PREFIX}{k}");
+            kv.retain(|e| e.key != key);
+            kv.push(KeyValue::new(key, v.to_string()));
+        }
+        let schema = Arc::new(Schema::new(
+            cols.iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch =
+            RecordBatch::try_new(schema.clone(), cols.into_iter().map(|(_, a)| a).collect())
+                .unwrap();
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(kv))
+            .build();
+        let mut w = ArrowWriter::try_new(File::create(path).unwrap(), schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    fn fixed(values: ArrayRef, n: i32) -> ArrayRef {
+        let item = Arc::new(Field::new("item", values.data_type().clone(), true));
+        Arc::new(FixedSizeListArray::try_new(item, n, values, None).unwrap())
+    }
+
+    #[test]
+    fn parquet_inputs_of_the_wrong_type_or_shape_are_errors_naming_file_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.parquet");
+        let key: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        let read_err = |p: &Path| EmbeddingTable::read(p).unwrap_err().to_string();
+        let named = |e: &str, col: &str| {
+            assert!(e.starts_with(&format!("{}: ", p.display())), "{e}");
+            assert!(e.contains(&format!("`{col}`")), "{e}");
+        };
+        // embedding holding integers
+        let ints: ArrayRef = Arc::new(arrow_array::Int32Array::from(vec![1, 2]));
+        write_raw(
+            &p,
+            &meta((0, 1, 1), None),
+            &[],
+            vec![("key", key.clone()), ("embedding", fixed(ints, 2))],
+        );
+        named(&read_err(&p), "embedding");
+        // embedding of the wrong width
+        let f3: ArrayRef = Arc::new(Float32Array::from(vec![1.0, 2.0, 3.0]));
+        write_raw(
+            &p,
+            &meta((0, 1, 1), None),
+            &[],
+            vec![("key", key.clone()), ("embedding", fixed(f3.clone(), 3))],
+        );
+        named(&read_err(&p), "embedding");
+        // key holding integers
+        let f2: ArrayRef = Arc::new(Float32Array::from(vec![1.0, 2.0]));
+        let int_key: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![7]));
+        write_raw(
+            &p,
+            &meta((0, 1, 1), None),
+            &[],
+            vec![("key", int_key), ("embedding", fixed(f2.clone(), 2))],
+        );
+        named(&read_err(&p), "key");
+        // a token table whose mask holds floats (this used to panic in `as_boolean`)
+        let tokens = fixed(fixed(Arc::new(Float32Array::from(vec![0.0; 6])), 2), 3);
+        let float_mask = fixed(Arc::new(Float32Array::from(vec![1.0, 1.0, 0.0])), 3);
+        write_raw(
+            &p,
+            &meta((0, 1, 1), Some(3)),
+            &[],
+            vec![
+                ("key", key.clone()),
+                ("tokens", tokens.clone()),
+                ("mask", float_mask),
+            ],
+        );
+        named(&read_err(&p), "mask");
+        // tokens shaped 2 × 3 where the metadata says 3 × 2
+        let wrong = fixed(fixed(Arc::new(Float32Array::from(vec![0.0; 6])), 3), 2);
+        let mask = fixed(Arc::new(BooleanArray::from(vec![true, true, false])), 3);
+        write_raw(
+            &p,
+            &meta((0, 1, 1), Some(3)),
+            &[],
+            vec![("key", key.clone()), ("tokens", wrong), ("mask", mask)],
+        );
+        named(&read_err(&p), "tokens");
+        // null rows
+        let null_key: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>]));
+        write_raw(
+            &p,
+            &meta((0, 1, 1), None),
+            &[],
+            vec![("key", null_key), ("embedding", fixed(f2.clone(), 2))],
+        );
+        named(&read_err(&p), "key");
+        // metadata a reader would compute with: a dimension that overflows, rows backwards
+        write_raw(
+            &p,
+            &meta((0, 1, 1), Some(3)),
+            &[("dim", &usize::MAX.to_string())],
+            vec![
+                ("key", key.clone()),
+                ("tokens", tokens),
+                (
+                    "mask",
+                    fixed(Arc::new(BooleanArray::from(vec![true; 3])), 3),
+                ),
+            ],
+        );
+        let e = read_err(&p);
+        assert!(e.starts_with(&format!("{}: ", p.display())), "{e}");
+        write_raw(
+            &p,
+            &meta((0, 1, 1), None),
+            &[("rows", "5..2 of 9")],
+            vec![("key", key.clone()), ("embedding", fixed(f2, 2))],
+        );
+        let e = read_err(&p);
+        assert!(e.contains("metadata `adaptor.rows` = `5..2 of 9`"), "{e}");
+        // a records table whose `key` column holds integers
+        let int_key: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![7]));
+        write_raw(&p, &meta((0, 1, 1), None), &[], vec![("key", int_key)]);
+        let e = read_string_columns(&p, &["key"]).unwrap_err().to_string();
+        named(&e, "key");
     }
 }
