@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, FingerprintCache};
 use crate::key::{KeyRecipe, StageKey};
 use crate::plan::{InputRef, Part, Plan};
-use crate::stage::{InputArtifact, InputOrigin, ProgressSink, StageContext, StageRegistry};
+use crate::stage::{
+    format_duration, Activity, InputArtifact, InputOrigin, Limits, ProgressSink, StageContext,
+    StageRegistry,
+};
 use crate::store::{self, ArtifactManifest, IndexEntry, InputRecord, Lease, PublishOutcome, Store};
 use crate::value::canonical_params;
 
@@ -128,6 +131,9 @@ pub enum State {
     /// Another runner holds the lease.
     Running {
         owner: String,
+        /// Seconds without a progress report or log line, when longer than the instance's
+        /// watchdog interval.
+        silent: Option<f64>,
     },
 }
 
@@ -175,15 +181,21 @@ pub fn states(
             out.push(if state == "PENDING" {
                 State::Queued { job: job.clone() }
             } else {
+                let lease = store.get_json::<Lease>(&Store::lock_path(kind, key))?;
                 State::Running {
                     owner: format!("slurm job {job}"),
+                    silent: lease.and_then(|l| silent_for(&l, &plan.instances[idx].limits)),
                 }
             });
             continue;
         }
         if let Some(lease) = store.get_json::<Lease>(&Store::lock_path(kind, key))? {
             if !lease_is_stale(&lease, lease_secs) {
-                out.push(State::Running { owner: lease.owner });
+                let silent = silent_for(&lease, &plan.instances[idx].limits);
+                out.push(State::Running {
+                    owner: lease.owner,
+                    silent,
+                });
                 continue;
             }
         }
@@ -205,6 +217,12 @@ pub fn states(
         });
     }
     Ok(out)
+}
+
+/// How long the stage under `lease` has been silent, when longer than its watchdog interval.
+fn silent_for(lease: &Lease, limits: &Limits) -> Option<f64> {
+    let silent = now_unix() - lease.activity_unix?;
+    (silent >= limits.watchdog.as_secs_f64()).then_some(silent)
 }
 
 /// `_failed/<kind>/<key>/_error.json`.
@@ -236,6 +254,12 @@ pub enum RunEvent {
     Waiting {
         instance: String,
         owner: String,
+    },
+    /// A running stage sent no progress report or log line for longer than its watchdog
+    /// interval (`watchdog`). Reported once per silence; the stage is not stopped.
+    Silent {
+        instance: String,
+        seconds: f64,
     },
     /// Handed to a cluster scheduler (`reused`: a job another run had already submitted).
     Submitted {
@@ -379,6 +403,42 @@ pub fn lease_is_stale(lease: &Lease, lease_secs: f64) -> bool {
 /// Leases this runner holds, refreshed by a heartbeat thread.
 struct Leases {
     held: Mutex<HashMap<String, Lease>>,
+    /// The stages running under them, by lease path: what the watchdog and the leases' activity
+    /// times are read from.
+    watched: Mutex<HashMap<String, Watched>>,
+}
+
+/// A running stage under the watchdog.
+struct Watched {
+    instance: String,
+    activity: Arc<Activity>,
+    watchdog: Duration,
+    /// A `Silent` event was sent for the current silence.
+    reported: bool,
+}
+
+impl Leases {
+    /// Sends one `Silent` event per silence longer than a stage's watchdog interval.
+    fn watch(&self, sink: &dyn ProgressSink) {
+        for w in self.watched.lock().expect("watch lock").values_mut() {
+            let silent = w.activity.silent_for();
+            if silent < w.watchdog {
+                w.reported = false;
+            } else if !w.reported {
+                w.reported = true;
+                sink.event(&RunEvent::Silent {
+                    instance: w.instance.clone(),
+                    seconds: silent.as_secs_f64(),
+                });
+            }
+        }
+    }
+
+    fn activity_unix(&self, path: &str) -> Option<f64> {
+        let watched = self.watched.lock().expect("watch lock");
+        let w = watched.get(path)?;
+        Some(now_unix() - w.activity.silent_for().as_secs_f64())
+    }
 }
 
 impl Leases {
@@ -392,6 +452,7 @@ impl Leases {
             .collect();
         for (path, mut lease) in held {
             lease.heartbeat_unix = now_unix();
+            lease.activity_unix = self.activity_unix(&path);
             let _ = store.put_json(&path, &lease, false);
         }
     }
@@ -465,6 +526,7 @@ pub fn run(
     };
     let leases = Arc::new(Leases {
         held: Mutex::new(HashMap::new()),
+        watched: Mutex::new(HashMap::new()),
     });
     let pending: Vec<usize> = to_run.clone();
     let mut waiting_on: HashMap<usize, usize> = HashMap::new(); // instance -> stale deps left
@@ -492,13 +554,21 @@ pub fn run(
     std::thread::scope(|scope| -> Result<()> {
         {
             let leases = leases.clone();
+            let sink = sink.clone();
             let period = Duration::from_secs_f64((opts.lease_secs / 4.0).clamp(0.2, 15.0));
-            // Refreshes held leases every `period`; wakes at once when the run ends.
+            // Refreshes held leases every `period` and looks for silent stages every `tick`;
+            // wakes at once when the run ends.
+            let tick = period.min(Duration::from_millis(500));
             scope.spawn(move || {
+                let mut refreshed = Instant::now();
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    heartbeat_stopped.recv_timeout(period)
+                    heartbeat_stopped.recv_timeout(tick)
                 {
-                    leases.refresh(store);
+                    leases.watch(sink.as_ref());
+                    if refreshed.elapsed() >= period {
+                        leases.refresh(store);
+                        refreshed = Instant::now();
+                    }
                 }
             });
         }
@@ -741,6 +811,7 @@ fn build_one(
         pid: std::process::id(),
         instance: inst.name.clone(),
         heartbeat_unix: now_unix(),
+        activity_unix: Some(now_unix()),
     };
     if !acquire(
         store,
@@ -759,6 +830,16 @@ fn build_one(
         .lock()
         .expect("lease lock")
         .insert(lock_path.clone(), lease);
+    let activity = Arc::new(Activity::new());
+    leases.watched.lock().expect("watch lock").insert(
+        lock_path.clone(),
+        Watched {
+            instance: inst.name.clone(),
+            activity: activity.clone(),
+            watchdog: inst.limits.watchdog,
+            reported: false,
+        },
+    );
     let result = build_locked(
         plan,
         stage.as_ref(),
@@ -771,7 +852,13 @@ fn build_one(
         &nonce,
         sink.clone(),
         cancel,
+        activity,
     );
+    leases
+        .watched
+        .lock()
+        .expect("watch lock")
+        .remove(&lock_path);
     leases.held.lock().expect("lease lock").remove(&lock_path);
     let released = store.delete(&lock_path);
     let outcome = result?;
@@ -792,6 +879,7 @@ fn build_locked(
     nonce: &str,
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
+    activity: Arc<Activity>,
 ) -> Result<Outcome> {
     let inst = &plan.instances[idx];
     let key = &resolved.keys[idx];
@@ -868,17 +956,28 @@ fn build_locked(
         sink.clone(),
         cancel.clone(),
     )
-    .with_resume_dir(store.resume_dir(&inst.kind, key));
+    .with_resume_dir(store.resume_dir(&inst.kind, key))
+    .with_time_limit(inst.limits.timeout)
+    .with_activity(activity);
     ctx.log(format!("{} key {key}", inst.name));
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match inst.part {
         Part::Merge { .. } => stage.merge(&ctx),
         Part::Whole | Part::Shard { .. } => stage.run(&ctx),
     }));
+    // What the stage wrote, described (and hashed) before anything is committed: a FIFO, socket
+    // or device in it fails the instance by name instead of blocking the runner.
+    let mut files = Vec::new();
     let error: Option<String> = match result {
-        Ok(Ok(())) => RESERVED
-            .iter()
-            .find(|r| out_dir.join(r).exists())
-            .map(|r| format!("the stage wrote `{r}`, a name the runner reserves")),
+        Ok(Ok(())) => match RESERVED.iter().find(|r| out_dir.join(r).exists()) {
+            Some(r) => Some(format!("the stage wrote `{r}`, a name the runner reserves")),
+            None => match store::describe_outputs(&out_dir) {
+                Ok(f) => {
+                    files = f;
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+        },
         Ok(Err(e)) => Some(e.to_string()),
         Err(panic) => Some(format!(
             "the stage panicked: {}",
@@ -892,6 +991,10 @@ fn build_locked(
     if let Some(error) = error {
         let error = if cancel.load(Ordering::Relaxed) {
             format!("cancelled: {error}")
+        } else if let (true, Some(limit)) = (ctx.timed_out(), ctx.time_limit()) {
+            // The stage's own message (often "... timed out after") stays in its log.
+            ctx.log(format!("stopped: {error}"));
+            format!("timed out after {}", format_duration(limit))
         } else {
             error
         };
@@ -946,7 +1049,7 @@ fn build_locked(
         manifest: plan.manifest.display().to_string(),
         params: inst.params.clone(),
         inputs: records,
-        files: store::describe_outputs(&out_dir)?,
+        files,
         started_unix,
         seconds,
         tool: opts.tool.clone(),

@@ -11,6 +11,7 @@ pub mod key;
 pub mod manifest;
 pub mod ops;
 pub mod plan;
+pub mod process;
 pub mod slurm;
 pub mod stage;
 pub mod store;
