@@ -988,6 +988,12 @@ fn build_locked(
                 .unwrap_or("(no message)")
         )),
     };
+    // A limit holds for every kind: a stage that runs inside the runner can only be stopped at
+    // its cancellation checks, and one that returns after its limit fails all the same.
+    let error = match error {
+        None if ctx.timed_out() => Some("the stage finished after its time limit".to_string()),
+        e => e,
+    };
     if let Some(error) = error {
         let error = if cancel.load(Ordering::Relaxed) {
             format!("cancelled: {error}")

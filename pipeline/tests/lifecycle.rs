@@ -211,6 +211,24 @@ params.timeout = 0.5
 }
 
 #[test]
+fn a_stage_inside_the_runner_that_ends_after_its_limit_fails_too() {
+    // `echo` sleeps without checking for cancellation, like a stage with no checks in its loop.
+    let case = Case::new(
+        "[stages.late]\nkind = \"echo\"\nparams = { sleep_ms = 800, timeout = \"200ms\" }\n",
+    );
+    let (outcomes, _) = case.run_within(Duration::from_secs(60), Arc::new(NoProgress));
+    assert_eq!(failed_with(&outcomes, "late"), "timed out after 0.2s");
+    assert!(
+        !case.path().join("artifacts/echo").exists() || {
+            std::fs::read_dir(case.path().join("artifacts/echo"))
+                .unwrap()
+                .flatten()
+                .all(|e| !e.path().join("_manifest.json").exists())
+        }
+    );
+}
+
+#[test]
 fn runner_parameters_are_not_part_of_the_key() {
     let base = "[stages.s]\nkind = \"command\"\nparams.run = \"echo hi > $OUT/a\"\n";
     let key_of = |text: &str| {
