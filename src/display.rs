@@ -116,6 +116,19 @@ impl ProgressSink for Display {
                 };
                 self.line(format!("queued   {instance}  ({how} slurm job {job})"));
             }
+            RunEvent::Silent { instance, seconds } => {
+                let text = format!(
+                    "silent   {instance}: no progress or log line for {}",
+                    pipeline::stage::format_duration(Duration::from_secs(*seconds as u64))
+                );
+                if let Some(bar) = self.bars.lock().expect("bars").get(instance) {
+                    bar.set_message(format!(
+                        "(silent for {})",
+                        pipeline::stage::format_duration(Duration::from_secs(*seconds as u64))
+                    ));
+                }
+                self.line(text);
+            }
             RunEvent::Waiting { instance, owner } => {
                 self.line(format!(
                     "waiting  {instance}: another runner ({owner}) is building it"

@@ -199,6 +199,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// A flag that Ctrl-C, SIGTERM (a scheduler, `kill`) and SIGHUP (a closed terminal) set: running
+/// stages are stopped (their process groups killed), their leases released, and the run exits 1.
+/// A second signal exits at once; the stages' process groups die with this process anyway
+/// (pipeline::process), and nothing partial is visible in the store.
+fn cancel_on_signals(quiet: bool) -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        if !quiet {
+            eprintln!("\ncancelling: stopping running stages (Ctrl-C again to quit at once)");
+        }
+    });
+    cancel
+}
+
 fn registry() -> StageRegistry {
     let mut reg = StageRegistry::new();
     reg.register(Arc::new(pipeline::builtin::CommandStage));
@@ -327,19 +345,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 lease_secs: lease_secs()?,
                 ..RunOptions::default()
             };
-            let cancel = Arc::new(AtomicBool::new(false));
-            {
-                let cancel = cancel.clone();
-                let _ = ctrlc::set_handler(move || {
-                    if cancel.swap(true, Ordering::SeqCst) {
-                        // A second Ctrl-C: stop now. Nothing partial is visible in the store.
-                        std::process::exit(130);
-                    }
-                    eprintln!(
-                        "\ncancelling: stopping running stages (Ctrl-C again to quit at once)"
-                    );
-                });
-            }
+            let cancel = cancel_on_signals(cli.quiet);
             let display = Arc::new(display::Display::new(cli.verbose, cli.quiet));
             let use_slurm = executor_arg
                 .as_deref()
@@ -508,7 +514,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 &resolved,
                 &opts,
                 display,
-                Arc::new(AtomicBool::new(false)),
+                cancel_on_signals(cli.quiet),
             )?;
             match report
                 .outcomes
@@ -556,7 +562,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                                 row["error"] = error.as_str().into();
                                 row["log"] = display_path(&url, log).into();
                             }
-                            State::Running { owner } => row["owner"] = owner.as_str().into(),
+                            State::Running { owner, silent } => {
+                                row["owner"] = owner.as_str().into();
+                                if let Some(s) = silent {
+                                    row["silent_secs"] = (s.round() as u64).into();
+                                }
+                            }
                             State::Queued { job } => row["job"] = job.as_str().into(),
                             State::Corrupt { bad } => {
                                 row["bad_files"] = bad
@@ -575,7 +586,19 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 for ((inst, key), st) in plan.instances.iter().zip(&resolved.keys).zip(&states) {
                     let detail = match st {
                         State::Failed { error, .. } => format!("  ({})", first_line(error)),
-                        State::Running { owner } => format!("  (by {owner})"),
+                        State::Running {
+                            owner,
+                            silent: None,
+                        } => format!("  (by {owner})"),
+                        State::Running {
+                            owner,
+                            silent: Some(s),
+                        } => format!(
+                            "  (by {owner}; silent for {}: no progress or log line)",
+                            pipeline::stage::format_duration(std::time::Duration::from_secs(
+                                s.max(0.0) as u64
+                            ))
+                        ),
                         State::Queued { job } => format!("  (slurm job {job})"),
                         State::Stale { previous } => format!("  (was {})", previous.short()),
                         State::Corrupt { bad } => format!(
@@ -819,6 +842,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let st = std::process::Command::new(&w).arg("embed").args(args).status().map_err(|e| {
                 anyhow!("cannot start {}: {e} (build it with `cargo build --workspace`, or set ADAPTOR_TORCH)", w.display())
             })?;
+            if st.code().is_none() {
+                eprintln!(
+                    "error: {} {}",
+                    w.display(),
+                    pipeline::process::describe_exit(&st)
+                );
+            }
             Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
         }
         Command::Stages => {
@@ -855,6 +885,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         s.param, s.merge
                     );
                 }
+            }
+            println!("every kind also takes (not part of the key):");
+            for (name, doc) in pipeline::stage::RUNNER_PARAMS {
+                println!("  param {name}: {doc}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -3,13 +3,13 @@
 //!
 //! The command runs under `sh -c` with `OUT` set to its output folder, `IN_<SLOT>` to each input's
 //! folder (`IN_<SLOT>_<i>` when a slot has several), `THREADS`, and `VAR_<NAME>` for each entry of
-//! the `vars` parameter. Its output and error streams go to the stage log.
+//! the `vars` parameter. Its output and error streams go to the stage log. The shell and everything
+//! it starts form one process group that never outlives the stage or the runner (`crate::process`):
+//! background processes still running when the shell exits are killed.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use crate::process::{self, Stream};
 use crate::stage::{
     InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError,
 };
@@ -93,66 +93,36 @@ impl Stage for CommandStage {
                 cmd.env(format!("VAR_{}", k.to_ascii_uppercase()), text);
             }
         }
-        cmd.current_dir(ctx.out_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // Its own process group: a terminal's Ctrl-C reaches the runner, which then stops it.
-        cmd.process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start `sh -c {script:?}`: {e}"))?;
-
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let tail = std::sync::Mutex::new(std::collections::VecDeque::<String>::new());
-        let status = std::thread::scope(|s| {
-            s.spawn(|| {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    ctx.log(line);
+        cmd.current_dir(ctx.out_dir());
+        // Its own process group, which dies with the runner and is killed on cancel, on timeout
+        // and once the shell has exited (crate::process).
+        let mut tail = std::collections::VecDeque::<String>::new();
+        let finished = process::run_group(cmd, None, ctx, |stream, line| match stream {
+            Stream::Stdout => ctx.log(line),
+            Stream::Stderr => {
+                ctx.log(format!("stderr: {line}"));
+                tail.push_back(line);
+                if tail.len() > 5 {
+                    tail.pop_front();
                 }
-            });
-            s.spawn(|| {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    ctx.log(format!("stderr: {line}"));
-                    let mut t = tail.lock().expect("tail");
-                    t.push_back(line);
-                    if t.len() > 5 {
-                        t.pop_front();
-                    }
-                }
-            });
-            // Block on the child; a watcher stops it if the run is cancelled.
-            let pgid = child.id() as i32;
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-            s.spawn(move || loop {
-                match done_rx.recv_timeout(Duration::from_millis(100)) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) if ctx.is_cancelled() => {
-                        // SAFETY: signalling the process group we created; no memory is touched.
-                        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-                        return;
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-            });
-            let status = child.wait();
-            let _ = done_tx.send(());
-            status
+            }
         })
-        .map_err(|e| format!("waiting for `{script}`: {e}"))?;
-        if ctx.is_cancelled() {
-            return Err("cancelled".into());
+        .map_err(|e| format!("cannot start `sh -c {script:?}`: {e}"))?;
+        for note in &finished.notes {
+            ctx.log(note);
         }
-        if !status.success() {
-            let tail: Vec<String> = tail.into_inner().expect("tail").into_iter().collect();
-            let code = status
-                .code()
-                .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
-            let mut msg = format!("command `{script}` exited with {code}");
+        if finished.stopped || (!finished.status.success() && ctx.is_cancelled()) {
+            // Says "cancelled" or "timed out after ...".
+            ctx.check_cancelled()?;
+        }
+        if !finished.status.success() {
+            let mut msg = format!(
+                "command `{script}` {}",
+                process::describe_exit(&finished.status)
+            );
             if !tail.is_empty() {
                 msg.push_str(": ");
-                msg.push_str(&tail.join(" | "));
+                msg.push_str(&tail.into_iter().collect::<Vec<_>>().join(" | "));
             }
             return Err(msg.into());
         }

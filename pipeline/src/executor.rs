@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, FingerprintCache};
 use crate::key::{KeyRecipe, StageKey};
 use crate::plan::{InputRef, Part, Plan};
-use crate::stage::{InputArtifact, InputOrigin, ProgressSink, StageContext, StageRegistry};
+use crate::stage::{
+    format_duration, Activity, InputArtifact, InputOrigin, Limits, ProgressSink, StageContext,
+    StageRegistry,
+};
 use crate::store::{self, ArtifactManifest, IndexEntry, InputRecord, Lease, PublishOutcome, Store};
 use crate::value::canonical_params;
 
@@ -128,6 +131,9 @@ pub enum State {
     /// Another runner holds the lease.
     Running {
         owner: String,
+        /// Seconds without a progress report or log line, when longer than the instance's
+        /// watchdog interval.
+        silent: Option<f64>,
     },
     /// Complete, but a file is missing or its size differs from `_manifest.json`: rebuilt by
     /// the next run (after moving the artifact aside).
@@ -192,16 +198,21 @@ pub fn states(
             out.push(if state == "PENDING" {
                 State::Queued { job: job.clone() }
             } else {
+                let lease = store.get_json::<Lease>(&Store::lock_path(kind, key))?;
                 State::Running {
                     owner: format!("slurm job {job}"),
+                    silent: lease.and_then(|l| silent_for(&l, &plan.instances[idx].limits)),
                 }
             });
             continue;
         }
-        if let crate::lease::LeaseState::Live { owner } =
-            crate::lease::state(store, kind, key, lease_secs)?
+        if let crate::lease::LeaseState::Live {
+            owner,
+            activity_unix,
+        } = crate::lease::state(store, kind, key, lease_secs)?
         {
-            out.push(State::Running { owner });
+            let silent = silent_for(activity_unix, &plan.instances[idx].limits);
+            out.push(State::Running { owner, silent });
             continue;
         }
         let failed_dir = Store::failed_dir(kind, key);
@@ -224,6 +235,12 @@ pub fn states(
         });
     }
     Ok(out)
+}
+
+/// How long the stage under `lease` has been silent, when longer than its watchdog interval.
+fn silent_for(activity_unix: Option<f64>, limits: &Limits) -> Option<f64> {
+    let silent = now_unix() - activity_unix?;
+    (silent >= limits.watchdog.as_secs_f64()).then_some(silent)
 }
 
 /// `_failed/<kind>/<key>/_error.json`.
@@ -255,6 +272,12 @@ pub enum RunEvent {
     Waiting {
         instance: String,
         owner: String,
+    },
+    /// A running stage sent no progress report or log line for longer than its watchdog
+    /// interval (`watchdog`). Reported once per silence; the stage is not stopped.
+    Silent {
+        instance: String,
+        seconds: f64,
     },
     /// Handed to a cluster scheduler (`reused`: a job another run had already submitted).
     Submitted {
@@ -378,6 +401,42 @@ fn local_host() -> String {
 struct Leases {
     held: Mutex<HashMap<String, crate::lease::HeldLease>>,
     lease_secs: f64,
+    /// The stages running under them, by lease path: what the watchdog and the leases' activity
+    /// times are read from.
+    watched: Mutex<HashMap<String, Watched>>,
+}
+
+/// A running stage under the watchdog.
+struct Watched {
+    instance: String,
+    activity: Arc<Activity>,
+    watchdog: Duration,
+    /// A `Silent` event was sent for the current silence.
+    reported: bool,
+}
+
+impl Leases {
+    /// Sends one `Silent` event per silence longer than a stage's watchdog interval.
+    fn watch(&self, sink: &dyn ProgressSink) {
+        for w in self.watched.lock().expect("watch lock").values_mut() {
+            let silent = w.activity.silent_for();
+            if silent < w.watchdog {
+                w.reported = false;
+            } else if !w.reported {
+                w.reported = true;
+                sink.event(&RunEvent::Silent {
+                    instance: w.instance.clone(),
+                    seconds: silent.as_secs_f64(),
+                });
+            }
+        }
+    }
+
+    fn activity_unix(&self, path: &str) -> Option<f64> {
+        let watched = self.watched.lock().expect("watch lock");
+        let w = watched.get(path)?;
+        Some(now_unix() - w.activity.silent_for().as_secs_f64())
+    }
 }
 
 impl Leases {
@@ -396,9 +455,13 @@ impl Leases {
 
     /// Refreshes one held lease now; `false` if it is lost (or not held).
     fn confirm(&self, store: &Store, path: &str) -> bool {
+        let activity = self.activity_unix(path);
         let mut held = self.held.lock().expect("lease lock");
         match held.get_mut(path) {
-            Some(h) => crate::lease::refresh(store, h, self.lease_secs),
+            Some(h) => {
+                h.note_activity(activity);
+                crate::lease::refresh(store, h, self.lease_secs)
+            }
             None => false,
         }
     }
@@ -473,6 +536,7 @@ pub fn run(
     let leases = Arc::new(Leases {
         held: Mutex::new(HashMap::new()),
         lease_secs: opts.lease_secs,
+        watched: Mutex::new(HashMap::new()),
     });
     let pending: Vec<usize> = to_run.clone();
     let mut waiting_on: HashMap<usize, usize> = HashMap::new(); // instance -> stale deps left
@@ -500,13 +564,21 @@ pub fn run(
     std::thread::scope(|scope| -> Result<()> {
         {
             let leases = leases.clone();
+            let sink = sink.clone();
             let period = Duration::from_secs_f64((opts.lease_secs / 4.0).clamp(0.2, 15.0));
-            // Refreshes held leases every `period`; wakes at once when the run ends.
+            // Refreshes held leases every `period` and looks for silent stages every `tick`;
+            // wakes at once when the run ends.
+            let tick = period.min(Duration::from_millis(500));
             scope.spawn(move || {
+                let mut refreshed = Instant::now();
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    heartbeat_stopped.recv_timeout(period)
+                    heartbeat_stopped.recv_timeout(tick)
                 {
-                    leases.refresh(store);
+                    leases.watch(sink.as_ref());
+                    if refreshed.elapsed() >= period {
+                        leases.refresh(store);
+                        refreshed = Instant::now();
+                    }
                 }
             });
         }
@@ -702,6 +774,7 @@ fn build_one(
         token: String::new(),
         host_id: String::new(),
         released: false,
+        activity_unix: Some(now_unix()),
     };
     let mut on_wait = |owner: &str| {
         sink.event(&RunEvent::Waiting {
@@ -728,6 +801,16 @@ fn build_one(
         .lock()
         .expect("lease lock")
         .insert(lock_path.clone(), held);
+    let activity = Arc::new(Activity::new());
+    leases.watched.lock().expect("watch lock").insert(
+        lock_path.clone(),
+        Watched {
+            instance: inst.name.clone(),
+            activity: activity.clone(),
+            watchdog: inst.limits.watchdog,
+            reported: false,
+        },
+    );
     // The stage's cancel flag: the run's, or this lease lost (the stage stops; nothing commits).
     let stop = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
@@ -759,9 +842,15 @@ fn build_one(
         stop,
         &fence,
         &lost,
+        activity,
     );
     finished.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    leases
+        .watched
+        .lock()
+        .expect("watch lock")
+        .remove(&lock_path);
     let mut held = leases
         .held
         .lock()
@@ -806,6 +895,7 @@ fn build_locked(
     cancel: Arc<AtomicBool>,
     fence: &dyn Fn() -> bool,
     lost: &AtomicBool,
+    activity: Arc<Activity>,
 ) -> Result<Outcome> {
     let inst = &plan.instances[idx];
     let key = &resolved.keys[idx];
@@ -908,17 +998,28 @@ fn build_locked(
         sink.clone(),
         cancel.clone(),
     )
-    .with_resume_dir(store.resume_dir(&inst.kind, key));
+    .with_resume_dir(store.resume_dir(&inst.kind, key))
+    .with_time_limit(inst.limits.timeout)
+    .with_activity(activity);
     ctx.log(format!("{} key {key}", inst.name));
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match inst.part {
         Part::Merge { .. } => stage.merge(&ctx),
         Part::Whole | Part::Shard { .. } => stage.run(&ctx),
     }));
+    // What the stage wrote, described (and hashed) before anything is committed: a FIFO, socket
+    // or device in it fails the instance by name instead of blocking the runner.
+    let mut files = Vec::new();
     let error: Option<String> = match result {
-        Ok(Ok(())) => RESERVED
-            .iter()
-            .find(|r| out_dir.join(r).exists())
-            .map(|r| format!("the stage wrote `{r}`, a name the runner reserves")),
+        Ok(Ok(())) => match RESERVED.iter().find(|r| out_dir.join(r).exists()) {
+            Some(r) => Some(format!("the stage wrote `{r}`, a name the runner reserves")),
+            None => match store::describe_outputs(&out_dir) {
+                Ok(f) => {
+                    files = f;
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+        },
         Ok(Err(e)) => Some(e.to_string()),
         Err(panic) => Some(format!(
             "the stage panicked: {}",
@@ -929,6 +1030,12 @@ fn build_locked(
                 .unwrap_or("(no message)")
         )),
     };
+    // A limit holds for every kind: a stage that runs inside the runner can only be stopped at
+    // its cancellation checks, and one that returns after its limit fails all the same.
+    let error = match error {
+        None if ctx.timed_out() => Some("the stage finished after its time limit".to_string()),
+        e => e,
+    };
     if let Some(error) = error {
         if lost.load(Ordering::SeqCst) {
             // Not ours any more: the new owner's records are left alone.
@@ -938,6 +1045,10 @@ fn build_locked(
         }
         let error = if cancel.load(Ordering::Relaxed) {
             format!("cancelled: {error}")
+        } else if let (true, Some(limit)) = (ctx.timed_out(), ctx.time_limit()) {
+            // The stage's own message (often "... timed out after") stays in its log.
+            ctx.log(format!("stopped: {error}"));
+            format!("timed out after {}", format_duration(limit))
         } else {
             error
         };
@@ -992,7 +1103,7 @@ fn build_locked(
         manifest: plan.manifest.display().to_string(),
         params: inst.params.clone(),
         inputs: records,
-        files: store::describe_outputs(&out_dir)?,
+        files,
         started_unix,
         seconds,
         tool: opts.tool.clone(),

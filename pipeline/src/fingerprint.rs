@@ -247,8 +247,41 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     fs::rename(&tmp, path).at(path)
 }
 
+/// What a non-regular file is, for errors: "a FIFO (named pipe)", "a socket", ...
+pub fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a folder"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The error for a file that cannot be hashed because it is not a regular file.
+fn not_regular(path: &Path, meta: &fs::Metadata) -> Error {
+    Error::Other(format!(
+        "{}: is {}; only regular files and folders are hashed",
+        path.display(),
+        file_kind(meta)
+    ))
+}
+
 fn stat_of(path: &Path, rel: String) -> Result<FileStat> {
     let m = fs::metadata(path).at(path)?;
+    if !m.is_file() {
+        return Err(not_regular(path, &m));
+    }
     Ok(FileStat {
         path: rel,
         size: m.len(),
@@ -264,6 +297,9 @@ fn walk(root: &Path) -> Result<Vec<FileStat>> {
     let meta = fs::metadata(root).at(root)?;
     if meta.is_file() {
         return Ok(vec![stat_of(root, String::new())?]);
+    }
+    if !meta.is_dir() {
+        return Err(not_regular(root, &meta));
     }
     let mut out = walk_dir(root, "", 0)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -326,13 +362,24 @@ fn stat_digest(stats: &[FileStat]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// blake3 of a file's bytes; large files use all cores.
+/// blake3 of a file's bytes; large files use all cores. Anything but a regular file is refused by
+/// name: the file is opened without blocking (a FIFO with no writer would block `open` itself)
+/// and checked before a byte is read.
 pub fn hash_file(path: &Path, size: u64) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .at(path)?;
+    let meta = f.metadata().at(path)?;
+    if !meta.is_file() {
+        return Err(not_regular(path, &meta));
+    }
     let mut hasher = blake3::Hasher::new();
     if size >= LARGE_FILE {
         hasher.update_mmap_rayon(path).at(path)?;
     } else {
-        let f = fs::File::open(path).at(path)?;
         hasher.update_reader(f).at(path)?;
     }
     Ok(hasher.finalize().to_hex().to_string())
@@ -371,6 +418,46 @@ mod tests {
         assert_eq!(verified.digest, changed.digest);
         assert_eq!(verified.rehashed, 2);
         assert!(verified.mismatched.is_empty());
+    }
+
+    #[test]
+    fn a_fifo_socket_or_device_is_refused_by_name_without_blocking() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        fs::write(data.path().join("ok.txt"), b"1").unwrap();
+        let fifo = data.path().join("labels.csv");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let sock = data.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (root, cache_dir) = (data.path().to_path_buf(), cache.path().to_path_buf());
+        std::thread::spawn(move || {
+            let c = FingerprintCache::new(cache_dir);
+            let _ = tx.send((
+                c.fingerprint(&root, false).map_err(|e| e.to_string()),
+                c.fingerprint(&root.join("labels.csv"), false)
+                    .map_err(|e| e.to_string()),
+                hash_file(Path::new("/dev/zero"), 0).map_err(|e| e.to_string()),
+            ));
+        });
+        let (folder, single, device) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("fingerprinting blocked");
+        let folder = folder.unwrap_err();
+        assert!(
+            folder.contains("labels.csv") && folder.contains("FIFO")
+                || folder.contains("sock") && folder.contains("socket"),
+            "{folder}"
+        );
+        let single = single.unwrap_err();
+        assert!(single.contains("labels.csv: is a FIFO"), "{single}");
+        let device = device.unwrap_err();
+        assert!(
+            device.contains("/dev/zero: is a character device"),
+            "{device}"
+        );
     }
 
     #[test]

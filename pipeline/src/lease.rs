@@ -56,7 +56,11 @@ pub enum LeaseState {
     /// No lease, or a released one.
     Free,
     /// Held by a live runner.
-    Live { owner: String },
+    Live {
+        owner: String,
+        /// When its stage last reported progress or a log line (the watchdog's input).
+        activity_unix: Option<f64>,
+    },
     /// Its holder is gone: may be taken over (by compare-and-swap).
     Stale { why: String },
 }
@@ -89,6 +93,7 @@ pub fn judge(record: &Record<Lease>, store_now: f64, lease_secs: f64) -> LeaseSt
             }
             LeaseState::Live {
                 owner: value.owner.clone(),
+                activity_unix: value.activity_unix,
             }
         }
     }
@@ -117,6 +122,13 @@ pub struct HeldLease {
 impl HeldLease {
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+
+    /// When the stage under this lease last reported progress; written with the next refresh.
+    pub fn note_activity(&mut self, unix: Option<f64>) {
+        if unix.is_some() {
+            self.lease.activity_unix = unix;
+        }
     }
 }
 
@@ -170,7 +182,7 @@ pub fn acquire(
                 LeaseState::Free | LeaseState::Stale { .. } => {
                     version = store.put_if_version(&path, bytes_of(&lease), &current)?;
                 }
-                LeaseState::Live { owner } => {
+                LeaseState::Live { owner, .. } => {
                     if !announced {
                         on_wait(&owner);
                         announced = true;

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod manifest;
 pub mod ops;
 pub mod plan;
+pub mod process;
 pub mod slurm;
 pub mod stage;
 pub mod store;

@@ -64,7 +64,7 @@ pub fn explain(
         ));
         return Ok(lines);
     }
-    if let crate::lease::LeaseState::Live { owner } =
+    if let crate::lease::LeaseState::Live { owner, .. } =
         crate::lease::state(store, &inst.kind, key, LEASE_SECS)?
     {
         lines.push(format!("being built right now by {owner}"));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::manifest::{self, Loc, Node, NodeValue};
-use crate::stage::{InputAccepts, StageRegistry, SHARDS_SLOT};
+use crate::stage::{parse_duration, InputAccepts, Limits, StageRegistry, SHARDS_SLOT};
 use crate::value::{Params, Value};
 
 /// An external folder declared in the manifest: a raw dataset or a backbone's weights.
@@ -63,6 +63,9 @@ pub struct Instance {
     pub params: Params,
     pub inputs: BTreeMap<String, Vec<InputRef>>,
     pub part: Part,
+    /// The runner parameters (`timeout`, `watchdog`): how an attempt is supervised. Not in
+    /// `params`, hence never part of the key.
+    pub limits: Limits,
 }
 
 impl Instance {
@@ -602,7 +605,19 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 }
             }
             let mut params = Params::new();
+            let mut limits = Limits::default();
             for (k, (node, key)) in &raw {
+                // Runner parameters are read here and kept out of `params`, so out of the key.
+                if k == "timeout" || k == "watchdog" {
+                    let value = substitute(node, &bindings, key)?.to_value();
+                    let d = parse_duration(&value).map_err(|m| err(node, key, m))?;
+                    if k == "timeout" {
+                        limits.timeout = Some(d);
+                    } else {
+                        limits.watchdog = d;
+                    }
+                    continue;
+                }
                 let Some(spec) = specs.iter().find(|s| s.name == k) else {
                     let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
                     return Err(err(
@@ -690,6 +705,7 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                             index,
                             count: *count,
                         },
+                        limits,
                     });
                     pending.push(Pending {
                         node,
@@ -709,6 +725,7 @@ pub fn build(path: &Path, root: &Node, registry: &StageRegistry) -> Result<Plan>
                 params,
                 inputs: BTreeMap::new(),
                 part,
+                limits,
             });
             pending.push(Pending {
                 node,

@@ -25,7 +25,7 @@ use crate::executor::{
 };
 use crate::key::StageKey;
 use crate::plan::{Part, Plan};
-use crate::stage::ProgressSink;
+use crate::stage::{Limits, ProgressSink};
 use crate::store::{ArtifactManifest, Store};
 
 /// `_jobs/<kind>/<key>.json`: the job building that key.
@@ -381,6 +381,7 @@ fn claim_or_submit(
         args.push(format!("--dependency=afterok:{}", deps.join(":")));
     }
     args.extend(res.sbatch_args());
+    args.extend(time_from_timeout(&res, &inst.limits));
     args.push(format!("--wrap={}", exec_command(slurm, &inst.name, key)));
     let out = match slurm_cmd("sbatch", &args) {
         Ok(o) => o,
@@ -555,7 +556,9 @@ fn submit_array(
     if !deps.is_empty() {
         args.push(format!("--dependency=afterok:{}", deps.join(":")));
     }
-    args.extend(slurm.resources_for(plan, &first.kind).sbatch_args());
+    let res = slurm.resources_for(plan, &first.kind);
+    args.extend(res.sbatch_args());
+    args.extend(time_from_timeout(&res, &first.limits));
     // Task `i` builds shard `i`; any other task id is a bug and fails loudly.
     let mut script = String::from("case \"$SLURM_ARRAY_TASK_ID\" in");
     for (s, index, _) in &ours {
@@ -656,6 +659,17 @@ fn ended(
     })
 }
 
+/// A job of an instance with a `timeout` and no `time` resource asks Slurm for the timeout plus
+/// 5 minutes: `adaptor exec` stops the stage at its timeout and records "timed out after …"
+/// itself, and the scheduler can still place the job in a shorter queue.
+fn time_from_timeout(res: &crate::plan::SlurmResources, limits: &Limits) -> Option<String> {
+    if res.time.is_some() {
+        return None;
+    }
+    let secs = limits.timeout?.as_secs_f64() + 300.0;
+    Some(format!("--time={}", (secs / 60.0).ceil() as u64))
+}
+
 impl SlurmOptions {
     /// The manifest's defaults under the per-kind resources.
     pub fn resources_for(&self, plan: &Plan, kind: &str) -> crate::plan::SlurmResources {
@@ -670,6 +684,25 @@ impl SlurmOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_sets_the_job_time_unless_the_resources_do() {
+        let limits = Limits {
+            timeout: Some(std::time::Duration::from_secs(3600)),
+            ..Limits::default()
+        };
+        let none = crate::plan::SlurmResources::default();
+        assert_eq!(
+            time_from_timeout(&none, &limits).as_deref(),
+            Some("--time=65")
+        );
+        assert_eq!(time_from_timeout(&none, &Limits::default()), None);
+        let set = crate::plan::SlurmResources {
+            time: Some("08:00:00".into()),
+            ..Default::default()
+        };
+        assert_eq!(time_from_timeout(&set, &limits), None);
+    }
 
     #[test]
     fn array_tasks_of_this_run_are_named_by_their_array() {

@@ -10,9 +10,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::key::StageKey;
 use crate::value::{Params, Value};
@@ -275,6 +275,151 @@ impl ProgressSink for NoProgress {
     fn log(&self, _: &str, _: &str) {}
 }
 
+/// Parameters every stage kind takes, which the runner reads and keeps out of the key: they say
+/// how long an attempt may take, not what the artifact is (see [`Limits`]). A kind must not declare
+/// a parameter of the same name.
+pub const RUNNER_PARAMS: &[(&str, &str)] = &[
+    (
+        "timeout",
+        "a time limit (\"90s\", \"30m\", \"2h\", \"1h30m\" or seconds): the stage's processes are \
+         killed and the instance fails with \"timed out after ...\"; default none",
+    ),
+    (
+        "watchdog",
+        "how long the stage may go without a progress report or log line before `status` and the \
+         live display call it silent (same form as timeout; default 10m)",
+    ),
+];
+
+/// The default of the `watchdog` runner parameter.
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(600);
+
+/// What the runner parameters ([`RUNNER_PARAMS`]) of an instance say. Never part of a key: the same
+/// artifact may be built under any limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// After this long the attempt is stopped and fails ("timed out after ...").
+    pub timeout: Option<Duration>,
+    /// Silence (no progress, no log line) longer than this is reported, not acted on.
+    pub watchdog: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: None,
+            watchdog: DEFAULT_WATCHDOG,
+        }
+    }
+}
+
+/// Reads a duration parameter: a positive number of seconds, or a string of `<number><unit>` parts
+/// with units `ms`, `s`, `m`, `h`, `d` (`"90s"`, `"1h30m"`, `"2.5h"`).
+pub fn parse_duration(value: &Value) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "expected a duration such as \"90s\", \"30m\", \"2h\", \"1h30m\" or a number of \
+             seconds, found {value}"
+        )
+    };
+    let secs = match value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => {
+            let text = s.trim();
+            if text.is_empty() {
+                return Err(bad());
+            }
+            let mut total = 0.0;
+            let mut rest = text;
+            while !rest.is_empty() {
+                let num_end = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .ok_or_else(bad)?;
+                let number: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+                rest = &rest[num_end..];
+                let unit_end = rest
+                    .find(|c: char| c.is_ascii_digit() || c == '.')
+                    .unwrap_or(rest.len());
+                let scale = match rest[..unit_end].trim() {
+                    "ms" => 0.001,
+                    "s" => 1.0,
+                    "m" | "min" => 60.0,
+                    "h" => 3600.0,
+                    "d" => 86400.0,
+                    _ => return Err(bad()),
+                };
+                total += number * scale;
+                rest = &rest[unit_end..];
+            }
+            total
+        }
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("expected a positive duration, found {value}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration the way people write it: `1.5s`, `90s` → `1m30s`, `2h`, `1h0m5s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        let text = format!("{secs:.3}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        return format!("{text}s");
+    }
+    let whole = d.as_secs();
+    let (h, m, s) = (whole / 3600, whole / 60 % 60, whole % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 || (h > 0 && s > 0) {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// When a stage last showed a sign of life (a progress report or a log line), shared with the
+/// runner's watchdog and written into its lease for `status`.
+#[derive(Debug)]
+pub struct Activity {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last sign of life.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of life (since the start if there was none).
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Everything a stage may touch while it runs.
 pub struct StageContext {
     instance: String,
@@ -288,6 +433,8 @@ pub struct StageContext {
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
     resume_dir: Option<PathBuf>,
+    time_limit: Option<Duration>,
+    activity: Arc<Activity>,
 }
 
 impl StageContext {
@@ -315,7 +462,33 @@ impl StageContext {
             sink,
             cancel,
             resume_dir: None,
+            time_limit: None,
+            activity: Arc::new(Activity::new()),
         }
+    }
+
+    /// Stops the stage after `limit` (from when the context was made): [`StageContext::is_cancelled`]
+    /// turns true, so the processes the stage started are killed and its loops return.
+    pub fn with_time_limit(mut self, limit: Option<Duration>) -> Self {
+        self.time_limit = limit;
+        self
+    }
+
+    /// Records signs of life into `activity` (the runner's watchdog reads it).
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = activity;
+        self
+    }
+
+    /// The time limit, if the instance has one.
+    pub fn time_limit(&self) -> Option<Duration> {
+        self.time_limit
+    }
+
+    /// True once the time limit has passed.
+    pub fn timed_out(&self) -> bool {
+        self.time_limit
+            .is_some_and(|limit| self.started.elapsed() >= limit)
     }
 
     /// Gives the stage a folder that outlives a failed or killed attempt of this instance (same
@@ -417,23 +590,34 @@ impl StageContext {
         if let Some(f) = self.log_file.lock().expect("log lock").as_mut() {
             let _ = writeln!(f, "[{secs:8.2}s] {line}");
         }
+        self.activity.touch();
         self.sink.log(&self.instance, &line);
     }
 
     /// Reports progress: `done` of `total` `unit`s.
     pub fn progress(&self, done: u64, total: u64, unit: &str) {
+        self.activity.touch();
         self.sink.progress(&self.instance, done, total, unit);
     }
 
-    /// True once the user asked to stop (Ctrl-C). Long loops should check it and return an error.
+    /// True once the user asked to stop (Ctrl-C, SIGTERM, SIGHUP) or the time limit has passed.
+    /// Long loops should check it and return an error; processes started through
+    /// [`crate::process`] are killed when it turns true.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
+        self.cancel.load(Ordering::Relaxed) || self.timed_out()
     }
 
-    /// Returns an error when cancelled, for use with `?` inside loops.
+    /// Returns an error when cancelled or timed out, for use with `?` inside loops.
     pub fn check_cancelled(&self) -> Result<(), StageError> {
-        if self.is_cancelled() {
+        if self.cancel.load(Ordering::Relaxed) {
             Err(format!("{}: cancelled", self.instance).into())
+        } else if let (true, Some(limit)) = (self.timed_out(), self.time_limit) {
+            Err(format!(
+                "{}: timed out after {}",
+                self.instance,
+                format_duration(limit)
+            )
+            .into())
         } else {
             Ok(())
         }
@@ -453,6 +637,13 @@ impl StageRegistry {
 
     pub fn register(&mut self, stage: Arc<dyn Stage>) {
         let kind = stage.kind();
+        for p in stage.params() {
+            assert!(
+                !RUNNER_PARAMS.iter().any(|(name, _)| *name == p.name),
+                "stage kind `{kind}` declares `{}`, a parameter the runner reserves",
+                p.name
+            );
+        }
         assert!(
             self.stages.insert(kind, stage).is_none(),
             "stage kind `{kind}` registered twice"
@@ -469,5 +660,56 @@ impl StageRegistry {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Stage>> {
         self.stages.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_and_print_the_way_people_write_them() {
+        let d = |v: Value| parse_duration(&v);
+        assert_eq!(d(Value::Int(90)), Ok(Duration::from_secs(90)));
+        assert_eq!(d(Value::Float(0.5)), Ok(Duration::from_millis(500)));
+        assert_eq!(d(Value::Str("1h30m".into())), Ok(Duration::from_secs(5400)));
+        assert_eq!(d(Value::Str("2.5h".into())), Ok(Duration::from_secs(9000)));
+        assert_eq!(
+            d(Value::Str("250ms".into())),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(d(Value::Str("1d".into())), Ok(Duration::from_secs(86400)));
+        for bad in ["", "soon", "10", "5 parsecs", "m", "1h-5m"] {
+            assert!(d(Value::Str(bad.into())).is_err(), "{bad:?} accepted");
+        }
+        assert!(d(Value::Int(0)).is_err());
+        assert!(d(Value::Int(-3)).is_err());
+        assert!(d(Value::Bool(true)).is_err());
+        assert_eq!(format_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_secs(3605)), "1h0m5s");
+    }
+
+    #[test]
+    fn a_time_limit_cancels_the_context_and_says_so() {
+        let ctx = StageContext::new(
+            "s".into(),
+            StageKey::parse(&"ab".repeat(32)).unwrap(),
+            Params::new(),
+            BTreeMap::new(),
+            PathBuf::from("/nonexistent"),
+            1,
+            None,
+            Arc::new(NoProgress),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .with_time_limit(Some(Duration::from_millis(50)));
+        assert!(!ctx.is_cancelled());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(ctx.is_cancelled() && ctx.timed_out());
+        let err = ctx.check_cancelled().unwrap_err().to_string();
+        assert_eq!(err, "s: timed out after 0.05s");
     }
 }

@@ -177,6 +177,10 @@ pub struct Lease {
     /// conditional overwrite with this mark).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// When the stage last reported progress or a log line (refreshed with the heartbeat), so
+    /// `status` can name a stage that went silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity_unix: Option<f64>,
 }
 
 /// Checks a relative path read from a record (a `_manifest.json`, local or remote) before it is
@@ -1720,10 +1724,31 @@ pub fn describe_outputs(out: &Path) -> Result<Vec<FileRecord>> {
                 format!("{rel}/{name}")
             };
             let path = entry.path();
-            if entry.file_type().at(&path)?.is_dir() {
+            let ft = entry.file_type().at(&path)?;
+            if ft.is_dir() {
                 walk(&path, &child, acc)?;
-            } else {
+            } else if ft.is_file() {
                 acc.push((path, child));
+            } else {
+                // Hashing a FIFO or a device would block or never end: refused by name. A
+                // symbolic link is kept when it leads to a regular file (its content is hashed).
+                let target = std::fs::metadata(&path).at(&path)?;
+                if ft.is_symlink() && target.is_file() {
+                    acc.push((path, child));
+                } else {
+                    let what = crate::fingerprint::file_kind(&target);
+                    let what = if ft.is_symlink() {
+                        format!("a symbolic link to {what}")
+                    } else {
+                        what.to_string()
+                    };
+                    return Err(Error::Artifact {
+                        what: child,
+                        message: format!(
+                            "is {what}; a stage's output may hold regular files and folders only"
+                        ),
+                    });
+                }
             }
         }
         Ok(())

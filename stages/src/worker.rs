@@ -10,13 +10,13 @@
 //! This file only depends on `pipeline`, `serde` and `serde_json`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use pipeline::process::{self, Stream};
 use pipeline::{
     InputArtifact, InputOrigin, InputSpec, ParamSpec, Params, ProgressSink, Sharding, Stage,
     StageContext, StageError, StageKey, SHARDS_SLOT,
@@ -366,88 +366,67 @@ impl Stage for WorkerStage {
 }
 
 /// Starts `worker run-stage`, hands it `job`, relays its messages to `ctx` until it exits, and
-/// kills it when the run is cancelled.
+/// kills it when the run is cancelled or the instance times out. The worker runs in a process group
+/// of its own that dies with the runner ([`pipeline::process`]).
 pub fn run_worker(worker: &Path, job: &Job, ctx: &StageContext) -> Result<(), StageError> {
-    let mut child = Command::new(worker)
-        .arg("run-stage")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start the torch worker {}: {e} (it is the `adaptor-torch` binary; build it \
-                 with `cargo build -p adaptor-torch`)",
-                worker.display()
-            )
-        })?;
-    {
-        let mut stdin = child.stdin.take().expect("piped");
-        let mut text = serde_json::to_vec(job).expect("jobs serialise");
-        text.push(b'\n');
-        // If the worker died at once, its exit status and stderr say why; report that instead.
-        let _ = stdin.write_all(&text);
-    }
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let error: Mutex<Option<String>> = Mutex::new(None);
-    let tail = Mutex::new(VecDeque::<String>::new());
-    let status = std::thread::scope(|s| {
-        s.spawn(|| {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<WorkerMessage>(&line) {
-                    Ok(WorkerMessage::Log(l)) => ctx.log(l),
-                    Ok(WorkerMessage::Progress { done, total, unit }) => {
-                        ctx.progress(done, total, &unit)
-                    }
-                    Ok(WorkerMessage::Error(e)) => *error.lock().expect("error lock") = Some(e),
-                    // Something else wrote to stdout (a library): keep it in the log.
-                    Err(_) => ctx.log(line),
-                }
+    let mut cmd = Command::new(worker);
+    cmd.arg("run-stage");
+    let mut text = serde_json::to_vec(job).expect("jobs serialise");
+    text.push(b'\n');
+    let mut error: Option<String> = None;
+    let mut tail = VecDeque::<String>::new();
+    let finished = process::run_group(cmd, Some(text), ctx, |stream, line| match stream {
+        Stream::Stdout => match serde_json::from_str::<WorkerMessage>(&line) {
+            Ok(WorkerMessage::Log(l)) => ctx.log(l),
+            Ok(WorkerMessage::Progress { done, total, unit }) => ctx.progress(done, total, &unit),
+            Ok(WorkerMessage::Error(e)) => error = Some(e),
+            // Something else wrote to stdout (a library): keep it in the log.
+            Err(_) => ctx.log(line),
+        },
+        Stream::Stderr => {
+            ctx.log(format!("worker stderr: {line}"));
+            tail.push_back(line);
+            if tail.len() > 5 {
+                tail.pop_front();
             }
-        });
-        s.spawn(|| {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                ctx.log(format!("worker stderr: {line}"));
-                let mut t = tail.lock().expect("tail lock");
-                t.push_back(line);
-                if t.len() > 5 {
-                    t.pop_front();
-                }
-            }
-        });
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok::<_, std::io::Error>(status);
-            }
-            if ctx.is_cancelled() {
-                let _ = child.kill();
-                return child.wait();
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     })
-    .map_err(|e| format!("waiting for the torch worker: {e}"))?;
-    if ctx.is_cancelled() {
-        return Err(format!("{}: cancelled", ctx.instance()).into());
+    .map_err(|e| {
+        format!(
+            "cannot start the torch worker {}: {e} (it is the `adaptor-torch` binary; build it \
+             with `cargo build -p adaptor-torch`)",
+            worker.display()
+        )
+    })?;
+    for note in &finished.notes {
+        ctx.log(note);
     }
-    let error = error.into_inner().expect("error lock");
-    if status.success() && error.is_none() {
-        return Ok(());
+    if finished.stopped || (!finished.status.success() && ctx.is_cancelled()) {
+        // Says "cancelled" or "timed out after ...".
+        ctx.check_cancelled()?;
     }
-    if let Some(e) = error {
-        return Err(e.into());
+    Err(match (finished.status.success(), error) {
+        (true, None) => return Ok(()),
+        // The worker's own message comes first; how it ended is added when that says more.
+        (_, Some(e)) if finished.status.code().is_some() => e,
+        (_, Some(e)) => format!(
+            "{e} (then the torch worker {})",
+            process::describe_exit(&finished.status)
+        ),
+        (false, None) => {
+            let mut msg = format!(
+                "the torch worker {} {}",
+                worker.display(),
+                process::describe_exit(&finished.status)
+            );
+            if !tail.is_empty() {
+                msg.push_str(": ");
+                msg.push_str(&tail.into_iter().collect::<Vec<_>>().join(" | "));
+            }
+            msg
+        }
     }
-    let code = status
-        .code()
-        .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
-    let tail: Vec<String> = tail.into_inner().expect("tail lock").into_iter().collect();
-    let mut msg = format!("the torch worker {} exited with {code}", worker.display());
-    if !tail.is_empty() {
-        msg.push_str(": ");
-        msg.push_str(&tail.join(" | "));
-    }
-    Err(msg.into())
+    .into())
 }
 
 #[cfg(test)]
