@@ -137,6 +137,7 @@ fn template(owner: &str) -> Lease {
         token: String::new(),
         host_id: String::new(),
         released: false,
+        activity_unix: None,
     }
 }
 

@@ -198,10 +198,11 @@ pub fn states(
             out.push(if state == "PENDING" {
                 State::Queued { job: job.clone() }
             } else {
-                let lease = store.get_json::<Lease>(&Store::lock_path(kind, key))?;
+                let lease = store.get_json_or_stale::<Lease>(&Store::lock_path(kind, key))?;
                 State::Running {
                     owner: format!("slurm job {job}"),
-                    silent: lease.and_then(|l| silent_for(&l, &plan.instances[idx].limits)),
+                    silent: lease
+                        .and_then(|l| silent_for(l.activity_unix, &plan.instances[idx].limits)),
                 }
             });
             continue;
