@@ -76,7 +76,7 @@ pub fn perturbed_copy(dir: &Path, name: &str) -> tempfile::TempDir {
             std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
         }
     }
-    let mut tensors: Vec<(String, Tensor)> = files
+    let tensors: Vec<(String, Tensor)> = files
         .iter()
         .flat_map(|f| torch_stages::weights::read_file(f).unwrap())
         .collect();
