@@ -26,7 +26,8 @@ use pipeline::{FingerprintCache, Plan, StageKey, StageRegistry, Store, StoreUrl}
                   instance's output is stored under a key derived from its parameters and inputs, so \
                   re-running a manifest only builds what changed.\n\n\
                   Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, \
-                  AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores; ADAPTOR_CACHE_DIR \
+                  AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores (ADAPTOR_S3_RETRIES: \
+                  retries per request, default 10); ADAPTOR_CACHE_DIR \
                   overrides the local cache folder (default ~/.cache/adaptor)."
 )]
 struct Cli {
@@ -240,6 +241,9 @@ fn store_settings() -> StoreSettings {
         aws: std::env::vars()
             .filter(|(k, _)| k.starts_with("AWS_"))
             .collect(),
+        s3_retries: std::env::var("ADAPTOR_S3_RETRIES")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     }
 }
 

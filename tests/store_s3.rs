@@ -121,7 +121,10 @@ fn s3_store(moto: &common::moto::Moto, dir: &Path, prefix: &str) -> Store {
             bucket: "chaos".into(),
             prefix: prefix.into(),
         },
-        &StoreSettings { aws: moto.env() },
+        &StoreSettings {
+            aws: moto.env(),
+            ..Default::default()
+        },
         &dir.join("cache"),
     )
     .unwrap()
@@ -302,4 +305,47 @@ fn s3_gc_aborts_the_multipart_upload_of_a_runner_that_is_gone() {
         uploads(&moto)
     );
     assert!(store.get(&record_rel).unwrap().is_none());
+}
+
+#[test]
+fn s3_a_publish_that_fails_keeps_the_output_and_the_next_run_publishes_it_without_recomputing() {
+    let moto = common::moto::start("chaos");
+    let port = moto.port;
+    let mut case = Case::new(&moto);
+    case.env.push(("ADAPTOR_S3_RETRIES".into(), "1".into()));
+    let runs = case.path().join("runs.log");
+    // The stage computes its output, then the S3 server dies before the runner publishes it.
+    case.write(
+        "m.toml",
+        &format!(
+            "store = 's3://chaos/f'\n[stages.a]\nkind = 'command'\nparams.run = 'echo computed >> {}; head -c 100 /dev/urandom > $OUT/x.bin; kill {}; sleep 1'\n",
+            runs.display(),
+            moto.pid()
+        ),
+    );
+    let (code, out) = case.go(&["run", "m.toml"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("publishing failed")
+            && out.contains("next run publishes it instead of recomputing"),
+        "{out}"
+    );
+    drop(moto);
+    let kept = walk(&case.path().join("cache/unpublished"));
+    assert!(kept.iter().any(|p| p.ends_with("out/x.bin")), "{kept:?}");
+
+    // The server is back (empty, as after a restart): the kept output is published, not rebuilt.
+    let moto = common::moto::start_on(port, "chaos");
+    let (code, out) = case.go(&["run", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 ran"), "{out}");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "computed\n");
+    assert!(walk(&case.path().join("cache/unpublished")).is_empty());
+    let (code, out) = case.go(&["verify", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("verified 1 artifact(s), 1 file(s), 100 B: 0 bad"),
+        "{out}"
+    );
+    drop(moto);
 }

@@ -769,9 +769,11 @@ fn build_one(
         .remove(&lock_path)
         .expect("held until here");
     let was_lost = held.is_lost();
-    let released = crate::lease::release(store, &mut held);
+    if let Err(e) = crate::lease::release(store, &mut held) {
+        // Not fatal: the lease goes stale (at once for this host once the process ends).
+        store.warn(format!("{}: could not release its lease: {e}", inst.name));
+    }
     let outcome = result?;
-    released?;
     if was_lost && !matches!(outcome, Outcome::Ran { .. }) {
         // Another runner took the key over: it commits (or has committed) the artifact.
         return Ok(if store.is_complete(&inst.kind, key)? {

@@ -252,6 +252,8 @@ pub enum Record<T> {
 pub struct StoreSettings {
     /// `AWS_*` variables as (name, value).
     pub aws: Vec<(String, String)>,
+    /// Retries per S3 request instead of [`S3_MAX_RETRIES`] (`ADAPTOR_S3_RETRIES`).
+    pub s3_retries: Option<usize>,
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -400,7 +402,7 @@ impl Store {
                             max_backoff: std::time::Duration::from_secs(15),
                             base: 2.0,
                         },
-                        max_retries: S3_MAX_RETRIES,
+                        max_retries: settings.s3_retries.unwrap_or(S3_MAX_RETRIES),
                         retry_timeout: S3_RETRY_TIMEOUT,
                     })
                     .with_client_options(
