@@ -820,16 +820,18 @@ fn build_locked(
 
     // A finished output of this key whose publish failed earlier: publish it, do not recompute.
     if let Some((kept, manifest)) = store.take_unpublished(&inst.kind, key)? {
-        return Ok(match store.publish(&kept, &manifest, fence)? {
-            PublishOutcome::Published => {
-                store.delete_prefix(&Store::failed_dir(&inst.kind, key))?;
-                Outcome::Ran {
-                    seconds: manifest.seconds,
+        return Ok(
+            match store.publish(&kept, &manifest, fence, &|| lost.load(Ordering::SeqCst))? {
+                PublishOutcome::Published => {
+                    store.delete_prefix(&Store::failed_dir(&inst.kind, key))?;
+                    Outcome::Ran {
+                        seconds: manifest.seconds,
+                    }
                 }
-            }
-            PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
-            PublishOutcome::LostLease => Outcome::Cancelled,
-        });
+                PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
+                PublishOutcome::LostLease => Outcome::Cancelled,
+            },
+        );
     }
 
     let staging = store.new_staging(nonce)?;
@@ -1002,7 +1004,8 @@ fn build_locked(
         job: opts.job.clone(),
         attempt: store.new_attempt(),
     };
-    let published = match store.publish(&staging, &manifest, fence) {
+    let published = match store.publish(&staging, &manifest, fence, &|| lost.load(Ordering::SeqCst))
+    {
         Ok(p) => p,
         Err(e) => {
             // Keep the finished output for the next run, and say so where `status` looks.

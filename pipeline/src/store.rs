@@ -1366,8 +1366,9 @@ impl Store {
     }
 
     /// Makes a staged artifact visible: its files, then `_log.txt`, then `_manifest.json` last.
-    /// `fence` is asked right before the commit; if it says the lease is lost, nothing is
-    /// committed. Local store: every file and folder is fsynced, then the whole folder appears
+    /// `fence` is asked right before the commit (a round trip that confirms the lease) and
+    /// `lost` before each upload (no round trip); if either says the lease is lost, nothing more
+    /// is uploaded and nothing is committed. Local store: every file and folder is fsynced, then the whole folder appears
     /// at once (one rename), then its parent folders are fsynced. Remote store: the files go
     /// under a fresh attempt folder that only this manifest names, then the manifest is created
     /// if absent; a failed or lost attempt's files are deleted (best effort) and never followed.
@@ -1376,6 +1377,7 @@ impl Store {
         staging: &Path,
         manifest: &ArtifactManifest,
         fence: &dyn Fn() -> bool,
+        lost: &dyn Fn() -> bool,
     ) -> Result<PublishOutcome> {
         let out = staging.join("out");
         let log = staging.join("log.txt");
@@ -1428,6 +1430,9 @@ impl Store {
         let attempt_rel = format!("{dir_rel}/{attempt}");
         let uploaded = (|| -> Result<Option<PublishOutcome>> {
             for file in &manifest.files {
+                if lost() {
+                    return Ok(Some(PublishOutcome::LostLease));
+                }
                 self.upload_file(&out.join(&file.path), &manifest.file_rel(&file.path))?;
             }
             if log.exists() {
