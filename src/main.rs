@@ -640,7 +640,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let url = store_url(store, first_plan.as_ref())?;
             let store = open_store(&url, &cache)?;
             let kinds: HashSet<String> = reg.iter().map(|s| s.kind().to_string()).collect();
+            // Asked once, and only if there are job records: can Slurm be asked at all?
+            let slurm = std::cell::OnceCell::new();
             let job_alive = |id: &str| -> Option<bool> {
+                if !*slurm.get_or_init(pipeline::slurm::reachable) {
+                    return None;
+                }
                 pipeline::slurm::job_states(&[id.to_string()])
                     .ok()
                     .map(|st| st.get(id).is_some_and(|s| pipeline::slurm::is_active(s)))

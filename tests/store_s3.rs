@@ -349,3 +349,71 @@ fn s3_a_publish_that_fails_keeps_the_output_and_the_next_run_publishes_it_withou
     );
     drop(moto);
 }
+
+#[test]
+fn s3_gc_skips_what_it_does_not_own_and_keeps_job_records_it_cannot_judge() {
+    let moto = common::moto::start("chaos");
+    let case = Case::new(&moto);
+    case.write(
+        "m.toml",
+        "store = 's3://chaos/g'\n[matrix]\ni = [1, 2]\n[stages.a]\nkind = 'command'\nforeach = ['i']\nparams.run = 'echo ${i} > $OUT/a.txt'\n",
+    );
+    let (code, out) = case.go(&["run", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    let store = s3_store(&moto, case.path(), "g");
+    let keys: Vec<String> = moto
+        .keys("chaos", "g/command/")
+        .iter()
+        .filter(|k| k.ends_with("/_manifest.json"))
+        .map(|k| k.split('/').nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    let foreign = [
+        "README.txt",
+        "notes/todo.txt",
+        "tensorboard/run1/events",
+        "command/not-a-key/x",
+    ];
+    for f in foreign {
+        store.put(f, "not yours".into(), false).unwrap();
+    }
+    let orphan = "cd".repeat(32);
+    store
+        .put(
+            &format!("_jobs/command/{orphan}.json"),
+            r#"{"instance":"x","job_id":"777","owner":"o","unix":0,"log":""}"#.into(),
+            false,
+        )
+        .unwrap();
+    // The manifest now has one instance: the other key's artifact goes, nothing else.
+    case.write(
+        "m.toml",
+        "store = 's3://chaos/g'\n[matrix]\ni = [1]\n[stages.a]\nkind = 'command'\nforeach = ['i']\nparams.run = 'echo ${i} > $OUT/a.txt'\n",
+    );
+    let (code, out) = case.go(&["gc", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("deleted 1 folder(s)") && out.contains("kept 1"),
+        "{out}"
+    );
+    for s in [
+        "skipped README.txt: an object gc does not own",
+        "skipped notes/: not a stage kind this binary knows",
+        "skipped tensorboard/: not a stage kind this binary knows",
+        "skipped command/not-a-key/: not named by a key",
+        "cannot tell whether job 777 still runs",
+    ] {
+        assert!(out.contains(s), "{s}: {out}");
+    }
+    for f in foreign {
+        assert!(store.get(f).unwrap().is_some(), "{f} was deleted");
+    }
+    // Slurm cannot be asked here (no cluster): the job record is kept.
+    assert!(store
+        .get(&format!("_jobs/command/{orphan}.json"))
+        .unwrap()
+        .is_some());
+    let (code, out) = case.go(&["status", "m.toml"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("all 1 instance(s) up to date"), "{out}");
+}
