@@ -54,6 +54,19 @@ pub fn explain(
     let key = &resolved.keys[idx];
     let mut lines = vec![format!("{} ({}) key {}", inst.name, inst.kind, key.short())];
     if let Some(m) = store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, key))? {
+        let bad = store
+            .check_sizes(&[(inst.kind.clone(), key.clone())])?
+            .remove(0);
+        if !bad.is_empty() {
+            lines.push(format!(
+                "would run: its artifact is corrupt ({}); the next run moves it to _quarantine/ and rebuilds it",
+                bad.iter()
+                    .map(|f| format!("{}: {}", f.path, f.problem))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            return Ok(lines);
+        }
         lines.push(format!(
             "up to date: artifact {}/{} was built {} in {:.1}s by {}",
             inst.kind,

@@ -103,6 +103,13 @@ fn a_truncated_file_is_corrupt_named_by_verify_and_rebuilt_by_run() {
     assert_eq!(bad[0].path, "out.txt");
     assert!(bad[0].problem.contains("3 bytes"), "{bad:?}");
     assert_eq!(st[1], State::UpToDate);
+    let (plan, resolved) = env.planned();
+    let cache = FingerprintCache::new(env.path().join("cache"));
+    let why = pipeline::ops::explain(&plan, &resolved, &store, &cache, 0).unwrap();
+    assert!(
+        why[1].starts_with("would run: its artifact is corrupt (out.txt: 3 bytes"),
+        "{why:?}"
+    );
 
     let v = pipeline::ops::verify(&store, &env.items(), false).unwrap();
     assert_eq!(v.len(), 2);
