@@ -891,6 +891,25 @@ impl Store {
             .collect())
     }
 
+    /// Every object under a store-relative prefix with its modification time (store clock).
+    pub fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>> {
+        let path = self.path(prefix);
+        let inner = self.inner.clone();
+        let metas = self
+            .rt
+            .block_on(async move { inner.list(Some(&path)).try_collect::<Vec<_>>().await })
+            .map_err(|e| self.os_err(e))?;
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                (
+                    self.rel(&m.location),
+                    m.last_modified.timestamp_millis() as f64 / 1000.0,
+                )
+            })
+            .collect())
+    }
+
     /// The immediate sub-folders of a store-relative prefix (`""` for the top level).
     pub fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         let path = if prefix.is_empty() {

@@ -599,3 +599,37 @@ fn a_runner_whose_lease_is_taken_over_stops_and_publishes_nothing() {
         0
     );
 }
+
+#[test]
+fn gc_removes_attempt_folders_no_manifest_names_once_older_than_the_lease_timeout() {
+    // The memory store publishes like S3: each attempt in its own folder.
+    let env = Env::new(CHAIN);
+    let store = env.store(&StoreUrl::Memory);
+    env.run(&store);
+    let items = env.items();
+    let a = &items[0].1;
+    // A runner died mid-upload into a referenced key; another into the unbuilt-yet key `orphan`.
+    let dead = format!("echo/{a}/_attempt-dead/out.txt");
+    store.put(&dead, "half".into(), false).unwrap();
+    let committed = store.read_manifest("echo", a).unwrap().unwrap();
+    let live_file = committed.file_rel("out.txt");
+    let referenced: HashSet<(String, StageKey)> = items.iter().cloned().collect();
+    let kinds: HashSet<String> = ["echo".to_string()].into();
+    let gc = |lease_secs: f64| {
+        let scope = pipeline::ops::GcScope {
+            kinds: &kinds,
+            referenced: &referenced,
+            lease_secs,
+            job_alive: &|_| None,
+        };
+        pipeline::ops::gc(&store, &scope, false).unwrap()
+    };
+    assert!(gc(60.0).deleted.is_empty(), "too young to judge");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let report = gc(0.01);
+    let deleted: Vec<&str> = report.deleted.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(deleted, [format!("echo/{a}/_attempt-dead")]);
+    assert!(store.get(&dead).unwrap().is_none());
+    assert!(store.get(&live_file).unwrap().is_some());
+    assert_eq!(env.states(&store), [State::UpToDate, State::UpToDate]);
+}
