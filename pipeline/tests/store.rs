@@ -345,7 +345,10 @@ fn fenced_takeover(store: &Store) {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [format!("{key}.json")]);
+        // (the `.cas` file is the compare-and-swap lock, kept for the next one)
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, [format!(".{key}.json.cas"), format!("{key}.json")]);
     }
 }
 
@@ -632,4 +635,50 @@ fn gc_removes_attempt_folders_no_manifest_names_once_older_than_the_lease_timeou
     assert!(store.get(&dead).unwrap().is_none());
     assert!(store.get(&live_file).unwrap().is_some());
     assert_eq!(env.states(&store), [State::UpToDate, State::UpToDate]);
+}
+
+#[test]
+fn two_runners_with_short_leases_on_a_local_store_both_succeed_and_build_each_key_once() {
+    // Heartbeats every 0.5 s while the other runner keeps trying to create the same leases: a
+    // compare-and-swap must never make a held lease look absent (it would be created by the
+    // other runner, and the holder would lose it).
+    let env = Env::new(
+        "[matrix]\ni = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]\n\
+         [stages.s]\nkind = 'echo'\nforeach = ['i']\nparams = { seed = '${i}', sleep_ms = 300 }\n",
+    );
+    let (plan, resolved) = env.planned();
+    let reports: Vec<Vec<(String, Outcome)>> = std::thread::scope(|s| {
+        let runners: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let store = env.store(&env.local());
+                    let opts = RunOptions {
+                        jobs: 3,
+                        lease_secs: 2.0,
+                        ..RunOptions::default()
+                    };
+                    run(
+                        &plan,
+                        &env.fx.reg,
+                        &store,
+                        &resolved,
+                        &opts,
+                        Arc::new(NoProgress),
+                        Arc::new(AtomicBool::new(false)),
+                    )
+                    .unwrap()
+                    .outcomes
+                })
+            })
+            .collect();
+        runners.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for r in &reports {
+        assert!(
+            r.iter()
+                .all(|(_, o)| matches!(o, Outcome::Ran { .. } | Outcome::BuiltElsewhere)),
+            "{r:?}"
+        );
+    }
+    assert_eq!(env.fx.runs.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
