@@ -858,7 +858,9 @@ impl Store {
         let inner = self.inner.clone();
         let metas = self
             .rt
-            .block_on(async move { inner.list(Some(&path)).try_collect::<Vec<_>>().await })
+            .block_on(
+                async move { retry_cut(|| inner.list(Some(&path)).try_collect::<Vec<_>>()).await },
+            )
             .map_err(|e| self.os_err(e))?;
         Ok(metas
             .into_iter()
@@ -872,7 +874,9 @@ impl Store {
         let inner = self.inner.clone();
         let metas = self
             .rt
-            .block_on(async move { inner.list(Some(&path)).try_collect::<Vec<_>>().await })
+            .block_on(
+                async move { retry_cut(|| inner.list(Some(&path)).try_collect::<Vec<_>>()).await },
+            )
             .map_err(|e| self.os_err(e))?;
         Ok(metas
             .into_iter()
@@ -899,7 +903,7 @@ impl Store {
         let inner = self.inner.clone();
         let res = self
             .rt
-            .block_on(async move { inner.list_with_delimiter(path.as_ref()).await })
+            .block_on(async move { retry_cut(|| inner.list_with_delimiter(path.as_ref())).await })
             .map_err(|e| self.os_err(e))?;
         Ok(res
             .common_prefixes
@@ -918,7 +922,7 @@ impl Store {
         let inner = self.inner.clone();
         let res = self
             .rt
-            .block_on(async move { inner.list_with_delimiter(path.as_ref()).await })
+            .block_on(async move { retry_cut(|| inner.list_with_delimiter(path.as_ref())).await })
             .map_err(|e| self.os_err(e))?;
         let last = |p: &ObjPath| {
             self.rel(p)
@@ -1151,7 +1155,9 @@ impl Store {
                             match p {
                                 None => Ok(None),
                                 Some(p) => {
-                                    inner.list(Some(&p)).try_collect::<Vec<_>>().await.map(Some)
+                                    retry_cut(|| inner.list(Some(&p)).try_collect::<Vec<_>>())
+                                        .await
+                                        .map(Some)
                                 }
                             }
                         }
@@ -1700,6 +1706,28 @@ async fn get_whole(
                 object_store::Error::NotFound { .. }
                 | object_store::Error::Precondition { .. }
                 | object_store::Error::NotModified { .. }));
+        if !retry {
+            return r;
+        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+    }
+}
+
+/// Runs a listing again when its response is cut mid-body (see [`get_whole`]); at most 3 more
+/// times, with a short backoff.
+async fn retry_cut<T, F, Fut>(mut f: F) -> object_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut tries = 0u32;
+    loop {
+        let r = f().await;
+        let retry = tries < 3
+            && matches!(&r, Err(e) if !matches!(e,
+                object_store::Error::NotFound { .. }
+                | object_store::Error::Precondition { .. }));
         if !retry {
             return r;
         }
