@@ -773,3 +773,75 @@ fn damaged_artifact_is_found_and_rebuilt_local() {
 fn damaged_artifact_is_found_and_rebuilt_s3() {
     damaged_artifacts(Backend::S3, 2, 20);
 }
+
+// ---- the proxy itself ----
+
+/// Through the proxy without faults an object goes up and comes back byte for byte; with each
+/// fault forced, the client sees exactly that fault, and the counters say so.
+#[test]
+fn the_proxy_forwards_bytes_intact_and_injects_each_fault() {
+    use common::s3::http_bytes;
+    let moto = common::moto::start("proxied");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let clean = Proxy::start(moto.port, FaultPlan::default(), 1);
+    let (status, _) = http_bytes(clean.port, "PUT", "/proxied/obj", &body);
+    assert_eq!(status, 200);
+    let (status, got) = http_bytes(clean.port, "GET", "/proxied/obj", &[]);
+    assert_eq!((status, got.len()), (200, body.len()));
+    assert!(got == body, "the proxy altered the bytes");
+    assert_eq!(clean.stats().faults(), 0);
+
+    let forced = |plan: FaultPlan| Proxy::start(moto.port, plan, 2);
+    let p = forced(FaultPlan {
+        p_503: 1.0,
+        ..FaultPlan::default()
+    });
+    let (status, text) = http_bytes(p.port, "GET", "/proxied/obj", &[]);
+    assert_eq!(status, 503);
+    assert!(String::from_utf8_lossy(&text).contains("<Code>SlowDown</Code>"));
+    let p = forced(FaultPlan {
+        p_500: 1.0,
+        ..FaultPlan::default()
+    });
+    assert_eq!(http_bytes(p.port, "GET", "/proxied/obj", &[]).0, 500);
+
+    // Cut mid-response: fewer bytes than the object, after the server applied the request.
+    let p = forced(FaultPlan {
+        p_drop_response: 1.0,
+        ..FaultPlan::default()
+    });
+    let (_, got) = http_bytes(p.port, "GET", "/proxied/obj", &[]);
+    assert!(got.len() < body.len() && body.starts_with(&got));
+    let changed: Vec<u8> = body.iter().map(|b| b ^ 1).collect();
+    let _ = http_bytes(p.port, "PUT", "/proxied/obj", &changed);
+    assert_eq!(
+        http_bytes(moto.port, "GET", "/proxied/obj", &[]).1,
+        changed,
+        "a cut response still lets the write through"
+    );
+
+    // Dropped mid-request: the server never sees the write.
+    let p = forced(FaultPlan {
+        p_drop_request: 1.0,
+        ..FaultPlan::default()
+    });
+    let (status, _) = http_bytes(p.port, "PUT", "/proxied/obj", &body);
+    assert_eq!(status, 0, "no answer to a request dropped mid-body");
+    assert_eq!(http_bytes(moto.port, "GET", "/proxied/obj", &[]).1, changed);
+    assert_eq!(
+        p.stats()
+            .drop_request
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // A stall holds the request for its duration, then forwards it.
+    let p = forced(FaultPlan {
+        p_stall: 1.0,
+        stall: Duration::from_millis(400),
+        ..FaultPlan::default()
+    });
+    let t0 = Instant::now();
+    assert_eq!(http_bytes(p.port, "GET", "/proxied/obj", &[]).0, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+}
