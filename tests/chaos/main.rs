@@ -513,8 +513,8 @@ fn two_and_four_runners_on_a_local_store_build_each_key_once() {
 
 #[test]
 fn two_and_four_runners_on_s3_build_each_key_once() {
-    // 200 instances take about a minute on moto with 2 cores; the suite runs 60 (the bench 200).
-    let instances = if full() { 200 } else { 60 };
+    // 200 instances take about a minute on moto with 2 cores; the suite runs 40 (the bench 200).
+    let instances = if full() { 200 } else { 40 };
     concurrent_runners(Backend::S3, 2, instances);
     concurrent_runners(Backend::S3, 4, instances);
 }
