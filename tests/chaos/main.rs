@@ -165,7 +165,7 @@ fn s3_errors_stalls_and_dropped_requests_leave_no_corrupt_artifact() {
     s3_faults(
         "S3 errors, stalls, dropped requests",
         server_faults(),
-        2,
+        1,
         15,
     );
 }
