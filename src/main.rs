@@ -26,7 +26,8 @@ use pipeline::{FingerprintCache, Plan, StageKey, StageRegistry, Store, StoreUrl}
                   instance's output is stored under a key derived from its parameters and inputs, so \
                   re-running a manifest only builds what changed.\n\n\
                   Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, \
-                  AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores; ADAPTOR_CACHE_DIR \
+                  AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores (ADAPTOR_S3_RETRIES: \
+                  retries per request, default 10); ADAPTOR_CACHE_DIR \
                   overrides the local cache folder (default ~/.cache/adaptor)."
 )]
 struct Cli {
@@ -252,6 +253,9 @@ fn store_settings() -> StoreSettings {
         aws: std::env::vars()
             .filter(|(k, _)| k.starts_with("AWS_"))
             .collect(),
+        s3_retries: std::env::var("ADAPTOR_S3_RETRIES")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -649,7 +653,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let url = store_url(store, first_plan.as_ref())?;
             let store = open_store(&url, &cache)?;
             let kinds: HashSet<String> = reg.iter().map(|s| s.kind().to_string()).collect();
+            // Asked once, and only if there are job records: can Slurm be asked at all?
+            let slurm = std::cell::OnceCell::new();
             let job_alive = |id: &str| -> Option<bool> {
+                if !*slurm.get_or_init(pipeline::slurm::reachable) {
+                    return None;
+                }
                 pipeline::slurm::job_states(&[id.to_string()])
                     .ok()
                     .map(|st| st.get(id).is_some_and(|s| pipeline::slurm::is_active(s)))
@@ -723,11 +732,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
                 bad += 1;
                 for f in &v.report.bad {
-                    println!(
-                        "bad  {}: {}",
-                        display_path(&url, &format!("{}/{}/{}", v.kind, v.key, f.path)),
-                        f.problem
-                    );
+                    println!("bad  {}: {}", display_path(&url, &f.location), f.problem);
                 }
                 if let Some(to) = &v.quarantined {
                     println!(

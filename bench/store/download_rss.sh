@@ -7,6 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 adaptor=${ADAPTOR:-$repo/target/release/adaptor}
 [ -x "$adaptor" ] || adaptor=$repo/target/debug/adaptor
+adaptor=$(realpath "$adaptor")
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(64 512 2048)
 work=$(mktemp -d)
@@ -32,9 +33,12 @@ inputs.deps = 'big'
 params.run = 'wc -c < \$IN_DEPS/big.bin > \$OUT/n'
 TOML
   cd "$dir"
-  up=$( { /usr/bin/time -f '%M' "$adaptor" -q run m.toml --only big --cache-dir "$dir/c1" ; } 2>&1 | tail -1)
+  # %M: peak RSS in KiB of the runner (its stage processes are tiny: head, wc); %x: exit code.
+  read -r up rc < <( { /usr/bin/time -f '%M %x' "$adaptor" -q run m.toml --only big --cache-dir "$dir/c1" ; } 2>&1 | tail -1)
+  [ "$rc" = 0 ] || { echo "upload run failed ($rc)" >&2; exit 1; }
   t0=$(date +%s.%N)
-  down=$( { /usr/bin/time -f '%M' "$adaptor" -q run m.toml --cache-dir "$dir/c2" ; } 2>&1 | tail -1)
+  read -r down rc < <( { /usr/bin/time -f '%M %x' "$adaptor" -q run m.toml --cache-dir "$dir/c2" ; } 2>&1 | tail -1)
+  [ "$rc" = 0 ] || { echo "download run failed ($rc)" >&2; exit 1; }
   t1=$(date +%s.%N)
   printf '| %s MiB | %s MiB | %s MiB | %.1f |\n' "$mib" $((up / 1024)) $((down / 1024)) "$(echo "$t1 - $t0" | bc)"
   rm -rf "$dir/c1" "$dir/c2"

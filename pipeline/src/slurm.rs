@@ -76,6 +76,16 @@ fn slurm_cmd(program: &str, args: &[String]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether Slurm answers on this node (`squeue` runs and reaches its controller). `job_states`
+/// reads an error as "every job ended", which only holds when Slurm itself is reachable.
+pub fn reachable() -> bool {
+    slurm_cmd(
+        "squeue",
+        &["-h".to_string(), "-o".to_string(), "%i".to_string()],
+    )
+    .is_ok()
+}
+
 /// The state (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, ...) of each job Slurm still knows.
 pub fn job_states(ids: &[String]) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();

@@ -207,6 +207,8 @@ pub fn check_rel_path(p: &str) -> std::result::Result<(), String> {
 pub struct BadFile {
     /// Relative to the artifact folder (`_manifest.json` when the manifest itself is bad).
     pub path: String,
+    /// Store-relative path of the object (inside the attempt folder on a remote store).
+    pub location: String,
     pub problem: String,
 }
 
@@ -250,6 +252,8 @@ pub enum Record<T> {
 pub struct StoreSettings {
     /// `AWS_*` variables as (name, value).
     pub aws: Vec<(String, String)>,
+    /// Retries per S3 request instead of [`S3_MAX_RETRIES`] (`ADAPTOR_S3_RETRIES`).
+    pub s3_retries: Option<usize>,
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -398,7 +402,7 @@ impl Store {
                             max_backoff: std::time::Duration::from_secs(15),
                             base: 2.0,
                         },
-                        max_retries: S3_MAX_RETRIES,
+                        max_retries: settings.s3_retries.unwrap_or(S3_MAX_RETRIES),
                         retry_timeout: S3_RETRY_TIMEOUT,
                     })
                     .with_client_options(
@@ -1106,23 +1110,26 @@ impl Store {
                     };
                     Some(BadFile {
                         path: f.path.clone(),
+                        location: m.file_rel(&f.path),
                         problem,
                     })
                 })
                 .collect()
         };
-        let manifest_bad = |e: &String| {
+        let manifest_bad = |e: &String, i: usize| {
             vec![BadFile {
                 path: "_manifest.json".into(),
+                location: Self::manifest_path(&items[i].0, &items[i].1),
                 problem: e.clone(),
             }]
         };
         if let Some(root) = &self.local_root {
             return Ok(manifests
                 .iter()
-                .map(|m| match m {
+                .enumerate()
+                .map(|(i, m)| match m {
                     Ok(None) => Vec::new(),
-                    Err(e) => manifest_bad(e),
+                    Err(e) => manifest_bad(e, i),
                     Ok(Some(m)) => compare(m, &|rel| {
                         std::fs::metadata(root.join(rel))
                             .ok()
@@ -1163,9 +1170,10 @@ impl Store {
         Ok(manifests
             .iter()
             .zip(listings)
-            .map(|(m, listing)| match m {
+            .enumerate()
+            .map(|(i, (m, listing))| match m {
                 Ok(None) => Vec::new(),
-                Err(e) => manifest_bad(e),
+                Err(e) => manifest_bad(e, i),
                 Ok(Some(m)) => {
                     let sizes: std::collections::HashMap<String, u64> = listing
                         .unwrap_or_default()
@@ -1196,6 +1204,7 @@ impl Store {
                     bytes: 0,
                     bad: vec![BadFile {
                         path: "_manifest.json".into(),
+                        location: Self::manifest_path(kind, key),
                         problem: message,
                     }],
                 }))
@@ -1234,6 +1243,7 @@ impl Store {
             };
             report.bad.push(BadFile {
                 path: f.path.clone(),
+                location: rel,
                 problem,
             });
         }
@@ -1356,8 +1366,9 @@ impl Store {
     }
 
     /// Makes a staged artifact visible: its files, then `_log.txt`, then `_manifest.json` last.
-    /// `fence` is asked right before the commit; if it says the lease is lost, nothing is
-    /// committed. Local store: every file and folder is fsynced, then the whole folder appears
+    /// `fence` is asked right before the commit (a round trip that confirms the lease) and
+    /// `lost` before each upload (no round trip); if either says the lease is lost, nothing more
+    /// is uploaded and nothing is committed. Local store: every file and folder is fsynced, then the whole folder appears
     /// at once (one rename), then its parent folders are fsynced. Remote store: the files go
     /// under a fresh attempt folder that only this manifest names, then the manifest is created
     /// if absent; a failed or lost attempt's files are deleted (best effort) and never followed.
@@ -1366,6 +1377,7 @@ impl Store {
         staging: &Path,
         manifest: &ArtifactManifest,
         fence: &dyn Fn() -> bool,
+        lost: &dyn Fn() -> bool,
     ) -> Result<PublishOutcome> {
         let out = staging.join("out");
         let log = staging.join("log.txt");
@@ -1418,6 +1430,9 @@ impl Store {
         let attempt_rel = format!("{dir_rel}/{attempt}");
         let uploaded = (|| -> Result<Option<PublishOutcome>> {
             for file in &manifest.files {
+                if lost() {
+                    return Ok(Some(PublishOutcome::LostLease));
+                }
                 self.upload_file(&out.join(&file.path), &manifest.file_rel(&file.path))?;
             }
             if log.exists() {

@@ -37,6 +37,11 @@ pub fn start(bucket: &str) -> Moto {
         .local_addr()
         .unwrap()
         .port();
+    start_on(port, bucket)
+}
+
+/// Starts moto on `port` (e.g. again after it was killed; it starts empty) and creates `bucket`.
+pub fn start_on(port: u16, bucket: &str) -> Moto {
     let child = Command::new(moto_server())
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -55,6 +60,10 @@ pub fn start(bucket: &str) -> Moto {
 }
 
 impl Moto {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One plain HTTP request (unsigned: moto accepts it); the whole response.
     pub fn http(&self, method: &str, path: &str) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
