@@ -56,6 +56,9 @@ pub struct FaultPlan {
     /// Forward the request, then send the client only part of the response and close: the server
     /// applied a request whose answer the client never gets.
     pub p_drop_response: f64,
+    /// Only requests with these methods get their answer cut (all when empty): `GET` and `HEAD`
+    /// for reads, `PUT`, `POST` and `DELETE` for writes whose outcome the client cannot know.
+    pub cut_methods: &'static [&'static str],
     /// Hold the request for `stall` before forwarding it.
     pub p_stall: f64,
     pub stall: Duration,
@@ -240,8 +243,11 @@ fn read_body(
     Ok(body)
 }
 
-fn draw(s: &Shared) -> (Fault, Duration) {
-    let plan = s.plan.lock().unwrap().clone();
+fn draw(s: &Shared, method: &str) -> (Fault, Duration) {
+    let mut plan = s.plan.lock().unwrap().clone();
+    if !plan.cut_methods.is_empty() && !plan.cut_methods.contains(&method) {
+        plan.p_drop_response = 0.0;
+    }
     let mut rng = s.rng.lock().unwrap();
     let latency = rng.duration(plan.latency.0, plan.latency.1);
     let x = rng.unit();
@@ -296,7 +302,7 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
     if header(&head, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
-    let (fault, delay) = draw(s);
+    let (fault, delay) = draw(s, &method);
     let counter = match fault {
         Fault::None => None,
         Fault::Error503 => Some(&s.stats.error_503),

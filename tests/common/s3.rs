@@ -10,7 +10,8 @@ use std::process::Command;
 /// well-formed header with a made-up signature does.
 const AUTH: &str = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
 
-/// One plain HTTP request with a body (signed in form only, see [`AUTH`]): (status code, response body).
+/// One plain HTTP request with a body (signed in form only, see [`AUTH`]): (status code, response
+/// body); status 0 when the connection closed before an answer.
 pub fn http_bytes(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
@@ -19,9 +20,10 @@ pub fn http_bytes(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec
         body.len()
     )
     .unwrap();
-    s.write_all(body).unwrap();
+    // A connection cut by a fault proxy reads as no answer (status 0), not as a test failure.
+    let _ = s.write_all(body);
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
+    let _ = s.read_to_end(&mut out);
     let head_end = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
