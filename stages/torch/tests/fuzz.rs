@@ -62,7 +62,7 @@ impl Rng {
     }
 
     fn chance(&mut self, one_in: u64) -> bool {
-        self.next() % one_in == 0
+        self.next().is_multiple_of(one_in)
     }
 }
 
@@ -522,7 +522,7 @@ fn run_labels(w: &Workspace, kind: DatasetKind, input: &[u8]) -> Result<(), Stri
     let _ = std::fs::remove_dir_all(&out);
     let opts = IngestOptions {
         verify: Verify::Exists,
-        skip_bad: content.len() % 2 == 0,
+        skip_bad: content.len().is_multiple_of(2),
         threads: 1,
         ..Default::default()
     };
@@ -697,7 +697,7 @@ fn run_image(w: &Workspace, name: &str, input: &[u8]) -> Result<(), String> {
 fn run_png(w: &Workspace, input: &[u8]) -> Result<(), String> {
     // Half the inputs get their chunk CRCs recomputed, so mutations reach the header and pixel
     // parsing instead of stopping at the checksum.
-    if input.len() % 2 == 0 {
+    if input.len().is_multiple_of(2) {
         let mut fixed = input.to_vec();
         fix_png_crcs(&mut fixed);
         return run_image(w, "image.png", &fixed);
@@ -710,7 +710,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -1026,8 +1030,8 @@ fn fuzz(target: &Target, seconds: f64, seed: u64, failures_dir: &Path) -> Tally 
             seeds[0].clone()
         } else if tally.inputs < seeds.len() as u64 {
             seeds[tally.inputs as usize].clone()
-        } else if target.generate.is_some() && rng.chance(4) {
-            let g = (target.generate.unwrap())(&mut rng);
+        } else if let Some(generate) = target.generate.filter(|_| rng.chance(4)) {
+            let g = generate(&mut rng);
             if rng.chance(2) {
                 g
             } else {
