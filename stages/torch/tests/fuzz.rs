@@ -913,6 +913,7 @@ fn cap_data_size() {
 fn child(name: &str, dir: &Path) {
     let target = targets()
         .into_iter()
+        .chain([self_test_target()])
         .find(|t| t.name == name)
         .unwrap_or_else(|| panic!("no target {name}"));
     let w = Workspace {
@@ -1007,6 +1008,112 @@ impl Tally {
     }
 }
 
+enum Verdict {
+    Ok,
+    /// An error that names the file (or any error, for sources that are not files).
+    Err,
+    /// `panic`, `unnamed`, `hang` or `abort`, with what is known.
+    Failure(&'static str, String),
+}
+
+/// Runs one input in the child and classifies what came back (or did not).
+fn verdict(worker: &mut Worker, input: &[u8], deadline: Duration) -> Verdict {
+    let sent = worker
+        .stdin
+        .write_all(&(input.len() as u32).to_le_bytes())
+        .and_then(|_| worker.stdin.write_all(input))
+        .and_then(|_| worker.stdin.flush());
+    match sent.map(|_| worker.lines.recv_timeout(deadline)) {
+        Ok(Ok(line)) => {
+            let (class, msg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match class {
+                "ok" => Verdict::Ok,
+                "err" => Verdict::Err,
+                "unnamed" => Verdict::Failure("unnamed", msg.to_string()),
+                _ => Verdict::Failure("panic", msg.to_string()),
+            }
+        }
+        Ok(Err(RecvTimeoutError::Timeout)) => {
+            Verdict::Failure("hang", format!("no verdict within {deadline:?}"))
+        }
+        Ok(Err(RecvTimeoutError::Disconnected)) | Err(_) => {
+            let status = worker.child.wait().ok();
+            Verdict::Failure("abort", format!("the child died: {status:?}"))
+        }
+    }
+}
+
+/// A target that misbehaves on purpose, one way per input: the harness must classify each.
+fn self_test_target() -> Target {
+    fn run(_: &Workspace, input: &[u8]) -> Result<(), String> {
+        match input {
+            b"ok" => Ok(()),
+            b"named" => Err("self-test.bin: bad".into()),
+            b"unnamed" => Err("bad, but which file?".into()),
+            b"panic" => panic!("on purpose"),
+            b"abort" => std::process::abort(),
+            b"alloc" => {
+                // 64 GiB, far over the data cap: the allocation fails and Rust aborts.
+                let v: Vec<u8> = Vec::with_capacity(64 << 30);
+                std::hint::black_box(&v);
+                Ok(())
+            }
+            b"stack" => {
+                #[allow(unconditional_recursion)]
+                fn down(n: u64) -> u64 {
+                    let pad = std::hint::black_box([n; 64]);
+                    down(pad[0] + 1) + pad[1]
+                }
+                Err(format!("self-test.bin: {}", down(0)))
+            }
+            _ => loop {
+                std::thread::sleep(Duration::from_secs(1));
+            },
+        }
+    }
+    Target {
+        name: "self-test",
+        text: false,
+        seeds: |_| vec![b"ok".to_vec()],
+        generate: None,
+        run,
+        names: Some(|_| "self-test.bin".into()),
+    }
+}
+
+/// Checks that the harness tells each way of failing apart (so a fuzz run that reports no
+/// failures means something): panics, aborts, failed allocations, stack overflows, hangs and
+/// errors not naming the file are failures; Ok and named errors are not.
+fn self_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[u8], Option<&str>)] = &[
+        (b"ok", None),
+        (b"named", None),
+        (b"unnamed", Some("unnamed")),
+        (b"panic", Some("panic")),
+        (b"abort", Some("abort")),
+        (b"alloc", Some("abort")),
+        (b"stack", Some("abort")),
+        (b"hang", Some("hang")),
+    ];
+    for (input, want) in cases {
+        let mut worker = spawn("self-test", dir.path());
+        let got = match verdict(&mut worker, input, Duration::from_secs(3)) {
+            Verdict::Ok | Verdict::Err => None,
+            Verdict::Failure(class, _) => Some(class),
+        };
+        let _ = worker.child.kill();
+        let _ = worker.child.wait();
+        assert_eq!(
+            got,
+            *want,
+            "the harness misclassified `{}`",
+            String::from_utf8_lossy(input)
+        );
+    }
+    println!("fuzz self-test: panics, aborts, failed allocations, stack overflows, hangs and unnamed errors are caught");
+}
+
 fn fuzz(target: &Target, seconds: f64, seed: u64, failures_dir: &Path) -> Tally {
     let dir = tempfile::tempdir().unwrap();
     let w = Workspace {
@@ -1049,34 +1156,16 @@ fn fuzz(target: &Target, seconds: f64, seed: u64, failures_dir: &Path) -> Tally 
             m
         };
         tally.inputs += 1;
-        let sent = worker
-            .stdin
-            .write_all(&(input.len() as u32).to_le_bytes())
-            .and_then(|_| worker.stdin.write_all(&input))
-            .and_then(|_| worker.stdin.flush());
-        let outcome = match sent.map(|_| worker.lines.recv_timeout(DEADLINE)) {
-            Ok(Ok(line)) => {
-                let (class, msg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-                match class {
-                    "ok" => {
-                        tally.ok += 1;
-                        None
-                    }
-                    "err" => {
-                        tally.errors += 1;
-                        None
-                    }
-                    "unnamed" => Some(("unnamed", msg.to_string())),
-                    _ => Some(("panic", msg.to_string())),
-                }
+        let outcome = match verdict(&mut worker, &input, DEADLINE) {
+            Verdict::Ok => {
+                tally.ok += 1;
+                None
             }
-            Ok(Err(RecvTimeoutError::Timeout)) => {
-                Some(("hang", format!("no verdict within {DEADLINE:?}")))
+            Verdict::Err => {
+                tally.errors += 1;
+                None
             }
-            Ok(Err(RecvTimeoutError::Disconnected)) | Err(_) => {
-                let status = worker.child.wait().ok();
-                Some(("abort", format!("the child died: {status:?}")))
-            }
+            Verdict::Failure(class, msg) => Some((class, msg)),
         };
         if let Some((class, msg)) = outcome {
             *tally.failures.entry(class).or_default() += 1;
@@ -1122,6 +1211,9 @@ fn main() {
         flag("--only").map(|s| s.split(',').map(str::to_string).collect());
     let failures_dir =
         flag("--failures").map_or_else(|| repo().join("target/fuzz-failures"), PathBuf::from);
+    if only.is_none() {
+        self_test();
+    }
     let mut rows = Vec::new();
     for t in targets() {
         if only
