@@ -218,6 +218,19 @@ fn cancel_on_signals(quiet: bool) -> Arc<AtomicBool> {
     cancel
 }
 
+/// Image decode limits (README, "Bad input"): the defaults unless overridden here; the torch
+/// worker inherits the same variables.
+fn decode_limits_from_env() -> Result<()> {
+    use stages::images::DecodeLimits;
+    let var = |name| std::env::var(name).ok();
+    DecodeLimits::with_overrides(
+        var(DecodeLimits::PIXELS_VAR).as_deref(),
+        var(DecodeLimits::BYTES_VAR).as_deref(),
+    )?
+    .set();
+    Ok(())
+}
+
 fn registry() -> StageRegistry {
     let mut reg = StageRegistry::new();
     reg.register(Arc::new(pipeline::builtin::CommandStage));
@@ -305,6 +318,7 @@ fn load_plan(path: &Path, reg: &StageRegistry) -> Result<Plan> {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
+    decode_limits_from_env()?;
     let reg = registry();
     let cache = cache_dir(&cli);
     let fp_cache = FingerprintCache::new(&cache);

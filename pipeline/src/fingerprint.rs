@@ -79,11 +79,16 @@ impl FingerprintCache {
 
     fn snapshot_path(&self, root: &Path, content_digest: &str) -> PathBuf {
         let id = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
-        self.dir.join("fingerprints").join(format!(
-            "{}.was-{}.json",
-            &id[..32],
-            &content_digest[..16]
-        ))
+        // The digest may come from an artifact's `_manifest.json` (`explain`): only its hex
+        // digits make the name, so a malformed one neither panics nor leaves the folder.
+        let digest: String = content_digest
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(16)
+            .collect();
+        self.dir
+            .join("fingerprints")
+            .join(format!("{}.was-{digest}.json", &id[..32]))
     }
 
     /// Keeps the `keep` newest listings of earlier contents of `root`.
@@ -388,6 +393,18 @@ pub fn hash_file(path: &Path, size: u64) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_digests_from_the_store_are_not_found_rather_than_panicking() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let c = FingerprintCache::new(cache.path());
+        fs::write(data.path().join("y.txt"), b"world").unwrap();
+        c.fingerprint(data.path(), false).unwrap();
+        for bad in ["", "abc", "ééééééééé", "../../../../etc/passwd"] {
+            assert_eq!(c.changes_since(data.path(), bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn cache_hit_changed_content_and_touch() {

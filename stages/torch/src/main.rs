@@ -136,6 +136,18 @@ fn threads(t: Option<usize>) -> usize {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Image decode limits (README, "Bad input"); the runner passes its environment on.
+    let var = |name| std::env::var(name).ok();
+    match stages::images::DecodeLimits::with_overrides(
+        var(stages::images::DecodeLimits::PIXELS_VAR).as_deref(),
+        var(stages::images::DecodeLimits::BYTES_VAR).as_deref(),
+    ) {
+        Ok(limits) => limits.set(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Cmd::RunStage => return run_stage(),
         Cmd::Embed { what } => embed(what),

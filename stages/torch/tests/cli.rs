@@ -168,3 +168,39 @@ fn env_reports_libtorch_and_cuda() {
     );
     assert!(out.contains("cuda: "), "{out}");
 }
+
+/// An image whose header claims 65,535 × 65,535 RGBA16 is refused before decoding, and the
+/// message names the file (it used to fail on the allocation without saying which file).
+#[test]
+fn embed_names_an_image_over_the_decode_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("a.png");
+    std::fs::copy(fixtures().join("preprocess-input.png"), &good).unwrap();
+    let huge = tmp.path().join("huge.png");
+    std::fs::write(&huge, stages::synth::oversized_png(65_535, 65_535)).unwrap();
+    let out = run(&[
+        "embed",
+        "image",
+        "--backbone",
+        s(&fixtures().join("dinov2")),
+        "--resize",
+        "64",
+        "--image-size",
+        "56",
+        "--input",
+        s(&good),
+        s(&huge),
+        "--output",
+        s(&tmp.path().join("o.parquet")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: cannot decode image: the header says 65535 × 65535 = 4294836225 pixels, over \
+             the decode limit of 268435456 pixels (ADAPTOR_MAX_IMAGE_PIXELS raises it)",
+            huge.display()
+        )),
+        "{err}"
+    );
+}
