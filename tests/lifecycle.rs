@@ -264,6 +264,32 @@ fn sigterm_to_the_runner_stops_the_torch_worker() {
 }
 
 #[test]
+fn a_torch_worker_killed_by_sigkill_is_reported_with_the_signals_name() {
+    let dir = torch_case();
+    let mut runner = Command::new(bin())
+        .args(["run", "m.toml"])
+        .current_dir(dir.path())
+        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What the kernel's out-of-memory killer does: SIGKILL to the worker alone.
+    let worker = stage_group(runner.id(), "adaptor-torch", Duration::from_secs(180));
+    // SAFETY: signalling the worker of the runner this test started (its pid is its group id).
+    unsafe { libc_kill(worker as i32, SIGKILL) };
+    let code = wait_exit(&mut runner, Duration::from_secs(60));
+    let out = runner.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: text failed: the torch worker")
+            && stderr.contains("was killed by SIGKILL"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_timeout_and_a_silent_stage_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
