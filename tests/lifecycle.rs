@@ -155,6 +155,15 @@ fn command_stage_dies_with_its_runner(signal: i32) {
         // Handled like Ctrl-C: the stage is cancelled, its lease released, the exit non-zero.
         assert_eq!(code, Some(1), "exit code after signal {signal}");
         assert!(locks(dir.path()).is_empty(), "{:?}", locks(dir.path()));
+        // A cancelled attempt is not a failure: the instance is as it was before the run.
+        let status = Command::new(bin())
+            .args(["status", "m.toml"])
+            .current_dir(dir.path())
+            .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(status.starts_with("missing"), "{status}");
     }
     // Nothing partial looks complete.
     let complete = std::fs::read_dir(dir.path().join("artifacts/command"))
