@@ -532,7 +532,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 &resolved,
                 &opts,
                 display,
-                cancel_on_signals(cli.quiet),
+                // No signal handler here: Slurm signals every process of a cancelled job at once,
+                // the stage's too, so a graceful cancel would race the stage's own death and could
+                // record it as a failure. SIGTERM's default action ends this process at once; the
+                // stage's group dies with it (pipeline::process) and nothing is recorded.
+                Arc::new(AtomicBool::new(false)),
             )?;
             match report
                 .outcomes

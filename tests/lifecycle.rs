@@ -155,6 +155,15 @@ fn command_stage_dies_with_its_runner(signal: i32) {
         // Handled like Ctrl-C: the stage is cancelled, its lease released, the exit non-zero.
         assert_eq!(code, Some(1), "exit code after signal {signal}");
         assert!(locks(dir.path()).is_empty(), "{:?}", locks(dir.path()));
+        // A cancelled attempt is not a failure: the instance is as it was before the run.
+        let status = Command::new(bin())
+            .args(["status", "m.toml"])
+            .current_dir(dir.path())
+            .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        assert!(status.starts_with("missing"), "{status}");
     }
     // Nothing partial looks complete.
     let complete = std::fs::read_dir(dir.path().join("artifacts/command"))
@@ -261,6 +270,32 @@ fn kill_9_of_the_runner_kills_the_torch_worker() {
 #[test]
 fn sigterm_to_the_runner_stops_the_torch_worker() {
     torch_stage_dies_with_its_runner(SIGTERM);
+}
+
+#[test]
+fn a_torch_worker_killed_by_sigkill_is_reported_with_the_signals_name() {
+    let dir = torch_case();
+    let mut runner = Command::new(bin())
+        .args(["run", "m.toml"])
+        .current_dir(dir.path())
+        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What the kernel's out-of-memory killer does: SIGKILL to the worker alone.
+    let worker = stage_group(runner.id(), "adaptor-torch", Duration::from_secs(180));
+    // SAFETY: signalling the worker of the runner this test started (its pid is its group id).
+    unsafe { libc_kill(worker as i32, SIGKILL) };
+    let code = wait_exit(&mut runner, Duration::from_secs(60));
+    let out = runner.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: text failed: the torch worker")
+            && stderr.contains("was killed by SIGKILL"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1011,6 +1011,8 @@ fn build_locked(
         Part::Merge { .. } => stage.merge(&ctx),
         Part::Whole | Part::Shard { .. } => stage.run(&ctx),
     }));
+    // Judged when the stage returns: describing its output below is the runner's time.
+    let late = ctx.timed_out();
     // What the stage wrote, described (and hashed) before anything is committed: a FIFO, socket
     // or device in it fails the instance by name instead of blocking the runner.
     let mut files = Vec::new();
@@ -1038,19 +1040,20 @@ fn build_locked(
     // A limit holds for every kind: a stage that runs inside the runner can only be stopped at
     // its cancellation checks, and one that returns after its limit fails all the same.
     let error = match error {
-        None if ctx.timed_out() => Some("the stage finished after its time limit".to_string()),
+        None if late => Some("the stage finished after its time limit".to_string()),
         e => e,
     };
     if let Some(error) = error {
-        if lost.load(Ordering::SeqCst) {
-            // Not ours any more: the new owner's records are left alone.
+        if lost.load(Ordering::SeqCst) || cancel.load(Ordering::Relaxed) {
+            // Lease lost: not ours any more, the new owner's records are left alone. Cancelled
+            // (Ctrl-C, SIGTERM, SIGHUP, scancel): the stage did not fail, so nothing is recorded;
+            // the instance stays as it was before the run (missing or stale), on the local
+            // executor as on Slurm.
             drop(ctx);
             let _ = std::fs::remove_dir_all(&staging);
             return Ok(Outcome::Cancelled);
         }
-        let error = if cancel.load(Ordering::Relaxed) {
-            format!("cancelled: {error}")
-        } else if let (true, Some(limit)) = (ctx.timed_out(), ctx.time_limit()) {
+        let error = if let (true, Some(limit)) = (late, ctx.time_limit()) {
             // The stage's own message (often "... timed out after") stays in its log.
             ctx.log(format!("stopped: {error}"));
             format!("timed out after {}", format_duration(limit))
@@ -1087,9 +1090,6 @@ fn build_locked(
             false,
         )?;
         let _ = std::fs::remove_dir_all(&staging);
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(Outcome::Cancelled);
-        }
         return Ok(Outcome::Failed {
             error,
             log: log_rel,

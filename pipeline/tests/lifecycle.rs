@@ -256,6 +256,31 @@ fn runner_parameters_are_not_part_of_the_key() {
     assert_eq!(limits.timeout, Some(Duration::from_secs(7200)));
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever the limits say, and however they are spelled, the key is the one without them.
+    #[test]
+    fn no_timeout_or_watchdog_changes_a_key(
+        timeout in 1u64..10_000_000,
+        watchdog in 1u64..100_000,
+        spelled in proptest::bool::ANY,
+    ) {
+        let base = "[stages.s]\nkind = \"command\"\nparams.run = \"echo hi > $OUT/a\"\n";
+        let key_of = |text: &str| {
+            let case = Case::new(text);
+            let plan = case.plan();
+            resolve(&plan, &registry(), &FingerprintCache::new(case.path().join("cache")), false)
+                .unwrap()
+                .keys[0]
+                .clone()
+        };
+        let timeout = if spelled { format!("\"{}m{}s\"", timeout / 60, timeout % 60) } else { timeout.to_string() };
+        let with = format!("[defaults.command]\nwatchdog = {watchdog}\n{base}params.timeout = {timeout}\n");
+        proptest::prop_assert_eq!(key_of(&with), key_of(base));
+    }
+}
+
 #[test]
 fn a_bad_timeout_is_a_manifest_error_at_its_line() {
     let case = Case::new(

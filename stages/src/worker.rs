@@ -450,4 +450,80 @@ mod tests {
             WorkerMessage::Error("boom".into())
         );
     }
+
+    /// A stand-in for `adaptor-torch` that misbehaves on purpose (a shell script: the real worker
+    /// cannot be made to print invalid UTF-8 or crash on demand), run by the real relay code.
+    fn misbehaving_worker(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("worker.sh");
+        std::fs::write(&path, format!("#!/bin/sh\ncat > /dev/null\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn context(dir: &Path) -> StageContext {
+        StageContext::new(
+            "enc".into(),
+            StageKey::parse(&"cd".repeat(32)).unwrap(),
+            Params::new(),
+            BTreeMap::new(),
+            dir.join("out"),
+            1,
+            None,
+            Arc::new(pipeline::NoProgress),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn job() -> Job {
+        Job {
+            protocol: PROTOCOL,
+            kind: "encode-text".into(),
+            instance: "enc".into(),
+            key: "cd".repeat(32),
+            params: Params::new(),
+            inputs: BTreeMap::new(),
+            out_dir: "/nonexistent".into(),
+            threads: 1,
+            resume_dir: None,
+            merge: false,
+        }
+    }
+
+    #[test]
+    fn the_final_error_survives_bytes_that_are_not_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = misbehaving_worker(
+            dir.path(),
+            r#"printf '\377\376 a library wrote this\n'; printf '\377\n' >&2; echo '{"error":"records.parquet: row 3: bad key"}'; printf '\376 after'; exit 1"#,
+        );
+        let err = run_worker(&worker, &job(), &context(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "records.parquet: row 3: bad key");
+    }
+
+    #[test]
+    fn a_worker_killed_by_a_signal_is_named_after_its_own_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = misbehaving_worker(
+            dir.path(),
+            r#"echo '{"error":"cuda: out of memory"}'; kill -SEGV $$"#,
+        );
+        let err = run_worker(&worker, &job(), &context(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "cuda: out of memory (then the torch worker was killed by SIGSEGV)"
+        );
+        let silent = misbehaving_worker(dir.path(), "echo oops >&2; kill -KILL $$");
+        let err = run_worker(&silent, &job(), &context(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("was killed by SIGKILL") && err.ends_with(": oops"),
+            "{err}"
+        );
+    }
 }
