@@ -308,6 +308,91 @@ fn s3_gc_aborts_the_multipart_upload_of_a_runner_that_is_gone() {
     assert!(store.get(&record_rel).unwrap().is_none());
 }
 
+/// An upload that no record names (its runner died between starting it and recording it) is
+/// found by listing the bucket's uploads (`ListMultipartUploads`, signed by us: object_store
+/// cannot list them) and aborted once old; an upload outside the store's artifact folders is
+/// another tool's and is only reported.
+#[test]
+fn s3_gc_lists_and_aborts_unrecorded_uploads_it_owns_and_skips_foreign_ones() {
+    let moto = common::moto::start("chaos");
+    let dir = tempfile::tempdir().unwrap();
+    let store = s3_store(&moto, dir.path(), "mp");
+    let key = "cd".repeat(32);
+    let ours = format!("command/{key}/_attempt-y/big.bin");
+    let mut ids = Vec::new();
+    for rel in [ours.as_str(), "notes/big.bin"] {
+        let (record, record_rel, recorded) = store.begin_upload(rel).unwrap();
+        assert!(recorded.unwrap());
+        store.delete(&record_rel).unwrap(); // as if the runner died before recording it
+        ids.push(record.upload_id);
+    }
+    let pending = store.pending_uploads().unwrap().expect("S3 lists uploads");
+    let mut listed: Vec<(&str, &str)> = pending
+        .iter()
+        .map(|u| (u.key.as_str(), u.upload_id.as_str()))
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        (ours.as_str(), ids[0].as_str()),
+        ("notes/big.bin", ids[1].as_str()),
+    ];
+    want.sort();
+    assert_eq!(listed, want, "paths are relative to the store's prefix");
+
+    let kinds: std::collections::HashSet<String> = ["command".to_string()].into();
+    let referenced = std::collections::HashSet::new();
+    let gc = |lease_secs: f64| {
+        let scope = pipeline::ops::GcScope {
+            kinds: &kinds,
+            referenced: &referenced,
+            lease_secs,
+            job_alive: &|_| None,
+        };
+        pipeline::ops::gc(&store, &scope, false).unwrap()
+    };
+    let uploads = |m: &common::moto::Moto| m.http("GET", "/chaos?uploads");
+    // moto reports every upload as initiated in 2010 (a constant in its responses), so here the
+    // age rule always holds and what protects a live runner's upload is its lease: kept while a
+    // live lease holds the key.
+    let never = AtomicBool::new(false);
+    let key = StageKey::parse(&key).unwrap();
+    let Acquired::Held {
+        lease: mut held, ..
+    } = lease::acquire(
+        &store,
+        "command",
+        &key,
+        &template("uploader"),
+        60.0,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap()
+    else {
+        panic!("nothing is complete")
+    };
+    assert!(gc(60.0).deleted.is_empty());
+    assert!(uploads(&moto).contains(&ids[0]));
+    lease::release(&store, &mut held).unwrap();
+    let report = gc(60.0);
+    assert_eq!(report.deleted.len(), 1, "{:?}", report.deleted);
+    assert!(report.deleted[0].0.contains(&ours), "{:?}", report.deleted);
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|(what, why)| what.contains("notes/big.bin") && why.contains("does not own")),
+        "{:?}",
+        report.skipped
+    );
+    let left = uploads(&moto);
+    assert!(!left.contains(&ids[0]), "{left}");
+    assert!(
+        left.contains(&ids[1]),
+        "the foreign upload is left alone: {left}"
+    );
+}
+
 #[test]
 fn s3_a_publish_that_fails_keeps_the_output_and_the_next_run_publishes_it_without_recomputing() {
     let moto = common::moto::start("chaos");

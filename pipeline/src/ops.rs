@@ -415,6 +415,7 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
     }
     // Multipart uploads of runners that are gone (`_uploads/`, remote stores): aborted once
     // the record is older than the lease timeout and no live lease holds the key uploaded to.
+    let mut recorded_uploads = HashSet::new();
     for (rel, _) in store.list("_uploads")? {
         let (record, modified) = match store.get_record::<UploadRecord>(&rel)? {
             Record::Absent => continue,
@@ -425,6 +426,9 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
             } => (Some(value), modified_unix),
             Record::Corrupt { modified_unix, .. } => (None, modified_unix),
         };
+        if let Some(r) = &record {
+            recorded_uploads.insert(r.upload_id.clone());
+        }
         if store.now()? - modified <= scope.lease_secs {
             continue;
         }
@@ -446,6 +450,61 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
             store.delete(&rel)?;
         }
         report.deleted.push((rel, 0));
+    }
+    // Uploads in progress that no record names (a runner killed between starting an upload and
+    // recording it), listed from S3 itself: aborted under the same rule when they are inside an
+    // artifact folder this store owns; any other upload is not ours and is only reported. A
+    // listing that fails (no `s3:ListBucketMultipartUploads` permission, say) is reported, and
+    // gc goes on with what the records told it.
+    let pending = match store.pending_uploads() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            report.skipped.push((
+                "multipart uploads in progress".into(),
+                format!("could not be listed: {e}"),
+            ));
+            Vec::new()
+        }
+    };
+    {
+        for u in pending {
+            if recorded_uploads.contains(&u.upload_id) {
+                continue;
+            }
+            let label = format!(
+                "multipart upload {} of {}",
+                u.upload_id.chars().take(12).collect::<String>(),
+                u.key
+            );
+            let mut parts = u.key.split('/');
+            let mut kind = parts.next().unwrap_or_default();
+            if kind == "_failed" {
+                kind = parts.next().unwrap_or_default();
+            }
+            let Some(key) = parts
+                .next()
+                .and_then(StageKey::parse)
+                .filter(|_| scope.kinds.contains(kind))
+            else {
+                report.skipped.push((
+                    label,
+                    "a multipart upload gc does not own (not in an artifact folder)".into(),
+                ));
+                continue;
+            };
+            if store.now()? - u.initiated_unix <= scope.lease_secs
+                || live_lease(store, kind, &key, scope.lease_secs)
+            {
+                continue;
+            }
+            if !dry_run {
+                store.abort_upload(&UploadRecord {
+                    path: u.key.clone(),
+                    upload_id: u.upload_id.clone(),
+                })?;
+            }
+            report.deleted.push((label, 0));
+        }
     }
     // Staging folders of runners that are provably gone (local stores only).
     if let Some(root) = store.local_root() {

@@ -300,6 +300,8 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// The same store's multipart API (S3, memory): uploads whose id we record.
     multipart: Option<Arc<dyn object_store::multipart::MultipartStore>>,
+    /// S3 only: how to list the bucket's uploads in progress, with the client's credentials.
+    uploads: Option<(crate::s3uploads::Lister, Arc<object_store::aws::AmazonS3>)>,
     prefix: String,
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
@@ -374,6 +376,7 @@ impl Store {
             message,
         };
         let mut multipart: Option<Arc<dyn object_store::multipart::MultipartStore>> = None;
+        let mut uploads = None;
         let (inner, prefix, local_root): (Arc<dyn ObjectStore>, String, Option<PathBuf>) = match url
         {
             // A local store that does not exist yet reads as empty; it is created by the first
@@ -431,7 +434,16 @@ impl Store {
                 // If-None-Match / If-Match: create-if-absent commits and leases.
                 b = b.with_conditional_put(S3ConditionalPut::ETagMatch);
 
+                let config = |k: AmazonS3ConfigKey| b.get_config_value(&k);
+                let lister = crate::s3uploads::Lister::new(
+                    config(AmazonS3ConfigKey::Endpoint).as_deref(),
+                    bucket,
+                    &config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
+                    config(AmazonS3ConfigKey::VirtualHostedStyleRequest)
+                        .is_some_and(|v| v == "true"),
+                );
                 let s3 = Arc::new(b.build().map_err(|e| store_err(e.to_string()))?);
+                uploads = Some((lister, s3.clone()));
                 multipart = Some(s3.clone());
                 (s3, prefix.clone(), None)
             }
@@ -440,6 +452,7 @@ impl Store {
             url: url.clone(),
             inner,
             multipart,
+            uploads,
             prefix,
             local_root,
             cache_dir: cache_dir.to_path_buf(),
@@ -1603,6 +1616,42 @@ impl Store {
         };
         let recorded = self.put_json(&record_rel, &record, false);
         Ok((record, record_rel, recorded))
+    }
+
+    /// The multipart uploads in progress under this store's prefix, paths relative to the
+    /// store (S3 `ListMultipartUploads`, see [`crate::s3uploads`]); `None` for a store without
+    /// them (local folder, memory).
+    pub fn pending_uploads(&self) -> Result<Option<Vec<crate::s3uploads::PendingUpload>>> {
+        let Some((lister, s3)) = &self.uploads else {
+            return Ok(None);
+        };
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix.trim_end_matches('/'))
+        };
+        let err = |message: String| Error::Store {
+            url: self.url.to_string(),
+            message,
+        };
+        let found = self.rt.block_on(async {
+            let credential = s3
+                .credentials()
+                .get_credential()
+                .await
+                .map_err(|e| format!("credentials: {e}"))?;
+            let client = reqwest::Client::builder()
+                .connect_timeout(S3_CONNECT_TIMEOUT)
+                .timeout(S3_REQUEST_TIMEOUT)
+                .build()
+                .map_err(|e| e.to_string())?;
+            lister.list(&client, &credential, &prefix).await
+        });
+        let mut found = found.map_err(err)?;
+        for u in &mut found {
+            u.key = self.rel(&ObjPath::from(u.key.as_str()));
+        }
+        Ok(Some(found))
     }
 
     /// Aborts a recorded multipart upload (see [`UploadRecord`]); one that no longer exists is
