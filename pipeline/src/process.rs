@@ -90,7 +90,7 @@ pub fn run_group(
     }
     let mut child = cmd.spawn()?;
     let pgid = child.id() as libc::pid_t;
-    let mut sentinel = match spawn_sentinel(pgid) {
+    let sentinel = match spawn_sentinel(pgid) {
         Ok(s) => s,
         Err(e) => {
             kill_group(pgid, libc::SIGKILL);
@@ -110,11 +110,18 @@ pub fn run_group(
         })),
         _ => None,
     };
-
     let mut readers = [
         LineReader::new(Stream::Stdout, child.stdout.take().map(Box::new)),
         LineReader::new(Stream::Stderr, child.stderr.take().map(Box::new)),
     ];
+    // From here on, however this function is left (an error, a panic in `on_line`), the group
+    // is killed and its processes reaped.
+    let mut group = Group {
+        pgid,
+        child,
+        sentinel,
+        writer,
+    };
     for r in &readers {
         if let Some(fd) = r.fd() {
             set_nonblocking(fd)?;
@@ -157,7 +164,7 @@ pub fn run_group(
                 // Kill what is left of the group before reaping: while the main process is an
                 // unreaped zombie its pid, hence the group id, cannot be reused.
                 kill_group(pgid, libc::SIGKILL);
-                status = Some(child.wait()?);
+                status = Some(group.child.wait()?);
                 exited_at = Some(Instant::now());
             } else if ctx.is_cancelled() {
                 match term_sent {
@@ -190,17 +197,34 @@ pub fn run_group(
     for r in &mut readers {
         r.finish(&mut on_line);
     }
-    // The group is gone (killed above); closing the pipe would make the sentinel kill it anyway.
-    drop(sentinel.stdin.take());
-    let _ = sentinel.wait();
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
+    drop(group);
     Ok(Finished {
         status: status.expect("the loop ends after the process exited"),
         stopped: term_sent.is_some(),
         notes,
     })
+}
+
+/// A started group: the main process, the sentinel and the thread writing the input.
+struct Group {
+    pgid: libc::pid_t,
+    child: Child,
+    sentinel: Child,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // The group id stays reserved until the sentinel is reaped (a zombie still holds it), so
+        // this can only reach the stage's own processes.
+        kill_group(self.pgid, libc::SIGKILL);
+        drop(self.sentinel.stdin.take());
+        let _ = self.child.wait();
+        let _ = self.sentinel.wait();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 /// "exited with status 3", "was killed by SIGSEGV (core dumped)".
