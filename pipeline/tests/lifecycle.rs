@@ -328,8 +328,9 @@ params.run = "setsid sh -c 'echo $$ > DIR/escaped.pid; sleep 60' & while [ ! -s 
     );
     let (outcomes, secs) = case.run_within(Duration::from_secs(60), Arc::new(NoProgress));
     let escaped = read_pid(&case.path().join("escaped.pid"));
-    // SAFETY: ending the process this test started.
-    unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
+    // SAFETY: ending the processes this test started: `setsid` made the escaped shell the
+    // leader of its own group, which holds its `sleep` too.
+    unsafe { libc::kill(-(escaped as i32), libc::SIGKILL) };
     assert!(matches!(outcomes[0].1, Outcome::Ran { .. }), "{outcomes:?}");
     let drain = pipeline::process::DRAIN.as_secs_f64();
     assert!(secs < drain + 10.0, "took {secs:.1}s");
