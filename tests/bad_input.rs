@@ -163,11 +163,12 @@ fn malformed_keys_read_back_from_the_store_are_reported_not_panicked() {
     let index = files_named(&store.join("_index"), "");
     assert_eq!(index.len(), 1, "{index:?}");
     set_key(&index[0], "abc");
+    // A damaged index record is stale, with a warning naming it (the store's rule for every
+    // small record, docs/store.md): the command goes on, it never panics.
     for args in [&["status", "m.toml"][..], &["explain", "m.toml", "a"]] {
         let out = adaptor(dir, args, &[]);
         let t = text(&out);
         assert_ne!(out.status.code(), Some(101), "panicked: {t}");
-        assert!(!out.status.success(), "{t}");
         assert!(
             t.contains(&index[0].file_name().unwrap().to_string_lossy().to_string())
                 && t.contains("`abc` is not a stage key (64 lowercase hex digits)"),

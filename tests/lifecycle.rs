@@ -107,14 +107,17 @@ fn start_runner(dir: &Path) -> Child {
         .unwrap()
 }
 
+/// The lease records under `_locks/` (not the store's hidden compare-and-swap lock files).
 fn locks(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(kinds) = std::fs::read_dir(dir.join("artifacts/_locks")) else {
         return out;
     };
-    for k in kinds.flatten() {
+    for k in kinds.flatten().filter(|k| k.path().is_dir()) {
         for f in std::fs::read_dir(k.path()).unwrap().flatten() {
-            out.push(f.path());
+            if !f.file_name().to_string_lossy().starts_with('.') {
+                out.push(f.path());
+            }
         }
     }
     out

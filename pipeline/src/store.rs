@@ -1458,30 +1458,63 @@ impl Store {
             if !fence() {
                 return Ok(Some(PublishOutcome::LostLease));
             }
-            let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("serialisable");
-            let created = self.put(
-                &Self::manifest_path(&manifest.kind, &manifest.key),
-                Bytes::from(manifest_bytes),
-                true,
-            )?;
-            Ok((!created).then_some(PublishOutcome::AlreadyComplete))
+            Ok(None)
         })();
         match uploaded {
-            Ok(None) => {
-                let _ = std::fs::remove_dir_all(staging);
-                Ok(PublishOutcome::Published)
-            }
+            Ok(None) => {}
             Ok(Some(outcome)) => {
                 // Not committed: our attempt folder is never followed; remove it.
                 let _ = self.delete_prefix(&attempt_rel);
                 let _ = std::fs::remove_dir_all(staging);
-                Ok(outcome)
+                return Ok(outcome);
             }
             Err(e) => {
-                // The staging folder stays (the caller keeps it for a re-publish).
+                // No manifest was written: the attempt goes; the staging folder stays (the
+                // caller keeps it for a re-publish).
+                let _ = self.delete_prefix(&attempt_rel);
+                return Err(e);
+            }
+        }
+        let manifest_rel = Self::manifest_path(&manifest.kind, &manifest.key);
+        let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("serialisable");
+        let put = self.put(&manifest_rel, Bytes::from(manifest_bytes), true);
+        if matches!(put, Ok(true)) {
+            let _ = std::fs::remove_dir_all(staging);
+            return Ok(PublishOutcome::Published);
+        }
+        // "Already exists" or an error: a create whose answer was lost may have been applied
+        // (and object_store's retry of it then finds the object there), so the manifest in the
+        // store says who committed. Only an attempt that is certainly not committed is removed.
+        let ours = self
+            .get_json::<ArtifactManifest>(&manifest_rel)
+            .map(|m| m.map(|m| m.attempt.as_deref() == Some(attempt.as_str())));
+        match (put, ours) {
+            (_, Ok(Some(true))) => {
+                let _ = std::fs::remove_dir_all(staging);
+                Ok(PublishOutcome::Published)
+            }
+            (_, Ok(Some(false))) => {
+                let _ = self.delete_prefix(&attempt_rel);
+                let _ = std::fs::remove_dir_all(staging);
+                Ok(PublishOutcome::AlreadyComplete)
+            }
+            (Err(e), Ok(None)) => {
                 let _ = self.delete_prefix(&attempt_rel);
                 Err(e)
             }
+            // Present a moment ago, gone now (a gc or quarantine in between): not committed.
+            (Ok(_), Ok(None)) => {
+                let _ = self.delete_prefix(&attempt_rel);
+                Err(Error::Store {
+                    url: self.url.to_string(),
+                    message: format!(
+                        "{manifest_rel}: another commit was seen, then it vanished; the output is kept for the next run"
+                    ),
+                })
+            }
+            // Cannot tell: the attempt folder stays (gc removes it once no manifest names it).
+            (Err(e), Err(_)) => Err(e),
+            (Ok(_), Err(e)) => Err(e),
         }
     }
 
