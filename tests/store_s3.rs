@@ -53,7 +53,7 @@ impl Case {
 }
 
 #[test]
-fn s3_a_deleted_or_truncated_file_is_corrupt_named_by_verify_and_rebuilt() {
+fn s3_a_deleted_file_is_corrupt_named_by_verify_and_rebuilt() {
     let moto = common::moto::start("chaos");
     let case = Case::new(&moto);
     case.write(

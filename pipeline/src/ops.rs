@@ -54,6 +54,19 @@ pub fn explain(
     let key = &resolved.keys[idx];
     let mut lines = vec![format!("{} ({}) key {}", inst.name, inst.kind, key.short())];
     if let Some(m) = store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, key))? {
+        let bad = store
+            .check_sizes(&[(inst.kind.clone(), key.clone())])?
+            .remove(0);
+        if !bad.is_empty() {
+            lines.push(format!(
+                "would run: its artifact is corrupt ({}); the next run moves it to _quarantine/ and rebuilds it",
+                bad.iter()
+                    .map(|f| format!("{}: {}", f.path, f.problem))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            return Ok(lines);
+        }
         lines.push(format!(
             "up to date: artifact {}/{} was built {} in {:.1}s by {}",
             inst.kind,
@@ -325,8 +338,16 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
                     .push((format!("{top}/{key_dir}/"), "not named by a key".into()));
                 continue;
             };
-            if referenced(&top, &k) || live_lease(store, &top, &k, scope.lease_secs) {
+            if live_lease(store, &top, &k, scope.lease_secs) {
                 report.kept += 1;
+                continue;
+            }
+            if referenced(&top, &k) {
+                report.kept += 1;
+                // Remote: attempt folders of runners that died mid-upload or lost the race.
+                for rel in orphan_attempts(store, &top, &k, scope.lease_secs)? {
+                    remove(&mut report, rel)?;
+                }
                 continue;
             }
             remove(&mut report, format!("{top}/{key_dir}"))?;
@@ -465,6 +486,48 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
         }
     }
     Ok(report)
+}
+
+/// On a remote store: the `<kind>/<key>/_attempt-*` folders the committed manifest does not name
+/// (all of them when nothing is committed) whose every object is older than the lease timeout.
+/// Call only when no live lease holds the key.
+fn orphan_attempts(
+    store: &Store,
+    kind: &str,
+    key: &StageKey,
+    lease_secs: f64,
+) -> Result<Vec<String>> {
+    if store.local_root().is_some() {
+        return Ok(Vec::new());
+    }
+    let dir = Store::artifact_dir(kind, key);
+    let committed = match store.read_manifest(kind, key) {
+        Ok(m) => m.and_then(|m| m.attempt),
+        // A bad manifest: leave the folder to `verify --quarantine` / `run`.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let now = store.now()?;
+    let mut newest: std::collections::BTreeMap<String, f64> = Default::default();
+    for (rel, modified) in store.list_modified(&dir)? {
+        let Some(attempt) = rel
+            .strip_prefix(&format!("{dir}/"))
+            .and_then(|r| r.split_once('/'))
+            .map(|(a, _)| a)
+            .filter(|a| a.starts_with("_attempt-"))
+        else {
+            continue;
+        };
+        if committed.as_deref() == Some(attempt) {
+            continue;
+        }
+        let e = newest.entry(format!("{dir}/{attempt}")).or_insert(0.0);
+        *e = e.max(modified);
+    }
+    Ok(newest
+        .into_iter()
+        .filter(|(_, m)| now - m > lease_secs)
+        .map(|(p, _)| p)
+        .collect())
 }
 
 fn live_lease(store: &Store, kind: &str, key: &StageKey, lease_secs: f64) -> bool {

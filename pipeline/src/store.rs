@@ -554,7 +554,7 @@ impl Store {
         let inner = self.inner.clone();
         match self
             .rt
-            .block_on(async move { inner.get(&path).await?.bytes().await })
+            .block_on(async move { get_whole(&inner, &path).await.map(|(b, _)| b) })
         {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -603,12 +603,10 @@ impl Store {
         }
         let path = self.path(rel);
         let inner = self.inner.clone();
-        match self.rt.block_on(async move {
-            let r = inner.get(&path).await?;
-            let meta = r.meta.clone();
-            let bytes = r.bytes().await?;
-            Ok::<_, object_store::Error>((bytes, meta))
-        }) {
+        match self
+            .rt
+            .block_on(async move { get_whole(&inner, &path).await })
+        {
             Ok((bytes, meta)) => Ok(Some((
                 bytes,
                 ObjVersion {
@@ -694,9 +692,9 @@ impl Store {
     }
 
     /// Replaces an object only if it is still at `expected` (compare-and-swap); the new version,
-    /// or `None` if it changed or vanished. S3: `If-Match` on the ETag. Local: the file is taken
-    /// aside by one atomic rename, compared, and the new one linked in only if nobody created
-    /// another meanwhile; a mismatch puts the old one back unless someone already replaced it.
+    /// or `None` if it changed or vanished. S3: `If-Match` on the ETag. Local: under an exclusive
+    /// `flock` on a sidecar file (released by the kernel if the holder dies), the file is compared
+    /// and replaced by one rename, so it never looks absent to a runner about to create it.
     pub fn put_if_version(
         &self,
         rel: &str,
@@ -706,41 +704,22 @@ impl Store {
         if let Some(root) = &self.local_root {
             let p = root.join(rel);
             let parent = p.parent().expect("records have a parent");
-            let tok = unique_token();
-            let tmp = parent.join(format!(".new-{tok}"));
-            let grab = parent.join(format!(".grab-{tok}"));
             std::fs::create_dir_all(parent).at(parent)?;
+            let tmp = parent.join(format!(".new-{}", unique_token()));
             write_synced(&tmp, &bytes)?;
-            let cleanup = |paths: &[&Path]| {
-                for q in paths {
-                    let _ = std::fs::remove_file(q);
+            let result = with_record_lock(&p, || {
+                match std::fs::read(&p) {
+                    Ok(b) if content_version(&b) == *expected => {}
+                    Ok(_) => return Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io(&p, e)),
                 }
-            };
-            match std::fs::rename(&p, &grab) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    cleanup(&[&tmp]);
-                    return Ok(None);
-                }
-                Err(e) => {
-                    cleanup(&[&tmp]);
-                    return Err(Error::io(p, e));
-                }
-            }
-            let current = std::fs::read(&grab).map(|b| content_version(&b));
-            if current.as_ref().ok() == Some(expected) {
-                let r = std::fs::hard_link(&tmp, &p);
-                cleanup(&[&tmp, &grab]);
-                return match r {
-                    Ok(()) => Ok(Some(content_version(&bytes))),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
-                    Err(e) => Err(Error::io(p, e)),
-                };
-            }
-            // Not ours to replace: put it back (unless a newer one appeared meanwhile).
-            let _ = std::fs::hard_link(&grab, &p);
-            cleanup(&[&tmp, &grab]);
-            return Ok(None);
+                // Replaced in one rename: readers see the old record or the new, never none.
+                std::fs::rename(&tmp, &p).at(&p)?;
+                Ok(Some(content_version(&bytes)))
+            });
+            let _ = std::fs::remove_file(&tmp);
+            return result;
         }
         let path = self.path(rel);
         let inner = self.inner.clone();
@@ -776,19 +755,15 @@ impl Store {
             )));
         };
         let p = root.join(rel);
-        let parent = p.parent().expect("records have a parent");
-        let grab = parent.join(format!(".grab-{}", unique_token()));
-        match std::fs::rename(&p, &grab) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io(p, e)),
-        }
-        let ours = std::fs::read(&grab).map(|b| content_version(&b)).ok() == Some(expected.clone());
-        if !ours {
-            let _ = std::fs::hard_link(&grab, &p);
-        }
-        let _ = std::fs::remove_file(&grab);
-        Ok(ours)
+        with_record_lock(&p, || match std::fs::read(&p) {
+            Ok(b) if content_version(&b) == *expected => {
+                std::fs::remove_file(&p).at(&p)?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&p, e)),
+        })
     }
 
     /// The store's clock now (seconds since the epoch): this machine's clock corrected by an
@@ -883,11 +858,34 @@ impl Store {
         let inner = self.inner.clone();
         let metas = self
             .rt
-            .block_on(async move { inner.list(Some(&path)).try_collect::<Vec<_>>().await })
+            .block_on(
+                async move { retry_cut(|| inner.list(Some(&path)).try_collect::<Vec<_>>()).await },
+            )
             .map_err(|e| self.os_err(e))?;
         Ok(metas
             .into_iter()
             .map(|m| (self.rel(&m.location), m.size))
+            .collect())
+    }
+
+    /// Every object under a store-relative prefix with its modification time (store clock).
+    pub fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>> {
+        let path = self.path(prefix);
+        let inner = self.inner.clone();
+        let metas = self
+            .rt
+            .block_on(
+                async move { retry_cut(|| inner.list(Some(&path)).try_collect::<Vec<_>>()).await },
+            )
+            .map_err(|e| self.os_err(e))?;
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                (
+                    self.rel(&m.location),
+                    m.last_modified.timestamp_millis() as f64 / 1000.0,
+                )
+            })
             .collect())
     }
 
@@ -905,7 +903,7 @@ impl Store {
         let inner = self.inner.clone();
         let res = self
             .rt
-            .block_on(async move { inner.list_with_delimiter(path.as_ref()).await })
+            .block_on(async move { retry_cut(|| inner.list_with_delimiter(path.as_ref())).await })
             .map_err(|e| self.os_err(e))?;
         Ok(res
             .common_prefixes
@@ -924,7 +922,7 @@ impl Store {
         let inner = self.inner.clone();
         let res = self
             .rt
-            .block_on(async move { inner.list_with_delimiter(path.as_ref()).await })
+            .block_on(async move { retry_cut(|| inner.list_with_delimiter(path.as_ref())).await })
             .map_err(|e| self.os_err(e))?;
         let last = |p: &ObjPath| {
             self.rel(p)
@@ -1157,7 +1155,9 @@ impl Store {
                             match p {
                                 None => Ok(None),
                                 Some(p) => {
-                                    inner.list(Some(&p)).try_collect::<Vec<_>>().await.map(Some)
+                                    retry_cut(|| inner.list(Some(&p)).try_collect::<Vec<_>>())
+                                        .await
+                                        .map(Some)
                                 }
                             }
                         }
@@ -1685,6 +1685,81 @@ impl Store {
             }
         }
     }
+}
+
+/// GETs a (small) object whole, retrying from scratch when its body is cut mid-way: object_store
+/// retries a request that fails, not a body that breaks after the response has started.
+async fn get_whole(
+    inner: &Arc<dyn ObjectStore>,
+    path: &ObjPath,
+) -> object_store::Result<(Bytes, object_store::ObjectMeta)> {
+    let mut tries = 0u32;
+    loop {
+        let r = async {
+            let r = inner.get(path).await?;
+            let meta = r.meta.clone();
+            Ok((r.bytes().await?, meta))
+        }
+        .await;
+        let retry = tries < 3
+            && matches!(&r, Err(e) if !matches!(e,
+                object_store::Error::NotFound { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotModified { .. }));
+        if !retry {
+            return r;
+        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+    }
+}
+
+/// Runs a listing again when its response is cut mid-body (see [`get_whole`]); at most 3 more
+/// times, with a short backoff.
+async fn retry_cut<T, F, Fut>(mut f: F) -> object_store::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
+    let mut tries = 0u32;
+    loop {
+        let r = f().await;
+        let retry = tries < 3
+            && matches!(&r, Err(e) if !matches!(e,
+                object_store::Error::NotFound { .. }
+                | object_store::Error::Precondition { .. }));
+        if !retry {
+            return r;
+        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100 << tries)).await;
+    }
+}
+
+/// Runs `f` holding an exclusive `flock` on `.<name>.cas` beside a record: every compare-and-swap
+/// and conditional delete of that record on a local store takes it (creation by hard link does not
+/// need to: it only succeeds when the record is absent). Works on NFS through the client's lock
+/// emulation.
+fn with_record_lock<T>(record: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let name = record
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock_path = record.with_file_name(format!(".{name}.cas"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    // SAFETY: flock on a descriptor we own; the lock is released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
+    }
+    let result = f();
+    drop(lock);
+    result
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -103,6 +103,13 @@ fn a_truncated_file_is_corrupt_named_by_verify_and_rebuilt_by_run() {
     assert_eq!(bad[0].path, "out.txt");
     assert!(bad[0].problem.contains("3 bytes"), "{bad:?}");
     assert_eq!(st[1], State::UpToDate);
+    let (plan, resolved) = env.planned();
+    let cache = FingerprintCache::new(env.path().join("cache"));
+    let why = pipeline::ops::explain(&plan, &resolved, &store, &cache, 0).unwrap();
+    assert!(
+        why[1].starts_with("would run: its artifact is corrupt (out.txt: 3 bytes"),
+        "{why:?}"
+    );
 
     let v = pipeline::ops::verify(&store, &env.items(), false).unwrap();
     assert_eq!(v.len(), 2);
@@ -338,7 +345,10 @@ fn fenced_takeover(store: &Store) {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [format!("{key}.json")]);
+        // (the `.cas` file is the compare-and-swap lock, kept for the next one)
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, [format!(".{key}.json.cas"), format!("{key}.json")]);
     }
 }
 
@@ -591,4 +601,84 @@ fn a_runner_whose_lease_is_taken_over_stops_and_publishes_nothing() {
             .count(),
         0
     );
+}
+
+#[test]
+fn gc_removes_attempt_folders_no_manifest_names_once_older_than_the_lease_timeout() {
+    // The memory store publishes like S3: each attempt in its own folder.
+    let env = Env::new(CHAIN);
+    let store = env.store(&StoreUrl::Memory);
+    env.run(&store);
+    let items = env.items();
+    let a = &items[0].1;
+    // A runner died mid-upload into a referenced key; another into the unbuilt-yet key `orphan`.
+    let dead = format!("echo/{a}/_attempt-dead/out.txt");
+    store.put(&dead, "half".into(), false).unwrap();
+    let committed = store.read_manifest("echo", a).unwrap().unwrap();
+    let live_file = committed.file_rel("out.txt");
+    let referenced: HashSet<(String, StageKey)> = items.iter().cloned().collect();
+    let kinds: HashSet<String> = ["echo".to_string()].into();
+    let gc = |lease_secs: f64| {
+        let scope = pipeline::ops::GcScope {
+            kinds: &kinds,
+            referenced: &referenced,
+            lease_secs,
+            job_alive: &|_| None,
+        };
+        pipeline::ops::gc(&store, &scope, false).unwrap()
+    };
+    assert!(gc(60.0).deleted.is_empty(), "too young to judge");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let report = gc(0.01);
+    let deleted: Vec<&str> = report.deleted.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(deleted, [format!("echo/{a}/_attempt-dead")]);
+    assert!(store.get(&dead).unwrap().is_none());
+    assert!(store.get(&live_file).unwrap().is_some());
+    assert_eq!(env.states(&store), [State::UpToDate, State::UpToDate]);
+}
+
+#[test]
+fn two_runners_with_short_leases_on_a_local_store_both_succeed_and_build_each_key_once() {
+    // Heartbeats every 0.5 s while the other runner keeps trying to create the same leases: a
+    // compare-and-swap must never make a held lease look absent (it would be created by the
+    // other runner, and the holder would lose it).
+    let env = Env::new(
+        "[matrix]\ni = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]\n\
+         [stages.s]\nkind = 'echo'\nforeach = ['i']\nparams = { seed = '${i}', sleep_ms = 300 }\n",
+    );
+    let (plan, resolved) = env.planned();
+    let reports: Vec<Vec<(String, Outcome)>> = std::thread::scope(|s| {
+        let runners: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let store = env.store(&env.local());
+                    let opts = RunOptions {
+                        jobs: 3,
+                        lease_secs: 2.0,
+                        ..RunOptions::default()
+                    };
+                    run(
+                        &plan,
+                        &env.fx.reg,
+                        &store,
+                        &resolved,
+                        &opts,
+                        Arc::new(NoProgress),
+                        Arc::new(AtomicBool::new(false)),
+                    )
+                    .unwrap()
+                    .outcomes
+                })
+            })
+            .collect();
+        runners.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for r in &reports {
+        assert!(
+            r.iter()
+                .all(|(_, o)| matches!(o, Outcome::Ran { .. } | Outcome::BuiltElsewhere)),
+            "{r:?}"
+        );
+    }
+    assert_eq!(env.fx.runs.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
