@@ -173,7 +173,7 @@ fn s3_errors_stalls_and_dropped_requests_leave_no_corrupt_artifact() {
 
 /// A write whose answer is lost: the client cannot tell whether it happened.
 #[test]
-#[ignore = "store defect (issue-12-store 6027b9f): when the answer to the create-if-absent PUT of _manifest.json is cut after moto applied it, Store::publish takes the artifact for another runner's (\"built by another runner\") and deletes its own attempt folder, which the committed manifest names: a complete artifact with every file missing (status corrupt, verify: missing); about 1 faulty run in 5"]
+#[ignore = "store defect (issue-12-store 1ae9be0): when the answer to the create-if-absent PUT of _manifest.json is cut after the server applied it, Store::publish takes the artifact for another runner's (AlreadyComplete, or an error) and deletes its own attempt folder, which the committed manifest names: a complete artifact with its files missing (status corrupt, verify: missing); about 1 faulty run in 5"]
 fn s3_write_answers_cut_mid_body_leave_no_corrupt_artifact() {
     s3_faults(
         "S3 answers to writes cut mid-body",
@@ -185,7 +185,6 @@ fn s3_write_answers_cut_mid_body_leave_no_corrupt_artifact() {
 
 /// A read whose body is cut short.
 #[test]
-#[ignore = "store defect (issue-12-store 6027b9f): a GET of a small record (_jobs, _failed, _index) whose body is cut is not retried (object_store retries the request, not the body read), so `run` exits 2 with a store error naming no stage, before any stage runs"]
 fn s3_read_answers_cut_mid_body_leave_no_corrupt_artifact() {
     s3_faults(
         "S3 answers to reads cut mid-body",
@@ -526,7 +525,6 @@ fn concurrent_runners(backend: Backend, runners: usize, instances: usize) {
 }
 
 #[test]
-#[ignore = "store defect (issue-12-store 6027b9f): the local lease compare-and-swap (Store::put_if_version, used by every heartbeat and by the fence before each publish) renames the lease aside, leaving no lease file for an instant; a waiting runner's create-if-absent succeeds in that window, so the live holder is fenced out: it fails the instance with `lost its lease` (2 runners) or the key's stage runs twice (4 runners)"]
 fn two_and_four_runners_on_a_local_store_build_each_key_once() {
     concurrent_runners(Backend::Local, 2, 200);
     concurrent_runners(Backend::Local, 4, 200);
