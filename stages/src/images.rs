@@ -217,7 +217,32 @@ pub fn decode_raster(path: &Path) -> Result<GrayImage> {
     decode_raster_bytes(path, &bytes)
 }
 
+/// Runs a third-party decoder, turning a panic inside it (found by fuzzing: the DICOM RLE codec
+/// indexes past a corrupt segment) into an error naming the file: a corrupt file must never take
+/// the runner down (ingest decodes in the runner's process).
+pub(crate) fn without_panics<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let m = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(decode_err(
+            path,
+            format!("the {what} decoder failed on corrupt data ({m})"),
+        ))
+    })
+}
+
 pub fn decode_raster_bytes(path: &Path, bytes: &[u8]) -> Result<GrayImage> {
+    without_panics(path, "image", || decode_raster_checked(path, bytes))
+}
+
+fn decode_raster_checked(path: &Path, bytes: &[u8]) -> Result<GrayImage> {
     let format = match ImageFormat::from_path(path) {
         Some(ImageFormat::Png) => image::ImageFormat::Png,
         _ => image::ImageFormat::Jpeg,
@@ -435,6 +460,10 @@ impl DicomPixels {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         check_dicom_lengths(path, &bytes, bytes.len() as u64)?;
         drop(bytes);
+        without_panics(path, "DICOM", || Self::open_checked(path))
+    }
+
+    fn open_checked(path: &Path) -> Result<Self> {
         let obj = dicom_object::open_file(path).map_err(|e| decode_err(path, e))?;
         if obj.element(tags::PIXEL_DATA).is_err() {
             return Err(Error::NoPixelData {

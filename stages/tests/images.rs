@@ -333,3 +333,24 @@ fn dicom_lengths_past_the_end_of_the_file_are_errors_naming_the_file() {
         images::check_dicom_lengths(&p, &b, b.len() as u64).unwrap();
     }
 }
+
+/// Found by the DICOM fuzz target: two bytes changed in an RLE segment of pydicom's
+/// `MR_small_RLE.dcm` made the RLE codec index past its buffer. A codec panic is an error
+/// naming the file, never a crash of the runner.
+#[test]
+fn a_panicking_dicom_codec_is_an_error_naming_the_file() {
+    let mut bytes = std::fs::read(common::asset("MR_small_RLE.dcm")).unwrap();
+    assert_eq!(&bytes[1751..1753], [251, 1]);
+    bytes[1751..1753].copy_from_slice(&[1, 0]);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("rle.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = images::decode(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}: cannot decode image: the DICOM decoder failed on corrupt data",
+            path.display()
+        )),
+        "{e}"
+    );
+}
