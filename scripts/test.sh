@@ -8,4 +8,21 @@ scripts/test-assets.sh
 scripts/test-assets-encoders.sh
 scripts/slurm-cluster.sh install   # slurmctld, slurmd, munge from Debian (the Slurm tests start a throwaway cluster)
 source scripts/env.sh
-cargo test --workspace --locked "$@"
+
+# --no-fail-fast: a failing test binary must not hide the state of the ones after it. The output
+# is kept to count what passed and failed over all binaries for the closing line.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+count() { grep -E '^test result: ' "$log" | grep -Eo "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
+binaries=$(grep -cE '^test result: ' "$log" || true)
+echo
+echo "scripts/test.sh: $binaries test binaries, exit status $status"
+echo "tests: $(count passed) passed, $(count failed) failed, $(count ignored) skipped"
+if [ "$status" != 0 ] && [ "$(count failed)" = 0 ]; then
+  echo "scripts/test.sh: a build failed or a test binary died before its summary (see cargo's errors above)"
+fi
+exit "$status"

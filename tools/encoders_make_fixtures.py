@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
+
+from machine import machine
 from transformers import BertConfig, BertForPreTraining, BertModel, BertTokenizerFast, Dinov2Config, Dinov2Model
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -330,7 +332,8 @@ def main():
     make_preprocess()
     with open(os.path.join(OUT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "transformers": transformers.__version__,
-                   "opencv": cv2.__version__, "numpy": np.__version__, "torchxrayvision": "1.5.7"}, f, indent=1)
+                   "opencv": cv2.__version__, "numpy": np.__version__, "torchxrayvision": "1.5.7",
+                   "machine": machine()}, f, indent=1)
     for root, _, files in os.walk(OUT):
         for name in files:
             p = os.path.join(root, name)

@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from machine import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "data" / "heads"
 
@@ -77,7 +79,7 @@ BATCH, LR, WD, DROPOUT_SEED = 10, 1e-2, 0.05, 1234
 
 
 def fixtures():
-    tensors, meta = {}, {"generator": "tools/heads_reference.py", "torch": torch.__version__,
+    tensors, meta = {}, {"generator": "tools/heads_reference.py", "torch": torch.__version__, "machine": machine(),
                          "lr": LR, "weight_decay": WD, "dropout_seed": DROPOUT_SEED, "cases": []}
     for i, (name, head, n_input, hidden, classes, p) in enumerate(CASES):
         torch.manual_seed(100 + i)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from machine import machine
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "segment")
 M64 = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -215,6 +217,7 @@ def main():
     case("unet224", UNetDecoder(6, skips), args, 224)
     case("vit224", ViTDecoder(8), [inputs("vit.grid224", (b, 8, 16, 16))], 224)
     case("vit896", ViTDecoder(8, input_size=896), [inputs("vit.grid896", (1, 8, 64, 64))], 896)
+    info["machine"] = machine()
     save_file(tensors, os.path.join(OUT, "reference.safetensors"))
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)

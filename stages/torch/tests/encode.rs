@@ -210,7 +210,11 @@ fn encode_text_writes_an_aligned_table_equal_to_the_encoder() {
         )
         .unwrap();
     let row = tch::Tensor::from_slice(t.row(3));
-    assert_close("row 3", &row, &one.get(0), 1e-5);
+    // Batch of 4 against a batch of 1 on this machine: another kernel order only.
+    assert_all_within(
+        &[compare("row 3", &row, &one.get(0), Tol::new(1e-5, 1e-7))],
+        "this machine",
+    );
 
     // Same inputs, same settings: the same bytes.
     let again = tmp.path().join("b");

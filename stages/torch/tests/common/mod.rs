@@ -37,6 +37,10 @@ pub fn reference(name: &str) -> HashMap<String, Tensor> {
         .collect()
 }
 
+#[path = "../../../train/tests/common/parity.rs"]
+pub mod parity;
+pub use parity::*;
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
@@ -46,10 +50,43 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
-/// Asserts agreement within `tol` (absolute), naming what is compared.
-pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    let d = max_abs_diff(got, want);
-    assert!(d <= tol, "{what}: max |difference| {d:e} exceeds {tol:e}");
+/// The machine `data/encoders/` was made on (tools/encoders_make_fixtures.py records it).
+pub fn encoders_machine() -> String {
+    let path = fixtures().join("versions.json");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    fixture_machine(&meta)
+}
+
+/// Asserts parity with an encoder fixture, naming both machines when it fails.
+pub fn assert_encoder_parity(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
+    assert_all_within(&[compare(what, got, want, tol)], &encoders_machine());
+}
+
+/// A copy of the backbone folder `dir` in which the first element of the tensor `name` is moved
+/// by [`PERTURBATION`]: every weight goes into one `model.safetensors`, the other files (config,
+/// tokenizer) are copied.
+pub fn perturbed_copy(dir: &Path, name: &str) -> tempfile::TempDir {
+    let files = torch_stages::weights::find_weight_files(dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        let weight = files.contains(&p) || p.to_string_lossy().ends_with(".index.json");
+        if p.is_file() && !weight {
+            std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let tensors: Vec<(String, Tensor)> = files
+        .iter()
+        .flat_map(|f| torch_stages::weights::read_file(f).unwrap())
+        .collect();
+    let (_, t) = tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{}: no tensor `{name}`", dir.display()));
+    perturb(t);
+    Tensor::write_safetensors(&tensors, tmp.path().join("model.safetensors")).unwrap();
+    tmp
 }
 
 pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {

@@ -2,6 +2,8 @@
 //! `tools/adaptor_reference.py fixtures`) and the project's Python.
 #![allow(dead_code)]
 
+pub mod parity;
+
 use std::path::PathBuf;
 
 use adaptor_train::params::read_safetensors;
