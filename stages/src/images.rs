@@ -217,7 +217,32 @@ pub fn decode_raster(path: &Path) -> Result<GrayImage> {
     decode_raster_bytes(path, &bytes)
 }
 
+/// Runs a third-party decoder, turning a panic inside it (found by fuzzing: the DICOM RLE codec
+/// indexes past a corrupt segment) into an error naming the file: a corrupt file must never take
+/// the runner down (ingest decodes in the runner's process).
+pub(crate) fn without_panics<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let m = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(decode_err(
+            path,
+            format!("the {what} decoder failed on corrupt data ({m})"),
+        ))
+    })
+}
+
 pub fn decode_raster_bytes(path: &Path, bytes: &[u8]) -> Result<GrayImage> {
+    without_panics(path, "image", || decode_raster_checked(path, bytes))
+}
+
+fn decode_raster_checked(path: &Path, bytes: &[u8]) -> Result<GrayImage> {
     let format = match ImageFormat::from_path(path) {
         Some(ImageFormat::Png) => image::ImageFormat::Png,
         _ => image::ImageFormat::Jpeg,
@@ -283,6 +308,136 @@ pub fn decode_raster_bytes(path: &Path, bytes: &[u8]) -> Result<GrayImage> {
     })
 }
 
+/// Refuses a DICOM file any of whose data elements declares a length running past the end of the
+/// file, before a parser reserves (and zero-fills) that many bytes: `dicom-object` allocates a
+/// value's declared length, up to 4 GiB, before reading it. Walks the file meta group and then the
+/// data set in explicit or implicit VR little endian, into sequences and items (and over the
+/// fragments of encapsulated pixel data); other transfer syntaxes (big endian, deflated) and
+/// files without the `DICM` preamble are left to the parser. Linear in the file size.
+/// `bytes` may be a prefix of the file (the walk stops at its end); lengths are checked against
+/// `file_len`, the whole file's size.
+pub fn check_dicom_lengths(path: &Path, bytes: &[u8], file_len: u64) -> Result<()> {
+    const EXPLICIT_LONG: &[&[u8; 2]] = &[
+        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+    ];
+    const UNDEFINED: u32 = 0xffff_ffff;
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Ok(());
+    }
+    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
+    let u32_at =
+        |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
+    let end = bytes.len();
+    let file_end = file_len.max(end as u64);
+    // bytes of the file left after position `p`
+    let left = |p: usize| file_end.saturating_sub(p as u64);
+    let past_end = |p: usize, group: u16, elem: u16, len: u32| {
+        decode_err(
+            path,
+            format!(
+                "DICOM element ({group:04X},{elem:04X}) at byte {p} declares {len} bytes, but the \
+                 file ends {} bytes later (a corrupt or crafted length)",
+                left(p)
+            ),
+        )
+    };
+    let mut p = 132;
+    let mut explicit = true;
+    let mut in_meta = true;
+    let mut fragments = false;
+    while p + 8 <= end {
+        let (group, elem) = (u16_at(p), u16_at(p + 2));
+        if in_meta && group != 0x0002 {
+            in_meta = false;
+            // the transfer syntax decides how the data set is encoded
+            let ts = transfer_syntax_of(bytes);
+            match ts.as_str() {
+                "1.2.840.10008.1.2" => explicit = false,
+                "1.2.840.10008.1.2.2" | "1.2.840.10008.1.2.1.99" => return Ok(()),
+                _ => explicit = true,
+            }
+            continue;
+        }
+        if group == 0xfffe {
+            // item, item delimiter or sequence delimiter: always tag + 4-byte length
+            let len = u32_at(p + 4);
+            match elem {
+                0xe000 if len != UNDEFINED => {
+                    if len as u64 > left(p + 8) {
+                        return Err(past_end(p, group, elem, len));
+                    }
+                    // a fragment's bytes are not elements; an item's are: walk into it
+                    p += 8 + if fragments { len as usize } else { 0 };
+                }
+                0xe0dd => {
+                    fragments = false;
+                    p += 8;
+                }
+                _ => p += 8,
+            }
+            continue;
+        }
+        let (vr, len, header) = if explicit || in_meta {
+            let vr = [bytes[p + 4], bytes[p + 5]];
+            if EXPLICIT_LONG.contains(&&vr) {
+                if p + 12 > end {
+                    return Ok(());
+                }
+                (Some(vr), u32_at(p + 8), 12)
+            } else {
+                (Some(vr), u16_at(p + 6) as u32, 8)
+            }
+        } else {
+            (None, u32_at(p + 4), 8)
+        };
+        p += header;
+        if len == UNDEFINED {
+            // a sequence or encapsulated pixel data: its items follow
+            fragments = (group, elem) == (0x7fe0, 0x0010);
+            continue;
+        }
+        if len as u64 > left(p) {
+            return Err(past_end(p - header, group, elem, len));
+        }
+        // an explicit-VR sequence of defined length: walk into its items
+        if vr != Some(*b"SQ") {
+            p += len as usize;
+        }
+    }
+    Ok(())
+}
+
+/// The transfer syntax UID of the file meta group (0002,0010), or "" when absent.
+fn transfer_syntax_of(bytes: &[u8]) -> String {
+    let mut p = 132;
+    while p + 8 <= bytes.len() && bytes[p..p + 2] == [2, 0] {
+        let elem = u16::from_le_bytes([bytes[p + 2], bytes[p + 3]]);
+        let vr = [bytes[p + 4], bytes[p + 5]];
+        let (len, header) = if matches!(&vr, b"OB" | b"UN" | b"SQ" | b"UT" | b"UC" | b"UR") {
+            if p + 12 > bytes.len() {
+                break;
+            }
+            (
+                u32::from_le_bytes([bytes[p + 8], bytes[p + 9], bytes[p + 10], bytes[p + 11]])
+                    as usize,
+                12,
+            )
+        } else {
+            (u16::from_le_bytes([bytes[p + 6], bytes[p + 7]]) as usize, 8)
+        };
+        let Some(value) = bytes.get(p + header..(p + header).saturating_add(len)) else {
+            break;
+        };
+        if elem == 0x0010 {
+            return String::from_utf8_lossy(value)
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        p += header + len;
+    }
+    String::new()
+}
+
 /// The first frame of a grayscale DICOM image: stored values plus what is needed to interpret them.
 #[derive(Clone, Debug)]
 pub struct DicomPixels {
@@ -302,6 +457,13 @@ pub struct DicomPixels {
 impl DicomPixels {
     /// Reads and decodes the file's pixel data (first frame).
     pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        check_dicom_lengths(path, &bytes, bytes.len() as u64)?;
+        drop(bytes);
+        without_panics(path, "DICOM", || Self::open_checked(path))
+    }
+
+    fn open_checked(path: &Path) -> Result<Self> {
         let obj = dicom_object::open_file(path).map_err(|e| decode_err(path, e))?;
         if obj.element(tags::PIXEL_DATA).is_err() {
             return Err(Error::NoPixelData {

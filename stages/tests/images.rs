@@ -294,3 +294,63 @@ fn decode_limits_are_overridable_and_bad_overrides_are_named() {
         "{e}"
     );
 }
+
+/// A DICOM element declaring more bytes than the file holds is refused before the parser
+/// reserves (and zero-fills) up to 4 GiB for it.
+#[test]
+fn dicom_lengths_past_the_end_of_the_file_are_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("rsna");
+    stages::synth::generate_with_size(stages::synth::SynthDataset::Rsna, &raw, 2, 1, 32).unwrap();
+    let dcm = std::fs::read_dir(raw.join("stage_2_train_images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&dcm).unwrap();
+    // (7FE0,0010) PixelData, explicit VR: tag, VR, 2 reserved bytes, 4-byte length
+    let at = (0..bytes.len() - 12)
+        .find(|&i| bytes[i..i + 4] == [0xe0, 0x7f, 0x10, 0x00] && bytes[i + 4] == b'O')
+        .expect("pixel data");
+    bytes[at + 8..at + 12].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    let path = tmp.path().join("lying.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = images::decode(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{}: cannot decode image: DICOM element (7FE0,0010) at byte {at} declares 4294967280 bytes, but the file ends", path.display())),
+        "{e}"
+    );
+    // the real files of the other tests pass the check
+    for name in [
+        "CT_small.dcm",
+        "MR_small_RLE.dcm",
+        "RG1_UNCR.dcm",
+        "RG1_J2KR.dcm",
+    ] {
+        let p = common::asset(name);
+        let b = std::fs::read(&p).unwrap();
+        images::check_dicom_lengths(&p, &b, b.len() as u64).unwrap();
+    }
+}
+
+/// Found by the DICOM fuzz target: two bytes changed in an RLE segment of pydicom's
+/// `MR_small_RLE.dcm` made the RLE codec index past its buffer. A codec panic is an error
+/// naming the file, never a crash of the runner.
+#[test]
+fn a_panicking_dicom_codec_is_an_error_naming_the_file() {
+    let mut bytes = std::fs::read(common::asset("MR_small_RLE.dcm")).unwrap();
+    assert_eq!(&bytes[1751..1753], [251, 1]);
+    bytes[1751..1753].copy_from_slice(&[1, 0]);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("rle.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = images::decode(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}: cannot decode image: the DICOM decoder failed on corrupt data",
+            path.display()
+        )),
+        "{e}"
+    );
+}

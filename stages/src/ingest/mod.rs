@@ -227,10 +227,20 @@ fn dicom_dims(path: &Path) -> Result<(u32, u32)> {
         path: path.to_path_buf(),
         message: m,
     };
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .open_file(path)
-        .map_err(|e| err(e.to_string()))?;
+    // The header's lengths, checked in the first MiB (where the elements before the pixel data
+    // are), against the whole file's size.
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 1 << 20), &mut head)
+        .map_err(|e| Error::io(path, e))?;
+    images::check_dicom_lengths(path, &head, file_len)?;
+    let obj = images::without_panics(path, "DICOM", || {
+        dicom_object::OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(path)
+            .map_err(|e| err(e.to_string()))
+    })?;
     let get = |tag| -> Result<u32> {
         obj.element(tag)
             .map_err(|e| err(e.to_string()))?
