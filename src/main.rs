@@ -674,6 +674,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             for line in pipeline::ops::explain(&plan, &resolved, &store, &fp_cache, idx)? {
                 println!("{line}");
             }
+            print_warnings(&store, cli.quiet);
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc {
