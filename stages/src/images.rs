@@ -501,6 +501,12 @@ impl DicomPixels {
             ));
         }
         let (width, height) = (decoded.columns(), decoded.rows());
+        if width == 0 || height == 0 {
+            return Err(decode_err(
+                path,
+                format!("the image is {width} × {height}: it has no pixels"),
+            ));
+        }
         let n = width as usize * height as usize;
         let bits_allocated = decoded.bits_allocated();
         let bits_stored = decoded.bits_stored().clamp(1, bits_allocated.max(1));

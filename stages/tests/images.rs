@@ -354,3 +354,23 @@ fn a_panicking_dicom_codec_is_an_error_naming_the_file() {
         "{e}"
     );
 }
+/// Found by the DICOM fuzz target: Rows = 0 decoded to an empty image, and the MGCA resize then
+/// overflowed. An image without pixels is an error naming the file.
+#[test]
+fn a_dicom_with_no_rows_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("rsna");
+    stages::synth::generate_with_size(stages::synth::SynthDataset::Rsna, &raw, 2, 1, 32).unwrap();
+    let dcm = std::fs::read_dir(raw.join("stage_2_train_images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&dcm).unwrap();
+    patch_us(&mut bytes, 0x0028, 0x0010, 0); // Rows
+    let path = tmp.path().join("empty.dcm");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = images::load_mgca(&path, 16).unwrap_err().to_string();
+    assert!(e.contains("has no pixels"), "{e}");
+}
