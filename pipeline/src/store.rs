@@ -688,24 +688,7 @@ impl Store {
                 Err(e) => Err(Error::io(p, e)),
             };
         }
-        let path = self.path(rel);
-        let inner = self.inner.clone();
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .rt
-            .block_on(async move { inner.put_opts(&path, PutPayload::from(bytes), opts).await })
-        {
-            Ok(r) => Ok(Some(ObjVersion {
-                e_tag: r.e_tag,
-                version: r.version,
-            })),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(None),
-            Err(e) => Err(self.os_err(e)),
-        }
+        self.put_conditional(rel, bytes, PutMode::Create)
     }
 
     /// Replaces an object only if it is still at `expected` (compare-and-swap); the new version,
@@ -738,13 +721,27 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             return result;
         }
+        let mode = PutMode::Update(UpdateVersion {
+            e_tag: expected.e_tag.clone(),
+            version: expected.version.clone(),
+        });
+        self.put_conditional(rel, bytes, mode)
+    }
+
+    /// A conditional put on a remote store: the new version, or `None` when the condition did
+    /// not hold (the object exists for a create; it changed or vanished for an update).
+    fn put_conditional(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<Option<ObjVersion>> {
+        // A create that finds no bucket is an error, not "someone else was first".
+        let update = matches!(mode, PutMode::Update(_));
         let path = self.path(rel);
         let inner = self.inner.clone();
         let opts = PutOptions {
-            mode: PutMode::Update(UpdateVersion {
-                e_tag: expected.e_tag.clone(),
-                version: expected.version.clone(),
-            }),
+            mode,
             ..Default::default()
         };
         match self
@@ -756,8 +753,8 @@ impl Store {
                 version: r.version,
             })),
             Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::NotFound { .. })
             | Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+            Err(object_store::Error::NotFound { .. }) if update => Ok(None),
             Err(e) => Err(self.os_err(e)),
         }
     }
