@@ -827,10 +827,16 @@ pub fn load(path: &Path) -> Result<Vec<(String, Tensor)>> {
             return Err(Error::file(path, "empty file, not a PyTorch checkpoint"));
         }
     }
+    // Errors found deep in the unpickler (a storage the stream names but the file lacks, say)
+    // carry no path: every error leaves here naming the file (found by fuzzing).
+    let named = |e: Error| match e {
+        Error::Invalid(message) => Error::file(path, message),
+        other => other,
+    };
     if head.starts_with(b"PK") {
-        load_zip(path)
+        load_zip(path).map_err(named)
     } else if head[0] == 0x80 {
-        load_legacy(path)
+        load_legacy(path).map_err(named)
     } else {
         Err(Error::file(
             path,
@@ -1268,6 +1274,23 @@ mod tests {
         let e = load_bytes(bytes).map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("model.pt: "), "the error names the file: {e}");
         e
+    }
+
+    /// Found by fuzzing (`bench/fuzz/run.sh`, target `pickle`): a legacy checkpoint whose
+    /// pickle names a storage the file does not hold gave an error without the file's name.
+    /// The input is the fuzzer's, a mutation of data/encoders/resnet-ae/state-dict-legacy.pt.
+    #[test]
+    fn a_missing_legacy_storage_is_an_error_naming_the_file() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/fuzz/pickle-legacy-missing-storage.bin");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("named-checkpoint.pt");
+        std::fs::copy(&fixture, &path).unwrap();
+        let err = load(&path).err().expect("an error").to_string();
+        assert!(
+            err.contains("named-checkpoint.pt") && err.contains("has no storage"),
+            "{err}"
+        );
     }
 
     #[test]
