@@ -866,8 +866,9 @@ impl Store {
         }
     }
 
-    /// Every object under a store-relative prefix: (relative path, size).
-    pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+    /// The metadata of every object under a store-relative prefix (a listing whose answer is
+    /// cut is listed again).
+    fn list_meta(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
         let path = self.path(prefix);
         let inner = self.inner.clone();
         let metas = self
@@ -876,6 +877,12 @@ impl Store {
                 async move { retry_cut(|| inner.list(Some(&path)).try_collect::<Vec<_>>()).await },
             )
             .map_err(|e| self.os_err(e))?;
+        Ok(metas)
+    }
+
+    /// Every object under a store-relative prefix: (relative path, size).
+    pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let metas = self.list_meta(prefix)?;
         Ok(metas
             .into_iter()
             .map(|m| (self.rel(&m.location), m.size))
@@ -884,14 +891,7 @@ impl Store {
 
     /// Every object under a store-relative prefix with its modification time (store clock).
     pub fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>> {
-        let path = self.path(prefix);
-        let inner = self.inner.clone();
-        let metas = self
-            .rt
-            .block_on(
-                async move { retry_cut(|| inner.list(Some(&path)).try_collect::<Vec<_>>()).await },
-            )
-            .map_err(|e| self.os_err(e))?;
+        let metas = self.list_meta(prefix)?;
         Ok(metas
             .into_iter()
             .map(|m| {

@@ -1286,7 +1286,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("named-checkpoint.pt");
         std::fs::copy(&fixture, &path).unwrap();
-        let err = load(&path).err().expect("an error").to_string();
+        let Err(e) = load(&path) else {
+            panic!("a checkpoint missing a storage loaded")
+        };
+        let err = e.to_string();
         assert!(
             err.contains("named-checkpoint.pt") && err.contains("has no storage"),
             "{err}"
