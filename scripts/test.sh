@@ -9,6 +9,12 @@ scripts/test-assets-encoders.sh
 scripts/slurm-cluster.sh install   # slurmctld, slurmd, munge from Debian (the Slurm tests start a throwaway cluster)
 source scripts/env.sh
 
+# The checks before a commit run here too, so CI refuses what a commit should not have let through:
+# formatting, then clippy with every warning an error (all targets: tests, examples, benches).
+if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # --no-fail-fast: a failing test binary must not hide the state of the ones after it. The output
 # is kept to count what passed and failed over all binaries for the closing line.
 log="$(mktemp)"
