@@ -9,12 +9,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{minilm, repo};
+
 /// One throwaway cluster at a time on this machine.
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -88,17 +88,13 @@ impl<'a> Case<'a> {
         self.dir.path()
     }
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_adaptor"));
-        c.args(args)
-            .current_dir(self.path())
-            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"))
-            .env("SLURM_CONF", &self.cluster.conf);
+        let mut c = common::adaptor(self.path(), args);
+        c.env("SLURM_CONF", &self.cluster.conf);
         c
     }
     fn run(&self, args: &[&str]) -> (Output, String) {
         let out = self.cmd(args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = common::text(&out);
         (out, text)
     }
     fn squeue(&self, fmt: &str) -> String {
@@ -251,14 +247,7 @@ fn slurm_executor_on_a_real_cluster() {
         text.contains("exited with status 4: bad seed (slurm job "),
         "{text}"
     );
-    let job_out = text
-        .split("job output ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .to_string();
+    let job_out = job_output(&text);
     assert!(
         Path::new(&job_out).is_file(),
         "the job's output file exists: {job_out}"
@@ -384,18 +373,15 @@ fn torch_worker() -> PathBuf {
     p
 }
 
-/// The real all-MiniLM-L6-v2 folder, fetched by scripts/test-assets-encoders.sh.
-fn minilm() -> PathBuf {
-    let root = std::env::var_os("ADAPTOR_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/test-assets"));
-    let dir = root.join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/test-assets-encoders.sh",
-        dir.display()
-    );
-    dir
+/// The job's output file that a failure message names (`... (job output PATH)`).
+fn job_output(text: &str) -> String {
+    text.split("job output ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// The artifact folder of `instance` in a local store (read from the `_manifest.json` files).
@@ -533,14 +519,7 @@ fn a_sharded_encode_over_a_job_array_equals_the_unsharded_table() {
         text.contains("error: enc[shard=0/2] failed: ") && text.contains("no column `nope`"),
         "{text}"
     );
-    let job_out = text
-        .split("job output ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .to_string();
+    let job_out = job_output(&text);
     assert!(
         job_out.ends_with("_0.out") || job_out.ends_with("_1.out"),
         "{job_out}"

@@ -181,34 +181,28 @@ mod tests {
         insta::assert_snapshot!(render_dry_run(&[], &outcomes));
     }
 
+    /// A run of manifests/demo.toml: (ran, up to date, failed, submitted), seconds.
+    fn summary(store: &StoreUrl, counts: [usize; 4], seconds: f64) -> String {
+        let [ran, up_to_date, failed, submitted] = counts;
+        render_run_summary(&RunSummary {
+            ran,
+            up_to_date,
+            failed,
+            submitted,
+            seconds,
+            store,
+            manifest: Path::new("manifests/demo.toml"),
+        })
+    }
+
     #[test]
     fn run_summary() {
-        let store = local_store();
-        let summary = RunSummary {
-            ran: 3,
-            up_to_date: 5,
-            failed: 0,
-            submitted: 0,
-            seconds: 12.345,
-            store: &store,
-            manifest: Path::new("manifests/demo.toml"),
-        };
-        insta::assert_snapshot!(render_run_summary(&summary));
+        insta::assert_snapshot!(summary(&local_store(), [3, 5, 2, 0], 12.345));
     }
 
     #[test]
     fn run_summary_of_a_detached_slurm_run() {
-        let store = s3_store();
-        let summary = RunSummary {
-            ran: 0,
-            up_to_date: 1,
-            failed: 0,
-            submitted: 4,
-            seconds: 0.5,
-            store: &store,
-            manifest: Path::new("manifests/demo.toml"),
-        };
-        insta::assert_snapshot!(render_run_summary(&summary));
+        insta::assert_snapshot!(summary(&s3_store(), [0, 1, 0, 4], 0.5));
     }
 
     #[test]
