@@ -550,6 +550,52 @@ mod tests {
         }
     }
 
+    fn settings(args: &[&str]) -> Result<Settings> {
+        Settings::from_cli(Cli::try_parse_from(args).expect("valid arguments"))
+    }
+
+    #[test]
+    fn verify_needs_manifests_or_all() {
+        let e = settings(&["adaptor", "verify"]).err().expect("an error");
+        assert_eq!(
+            e.to_string(),
+            "name the manifests whose artifacts to verify, or pass --all for the whole store"
+        );
+        assert!(settings(&["adaptor", "verify", "--all"]).is_ok());
+    }
+
+    #[test]
+    fn store_flag_is_parsed_once_and_beats_the_default() {
+        let e = settings(&["adaptor", "status", "m.toml", "--store", "ftp://x"])
+            .err()
+            .expect("an error");
+        assert!(
+            e.to_string()
+                .starts_with("--store: unsupported store scheme"),
+            "{e}"
+        );
+        let s = settings(&["adaptor", "status", "m.toml", "--store", "s3://b/p"]).unwrap();
+        let CommandSettings::Status { store, .. } = &s.command else {
+            panic!("status")
+        };
+        assert_eq!(store.url(None).to_string(), "s3://b/p");
+        let s = settings(&["adaptor", "status", "m.toml"]).unwrap();
+        let CommandSettings::Status { store, .. } = &s.command else {
+            panic!("status")
+        };
+        assert!(store.url(None).to_string().ends_with("/artifacts"));
+    }
+
+    #[test]
+    fn run_takes_at_least_one_job() {
+        let s = settings(&["adaptor", "run", "m.toml", "-j", "0", "--executor", "slurm"]).unwrap();
+        let CommandSettings::Run(run) = &s.command else {
+            panic!("run")
+        };
+        assert_eq!(run.jobs, 1);
+        assert_eq!(run.executor, Some(ExecutorKind::Slurm));
+    }
+
     #[test]
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
