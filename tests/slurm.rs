@@ -97,6 +97,35 @@ impl<'a> Case<'a> {
         let text = common::text(&out);
         (out, text)
     }
+    /// Polls `adaptor status` every 200 ms until `ready` accepts its output; fails with `what`
+    /// and the last output after `limit`.
+    fn wait_for_status(&self, limit: Duration, what: &str, ready: impl Fn(&str) -> bool) {
+        let t0 = Instant::now();
+        loop {
+            let (_, status) = self.run(&["status", "m.toml"]);
+            if ready(&status) {
+                return;
+            }
+            assert!(t0.elapsed() < limit, "{what}: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    /// Polls squeue until no job of the cluster is pending, running or completing.
+    fn wait_until_no_job_is_active(&self, limit: Duration) {
+        let t0 = Instant::now();
+        while self
+            .squeue("%T")
+            .lines()
+            .any(|s| matches!(s, "PENDING" | "RUNNING" | "COMPLETING"))
+        {
+            assert!(
+                t0.elapsed() < limit,
+                "jobs still active after cancel: {}",
+                self.squeue("%i %j %T")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     fn squeue(&self, fmt: &str) -> String {
         let out = Command::new("squeue")
             .args(["-h", "-t", "all", "-o", fmt])
@@ -316,37 +345,15 @@ fn slurm_executor_on_a_real_cluster() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (_, status) = case4.run(&["status", "m.toml"]);
-        if status.contains("running") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the first job never started: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    case4.wait_for_status(
+        Duration::from_secs(30),
+        "the first job never started",
+        |status| status.contains("running"),
+    );
     unsafe { kill(child.id() as i32, 2) };
     let status_code = child.wait().unwrap();
     assert!(!status_code.success());
-    let t0 = Instant::now();
-    loop {
-        let active = case4
-            .squeue("%T")
-            .lines()
-            .filter(|s| matches!(*s, "PENDING" | "RUNNING" | "COMPLETING"))
-            .count();
-        if active == 0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "jobs still active after cancel"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    case4.wait_until_no_job_is_active(Duration::from_secs(20));
     let (_, status) = case4.run(&["status", "m.toml"]);
     assert!(
         !status.contains("up-to-date") && !status.contains("queued") && !status.contains("running"),
@@ -547,36 +554,14 @@ fn a_sharded_encode_over_a_job_array_equals_the_unsharded_table() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (_, status) = slow.run(&["status", "m.toml"]);
-        if status
+    slow.wait_for_status(Duration::from_secs(60), "no shard ever started", |status| {
+        status
             .lines()
             .any(|l| l.starts_with("running") && l.contains("enc[shard="))
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no shard ever started: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     unsafe { kill(child.id() as i32, 2) };
     assert!(!child.wait().unwrap().success());
-    let t0 = Instant::now();
-    while slow
-        .squeue("%T")
-        .lines()
-        .any(|s| matches!(s, "PENDING" | "RUNNING" | "COMPLETING"))
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "jobs still active after cancel: {}",
-            slow.squeue("%i %j %T")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    slow.wait_until_no_job_is_active(Duration::from_secs(20));
     let (_, status) = slow.run(&["status", "m.toml"]);
     assert!(
         status
