@@ -1,14 +1,12 @@
 //! What a person sees while a run goes on: one progress line per running stage (items/s where the
-//! stage reports counts), a line per finished stage, and human descriptions of artifacts.
+//! stage reports counts) and a line per stage that starts, waits, goes silent or finishes.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pipeline::executor::{Outcome, RunEvent};
-use pipeline::store::ArtifactManifest;
 use pipeline::ProgressSink;
 
 pub struct Display {
@@ -161,59 +159,4 @@ impl ProgressSink for Display {
             }
         }
     }
-}
-
-/// An artifact's `_manifest.json` in human form (`adaptor show`).
-pub fn describe_artifact(m: &ArtifactManifest) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "artifact  {}/{}", m.kind, m.key);
-    let _ = writeln!(s, "instance  {}", m.instance);
-    let _ = writeln!(s, "manifest  {}", m.manifest);
-    let _ = writeln!(s, "stage     {} version {}", m.kind, m.version);
-    let _ = writeln!(
-        s,
-        "built     {} in {:.2}s on {} by {}",
-        pipeline::ops::format_unix(m.started_unix),
-        m.seconds,
-        m.host,
-        m.tool
-    );
-    if m.params.is_empty() {
-        let _ = writeln!(s, "params    (none)");
-    } else {
-        let _ = writeln!(s, "params");
-        for (k, v) in &m.params {
-            let _ = writeln!(s, "  {k} = {v}");
-        }
-    }
-    if !m.inputs.is_empty() {
-        let _ = writeln!(s, "inputs");
-        for (slot, recs) in &m.inputs {
-            for r in recs {
-                let _ = writeln!(
-                    s,
-                    "  {slot} <- {} ({})",
-                    r.reference,
-                    &r.key[..12.min(r.key.len())]
-                );
-            }
-        }
-    }
-    let total: u64 = m.files.iter().map(|f| f.bytes).sum();
-    let _ = writeln!(
-        s,
-        "files     {} ({})",
-        m.files.len(),
-        crate::human_bytes(total)
-    );
-    for f in &m.files {
-        let _ = writeln!(
-            s,
-            "  {:<40} {:>10}  {}",
-            f.path,
-            crate::human_bytes(f.bytes),
-            &f.blake3[..12]
-        );
-    }
-    s
 }

@@ -3,25 +3,23 @@
 //! clear error naming the file, never an abort (exit 134) or a panic (exit 101).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use stages::synth::{self, SynthDataset};
 
+mod common;
+
+use common::text;
+
+/// `adaptor ARGS` in `dir` with the default decode limits, except those `env` sets.
 fn adaptor(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_adaptor"));
-    c.args(args)
-        .current_dir(dir)
-        .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
-        .env_remove("ADAPTOR_MAX_IMAGE_PIXELS")
+    let mut c = common::adaptor(dir, args);
+    c.env_remove("ADAPTOR_MAX_IMAGE_PIXELS")
         .env_remove("ADAPTOR_MAX_IMAGE_BYTES");
     for (k, v) in env {
         c.env(k, v);
     }
     c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
 /// A COVIDx miniature with one training PNG replaced by `bytes`: (raw root, the image).
@@ -39,18 +37,23 @@ fn covidx_with(dir: &Path, bytes: &[u8]) -> (PathBuf, PathBuf) {
     (raw, image)
 }
 
-#[test]
-fn ingest_of_a_png_claiming_65535_squared_rgba16_fails_cleanly_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (raw, image) = covidx_with(tmp.path(), &synth::oversized_png(65_535, 65_535));
-    let args = [
+/// `adaptor ingest covidx --raw RAW --out out`.
+fn ingest_args(raw: &Path) -> Vec<&str> {
+    vec![
         "ingest",
         "covidx",
         "--raw",
         raw.to_str().unwrap(),
         "--out",
         "out",
-    ];
+    ]
+}
+
+#[test]
+fn ingest_of_a_png_claiming_65535_squared_rgba16_fails_cleanly_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, image) = covidx_with(tmp.path(), &synth::oversized_png(65_535, 65_535));
+    let args = ingest_args(&raw);
     // Before the decode limits this aborted with exit 134 on a failed 34 GB allocation.
     let out = adaptor(tmp.path(), &args, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -64,7 +67,7 @@ fn ingest_of_a_png_claiming_65535_squared_rgba16_fails_cleanly_naming_it() {
         "{err}"
     );
     // With skip_bad the row is skipped and the rest ingested.
-    let mut skip = args.to_vec();
+    let mut skip = args.clone();
     skip.push("--skip-bad");
     let out = adaptor(tmp.path(), &skip, &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -87,14 +90,7 @@ fn decode_limits_are_overridden_from_the_environment() {
         .find(|p| p.extension().is_some_and(|e| e == "png") && *p != image)
         .unwrap();
     std::fs::copy(&other, &image).unwrap();
-    let args = [
-        "ingest",
-        "covidx",
-        "--raw",
-        raw.to_str().unwrap(),
-        "--out",
-        "out",
-    ];
+    let args = ingest_args(&raw);
     let out = adaptor(tmp.path(), &args, &[("ADAPTOR_MAX_IMAGE_PIXELS", "1000")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

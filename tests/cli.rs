@@ -2,59 +2,14 @@
 //! (moto, started on 127.0.0.1 by the test), kill -9 in the middle of a stage.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
 
 mod common;
 
-use common::moto;
-use common::s3::s3_env;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
-}
-
-struct Case {
-    dir: tempfile::TempDir,
-}
-
-impl Case {
-    fn new() -> Case {
-        Case {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.args(args)
-            .current_dir(self.path())
-            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"));
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "adaptor {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-}
+use common::moto::{self, s3_env};
+use common::{sorted_lines, wait_until, walk, Case};
 
 fn count_complete(store: &Path, kind: &str) -> usize {
     std::fs::read_dir(store.join(kind))
@@ -90,20 +45,11 @@ fn a_stage_killed_mid_write_leaves_nothing_complete_and_runs_again() {
         .unwrap();
     // Wait until the stage has written its partial file into staging.
     let staging = case.path().join("artifacts/_staging");
-    let t0 = Instant::now();
-    loop {
-        let partial = std::fs::read_dir(&staging)
+    wait_until(Duration::from_secs(20), "the stage never started", || {
+        std::fs::read_dir(&staging)
             .map(|d| d.flatten().any(|e| e.path().join("out/a.txt").exists()))
-            .unwrap_or(false);
-        if partial {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the stage never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .unwrap_or(false)
+    });
     // kill -9 the runner and its stage.
     unsafe { libc_kill(-(child.id() as i32), 9) };
     child.wait().unwrap();
@@ -166,12 +112,7 @@ fn two_concurrent_processes_build_each_key_once() {
         .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() && b.status.success(), "{a:?}\n{b:?}");
-    let mut lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
+    let lines = sorted_lines(&log);
     assert_eq!(
         lines,
         ["1", "2", "3", "4", "5", "6", "all"],
@@ -331,9 +272,7 @@ fn s3_round_trip_run_status_explain_gc() {
          [stages.use]\nkind = 'command'\nforeach = ['seed']\ninputs.deps = 'copy'\nparams = { run = 'wc -c < $IN_DEPS/big.bin > $OUT/n; echo ${seed} >> $OUT/n' }\n",
     );
     let go = |args: &[&str]| -> Output { s3_env(&mut case.cmd(args), moto.port).output().unwrap() };
-    let text = |o: &Output| {
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-    };
+    let text = common::text;
 
     let first = go(&["run", "m.toml"]);
     assert!(first.status.success(), "{}", text(&first));
@@ -420,8 +359,7 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
     let moto = moto::start("demo");
     let go = |args: &[&str]| -> String {
         let out = s3_env(&mut case.cmd(args), moto.port).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = common::text(&out);
         assert!(out.status.success(), "{args:?}: {text}");
         text
     };
@@ -448,21 +386,6 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
     assert_eq!(rows(&local), rows(&remote));
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn s3_two_runners_commit_each_key_once() {
     let moto = moto::start("race");
@@ -485,11 +408,6 @@ fn s3_two_runners_commit_each_key_once() {
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success() && b.status.success(), "{a:?}\n{b:?}");
-    let mut lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
+    let lines = sorted_lines(&log);
     assert_eq!(lines, ["1", "2", "3", "4"]);
 }

@@ -4,23 +4,9 @@
 //! committed fixture `data/encoders/dinov2`: a frozen encoder, not a pretrained one).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
-use common::{minilm, repo, small_demo};
-
-fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_adaptor"))
-        .args(args)
-        .current_dir(dir)
-        .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "adaptor {args:?} failed:\n{text}");
-    text
-}
+use common::{minilm, ok as run, repo, small_demo};
 
 /// The one complete artifact of `kind` in a local store.
 fn artifact(store: &Path, kind: &str) -> PathBuf {
@@ -140,7 +126,7 @@ extern "C" {
 fn a_killed_pretraining_resumes_and_matches_an_uninterrupted_run() {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let small = pretraining_manifest()
         .replace("n = 240", "n = 80")
@@ -155,10 +141,7 @@ fn a_killed_pretraining_resumes_and_matches_an_uninterrupted_run() {
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.toml"), &small).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adaptor"))
-        .args(["run", "m.toml", "--jobs", "1", "-q"])
-        .current_dir(dir.path())
-        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+    let mut child = common::adaptor(dir.path(), &["run", "m.toml", "--jobs", "1", "-q"])
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -166,24 +149,20 @@ fn a_killed_pretraining_resumes_and_matches_an_uninterrupted_run() {
         .unwrap();
     // Wait for the resume state of a finished epoch (epoch 2 or later), then kill everything.
     let resume = dir.path().join("artifacts/_resume/train-adaptor");
-    let t0 = Instant::now();
-    loop {
-        let state = std::fs::read_dir(&resume)
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("state.json")).ok());
-        let done = state
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| v["epochs_done"].as_u64());
-        if done.is_some_and(|d| d >= 2) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "training never wrote a resume state"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until(
+        Duration::from_secs(120),
+        "training never wrote a resume state",
+        || {
+            let state = std::fs::read_dir(&resume)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("state.json")).ok());
+            let done = state
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["epochs_done"].as_u64());
+            done.is_some_and(|d| d >= 2)
+        },
+    );
     unsafe { libc_kill(-(child.id() as i32), 9) };
     child.wait().unwrap();
 

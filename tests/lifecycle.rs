@@ -3,14 +3,12 @@
 //! `adaptor-torch` worker encoding with the real MiniLM) runs. Processes are found in /proc.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
-}
+use common::{adaptor, wait_until};
 
 extern "C" {
     #[link_name = "kill"]
@@ -73,14 +71,6 @@ fn stage_group(runner: u32, comm: &str, limit: Duration) -> u32 {
     }
 }
 
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < limit, "{what} (after {limit:?})");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits for the runner to exit (bounded) and returns its exit code.
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
     let t0 = Instant::now();
@@ -97,10 +87,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
 }
 
 fn start_runner(dir: &Path) -> Child {
-    Command::new(bin())
-        .args(["run", "m.toml", "-q"])
-        .current_dir(dir)
-        .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
+    adaptor(dir, &["run", "m.toml", "-q"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -123,6 +110,27 @@ fn locks(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Sends `signal` to the runner, then checks that the stage's process group `pgid` dies with it
+/// and, for a signal it handles (not SIGKILL), that it cancelled like Ctrl-C: exit 1, every lease
+/// released.
+fn signal_runner(runner: &mut Child, signal: i32, pgid: u32, dir: &Path) {
+    // SAFETY: signalling the runner this test started.
+    unsafe { libc_kill(runner.id() as i32, signal) };
+    let code = wait_exit(runner, Duration::from_secs(30));
+    wait_until(
+        Duration::from_secs(5),
+        &format!(
+            "processes of the stage outlived the runner: {:?}",
+            group_members(pgid)
+        ),
+        || group_members(pgid).is_empty(),
+    );
+    if signal != SIGKILL {
+        assert_eq!(code, Some(1), "exit code after signal {signal}");
+        assert!(locks(dir).is_empty(), "{:?}", locks(dir));
+    }
+}
+
 /// A `command` stage whose shell waits on a background `sleep 300`.
 fn command_case() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -143,28 +151,10 @@ fn command_stage_dies_with_its_runner(signal: i32) {
         "the background sleep never started",
         || group_members(pgid).iter().any(|(_, c)| c == "sleep"),
     );
-    // SAFETY: signalling the runner this test started.
-    unsafe { libc_kill(runner.id() as i32, signal) };
-    let code = wait_exit(&mut runner, Duration::from_secs(30));
-    wait_until(
-        Duration::from_secs(5),
-        &format!(
-            "processes of the stage outlived the runner: {:?}",
-            group_members(pgid)
-        ),
-        || group_members(pgid).is_empty(),
-    );
+    signal_runner(&mut runner, signal, pgid, dir.path());
     if signal != SIGKILL {
-        // Handled like Ctrl-C: the stage is cancelled, its lease released, the exit non-zero.
-        assert_eq!(code, Some(1), "exit code after signal {signal}");
-        assert!(locks(dir.path()).is_empty(), "{:?}", locks(dir.path()));
         // A cancelled attempt is not a failure: the instance is as it was before the run.
-        let status = Command::new(bin())
-            .args(["status", "m.toml"])
-            .current_dir(dir.path())
-            .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
-            .output()
-            .unwrap();
+        let status = adaptor(dir.path(), &["status", "m.toml"]).output().unwrap();
         let status = String::from_utf8_lossy(&status.stdout);
         assert!(status.starts_with("missing"), "{status}");
     }
@@ -248,21 +238,7 @@ fn torch_stage_dies_with_its_runner(signal: i32) {
         !group_members(pgid).is_empty(),
         "the worker ended before the test could stop it"
     );
-    // SAFETY: signalling the runner this test started.
-    unsafe { libc_kill(runner.id() as i32, signal) };
-    let code = wait_exit(&mut runner, Duration::from_secs(30));
-    wait_until(
-        Duration::from_secs(5),
-        &format!(
-            "the torch worker outlived the runner: {:?}",
-            group_members(pgid)
-        ),
-        || group_members(pgid).is_empty(),
-    );
-    if signal != SIGKILL {
-        assert_eq!(code, Some(1), "exit code after signal {signal}");
-        assert!(locks(dir.path()).is_empty(), "{:?}", locks(dir.path()));
-    }
+    signal_runner(&mut runner, signal, pgid, dir.path());
 }
 
 #[test]
@@ -278,10 +254,7 @@ fn sigterm_to_the_runner_stops_the_torch_worker() {
 #[test]
 fn a_torch_worker_killed_by_sigkill_is_reported_with_the_signals_name() {
     let dir = torch_case();
-    let mut runner = Command::new(bin())
-        .args(["run", "m.toml"])
-        .current_dir(dir.path())
-        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+    let mut runner = adaptor(dir.path(), &["run", "m.toml"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -325,10 +298,7 @@ params.timeout = "2s"
         ),
     )
     .unwrap();
-    let mut runner = Command::new(bin())
-        .args(["run", "m.toml", "--jobs", "2"])
-        .current_dir(dir.path())
-        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+    let mut runner = adaptor(dir.path(), &["run", "m.toml", "--jobs", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -336,12 +306,7 @@ params.timeout = "2s"
     // `status` from another process names the silent stage.
     let mut status = String::new();
     wait_until(Duration::from_secs(60), "status never said silent", || {
-        let out = Command::new(bin())
-            .args(["status", "m.toml"])
-            .current_dir(dir.path())
-            .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
-            .output()
-            .unwrap();
+        let out = adaptor(dir.path(), &["status", "m.toml"]).output().unwrap();
         status = String::from_utf8_lossy(&out.stdout).into_owned();
         status
             .lines()
@@ -363,12 +328,7 @@ params.timeout = "2s"
         stderr.contains("error: slow failed: timed out after 2s"),
         "{stderr}"
     );
-    let after = Command::new(bin())
-        .args(["status", "m.toml"])
-        .current_dir(dir.path())
-        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
-        .output()
-        .unwrap();
+    let after = adaptor(dir.path(), &["status", "m.toml"]).output().unwrap();
     let after = String::from_utf8_lossy(&after.stdout);
     assert!(
         after.lines().any(|l| l.starts_with("failed")

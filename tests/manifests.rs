@@ -1,22 +1,23 @@
 //! The shipped manifests plan: the full reproduction grid (with its dataset and backbone folders
 //! pointed at empty stand-ins, since the real ones are not here) and the demo.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 fn dry_run(dir: &Path, manifest: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_adaptor"))
-        .args(["run", &manifest.to_string_lossy(), "--dry-run", "--store"])
-        .arg(dir.join("store"))
-        .env("ADAPTOR_CACHE_DIR", dir.join("cache"))
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let store = dir.join("store");
+    let args = [
+        "run",
+        &manifest.to_string_lossy(),
+        "--dry-run",
+        "--store",
+        &store.to_string_lossy(),
+    ];
+    let out = common::adaptor(dir, &args).output().unwrap();
+    let text = common::text(&out);
     assert!(
         out.status.success(),
         "dry run of {}:\n{text}",

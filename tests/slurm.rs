@@ -9,12 +9,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{minilm, repo};
+
 /// One throwaway cluster at a time on this machine.
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -88,18 +88,43 @@ impl<'a> Case<'a> {
         self.dir.path()
     }
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_adaptor"));
-        c.args(args)
-            .current_dir(self.path())
-            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"))
-            .env("SLURM_CONF", &self.cluster.conf);
+        let mut c = common::adaptor(self.path(), args);
+        c.env("SLURM_CONF", &self.cluster.conf);
         c
     }
     fn run(&self, args: &[&str]) -> (Output, String) {
         let out = self.cmd(args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = common::text(&out);
         (out, text)
+    }
+    /// Polls `adaptor status` every 200 ms until `ready` accepts its output; fails with `what`
+    /// and the last output after `limit`.
+    fn wait_for_status(&self, limit: Duration, what: &str, ready: impl Fn(&str) -> bool) {
+        let t0 = Instant::now();
+        loop {
+            let (_, status) = self.run(&["status", "m.toml"]);
+            if ready(&status) {
+                return;
+            }
+            assert!(t0.elapsed() < limit, "{what}: {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    /// Polls squeue until no job of the cluster is pending, running or completing.
+    fn wait_until_no_job_is_active(&self, limit: Duration) {
+        let t0 = Instant::now();
+        while self
+            .squeue("%T")
+            .lines()
+            .any(|s| matches!(s, "PENDING" | "RUNNING" | "COMPLETING"))
+        {
+            assert!(
+                t0.elapsed() < limit,
+                "jobs still active after cancel: {}",
+                self.squeue("%i %j %T")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     fn squeue(&self, fmt: &str) -> String {
         let out = Command::new("squeue")
@@ -251,14 +276,7 @@ fn slurm_executor_on_a_real_cluster() {
         text.contains("exited with status 4: bad seed (slurm job "),
         "{text}"
     );
-    let job_out = text
-        .split("job output ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .to_string();
+    let job_out = job_output(&text);
     assert!(
         Path::new(&job_out).is_file(),
         "the job's output file exists: {job_out}"
@@ -327,37 +345,15 @@ fn slurm_executor_on_a_real_cluster() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (_, status) = case4.run(&["status", "m.toml"]);
-        if status.contains("running") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the first job never started: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    case4.wait_for_status(
+        Duration::from_secs(30),
+        "the first job never started",
+        |status| status.contains("running"),
+    );
     unsafe { kill(child.id() as i32, 2) };
     let status_code = child.wait().unwrap();
     assert!(!status_code.success());
-    let t0 = Instant::now();
-    loop {
-        let active = case4
-            .squeue("%T")
-            .lines()
-            .filter(|s| matches!(*s, "PENDING" | "RUNNING" | "COMPLETING"))
-            .count();
-        if active == 0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "jobs still active after cancel"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    case4.wait_until_no_job_is_active(Duration::from_secs(20));
     let (_, status) = case4.run(&["status", "m.toml"]);
     assert!(
         !status.contains("up-to-date") && !status.contains("queued") && !status.contains("running"),
@@ -384,18 +380,15 @@ fn torch_worker() -> PathBuf {
     p
 }
 
-/// The real all-MiniLM-L6-v2 folder, fetched by scripts/test-assets-encoders.sh.
-fn minilm() -> PathBuf {
-    let root = std::env::var_os("ADAPTOR_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/test-assets"));
-    let dir = root.join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/test-assets-encoders.sh",
-        dir.display()
-    );
-    dir
+/// The job's output file that a failure message names (`... (job output PATH)`).
+fn job_output(text: &str) -> String {
+    text.split("job output ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// The artifact folder of `instance` in a local store (read from the `_manifest.json` files).
@@ -533,14 +526,7 @@ fn a_sharded_encode_over_a_job_array_equals_the_unsharded_table() {
         text.contains("error: enc[shard=0/2] failed: ") && text.contains("no column `nope`"),
         "{text}"
     );
-    let job_out = text
-        .split("job output ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .to_string();
+    let job_out = job_output(&text);
     assert!(
         job_out.ends_with("_0.out") || job_out.ends_with("_1.out"),
         "{job_out}"
@@ -568,36 +554,14 @@ fn a_sharded_encode_over_a_job_array_equals_the_unsharded_table() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    loop {
-        let (_, status) = slow.run(&["status", "m.toml"]);
-        if status
+    slow.wait_for_status(Duration::from_secs(60), "no shard ever started", |status| {
+        status
             .lines()
             .any(|l| l.starts_with("running") && l.contains("enc[shard="))
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no shard ever started: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     unsafe { kill(child.id() as i32, 2) };
     assert!(!child.wait().unwrap().success());
-    let t0 = Instant::now();
-    while slow
-        .squeue("%T")
-        .lines()
-        .any(|s| matches!(s, "PENDING" | "RUNNING" | "COMPLETING"))
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "jobs still active after cancel: {}",
-            slow.squeue("%i %j %T")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    slow.wait_until_no_job_is_active(Duration::from_secs(20));
     let (_, status) = slow.run(&["status", "m.toml"]);
     assert!(
         status

@@ -2,60 +2,22 @@
 //! attempt folders, `status` saying `corrupt`, `verify` naming the bad file, `run` rebuilding it,
 //! fenced lease takeover with `If-Match`, and a crafted remote manifest never followed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 mod common;
+
+use common::{walk, Case};
 
 use pipeline::lease::{self, Acquired};
 use pipeline::store::{Lease, Record};
 use pipeline::{StageKey, Store, StoreSettings, StoreUrl};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
-}
-
-struct Case {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Case {
-    fn new(moto: &common::moto::Moto) -> Case {
-        Case {
-            dir: tempfile::tempdir().unwrap(),
-            env: moto.env(),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn write(&self, name: &str, text: &str) {
-        let p = self.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    fn go(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out: Output = Command::new(bin())
-            .args(args)
-            .current_dir(self.path())
-            .env("ADAPTOR_CACHE_DIR", self.path().join("cache"))
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-}
-
 #[test]
 fn s3_a_deleted_file_is_corrupt_named_by_verify_and_rebuilt() {
     let moto = common::moto::start("chaos");
-    let case = Case::new(&moto);
+    let case = Case::with_env(moto.env());
     case.write(
         "m.toml",
         "store = 's3://chaos/p'\n[stages.a]\nkind = 'command'\nparams.run = 'echo hello > $OUT/a.txt; mkdir $OUT/d; echo x > $OUT/d/b.txt'\n\
@@ -144,6 +106,24 @@ fn template(owner: &str) -> Lease {
     }
 }
 
+/// The lease of `kind/key` for `owner`, taken while nothing of it is complete.
+fn hold(store: &Store, kind: &str, key: &StageKey, owner: &str) -> Box<lease::HeldLease> {
+    let never = AtomicBool::new(false);
+    let Acquired::Held { lease, .. } = lease::acquire(
+        store,
+        kind,
+        key,
+        &template(owner),
+        60.0,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap() else {
+        panic!("nothing is complete")
+    };
+    lease
+}
+
 #[test]
 fn s3_lease_takeover_is_a_compare_and_swap_and_the_old_owner_loses() {
     let moto = common::moto::start("chaos");
@@ -151,22 +131,7 @@ fn s3_lease_takeover_is_a_compare_and_swap_and_the_old_owner_loses() {
     let store = s3_store(&moto, dir.path(), "leases");
     let key = StageKey::parse(&"ef".repeat(32)).unwrap();
     let path = Store::lock_path("echo", &key);
-    let never = AtomicBool::new(false);
-    let Acquired::Held {
-        lease: mut first, ..
-    } = lease::acquire(
-        &store,
-        "echo",
-        &key,
-        &template("first"),
-        60.0,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap()
-    else {
-        panic!("nothing is complete")
-    };
+    let mut first = hold(&store, "echo", &key, "first");
     assert!(lease::refresh(&store, &mut first, 60.0));
     for round in 0..5 {
         let Record::Found { version, .. } = store.get_record::<Lease>(&path).unwrap() else {
@@ -208,7 +173,7 @@ fn s3_lease_takeover_is_a_compare_and_swap_and_the_old_owner_loses() {
 #[test]
 fn s3_a_crafted_manifest_path_never_writes_outside_the_cache() {
     let moto = common::moto::start("chaos");
-    let case = Case::new(&moto);
+    let case = Case::with_env(moto.env());
     case.write(
         "m.toml",
         "store = 's3://chaos/q'\n[stages.a]\nkind = 'command'\nparams.run = 'echo hello > $OUT/a.txt'\n\
@@ -250,19 +215,17 @@ fn s3_a_crafted_manifest_path_never_writes_outside_the_cache() {
     assert!(escaped.is_empty(), "{escaped:?}");
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+/// `gc` of a store holding `command` artifacts of which no manifest references any, judging
+/// leases and uploads by `lease_secs`.
+fn gc_nothing_referenced(store: &Store, lease_secs: f64) -> pipeline::ops::GcReport {
+    let kinds: HashSet<String> = ["command".to_string()].into();
+    let scope = pipeline::ops::GcScope {
+        kinds: &kinds,
+        referenced: &HashSet::new(),
+        lease_secs,
+        job_alive: &|_| None,
+    };
+    pipeline::ops::gc(store, &scope, false).unwrap()
 }
 
 #[test]
@@ -282,17 +245,7 @@ fn s3_gc_aborts_the_multipart_upload_of_a_runner_that_is_gone() {
         uploads(&moto)
     );
 
-    let kinds: std::collections::HashSet<String> = ["command".to_string()].into();
-    let referenced = std::collections::HashSet::new();
-    let gc = |lease_secs: f64| {
-        let scope = pipeline::ops::GcScope {
-            kinds: &kinds,
-            referenced: &referenced,
-            lease_secs,
-            job_alive: &|_| None,
-        };
-        pipeline::ops::gc(&store, &scope, false).unwrap()
-    };
+    let gc = |lease_secs: f64| gc_nothing_referenced(&store, lease_secs);
     // Younger than the lease timeout: kept (its runner may be alive).
     assert!(gc(60.0).deleted.is_empty());
     assert!(uploads(&moto).contains(&record.upload_id));
@@ -339,38 +292,13 @@ fn s3_gc_lists_and_aborts_unrecorded_uploads_it_owns_and_skips_foreign_ones() {
     want.sort();
     assert_eq!(listed, want, "paths are relative to the store's prefix");
 
-    let kinds: std::collections::HashSet<String> = ["command".to_string()].into();
-    let referenced = std::collections::HashSet::new();
-    let gc = |lease_secs: f64| {
-        let scope = pipeline::ops::GcScope {
-            kinds: &kinds,
-            referenced: &referenced,
-            lease_secs,
-            job_alive: &|_| None,
-        };
-        pipeline::ops::gc(&store, &scope, false).unwrap()
-    };
+    let gc = |lease_secs: f64| gc_nothing_referenced(&store, lease_secs);
     let uploads = |m: &common::moto::Moto| m.http("GET", "/chaos?uploads");
     // moto reports every upload as initiated in 2010 (a constant in its responses), so here the
     // age rule always holds and what protects a live runner's upload is its lease: kept while a
     // live lease holds the key.
-    let never = AtomicBool::new(false);
     let key = StageKey::parse(&key).unwrap();
-    let Acquired::Held {
-        lease: mut held, ..
-    } = lease::acquire(
-        &store,
-        "command",
-        &key,
-        &template("uploader"),
-        60.0,
-        &mut |_| {},
-        &never,
-    )
-    .unwrap()
-    else {
-        panic!("nothing is complete")
-    };
+    let mut held = hold(&store, "command", &key, "uploader");
     assert!(gc(60.0).deleted.is_empty());
     assert!(uploads(&moto).contains(&ids[0]));
     lease::release(&store, &mut held).unwrap();
@@ -397,8 +325,9 @@ fn s3_gc_lists_and_aborts_unrecorded_uploads_it_owns_and_skips_foreign_ones() {
 fn s3_a_publish_that_fails_keeps_the_output_and_the_next_run_publishes_it_without_recomputing() {
     let moto = common::moto::start("chaos");
     let port = moto.port;
-    let mut case = Case::new(&moto);
-    case.env.push(("ADAPTOR_S3_RETRIES".into(), "1".into()));
+    let mut env = moto.env();
+    env.push(("ADAPTOR_S3_RETRIES".into(), "1".into()));
+    let case = Case::with_env(env);
     let runs = case.path().join("runs.log");
     // The stage computes its output, then the S3 server dies before the runner publishes it.
     case.write(
@@ -439,7 +368,7 @@ fn s3_a_publish_that_fails_keeps_the_output_and_the_next_run_publishes_it_withou
 #[test]
 fn s3_gc_skips_what_it_does_not_own_and_keeps_job_records_it_cannot_judge() {
     let moto = common::moto::start("chaos");
-    let case = Case::new(&moto);
+    let case = Case::with_env(moto.env());
     case.write(
         "m.toml",
         "store = 's3://chaos/g'\n[matrix]\ni = [1, 2]\n[stages.a]\nkind = 'command'\nforeach = ['i']\nparams.run = 'echo ${i} > $OUT/a.txt'\n",

@@ -10,13 +10,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::moto::{self, Moto};
-use crate::common::s3::{http_bytes, list_keys, s3_env};
+use crate::common::moto::{self, http_bytes, list_keys, s3_env, Moto};
 use crate::proxy::Rng;
 
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
-}
+pub use crate::common::bin;
 
 /// The lease timeout of the suspended-runner scenario (seconds): small, so that a takeover
 /// happens within a test. The other scenarios keep the default (a 2 s lease on a loaded 2-core
@@ -267,7 +264,11 @@ impl Case {
                 let (status, body) = http_bytes(
                     self.moto_port(),
                     "GET",
-                    &format!("/{}/{}", self.bucket, crate::common::s3::urlencode(&object)),
+                    &format!(
+                        "/{}/{}",
+                        self.bucket,
+                        crate::common::moto::urlencode(&object)
+                    ),
                     &[],
                 );
                 (status == 200).then_some(body)
@@ -439,21 +440,7 @@ pub const SIGKILL: i32 = 9;
 pub const SIGCONT: i32 = 18;
 pub const SIGSTOP: i32 = 19;
 
-pub fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
+pub use crate::common::walk;
 
 /// The build log outside the store: one line per stage start, `<instance> <runner tag>`.
 pub struct BuildLog {

@@ -798,7 +798,7 @@ fn damaged_artifact_is_found_and_rebuilt_s3() {
 /// fault forced, the client sees exactly that fault, and the counters say so.
 #[test]
 fn the_proxy_forwards_bytes_intact_and_injects_each_fault() {
-    use common::s3::http_bytes;
+    use common::moto::http_bytes;
     let moto = common::moto::start("proxied");
     let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let clean = Proxy::start(moto.port, FaultPlan::default(), 1);

@@ -1,13 +1,139 @@
-//! Shared by the end-to-end tests: the repository, the real MiniLM folder, the smaller demo.
+//! Shared by the end-to-end tests: the `adaptor` binary run in a temporary folder with its own
+//! cache ([`Case`]), waiting on a condition, walking a folder, the repository, the real MiniLM
+//! folder and the smaller demo; `moto` for the tests against a real S3-compatible server.
 #![allow(dead_code)]
 
 pub mod moto;
-pub mod s3;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `adaptor` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_adaptor"))
+}
+
+/// `adaptor ARGS` to run in `dir`, with its cache in `dir/cache` (not the user's).
+pub fn adaptor(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .current_dir(dir)
+        .env("ADAPTOR_CACHE_DIR", dir.join("cache"));
+    c
+}
+
+/// What a finished process wrote: stdout, then stderr.
+pub fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `adaptor ARGS` in `dir`, which must succeed: what it wrote (stdout, then stderr).
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = adaptor(dir, args).output().unwrap();
+    let text = text(&out);
+    assert!(out.status.success(), "adaptor {args:?} failed:\n{text}");
+    text
+}
+
+/// A temporary folder to run `adaptor` in, with extra environment variables (say, those that
+/// point it at the test's S3 server) for every command.
+pub struct Case {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Case {
+    pub fn new() -> Case {
+        Case::with_env(Vec::new())
+    }
+
+    pub fn with_env(env: Vec<(String, String)>) -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+            env,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file of the case (creating its folders); its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = adaptor(self.path(), args);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed: what it wrote (stdout, then stderr).
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "adaptor {args:?} failed:\n{}",
+            text(&out)
+        );
+        text(&out)
+    }
+
+    /// Runs a command: its exit code and what it wrote.
+    pub fn go(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = self.run(args);
+        (out.status.code(), text(&out))
+    }
+}
+
+/// Polls `done` every 50 ms; fails the test with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "{what} (after {limit:?})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every file under `dir`, sorted.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The lines of a text file, sorted (what concurrent writers appended, in a fixed order).
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// The real all-MiniLM-L6-v2 folder (scripts/test-assets-encoders.sh fetches it).
@@ -23,7 +149,6 @@ pub fn minilm() -> PathBuf {
     );
     dir
 }
-
 /// `manifests/demo.toml`, smaller (fewer images, one seed, two label fractions, fewer epochs),
 /// with absolute backbone paths so that it runs from any folder.
 pub fn small_demo() -> String {

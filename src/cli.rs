@@ -1,0 +1,604 @@
+//! The command line in two stages, as ripgrep does: the raw `clap` arguments ([`Cli`]), then
+//! [`Settings`], validated once (flags, the environment variables this binary honours, the
+//! machine's CPU count), so that the commands never parse or second-guess their input again.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use pipeline::executor;
+use pipeline::store::StoreSettings;
+use pipeline::{Plan, StoreUrl};
+use stages::images::DecodeLimits;
+use stages::ingest::Verify;
+use stages::synth::SynthDataset;
+
+#[derive(Parser)]
+#[command(
+    name = "adaptor",
+    version,
+    about = "Parameter-efficient medical vision-language pre-training (Adaptor) as an incremental pipeline",
+    long_about = "Runs experiment manifests as a DAG of content-addressed stages: ingest raw datasets, \
+                  encode with frozen backbones, train the adaptor, evaluate heads, report. Each stage \
+                  instance's output is stored under a key derived from its parameters and inputs, so \
+                  re-running a manifest only builds what changed.\n\n\
+                  Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, \
+                  AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores (ADAPTOR_S3_RETRIES: \
+                  retries per request, default 10); ADAPTOR_CACHE_DIR \
+                  overrides the local cache folder (default ~/.cache/adaptor)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// More output: stage log lines as they are written.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+
+    /// Less output: only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Local cache folder (fingerprints of external inputs, copies of remote artifacts).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct StoreArg {
+    /// Artifact store: a folder, s3://bucket/prefix or memory://. Overrides the manifest's [store].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build every stale stage instance of a manifest; skip what is up to date.
+    Run {
+        manifest: PathBuf,
+        /// Stage instances to run at once (default: number of CPUs).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Only these instances (name glob or stage name; repeatable), plus what they need.
+        #[arg(long, value_name = "PATTERN")]
+        only: Vec<String>,
+        /// Show what would run, run nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Rehash the content of external inputs instead of trusting unchanged file stats.
+        #[arg(long)]
+        verify: bool,
+        /// Where stages run: `local` (a worker pool here) or `slurm` (one batch job per stage
+        /// instance). Default: the manifest's [executor], else local.
+        #[arg(long, value_name = "KIND", value_parser = ["local", "slurm"])]
+        executor: Option<String>,
+        /// With the Slurm executor: submit and return instead of following the jobs.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Build one stage instance whose upstream is already complete (what a cluster job runs).
+    #[command(hide = true)]
+    Exec {
+        manifest: PathBuf,
+        #[arg(long)]
+        instance: String,
+        /// The key the submitter computed; a mismatch (the manifest or inputs changed since) is an error.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// One line per stage instance: up-to-date / stale / missing / failed / running.
+    Status {
+        manifest: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Why a stage instance would re-run: which parameter, input or stage version changed.
+    Explain {
+        manifest: PathBuf,
+        /// Instance name (`train[vision=dinov2-s]`), or a stage name with a single instance.
+        stage: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Delete artifacts that none of the listed manifests reference.
+    Gc {
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
+        /// List what would be deleted, delete nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Rehash artifacts against their `_manifest.json`: those the manifests reference, or the
+    /// whole store with --all. Names each bad file; exits 1 if any artifact is bad.
+    Verify {
+        manifests: Vec<PathBuf>,
+        /// Every artifact in the store, referenced or not.
+        #[arg(long)]
+        all: bool,
+        /// Move each bad artifact to `_quarantine/` (its `_manifest.json` first), so the next run
+        /// rebuilds it.
+        #[arg(long)]
+        quarantine: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show an artifact: by key (or a unique prefix of one) or by the path of its folder.
+    Show {
+        target: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List the stage kinds this binary knows, with their parameters and inputs.
+    Stages,
+    /// Embed texts or images with a frozen backbone into a Parquet table (runs `adaptor-torch
+    /// embed`): `adaptor embed text --backbone DIR [--pooling pooler|cls|mean] --input FILE
+    /// --output OUT.parquet`, `adaptor embed image --backbone DIR [--normalize imagenet|half]
+    /// --input IMG... --output OUT.parquet`.
+    Embed {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
+    /// Write a synthetic miniature of a dataset in its exact raw layout (chest-X-ray-like images
+    /// whose findings are visible in the pixels and stated in reports and labels).
+    Synth {
+        /// mimic-cxr, rsna, covidx or siim.
+        #[arg(value_parser = ["mimic-cxr", "rsna", "covidx", "siim"])]
+        dataset: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Studies (mimic-cxr), patients (rsna) or images (covidx, siim).
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        image_size: u32,
+    },
+    /// Read a raw dataset folder into a records table (what the `ingest` stage does), outside a manifest.
+    Ingest {
+        /// mimic-cxr, rsna, covidx or siim.
+        #[arg(value_parser = ["mimic-cxr", "rsna", "covidx", "siim"])]
+        dataset: String,
+        /// The raw dataset folder, as downloaded.
+        #[arg(long, value_name = "DIR")]
+        raw: PathBuf,
+        /// Output folder (records.parquet, summary.json, skipped.parquet).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write bad rows to skipped.parquet beside the output instead of failing.
+        #[arg(long)]
+        skip_bad: bool,
+        #[arg(long, default_value_t = 0)]
+        split_seed: u32,
+        /// decode: every image must decode; exists: only check that the files exist.
+        #[arg(long, default_value = "decode", value_parser = ["decode", "exists"])]
+        verify: String,
+    },
+}
+
+/// Everything a command needs from the command line and the environment, validated.
+pub struct Settings {
+    pub verbose: bool,
+    pub quiet: bool,
+    /// `--cache-dir`, else `$ADAPTOR_CACHE_DIR`, else `$XDG_CACHE_HOME/adaptor`, else
+    /// `~/.cache/adaptor`.
+    pub cache: PathBuf,
+    /// How to reach remote stores (`AWS_*`, `ADAPTOR_S3_RETRIES`).
+    pub store_settings: StoreSettings,
+    /// Image decode limits (README, "Bad input"); the torch worker inherits the same variables.
+    pub decode_limits: DecodeLimits,
+    /// The libtorch worker that runs the model stages: `$ADAPTOR_TORCH`, else `adaptor-torch`
+    /// next to this executable. Kept out of this process: loading libtorch costs ~0.34 s.
+    pub torch_worker: PathBuf,
+    pub command: CommandSettings,
+}
+
+/// One validated command.
+pub enum CommandSettings {
+    Run(RunSettings),
+    Exec(ExecSettings),
+    Status {
+        manifest: PathBuf,
+        json: bool,
+        store: StoreChoice,
+    },
+    Explain {
+        manifest: PathBuf,
+        stage: String,
+        store: StoreChoice,
+    },
+    Gc {
+        manifests: Vec<PathBuf>,
+        dry_run: bool,
+        store: StoreChoice,
+    },
+    Verify {
+        manifests: Vec<PathBuf>,
+        all: bool,
+        quarantine: bool,
+        store: StoreChoice,
+    },
+    Show {
+        target: String,
+        store: StoreChoice,
+    },
+    Stages,
+    Embed {
+        args: Vec<OsString>,
+    },
+    Synth(SynthSettings),
+    Ingest(IngestSettings),
+}
+
+/// Where stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+pub struct RunSettings {
+    pub manifest: PathBuf,
+    /// Stage instances at once (at least 1).
+    pub jobs: usize,
+    /// CPUs of this machine: the threads the running stages share.
+    pub threads: usize,
+    pub only: Vec<String>,
+    pub dry_run: bool,
+    pub verify: bool,
+    /// `--executor`; `None` defers to the manifest's `[executor]`.
+    pub executor: Option<ExecutorKind>,
+    pub detach: bool,
+    /// `$ADAPTOR_LEASE_SECS` (the chaos tests shorten it so that a suspended runner loses its
+    /// key within a test), else the default.
+    pub lease_secs: f64,
+    pub store: StoreChoice,
+}
+
+pub struct ExecSettings {
+    pub manifest: PathBuf,
+    pub instance: String,
+    pub key: String,
+    /// The cluster job this runs in, as squeue and the job records name it (`slurm job 1234`,
+    /// `slurm job 1234_5` for a task of an array job).
+    pub job: Option<String>,
+    pub store: StoreChoice,
+}
+
+pub struct SynthSettings {
+    pub dataset: SynthDataset,
+    /// As typed (`mimic-cxr`), for messages.
+    pub name: String,
+    pub out: PathBuf,
+    pub n: usize,
+    pub seed: u64,
+    pub image_size: u32,
+}
+
+pub struct IngestSettings {
+    pub dataset: String,
+    pub raw: PathBuf,
+    pub out: PathBuf,
+    pub skip_bad: bool,
+    pub split_seed: u32,
+    pub verify: Verify,
+}
+
+/// The artifact store a command uses: `--store` beats the manifest's `[store]`, which beats
+/// `./artifacts`.
+pub struct StoreChoice {
+    flag: Option<StoreUrl>,
+    default: StoreUrl,
+}
+
+impl StoreChoice {
+    fn new(arg: &StoreArg) -> Result<StoreChoice> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let flag = match &arg.store {
+            Some(s) => Some(StoreUrl::parse(s, &cwd).map_err(|m| anyhow!("--store: {m}"))?),
+            None => None,
+        };
+        Ok(StoreChoice {
+            flag,
+            default: StoreUrl::Local(cwd.join("artifacts")),
+        })
+    }
+
+    /// The store for a command that read `plan` (or none).
+    pub fn url(&self, plan: Option<&Plan>) -> StoreUrl {
+        self.flag
+            .clone()
+            .or_else(|| plan.and_then(|p| p.store.clone()))
+            .unwrap_or_else(|| self.default.clone())
+    }
+}
+
+impl Settings {
+    /// The second stage: raw arguments and the environment → validated settings.
+    pub fn from_cli(cli: Cli) -> Result<Settings> {
+        let var = |name: &str| std::env::var(name).ok();
+        let decode_limits = DecodeLimits::with_overrides(
+            var(DecodeLimits::PIXELS_VAR).as_deref(),
+            var(DecodeLimits::BYTES_VAR).as_deref(),
+        )?;
+        let command = CommandSettings::from_command(cli.command)?;
+        Ok(Settings {
+            verbose: cli.verbose,
+            quiet: cli.quiet,
+            cache: cache_dir(cli.cache_dir),
+            store_settings: StoreSettings {
+                aws: std::env::vars()
+                    .filter(|(k, _)| k.starts_with("AWS_"))
+                    .collect(),
+                s3_retries: var("ADAPTOR_S3_RETRIES").and_then(|v| v.parse().ok()),
+            },
+            decode_limits,
+            torch_worker: torch_worker(),
+            command,
+        })
+    }
+}
+
+impl CommandSettings {
+    fn from_command(command: Command) -> Result<CommandSettings> {
+        Ok(match command {
+            Command::Run {
+                manifest,
+                jobs,
+                only,
+                dry_run,
+                verify,
+                executor,
+                detach,
+                store,
+            } => {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                CommandSettings::Run(RunSettings {
+                    manifest,
+                    jobs: jobs.unwrap_or(cpus).max(1),
+                    threads: cpus,
+                    only,
+                    dry_run,
+                    verify,
+                    executor: executor.as_deref().map(ExecutorKind::parse).transpose()?,
+                    detach,
+                    lease_secs: lease_secs(std::env::var("ADAPTOR_LEASE_SECS").ok().as_deref())?,
+                    store: StoreChoice::new(&store)?,
+                })
+            }
+            Command::Exec {
+                manifest,
+                instance,
+                key,
+                store,
+            } => {
+                let var = |name: &str| std::env::var(name).ok();
+                // An array task (a shard) is named as squeue and the job records name it: `1234_5`.
+                let array_task = var("SLURM_ARRAY_JOB_ID")
+                    .zip(var("SLURM_ARRAY_TASK_ID"))
+                    .map(|(a, t)| format!("{a}_{t}"));
+                CommandSettings::Exec(ExecSettings {
+                    manifest,
+                    instance,
+                    key,
+                    job: array_task
+                        .or_else(|| var("SLURM_JOB_ID"))
+                        .map(|id| format!("slurm job {id}")),
+                    store: StoreChoice::new(&store)?,
+                })
+            }
+            Command::Status {
+                manifest,
+                json,
+                store,
+            } => CommandSettings::Status {
+                manifest,
+                json,
+                store: StoreChoice::new(&store)?,
+            },
+            Command::Explain {
+                manifest,
+                stage,
+                store,
+            } => CommandSettings::Explain {
+                manifest,
+                stage,
+                store: StoreChoice::new(&store)?,
+            },
+            Command::Gc {
+                manifests,
+                dry_run,
+                store,
+            } => CommandSettings::Gc {
+                manifests,
+                dry_run,
+                store: StoreChoice::new(&store)?,
+            },
+            Command::Verify {
+                manifests,
+                all,
+                quarantine,
+                store,
+            } => {
+                if manifests.is_empty() && !all {
+                    bail!("name the manifests whose artifacts to verify, or pass --all for the whole store");
+                }
+                CommandSettings::Verify {
+                    manifests,
+                    all,
+                    quarantine,
+                    store: StoreChoice::new(&store)?,
+                }
+            }
+            Command::Show { target, store } => CommandSettings::Show {
+                target,
+                store: StoreChoice::new(&store)?,
+            },
+            Command::Stages => CommandSettings::Stages,
+            Command::Embed { args } => CommandSettings::Embed { args },
+            Command::Synth {
+                dataset,
+                out,
+                n,
+                seed,
+                image_size,
+            } => CommandSettings::Synth(SynthSettings {
+                dataset: SynthDataset::parse(&dataset).expect("clap checked the name"),
+                name: dataset,
+                out,
+                n,
+                seed,
+                image_size,
+            }),
+            Command::Ingest {
+                dataset,
+                raw,
+                out,
+                skip_bad,
+                split_seed,
+                verify,
+            } => CommandSettings::Ingest(IngestSettings {
+                dataset,
+                raw,
+                out,
+                skip_bad,
+                split_seed,
+                verify: Verify::parse(&verify).expect("clap checked the value"),
+            }),
+        })
+    }
+}
+
+impl ExecutorKind {
+    fn parse(s: &str) -> Result<ExecutorKind> {
+        match s {
+            "local" => Ok(ExecutorKind::Local),
+            "slurm" => Ok(ExecutorKind::Slurm),
+            other => bail!("unknown executor `{other}` (expected local or slurm)"),
+        }
+    }
+
+    /// `--executor` when given, else the manifest's `[executor] kind`.
+    pub fn choose(flag: Option<ExecutorKind>, plan: &Plan) -> ExecutorKind {
+        flag.unwrap_or(if plan.executor.kind == "slurm" {
+            ExecutorKind::Slurm
+        } else {
+            ExecutorKind::Local
+        })
+    }
+}
+
+fn cache_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = flag {
+        return d;
+    }
+    if let Some(d) = std::env::var_os("ADAPTOR_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(x) => PathBuf::from(x).join("adaptor"),
+        None => std::env::var_os("HOME").map_or_else(
+            || PathBuf::from(".adaptor-cache"),
+            |h| PathBuf::from(h).join(".cache/adaptor"),
+        ),
+    }
+}
+
+fn torch_worker() -> PathBuf {
+    if let Some(p) = std::env::var_os("ADAPTOR_TORCH") {
+        return p.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("adaptor-torch")))
+        .unwrap_or_else(|| Path::new("adaptor-torch").into())
+}
+
+/// The lease timeout of `run` from `$ADAPTOR_LEASE_SECS` (`None`: unset).
+fn lease_secs(var: Option<&str>) -> Result<f64> {
+    match var {
+        None => Ok(executor::LEASE_SECS),
+        Some(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+            _ => bail!("ADAPTOR_LEASE_SECS: expected a positive number of seconds, got `{v}`"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_secs_must_be_a_positive_finite_number() {
+        assert_eq!(lease_secs(None).unwrap(), executor::LEASE_SECS);
+        assert_eq!(lease_secs(Some("2.5")).unwrap(), 2.5);
+        for bad in ["0", "-1", "inf", "NaN", "soon"] {
+            let e = lease_secs(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("got `{bad}`")), "{e}");
+        }
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings> {
+        Settings::from_cli(Cli::try_parse_from(args).expect("valid arguments"))
+    }
+
+    #[test]
+    fn verify_needs_manifests_or_all() {
+        let e = settings(&["adaptor", "verify"]).err().expect("an error");
+        assert_eq!(
+            e.to_string(),
+            "name the manifests whose artifacts to verify, or pass --all for the whole store"
+        );
+        assert!(settings(&["adaptor", "verify", "--all"]).is_ok());
+    }
+
+    #[test]
+    fn store_flag_is_parsed_once_and_beats_the_default() {
+        let e = settings(&["adaptor", "status", "m.toml", "--store", "ftp://x"])
+            .err()
+            .expect("an error");
+        assert!(
+            e.to_string()
+                .starts_with("--store: unsupported store scheme"),
+            "{e}"
+        );
+        let s = settings(&["adaptor", "status", "m.toml", "--store", "s3://b/p"]).unwrap();
+        let CommandSettings::Status { store, .. } = &s.command else {
+            panic!("status")
+        };
+        assert_eq!(store.url(None).to_string(), "s3://b/p");
+        let s = settings(&["adaptor", "status", "m.toml"]).unwrap();
+        let CommandSettings::Status { store, .. } = &s.command else {
+            panic!("status")
+        };
+        assert!(store.url(None).to_string().ends_with("/artifacts"));
+    }
+
+    #[test]
+    fn run_takes_at_least_one_job() {
+        let s = settings(&["adaptor", "run", "m.toml", "-j", "0", "--executor", "slurm"]).unwrap();
+        let CommandSettings::Run(run) = &s.command else {
+            panic!("run")
+        };
+        assert_eq!(run.jobs, 1);
+        assert_eq!(run.executor, Some(ExecutorKind::Slurm));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

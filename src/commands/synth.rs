@@ -1,0 +1,27 @@
+//! `adaptor synth`: a synthetic miniature of a dataset in its exact raw layout.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use crate::cli::SynthSettings;
+use crate::render;
+
+pub fn synth(cx: &Context, s: &SynthSettings) -> Result<ExitCode> {
+    let summary = stages::synth::generate_with_size(s.dataset, &s.out, s.n, s.seed, s.image_size)
+        .with_context(|| format!("adaptor synth {}", s.name))?;
+    if !cx.quiet() {
+        eprint!(
+            "{}",
+            render::render_synth_summary(
+                &s.name,
+                &s.out,
+                summary.images,
+                summary.image_size,
+                &summary.labels
+            )
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

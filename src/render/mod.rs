@@ -1,0 +1,116 @@
+//! Everything a person reads from the `adaptor` binary, as pure functions from data to text: no
+//! printing, no store or file access, no clock. The commands gather the data, call a `render_*`
+//! function and print what it returns; each function has an insta snapshot test beside it.
+
+mod artifact;
+mod run;
+mod stages;
+mod status;
+mod store;
+
+pub use artifact::render_show;
+pub use run::{
+    render_dry_run, render_exec_failure, render_failures, render_ingest_skipped,
+    render_run_summary, render_synth_summary, render_unverified_inputs, PlannedInstance,
+    RunSummary,
+};
+pub use stages::{render_stages, StageDoc};
+pub use status::{render_explain, render_status, render_status_json, StatusRow};
+pub use store::{bad_artifacts, render_gc, render_verify};
+
+use pipeline::StoreUrl;
+
+/// A size for a person: `512 B`, `1.5 KiB`, `20.0 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < UNITS.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+/// Where a store-relative path is, in a form a person can open: a file path on a local store,
+/// `s3://bucket/prefix/rel` otherwise.
+pub fn display_path(url: &StoreUrl, rel: &str) -> String {
+    match url {
+        StoreUrl::Local(p) => p.join(rel).display().to_string(),
+        other => format!("{other}/{rel}"),
+    }
+}
+
+/// `name count, name count` (label counts of a dataset, split sizes).
+pub fn counts<K: std::fmt::Display, V: std::fmt::Display>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    pairs
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Fixed inputs for the snapshot tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use pipeline::store::BadFile;
+    use pipeline::{StageKey, StoreUrl};
+
+    /// A key made of one repeated hex digit, so snapshots show which key is which.
+    pub fn key(digit: char) -> StageKey {
+        StageKey::parse(&digit.to_string().repeat(64)).expect("64 hex digits")
+    }
+
+    pub fn local_store() -> StoreUrl {
+        StoreUrl::Local("/data/artifacts".into())
+    }
+
+    pub fn s3_store() -> StoreUrl {
+        StoreUrl::S3 {
+            bucket: "lab".into(),
+            prefix: "runs/one".into(),
+        }
+    }
+
+    pub fn bad_file(path: &str, problem: &str) -> BadFile {
+        BadFile {
+            path: path.into(),
+            location: format!("encode/{}/{path}", "e".repeat(64)),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_paths() {
+        let sizes: Vec<String> = [0, 1023, 1024, 1536, 20 << 20, 3 << 30, u64::MAX]
+            .into_iter()
+            .map(human_bytes)
+            .collect();
+        let paths = [
+            display_path(&fixtures::local_store(), "_failed/x/log.txt"),
+            display_path(&fixtures::s3_store(), "_failed/x/log.txt"),
+            display_path(&StoreUrl::Memory, "_failed/x/log.txt"),
+        ];
+        insta::assert_snapshot!(format!(
+            "{}\n{}\n{}",
+            sizes.join("\n"),
+            paths.join("\n"),
+            counts([("normal", 3), ("pneumonia", 2)])
+        ));
+    }
+}
