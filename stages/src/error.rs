@@ -1,7 +1,7 @@
 //! The error type of the stages crate. Every variant names the file and, where there is one, the
 //! line (1-based, the header is line 1) and field at fault, because people read these messages.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors of image decoding, raw-dataset parsing and records writing.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +67,26 @@ pub enum Error {
     #[error("{}: cannot write table: {message}", path.display())]
     Table { path: PathBuf, message: String },
 
-    #[error("{0}")]
-    Invalid(String),
+    /// A decode limit override (an environment variable's value, read by the binaries).
+    #[error("{var}=`{value}` is not a positive integer")]
+    DecodeLimit { var: &'static str, value: String },
+
+    /// A parameter of `synth` (the stage or `adaptor synth`) out of its range.
+    #[error("synth: {param} {message}")]
+    SynthParam {
+        param: &'static str,
+        message: String,
+    },
+
+    /// An ingest input whose dataset kind is none of the four.
+    #[error(
+        "ingest: unknown dataset kind `{kind}` (expected one of {})",
+        crate::synth::SynthDataset::NAMES.join(", ")
+    )]
+    UnknownDataset { kind: String },
+
+    #[error("cannot start {threads} worker threads: {message}")]
+    ThreadPool { threads: usize, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -78,6 +96,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn decode(path: &Path, message: impl ToString) -> Self {
+        Error::Decode {
+            path: path.to_path_buf(),
+            message: message.to_string(),
         }
     }
 }

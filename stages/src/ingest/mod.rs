@@ -291,8 +291,9 @@ pub fn ingest_with_progress(
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
             .build()
-            .map_err(|e| {
-                Error::Invalid(format!("cannot start {} worker threads: {e}", opts.threads))
+            .map_err(|e| Error::ThreadPool {
+                threads: opts.threads,
+                message: e.to_string(),
             })?;
         pool.install(run)?
     } else {
@@ -400,11 +401,8 @@ pub fn resolve_kind(input_kind: &str, root: &Path) -> Result<DatasetKind> {
     if input_kind == "synth" {
         return Ok(crate::synth::read_marker(root)?.dataset);
     }
-    DatasetKind::parse(input_kind).ok_or_else(|| {
-        Error::Invalid(format!(
-            "ingest: unknown dataset kind `{input_kind}` (expected one of {})",
-            DatasetKind::NAMES.join(", ")
-        ))
+    DatasetKind::parse(input_kind).ok_or_else(|| Error::UnknownDataset {
+        kind: input_kind.to_string(),
     })
 }
 

@@ -97,12 +97,16 @@ pub fn generate_with_size(
     image_size: u32,
 ) -> Result<SynthSummary> {
     if n == 0 {
-        return Err(Error::Invalid("synth: n must be at least 1".into()));
+        return Err(Error::SynthParam {
+            param: "n",
+            message: "must be at least 1".into(),
+        });
     }
     if !(32..=4096).contains(&image_size) {
-        return Err(Error::Invalid(format!(
-            "synth: image_size {image_size} is outside 32..=4096"
-        )));
+        return Err(Error::SynthParam {
+            param: "image_size",
+            message: format!("{image_size} is outside 32..=4096"),
+        });
     }
     mkdir(out)?;
     let (images, labels) = match dataset {
