@@ -29,27 +29,15 @@ pub(crate) fn encode_jpeg(img: &Gray8, quality: u8) -> Vec<u8> {
 /// pixel: 65,535 × 65,535 claims 34 GB) and one tiny compressed row. What the decode limits are
 /// tested with (`images::DecodeLimits`); a decoder without limits allocates the whole claim.
 pub fn oversized_png(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut c = !0u32;
-        for &b in bytes {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    }
     fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
         out.extend((data.len() as u32).to_be_bytes());
         let start = out.len();
         out.extend(kind);
         out.extend(data);
-        let crc = crc32(&out[start..]);
-        out.extend(crc.to_be_bytes());
+        // PNG's chunk CRC is zlib's CRC-32 of the type and data
+        let mut crc = flate2::Crc::new();
+        crc.update(&out[start..]);
+        out.extend(crc.sum().to_be_bytes());
     }
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::new();
