@@ -109,3 +109,40 @@ impl Error {
 
 /// Ingest errors are the crate's errors; the alias names them at the API.
 pub type IngestError = Error;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_errors_read_as_before_they_carried_fields() {
+        let synth_n = Error::SynthParam {
+            param: "n",
+            message: "must be at least 1".into(),
+        };
+        assert_eq!(synth_n.to_string(), "synth: n must be at least 1");
+        let synth_size = Error::SynthParam {
+            param: "image_size",
+            message: "16 is outside 32..=4096".into(),
+        };
+        assert_eq!(
+            synth_size.to_string(),
+            "synth: image_size 16 is outside 32..=4096"
+        );
+        let kind = Error::UnknownDataset {
+            kind: "chexpert".into(),
+        };
+        assert_eq!(
+            kind.to_string(),
+            "ingest: unknown dataset kind `chexpert` (expected one of mimic-cxr, rsna, covidx, siim)"
+        );
+        let threads = Error::ThreadPool {
+            threads: 3,
+            message: "no memory".into(),
+        };
+        assert_eq!(
+            threads.to_string(),
+            "cannot start 3 worker threads: no memory"
+        );
+    }
+}

@@ -188,3 +188,62 @@ pub(crate) fn filter<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
 pub(crate) fn rel(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "/")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RawTable {
+        RawTable {
+            path: "labels.csv".into(),
+            headers: vec!["id".into()],
+            rows: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn check_fails_on_a_bad_row_unless_skipping_then_lists_it() {
+        let t = table();
+        let err = || t.field_err(4, "id", "empty id");
+        let mut strict = BadRows::new(false);
+        assert_eq!(strict.check(&t, 4, None, Ok(7)).unwrap(), Some(7));
+        let e = strict.check::<i32>(&t, 4, None, Err(err())).unwrap_err();
+        assert_eq!(e.to_string(), "labels.csv, line 4, field `id`: empty id");
+        let mut lenient = BadRows::new(true);
+        assert_eq!(
+            lenient.check::<i32>(&t, 4, Some("k"), Err(err())).unwrap(),
+            None
+        );
+        let bad = &lenient.rows[0];
+        assert_eq!(
+            (bad.key.as_deref(), bad.line, bad.reason),
+            (Some("k"), 4, "bad_row")
+        );
+    }
+
+    #[test]
+    fn columns_start_with_key_path_and_split_of_the_kept_rows() {
+        let rows = Candidates {
+            keys: vec!["a".into(), "b".into(), "c".into()],
+            checks: ["x/a.jpg", "x/b.jpg", "x/c.jpg"]
+                .map(|p| ImageCheck::new(p.into(), Path::new("l.csv"), 2))
+                .into(),
+            split: vec!["train", "valid", "train"],
+        };
+        let (cols, splits) =
+            rows.into_columns(&[true, false, true], vec![Col::I32("n", vec![1, 3])]);
+        let names: Vec<&str> = cols
+            .iter()
+            .map(|c| match c {
+                Col::Str(n, _) | Col::I32(n, _) => *n,
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(names, ["key", "path", "split", "n"]);
+        let Col::Str(_, paths) = &cols[1] else {
+            panic!("path is a string column")
+        };
+        assert_eq!(paths, &["x/a.jpg", "x/c.jpg"]);
+        assert_eq!(format_counts(&splits), "train 2");
+    }
+}
