@@ -167,10 +167,13 @@ pub(crate) fn tally<'a>(values: impl IntoIterator<Item = &'a str>) -> BTreeMap<S
     m
 }
 
-/// Counts as people read them: `train 140, valid 30` (the summaries' splits and labels).
-pub fn format_counts(counts: &BTreeMap<String, usize>) -> String {
-    counts
-        .iter()
+/// Counts as people read them, `name count, name count`: `train 140, valid 30` (the summaries'
+/// split sizes and label counts).
+pub fn format_counts<K: std::fmt::Display, V: std::fmt::Display>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    pairs
+        .into_iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
