@@ -1,7 +1,7 @@
 //! The error type of the stages crate. Every variant names the file and, where there is one, the
 //! line (1-based, the header is line 1) and field at fault, because people read these messages.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors of image decoding, raw-dataset parsing and records writing.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +67,26 @@ pub enum Error {
     #[error("{}: cannot write table: {message}", path.display())]
     Table { path: PathBuf, message: String },
 
-    #[error("{0}")]
-    Invalid(String),
+    /// A decode limit override (an environment variable's value, read by the binaries).
+    #[error("{var}=`{value}` is not a positive integer")]
+    DecodeLimit { var: &'static str, value: String },
+
+    /// A parameter of `synth` (the stage or `adaptor synth`) out of its range.
+    #[error("synth: {param} {message}")]
+    SynthParam {
+        param: &'static str,
+        message: String,
+    },
+
+    /// An ingest input whose dataset kind is none of the four.
+    #[error(
+        "ingest: unknown dataset kind `{kind}` (expected one of {})",
+        crate::synth::SynthDataset::NAMES.join(", ")
+    )]
+    UnknownDataset { kind: String },
+
+    #[error("cannot start {threads} worker threads: {message}")]
+    ThreadPool { threads: usize, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -80,7 +98,51 @@ impl Error {
             source,
         }
     }
+
+    pub(crate) fn decode(path: &Path, message: impl ToString) -> Self {
+        Error::Decode {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Ingest errors are the crate's errors; the alias names them at the API.
 pub type IngestError = Error;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_errors_read_as_before_they_carried_fields() {
+        let synth_n = Error::SynthParam {
+            param: "n",
+            message: "must be at least 1".into(),
+        };
+        assert_eq!(synth_n.to_string(), "synth: n must be at least 1");
+        let synth_size = Error::SynthParam {
+            param: "image_size",
+            message: "16 is outside 32..=4096".into(),
+        };
+        assert_eq!(
+            synth_size.to_string(),
+            "synth: image_size 16 is outside 32..=4096"
+        );
+        let kind = Error::UnknownDataset {
+            kind: "chexpert".into(),
+        };
+        assert_eq!(
+            kind.to_string(),
+            "ingest: unknown dataset kind `chexpert` (expected one of mimic-cxr, rsna, covidx, siim)"
+        );
+        let threads = Error::ThreadPool {
+            threads: 3,
+            message: "no memory".into(),
+        };
+        assert_eq!(
+            threads.to_string(),
+            "cannot start 3 worker threads: no memory"
+        );
+    }
+}

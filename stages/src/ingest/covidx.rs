@@ -2,11 +2,12 @@
 //! image folders. The training list is split 80/20 by patient (the original split rows, so one
 //! patient's images could land in both train and valid).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::rows::{filter, BadRows, Candidates, Output, Source};
 use super::table::{Col, RawTable};
-use super::{filter, tally, verify_items, BadRows, ImageCheck, IngestOptions, Output};
+use super::verify::ImageCheck;
 use crate::error::{Error, Result};
 use crate::split::{train_test_split, TestSize};
 
@@ -61,18 +62,13 @@ struct Item {
     list: PathBuf,
 }
 
-pub(crate) fn ingest(
-    root: &Path,
-    opts: &IngestOptions,
-    log: &(dyn Fn(&str) + Sync),
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<(Vec<Col>, Output)> {
-    let mut bad = BadRows::new(opts.skip_bad);
+pub(crate) fn read(src: &Source) -> Result<(Vec<Col>, Output)> {
+    let mut bad = BadRows::new(src.opts.skip_bad);
     let mut items: Vec<Item> = Vec::new();
     let mut seen: HashMap<String, (PathBuf, u64)> = HashMap::new();
     for (prefix, test) in [("train", false), ("test", true)] {
-        let t = RawTable::read(&find_list(root, prefix)?, b' ', false)?;
-        log(&format!("{}: {} rows", t.path.display(), t.rows.len()));
+        let t = RawTable::read(&find_list(src.root, prefix)?, b' ', false)?;
+        (src.log)(&format!("{}: {} rows", t.path.display(), t.rows.len()));
         for (line, rec) in &t.rows {
             let fields: Vec<&str> = rec.iter().filter(|f| !f.is_empty()).collect();
             if fields.len() != 4 {
@@ -84,7 +80,7 @@ pub(crate) fn ingest(
                         fields.len()
                     ),
                 };
-                bad.push(fields.get(1).copied(), &t.path, *line, "bad_row", e)?;
+                bad.row(&t, *line, fields.get(1).copied(), e)?;
                 continue;
             }
             let (patient, file, class, source) = (fields[0], fields[1], fields[2], fields[3]);
@@ -94,7 +90,7 @@ pub(crate) fn ingest(
                     "class",
                     format!("`{class}` is not one of normal, pneumonia, COVID-19"),
                 );
-                bad.push(Some(file), &t.path, *line, "bad_row", e)?;
+                bad.row(&t, *line, Some(file), e)?;
                 continue;
             }
             if let Some((p, l)) = seen.get(file) {
@@ -106,7 +102,7 @@ pub(crate) fn ingest(
                         p.display()
                     ),
                 };
-                bad.push(Some(file), &t.path, *line, "bad_row", e)?;
+                bad.row(&t, *line, Some(file), e)?;
                 continue;
             }
             seen.insert(file.to_string(), (t.path.clone(), *line));
@@ -133,7 +129,7 @@ pub(crate) fn ingest(
     let (_, valid) = train_test_split(
         patients.len(),
         TestSize::TrainFraction(0.8),
-        opts.split_seed,
+        src.opts.split_seed,
     );
     let mut is_valid = vec![false; patients.len()];
     for v in valid {
@@ -149,47 +145,35 @@ pub(crate) fn ingest(
             },
         )
         .collect();
-    let checks: Vec<ImageCheck> = items
-        .iter()
-        .map(|it| ImageCheck {
-            rel_path: format!("{}/{}", if it.test { "test" } else { "train" }, it.file),
-            csv: it.list.clone(),
-            line: it.line,
-            rles: Vec::new(),
-        })
-        .collect();
-    let keys: Vec<String> = items.iter().map(|it| it.file.clone()).collect();
-    let keep = verify_items(root, &checks, &keys, opts, &mut bad, progress)?;
-    let split = filter(split, &keep);
+    let rows = Candidates {
+        checks: (items.iter())
+            .map(|it| {
+                let folder = if it.test { "test" } else { "train" };
+                ImageCheck::new(format!("{folder}/{}", it.file), &it.list, it.line)
+            })
+            .collect(),
+        keys: items.iter().map(|it| it.file.clone()).collect(),
+        split,
+    };
+    let keep = rows.verify(src, &mut bad)?;
     let items = filter(items, &keep);
-    let cols = vec![
-        Col::Str("key", filter(keys, &keep)),
-        Col::Str(
-            "path",
-            filter(checks.into_iter().map(|c| c.rel_path).collect(), &keep),
-        ),
-        Col::Str("split", split.iter().map(|s| s.to_string()).collect()),
-        Col::Str(
-            "patient_id",
-            items.iter().map(|it| it.patient.clone()).collect(),
-        ),
-        Col::Str("class", items.iter().map(|it| it.class.clone()).collect()),
-        Col::I32(
-            "label",
-            items
-                .iter()
-                .map(|it| label_of(&it.class).expect("checked"))
-                .collect(),
-        ),
-        Col::Str("source", items.iter().map(|it| it.source.clone()).collect()),
-    ];
-    Ok((
-        cols,
-        Output {
-            splits: tally(split.iter().copied()),
-            seg_splits: None,
-            dropped: BTreeMap::new(),
-            bad: bad.rows,
-        },
-    ))
+    let (cols, splits) = rows.into_columns(
+        &keep,
+        vec![
+            Col::Str(
+                "patient_id",
+                items.iter().map(|it| it.patient.clone()).collect(),
+            ),
+            Col::Str("class", items.iter().map(|it| it.class.clone()).collect()),
+            Col::I32(
+                "label",
+                items
+                    .iter()
+                    .map(|it| label_of(&it.class).expect("checked"))
+                    .collect(),
+            ),
+            Col::Str("source", items.iter().map(|it| it.source.clone()).collect()),
+        ],
+    );
+    Ok((cols, Output::new(splits, bad)))
 }

@@ -3,14 +3,14 @@
 //! into sentences as the original does. Every row the rules remove is counted by reason.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use regex::Regex;
 
-use super::table::{find_csv, Col, RawTable};
-use super::{filter, tally, verify_items, BadRows, ImageCheck, IngestOptions, Output};
+use super::rows::{filter, BadRows, Candidates, Output, Source};
+use super::table::{find_csv, Col, RawColumn, RawTable};
+use super::verify::ImageCheck;
 use crate::error::Result;
 
 pub const METADATA: &str = "mimic-cxr-2.0.0-metadata.csv";
@@ -248,37 +248,23 @@ fn subject_dir(subject: i64) -> String {
     format!("files/p{}/p{s}", &s[..2.min(s.len())])
 }
 
-pub(crate) fn ingest(
-    root: &Path,
-    opts: &IngestOptions,
-    log: &(dyn Fn(&str) + Sync),
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<(Vec<Col>, Output)> {
-    let meta = RawTable::read(&find_csv(root, METADATA)?, b',', true)?;
-    let split = RawTable::read(&find_csv(root, SPLIT)?, b',', true)?;
-    let chex = RawTable::read(&find_csv(root, CHEXPERT)?, b',', true)?;
-    let (m_dicom, m_subject, m_study, m_view) = (
-        meta.col("dicom_id")?,
-        meta.col("subject_id")?,
-        meta.col("study_id")?,
-        meta.col("ViewPosition")?,
-    );
-    let (s_dicom, s_subject, s_study, s_split) = (
-        split.col("dicom_id")?,
-        split.col("subject_id")?,
-        split.col("study_id")?,
-        split.col("split")?,
-    );
-    let (c_subject, c_study) = (chex.col("subject_id")?, chex.col("study_id")?);
-    let label_cols: Vec<(usize, String)> = chex
-        .headers
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != c_subject && *i != c_study)
-        .map(|(i, h)| (i, h.trim().to_string()))
-        .collect();
-    // Label columns become records columns under their header names: each must be a distinct,
-    // non-empty name that no fixed column of the records table already has.
+/// A row's `(subject_id, study_id)`, both integers in every MIMIC CSV.
+fn study_of(
+    t: &RawTable,
+    rec: &csv::StringRecord,
+    line: u64,
+    [subject, study]: &[RawColumn; 2],
+) -> Result<(i64, i64)> {
+    Ok((
+        t.parse(rec, line, subject, "an integer id")?,
+        t.parse(rec, line, study, "an integer id")?,
+    ))
+}
+
+/// The CheXpert label columns: every column but the two ids, under its trimmed header. Each
+/// becomes a records column, so it must be a distinct, non-empty name that no fixed column of the
+/// records table already has.
+fn label_columns(chex: &RawTable, ids: &[RawColumn; 2]) -> Result<Vec<RawColumn>> {
     const FIXED: &[&str] = &[
         "key",
         "path",
@@ -293,12 +279,19 @@ pub(crate) fn ingest(
         "caption_tokens",
         "report",
     ];
-    for (k, (_, name)) in label_cols.iter().enumerate() {
+    let label_cols: Vec<RawColumn> = (chex.headers.iter().enumerate())
+        .filter(|(i, _)| ids.iter().all(|c| c.index != *i))
+        .map(|(index, h)| RawColumn {
+            index,
+            name: h.trim().to_string(),
+        })
+        .collect();
+    for (k, RawColumn { name, .. }) in label_cols.iter().enumerate() {
         let clash = if name.is_empty() {
             Some("an empty column name".to_string())
         } else if FIXED.contains(&name.as_str()) {
             Some(format!("`{name}` is a column ingest writes itself"))
-        } else if label_cols[..k].iter().any(|(_, n)| n == name) {
+        } else if label_cols[..k].iter().any(|c| c.name == *name) {
             Some(format!("`{name}` is the name of two columns"))
         } else {
             None
@@ -307,39 +300,44 @@ pub(crate) fn ingest(
             return Err(chex.field_err(1, name, format!("label column {}: {m}", k + 1)));
         }
     }
-    let mut bad = BadRows::new(opts.skip_bad);
-    let int =
-        |t: &RawTable, rec: &csv::StringRecord, line: u64, c: usize, name: &str| -> Result<i64> {
-            let v = rec.get(c).unwrap_or("").trim();
-            v.parse::<i64>()
-                .map_err(|_| t.field_err(line, name, format!("`{v}` is not an integer id")))
-        };
+    Ok(label_cols)
+}
+
+pub(crate) fn read(src: &Source) -> Result<(Vec<Col>, Output)> {
+    let root = src.root;
+    let meta = RawTable::read(&find_csv(root, METADATA)?, b',', true)?;
+    let split = RawTable::read(&find_csv(root, SPLIT)?, b',', true)?;
+    let chex = RawTable::read(&find_csv(root, CHEXPERT)?, b',', true)?;
+    let (m_dicom, m_ids, m_view) = (
+        meta.col("dicom_id")?,
+        [meta.col("subject_id")?, meta.col("study_id")?],
+        meta.col("ViewPosition")?,
+    );
+    let (s_dicom, s_ids, s_split) = (
+        split.col("dicom_id")?,
+        [split.col("subject_id")?, split.col("study_id")?],
+        split.col("split")?,
+    );
+    let c_ids = [chex.col("subject_id")?, chex.col("study_id")?];
+    let label_cols = label_columns(&chex, &c_ids)?;
+    let mut bad = BadRows::new(src.opts.skip_bad);
 
     // Official split per dicom_id (inner join on dicom_id, subject_id, study_id).
     let mut official: HashMap<String, (i64, i64, String)> = HashMap::new();
     for (line, rec) in &split.rows {
-        let id = rec.get(s_dicom).unwrap_or("").trim().to_string();
-        let parsed = (|| {
-            Ok((
-                int(&split, rec, *line, s_subject, "subject_id")?,
-                int(&split, rec, *line, s_study, "study_id")?,
-            ))
-        })();
-        let (subject, study) = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                bad.push(Some(&id), &split.path, *line, "bad_row", e)?;
-                continue;
-            }
+        let id = s_dicom.text(rec).to_string();
+        let ids = study_of(&split, rec, *line, &s_ids);
+        let Some((subject, study)) = bad.check(&split, *line, Some(&id), ids)? else {
+            continue;
         };
-        let s = rec.get(s_split).unwrap_or("").trim().to_string();
+        let s = s_split.text(rec).to_string();
         if !["train", "validate", "test"].contains(&s.as_str()) {
             let e = split.field_err(
                 *line,
                 "split",
                 format!("`{s}` is not train, validate or test"),
             );
-            bad.push(Some(&id), &split.path, *line, "bad_row", e)?;
+            bad.row(&split, *line, Some(&id), e)?;
             continue;
         }
         official.insert(id, (subject, study, s));
@@ -348,28 +346,18 @@ pub(crate) fn ingest(
     let mut labels: HashMap<(i64, i64), Vec<Option<f32>>> = HashMap::new();
     for (line, rec) in &chex.rows {
         let row = (|| {
-            let key = (
-                int(&chex, rec, *line, c_subject, "subject_id")?,
-                int(&chex, rec, *line, c_study, "study_id")?,
-            );
+            let key = study_of(&chex, rec, *line, &c_ids)?;
             let mut vals = Vec::with_capacity(label_cols.len());
-            for (c, name) in &label_cols {
-                let v = rec.get(*c).unwrap_or("").trim();
-                vals.push(if v.is_empty() {
-                    None
-                } else {
-                    Some(v.parse::<f32>().map_err(|_| {
-                        chex.field_err(*line, name, format!("`{v}` is not a number"))
-                    })?)
+            for c in &label_cols {
+                vals.push(match c.text(rec) {
+                    "" => None,
+                    _ => Some(chex.parse::<f32>(rec, *line, c, "a number")?),
                 });
             }
             Ok((key, vals))
         })();
-        match row {
-            Ok((k, v)) => {
-                labels.insert(k, v);
-            }
-            Err(e) => bad.push(None, &chex.path, *line, "bad_row", e)?,
+        if let Some((k, v)) = bad.check(&chex, *line, None, row)? {
+            labels.insert(k, v);
         }
     }
 
@@ -377,21 +365,12 @@ pub(crate) fn ingest(
     let mut drop = |reason: &str| *dropped.entry(reason.to_string()).or_default() += 1;
     let mut rows: Vec<Row> = Vec::new();
     for (line, rec) in &meta.rows {
-        let id = rec.get(m_dicom).unwrap_or("").trim().to_string();
-        let ids = (|| {
-            Ok((
-                int(&meta, rec, *line, m_subject, "subject_id")?,
-                int(&meta, rec, *line, m_study, "study_id")?,
-            ))
-        })();
-        let (subject, study) = match ids {
-            Ok(v) => v,
-            Err(e) => {
-                bad.push(Some(&id), &meta.path, *line, "bad_row", e)?;
-                continue;
-            }
+        let id = m_dicom.text(rec).to_string();
+        let ids = study_of(&meta, rec, *line, &m_ids);
+        let Some((subject, study)) = bad.check(&meta, *line, Some(&id), ids)? else {
+            continue;
         };
-        let view = rec.get(m_view).unwrap_or("").trim().to_string();
+        let view = m_view.text(rec).to_string();
         if view != "PA" && view != "AP" {
             drop("view_not_pa_ap");
             continue;
@@ -417,21 +396,7 @@ pub(crate) fn ingest(
         .par_iter()
         .map(|&(subject, study)| {
             let path = root.join(format!("{}/s{study}.txt", subject_dir(subject)));
-            let report = std::fs::read(&path).ok().map(|bytes| {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                let secs = sections(&text);
-                let impression = last_section(&secs, "impression");
-                let findings = last_section(&secs, "findings");
-                let (sents, tokens) = caption(impression.as_deref(), findings.as_deref());
-                Report {
-                    text,
-                    impression,
-                    findings,
-                    caption: sents.join(" "),
-                    tokens,
-                }
-            });
-            ((subject, study), report)
+            ((subject, study), std::fs::read(&path).ok().map(report))
         })
         .collect();
     let mut kept = Vec::with_capacity(rows.len());
@@ -446,45 +411,40 @@ pub(crate) fn ingest(
         }
     }
     let rows = kept;
-    log(&format!(
+    (src.log)(&format!(
         "{}: {} rows; {} PA/AP images with a usable report",
         meta.path.display(),
         meta.rows.len(),
         rows.len()
     ));
 
-    let checks: Vec<ImageCheck> = rows
-        .iter()
-        .map(|r| ImageCheck {
-            rel_path: format!("{}/s{}/{}.jpg", subject_dir(r.subject), r.study, r.dicom_id),
-            csv: meta.path.clone(),
-            line: r.line,
-            rles: Vec::new(),
-        })
-        .collect();
-    let keys: Vec<String> = rows.iter().map(|r| r.dicom_id.clone()).collect();
-    let keep = verify_items(root, &checks, &keys, opts, &mut bad, progress)?;
+    let candidates = Candidates {
+        checks: (rows.iter())
+            .map(|r| {
+                let image = format!("{}/s{}/{}.jpg", subject_dir(r.subject), r.study, r.dicom_id);
+                ImageCheck::new(image, &meta.path, r.line)
+            })
+            .collect(),
+        keys: rows.iter().map(|r| r.dicom_id.clone()).collect(),
+        // The original trains on the official `train` split and validates on the rest.
+        split: (rows.iter())
+            .map(|r| {
+                if r.official == "train" {
+                    "train"
+                } else {
+                    "valid"
+                }
+            })
+            .collect(),
+    };
+    let keep = candidates.verify(src, &mut bad)?;
     let rows = filter(rows, &keep);
-    let paths = filter(checks.into_iter().map(|c| c.rel_path).collect(), &keep);
     let rep = |r: &Row| {
         reports[&(r.subject, r.study)]
             .as_ref()
             .expect("kept rows have reports")
     };
-    let split: Vec<&str> = rows
-        .iter()
-        .map(|r| {
-            if r.official == "train" {
-                "train"
-            } else {
-                "valid"
-            }
-        })
-        .collect();
     let mut cols = vec![
-        Col::Str("key", rows.iter().map(|r| r.dicom_id.clone()).collect()),
-        Col::Str("path", paths),
-        Col::Str("split", split.iter().map(|s| s.to_string()).collect()),
         Col::Str(
             "official_split",
             rows.iter().map(|r| r.official.clone()).collect(),
@@ -510,21 +470,38 @@ pub(crate) fn ingest(
         ),
         Col::Str("report", rows.iter().map(|r| rep(r).text.clone()).collect()),
     ];
-    for (j, (_, name)) in label_cols.iter().enumerate() {
+    for (j, c) in label_cols.iter().enumerate() {
         cols.push(Col::OptF32(
-            name.clone(),
+            c.name.clone(),
             rows.iter()
                 .map(|r| labels.get(&(r.subject, r.study)).and_then(|v| v[j]))
                 .collect(),
         ));
     }
-    let output = Output {
-        splits: tally(split.iter().copied()),
-        seg_splits: None,
-        dropped,
-        bad: bad.rows,
-    };
-    Ok((cols, output))
+    let (cols, splits) = candidates.into_columns(&keep, cols);
+    Ok((
+        cols,
+        Output {
+            dropped,
+            ..Output::new(splits, bad)
+        },
+    ))
+}
+
+/// A study's report file, sectioned and its caption cleaned.
+fn report(bytes: Vec<u8>) -> Report {
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let secs = sections(&text);
+    let impression = last_section(&secs, "impression");
+    let findings = last_section(&secs, "findings");
+    let (sents, tokens) = caption(impression.as_deref(), findings.as_deref());
+    Report {
+        text,
+        impression,
+        findings,
+        caption: sents.join(" "),
+        tokens,
+    }
 }
 
 #[cfg(test)]

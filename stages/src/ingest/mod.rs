@@ -4,20 +4,21 @@
 
 pub mod covidx;
 pub mod mimic;
+mod rows;
 pub mod rsna;
 pub mod siim;
 pub mod table;
+mod verify;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::images::{self, ImageFormat};
 pub use crate::synth::SynthDataset as DatasetKind;
+pub use rows::format_counts;
+use rows::{Bad, Output, Source};
 use table::Col;
 
 /// File names of an ingest artifact.
@@ -92,164 +93,6 @@ pub struct IngestReport {
     pub split_seed: u32,
 }
 
-/// A bad row: what `skipped.parquet` holds.
-#[derive(Clone, Debug)]
-pub(crate) struct Bad {
-    pub key: Option<String>,
-    pub file: String,
-    pub line: u64,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// Collects bad rows: fails on the first unless `skip_bad`.
-pub(crate) struct BadRows {
-    skip: bool,
-    pub rows: Vec<Bad>,
-}
-
-impl BadRows {
-    pub fn new(skip: bool) -> Self {
-        BadRows {
-            skip,
-            rows: Vec::new(),
-        }
-    }
-
-    /// Records `err` for the row, or returns it when not skipping.
-    pub fn push(
-        &mut self,
-        key: Option<&str>,
-        file: &Path,
-        line: u64,
-        reason: &'static str,
-        err: Error,
-    ) -> Result<()> {
-        if !self.skip {
-            return Err(err);
-        }
-        self.rows.push(Bad {
-            key: key.map(str::to_string),
-            file: file.display().to_string(),
-            line,
-            reason,
-            message: err.to_string(),
-        });
-        Ok(())
-    }
-}
-
-/// One image a records row points at, and where the row came from.
-pub(crate) struct ImageCheck {
-    pub rel_path: String,
-    pub csv: PathBuf,
-    pub line: u64,
-    /// SIIM: RLE strings (with their lines) that must fit the image.
-    pub rles: Vec<(u64, String)>,
-}
-
-/// Checks every image (in parallel); `None` where fine. Reports progress as images complete.
-pub(crate) fn check_images(
-    root: &Path,
-    checks: &[ImageCheck],
-    verify: Verify,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Vec<Option<(&'static str, Error)>> {
-    let total = checks.len() as u64;
-    let done = AtomicU64::new(0);
-    progress(0, total);
-    checks
-        .par_iter()
-        .map(|c| {
-            let r = check_one(root, c, verify);
-            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if d.is_multiple_of(64) || d == total {
-                progress(d, total);
-            }
-            r.err()
-        })
-        .collect()
-}
-
-fn check_one(root: &Path, c: &ImageCheck, verify: Verify) -> Result<(), (&'static str, Error)> {
-    let path = root.join(&c.rel_path);
-    if !path.is_file() {
-        return Err((
-            "missing_image",
-            Error::MissingImage {
-                path: c.csv.clone(),
-                line: c.line,
-                image: path,
-            },
-        ));
-    }
-    let bad = |e: Error| {
-        let message = match e {
-            Error::Decode { message, .. } => message,
-            Error::NoPixelData { .. } => "DICOM file has no pixel data".to_string(),
-            other => other.to_string(),
-        };
-        (
-            "bad_image",
-            Error::BadImage {
-                path: c.csv.clone(),
-                line: c.line,
-                image: path.clone(),
-                message,
-            },
-        )
-    };
-    let dims = match verify {
-        Verify::Decode => {
-            let img = images::decode(&path).map_err(bad)?;
-            Some((img.width(), img.height()))
-        }
-        Verify::Exists
-            if !c.rles.is_empty() && ImageFormat::from_path(&path) == Some(ImageFormat::Dicom) =>
-        {
-            Some(dicom_dims(&path).map_err(bad)?)
-        }
-        Verify::Exists => None,
-    };
-    if let Some((w, h)) = dims {
-        for (line, rle) in &c.rles {
-            let context = format!("{}, line {line}, field `EncodedPixels`", c.csv.display());
-            crate::masks::parse_rle(rle, w, h, &context).map_err(|e| ("bad_rle", e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Rows × columns from a DICOM header, without decoding the pixels.
-fn dicom_dims(path: &Path) -> Result<(u32, u32)> {
-    use dicom_dictionary_std::tags;
-    let err = |m: String| Error::Decode {
-        path: path.to_path_buf(),
-        message: m,
-    };
-    // The header's lengths, checked in the first MiB (where the elements before the pixel data
-    // are), against the whole file's size.
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut head = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, 1 << 20), &mut head)
-        .map_err(|e| Error::io(path, e))?;
-    images::check_dicom_lengths(path, &head, file_len)?;
-    let obj = images::without_panics(path, "DICOM", || {
-        dicom_object::OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(path)
-            .map_err(|e| err(e.to_string()))
-    })?;
-    let get = |tag| -> Result<u32> {
-        obj.element(tag)
-            .map_err(|e| err(e.to_string()))?
-            .to_int::<u32>()
-            .map_err(|e| err(e.to_string()))
-    };
-    Ok((get(tags::COLUMNS)?, get(tags::ROWS)?))
-}
-
 /// Runs [`ingest_with_progress`] without progress reports.
 pub fn ingest(
     kind: DatasetKind,
@@ -279,20 +122,27 @@ pub fn ingest_with_progress(
         });
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let src = Source {
+        root: raw_root,
+        opts,
+        log,
+        progress,
+    };
     let run = || -> Result<(Vec<Col>, Output)> {
         match kind {
-            DatasetKind::MimicCxr => mimic::ingest(raw_root, opts, log, progress),
-            DatasetKind::Rsna => rsna::ingest(raw_root, opts, log, progress),
-            DatasetKind::Covidx => covidx::ingest(raw_root, opts, log, progress),
-            DatasetKind::Siim => siim::ingest(raw_root, opts, log, progress),
+            DatasetKind::MimicCxr => mimic::read(&src),
+            DatasetKind::Rsna => rsna::read(&src),
+            DatasetKind::Covidx => covidx::read(&src),
+            DatasetKind::Siim => siim::read(&src),
         }
     };
     let (cols, output) = if opts.threads > 0 {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
             .build()
-            .map_err(|e| {
-                Error::Invalid(format!("cannot start {} worker threads: {e}", opts.threads))
+            .map_err(|e| Error::ThreadPool {
+                threads: opts.threads,
+                message: e.to_string(),
             })?;
         pool.install(run)?
     } else {
@@ -318,14 +168,8 @@ pub fn ingest_with_progress(
         log(&format!("dropped {n} rows: {reason}"));
     }
     log(&format!(
-        "{}: {rows} records ({})",
-        kind,
-        report
-            .splits
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{kind}: {rows} records ({})",
+        format_counts(&report.splits)
     ));
     let summary = out_dir.join(SUMMARY);
     std::fs::write(
@@ -334,42 +178,6 @@ pub fn ingest_with_progress(
     )
     .map_err(|e| Error::io(&summary, e))?;
     Ok(report)
-}
-
-/// What a dataset module hands back besides its columns.
-pub(crate) struct Output {
-    pub splits: BTreeMap<String, usize>,
-    pub seg_splits: Option<BTreeMap<String, usize>>,
-    pub dropped: BTreeMap<String, usize>,
-    pub bad: Vec<Bad>,
-}
-
-pub(crate) fn tally<'a>(values: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for v in values {
-        *m.entry(v.to_string()).or_default() += 1;
-    }
-    m
-}
-
-/// Runs the image checks and folds failures into `bad`; returns which items to keep.
-pub(crate) fn verify_items(
-    root: &Path,
-    checks: &[ImageCheck],
-    keys: &[String],
-    opts: &IngestOptions,
-    bad: &mut BadRows,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<Vec<bool>> {
-    let results = check_images(root, checks, opts.verify, progress);
-    let mut keep = vec![true; checks.len()];
-    for (i, r) in results.into_iter().enumerate() {
-        if let Some((reason, err)) = r {
-            bad.push(Some(&keys[i]), &checks[i].csv, checks[i].line, reason, err)?;
-            keep[i] = false;
-        }
-    }
-    Ok(keep)
 }
 
 fn write_skipped(path: &Path, bad: &[Bad]) -> Result<()> {
@@ -386,28 +194,13 @@ fn write_skipped(path: &Path, bad: &[Bad]) -> Result<()> {
     Ok(())
 }
 
-/// Keeps the elements whose flag is set.
-pub(crate) fn filter<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
-    v.into_iter()
-        .zip(keep)
-        .filter_map(|(x, k)| k.then_some(x))
-        .collect()
-}
-
 /// Resolves the dataset kind of an input: a manifest dataset names it; a `synth` artifact carries
 /// it in its marker file.
 pub fn resolve_kind(input_kind: &str, root: &Path) -> Result<DatasetKind> {
     if input_kind == "synth" {
         return Ok(crate::synth::read_marker(root)?.dataset);
     }
-    DatasetKind::parse(input_kind).ok_or_else(|| {
-        Error::Invalid(format!(
-            "ingest: unknown dataset kind `{input_kind}` (expected one of {})",
-            DatasetKind::NAMES.join(", ")
-        ))
+    DatasetKind::parse(input_kind).ok_or_else(|| Error::UnknownDataset {
+        kind: input_kind.to_string(),
     })
-}
-
-pub(crate) fn rel(p: &Path) -> String {
-    p.to_string_lossy().replace('\\', "/")
 }

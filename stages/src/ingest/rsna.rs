@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::rows::{filter, tally, BadRows, Candidates, Output, Source};
 use super::table::{Col, RawTable};
-use super::{filter, tally, verify_items, BadRows, ImageCheck, IngestOptions, Output};
+use super::verify::ImageCheck;
 use crate::error::Result;
 use crate::split::{three_way, TestSize};
 
@@ -38,128 +39,86 @@ pub fn splits(n: usize, seed: u32) -> (Vec<&'static str>, Vec<&'static str>) {
 }
 
 fn parse(t: &RawTable, bad: &mut BadRows) -> Result<BTreeMap<String, Patient>> {
-    let (c_id, c_x, c_y, c_w, c_h, c_t) = (
-        t.col("patientId")?,
-        t.col("x")?,
-        t.col("y")?,
-        t.col("width")?,
-        t.col("height")?,
-        t.col("Target")?,
-    );
+    let c_id = t.col("patientId")?;
+    let c_box = [t.col("x")?, t.col("y")?, t.col("width")?, t.col("height")?];
+    let c_target = t.col("Target")?;
     // pandas `groupby("patientId")` sorts the ids: a BTreeMap gives the same order.
     let mut patients: BTreeMap<String, Patient> = BTreeMap::new();
     for (line, rec) in &t.rows {
-        let id = rec.get(c_id).unwrap_or("").trim().to_string();
-        if id.is_empty() {
-            bad.push(
-                None,
-                &t.path,
-                *line,
-                "bad_row",
-                t.field_err(*line, "patientId", "empty patient id"),
-            )?;
+        let id = t.required(rec, *line, &c_id, "empty patient id");
+        let Some(id) = bad.check(t, *line, None, id)?.map(str::to_string) else {
             continue;
-        }
+        };
         let p = patients.entry(id.clone()).or_insert(Patient {
             line: *line,
             boxes: Vec::new(),
             bad: false,
         });
-        let target = rec.get(c_t).unwrap_or("").trim();
-        let parsed = match target {
+        let parsed = match c_target.text(rec) {
             "0" => Ok(None),
-            "1" => {
-                let num = |c: usize, name: &str| {
-                    let v = rec.get(c).unwrap_or("").trim();
-                    v.parse::<f32>().map_err(|_| {
-                        t.field_err(
-                            *line,
-                            name,
-                            format!("`{v}` is not a number (Target is 1, so a box is required)"),
-                        )
-                    })
-                };
-                (|| {
-                    Ok(Some([
-                        num(c_x, "x")?,
-                        num(c_y, "y")?,
-                        num(c_w, "width")?,
-                        num(c_h, "height")?,
-                    ]))
-                })()
-            }
+            "1" => (|| {
+                let what = "a number (Target is 1, so a box is required)";
+                let mut b = [0f32; 4];
+                for (v, c) in b.iter_mut().zip(&c_box) {
+                    *v = t.parse(rec, *line, c, what)?;
+                }
+                Ok(Some(b))
+            })(),
             other => Err(t.field_err(*line, "Target", format!("`{other}` is not 0 or 1"))),
         };
-        match parsed {
-            Ok(Some([x, y, w, h])) => p.boxes.push([x, y, x + w, y + h]),
-            Ok(None) => {}
-            Err(e) => {
-                p.bad = true;
-                bad.push(Some(&id), &t.path, *line, "bad_row", e)?;
-            }
+        match bad.check(t, *line, Some(&id), parsed)? {
+            Some(Some([x, y, w, h])) => p.boxes.push([x, y, x + w, y + h]),
+            Some(None) => {}
+            None => p.bad = true,
         }
     }
     Ok(patients)
 }
 
-pub(crate) fn ingest(
-    root: &Path,
-    opts: &IngestOptions,
-    log: &(dyn Fn(&str) + Sync),
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<(Vec<Col>, Output)> {
-    let t = RawTable::read(&root.join(LABELS), b',', true)?;
-    let mut bad = BadRows::new(opts.skip_bad);
+pub(crate) fn read(src: &Source) -> Result<(Vec<Col>, Output)> {
+    let t = RawTable::read(&src.root.join(LABELS), b',', true)?;
+    let mut bad = BadRows::new(src.opts.skip_bad);
     let patients = parse(&t, &mut bad)?;
     let n = patients.len();
-    log(&format!(
+    (src.log)(&format!(
         "{}: {} rows, {n} patients",
         t.path.display(),
         t.rows.len()
     ));
     // Splits are drawn over every patient, before bad rows are removed, so skipping a bad row
     // never moves another patient between splits.
-    let (split, seg_split) = splits(n, opts.split_seed);
-    let keys: Vec<String> = patients.keys().cloned().collect();
-    let checks: Vec<ImageCheck> = patients
-        .iter()
-        .map(|(id, p)| ImageCheck {
-            rel_path: format!("{IMAGES}/{id}.dcm"),
-            csv: t.path.clone(),
-            line: p.line,
-            rles: Vec::new(),
-        })
-        .collect();
-    let mut keep = verify_items(root, &checks, &keys, opts, &mut bad, progress)?;
+    let (split, seg_split) = splits(n, src.opts.split_seed);
+    let rows = Candidates {
+        keys: patients.keys().cloned().collect(),
+        checks: (patients.iter())
+            .map(|(id, p)| ImageCheck::new(format!("{IMAGES}/{id}.dcm"), &t.path, p.line))
+            .collect(),
+        split,
+    };
+    let mut keep = rows.verify(src, &mut bad)?;
     for (k, p) in keep.iter_mut().zip(patients.values()) {
         *k &= !p.bad;
     }
     let boxes: Vec<Vec<[f32; 4]>> =
         filter(patients.into_values().map(|p| p.boxes).collect(), &keep);
-    let split = filter(split, &keep);
     let seg_split = filter(seg_split, &keep);
-    let cols = vec![
-        Col::Str("key", filter(keys, &keep)),
-        Col::Str(
-            "path",
-            filter(checks.into_iter().map(|c| c.rel_path).collect(), &keep),
-        ),
-        Col::Str("split", split.iter().map(|s| s.to_string()).collect()),
-        Col::Str(
-            "seg_split",
-            seg_split.iter().map(|s| s.to_string()).collect(),
-        ),
-        Col::I32(
-            "target",
-            boxes.iter().map(|b| i32::from(!b.is_empty())).collect(),
-        ),
-        Col::Boxes("boxes", boxes),
-    ];
+    let (cols, splits) = rows.into_columns(
+        &keep,
+        vec![
+            Col::Str(
+                "seg_split",
+                seg_split.iter().map(|s| s.to_string()).collect(),
+            ),
+            Col::I32(
+                "target",
+                boxes.iter().map(|b| i32::from(!b.is_empty())).collect(),
+            ),
+            Col::Boxes("boxes", boxes),
+        ],
+    );
     let output = Output {
-        splits: tally(split.iter().copied()),
-        seg_splits: Some(tally(seg_split.iter().copied())),
-        dropped: BTreeMap::new(),
-        bad: bad.rows,
+        seg_splits: Some(tally(seg_split)),
+        ..Output::new(splits, bad)
     };
     Ok((cols, output))
 }

@@ -1,11 +1,12 @@
 //! SIIM-ACR Pneumothorax, stage 1 (reference E.3). Fixes the original's row-level split (G.12):
 //! all RLE rows of an image stay together, and the split is drawn per image.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::rows::{filter, rel, BadRows, Candidates, Output, Source};
 use super::table::{Col, RawTable};
-use super::{filter, rel, tally, verify_items, BadRows, ImageCheck, IngestOptions, Output};
+use super::verify::ImageCheck;
 use crate::error::{Error, Result};
 use crate::split::{three_way, Mt19937, TestSize};
 
@@ -53,41 +54,23 @@ fn walk(root: &Path) -> Result<HashMap<String, String>> {
     Ok(out)
 }
 
-pub(crate) fn ingest(
-    root: &Path,
-    opts: &IngestOptions,
-    log: &(dyn Fn(&str) + Sync),
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<(Vec<Col>, Output)> {
+pub(crate) fn read(src: &Source) -> Result<(Vec<Col>, Output)> {
+    let root = src.root;
     let t = RawTable::read(&root.join(RLE_CSV), b',', true)?;
     let (c_id, c_rle) = (t.col("ImageId")?, t.col("EncodedPixels")?);
-    let mut bad = BadRows::new(opts.skip_bad);
+    let mut bad = BadRows::new(src.opts.skip_bad);
     let mut images: Vec<Image> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for (line, rec) in &t.rows {
-        let id = rec.get(c_id).unwrap_or("").trim().to_string();
-        if id.is_empty() {
-            bad.push(
-                None,
-                &t.path,
-                *line,
-                "bad_row",
-                t.field_err(*line, "ImageId", "empty image id"),
-            )?;
+        let id = t.required(rec, *line, &c_id, "empty image id");
+        let Some(id) = bad.check(&t, *line, None, id)?.map(str::to_string) else {
             continue;
-        }
+        };
         // The real file writes ` -1` and ` 1234 5 ...` with a leading space.
-        let rle = rec.get(c_rle).unwrap_or("").trim().to_string();
-        if rle.is_empty() {
-            bad.push(
-                Some(&id),
-                &t.path,
-                *line,
-                "bad_row",
-                t.field_err(*line, "EncodedPixels", "empty value"),
-            )?;
+        let rle = t.required(rec, *line, &c_rle, "empty value");
+        let Some(rle) = bad.check(&t, *line, Some(&id), rle)?.map(str::to_string) else {
             continue;
-        }
+        };
         let i = *index.entry(id.clone()).or_insert_with(|| {
             images.push(Image {
                 id: id.clone(),
@@ -107,7 +90,7 @@ pub(crate) fn ingest(
             .filter(|im| files.contains_key(&im.id))
             .count(),
     );
-    log(&format!(
+    (src.log)(&format!(
         "{}: {} rows, {} images ({} positive); {} DICOM files found",
         t.path.display(),
         t.rows.len(),
@@ -117,7 +100,7 @@ pub(crate) fn ingest(
     ));
 
     let n = images.len();
-    let split = three_way(n, TestSize::Fraction(0.30), opts.split_seed);
+    let split = three_way(n, TestSize::Fraction(0.30), src.opts.split_seed);
     // The original's training set: every positive image plus as many negatives, drawn without
     // replacement from the unique negative training ImageIds in file order (reference E.3). Here
     // a column, not a filter.
@@ -130,27 +113,30 @@ pub(crate) fn ingest(
     let negatives: Vec<usize> = (0..n)
         .filter(|&i| split[i] == "train" && images[i].rles.is_empty())
         .collect();
-    for j in Mt19937::new(opts.balance_seed)
+    for j in Mt19937::new(src.opts.balance_seed)
         .choice_without_replacement(negatives.len(), n_pos.min(negatives.len()))
     {
         balanced[negatives[j]] = true;
     }
 
-    let checks: Vec<ImageCheck> = images
-        .iter()
-        .map(|im| ImageCheck {
-            rel_path: files
-                .get(&im.id)
-                .cloned()
-                .unwrap_or_else(|| format!("{IMAGES}/**/{}.dcm", im.id)),
-            csv: t.path.clone(),
-            line: im.line,
-            rles: im.rles.clone(),
-        })
-        .collect();
-    let keys: Vec<String> = images.iter().map(|im| im.id.clone()).collect();
-    let keep = verify_items(root, &checks, &keys, opts, &mut bad, progress)?;
-    let split = filter(split, &keep);
+    let rows = Candidates {
+        checks: (images.iter())
+            .map(|im| ImageCheck {
+                rles: im.rles.clone(),
+                ..ImageCheck::new(
+                    files
+                        .get(&im.id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{IMAGES}/**/{}.dcm", im.id)),
+                    &t.path,
+                    im.line,
+                )
+            })
+            .collect(),
+        keys: images.iter().map(|im| im.id.clone()).collect(),
+        split,
+    };
+    let keep = rows.verify(src, &mut bad)?;
     let rles: Vec<Vec<String>> = filter(
         images
             .into_iter()
@@ -158,30 +144,19 @@ pub(crate) fn ingest(
             .collect(),
         &keep,
     );
-    let cols = vec![
-        Col::Str("key", filter(keys, &keep)),
-        Col::Str(
-            "path",
-            filter(checks.into_iter().map(|c| c.rel_path).collect(), &keep),
-        ),
-        Col::Str("split", split.iter().map(|s| s.to_string()).collect()),
-        Col::Bool("positive", rles.iter().map(|r| !r.is_empty()).collect()),
-        Col::Bool("balanced_train", filter(balanced, &keep)),
-        Col::ListStr("rle", rles),
-    ];
-    let mut dropped = BTreeMap::new();
+    let (cols, splits) = rows.into_columns(
+        &keep,
+        vec![
+            Col::Bool("positive", rles.iter().map(|r| !r.is_empty()).collect()),
+            Col::Bool("balanced_train", filter(balanced, &keep)),
+            Col::ListStr("rle", rles),
+        ],
+    );
+    let mut output = Output::new(splits, bad);
     if unlabelled > 0 {
-        dropped.insert("image_without_rle_row".to_string(), unlabelled);
+        (output.dropped).insert("image_without_rle_row".to_string(), unlabelled);
     }
-    Ok((
-        cols,
-        Output {
-            splits: tally(split.iter().copied()),
-            seg_splits: None,
-            dropped,
-            bad: bad.rows,
-        },
-    ))
+    Ok((cols, output))
 }
 
 /// Parses the RLE file only (no images): `(rows, images, positive images)`. Used by tests on the
@@ -191,8 +166,7 @@ pub fn count_rle_file(path: &Path) -> Result<(usize, usize, usize)> {
     let (c_id, c_rle) = (t.col("ImageId")?, t.col("EncodedPixels")?);
     let mut pos: HashMap<&str, bool> = HashMap::new();
     for (_, rec) in &t.rows {
-        let p = rec.get(c_rle).unwrap_or("").trim() != "-1";
-        *pos.entry(rec.get(c_id).unwrap_or("").trim()).or_default() |= p;
+        *pos.entry(c_id.text(rec)).or_default() |= c_rle.text(rec) != "-1";
     }
     Ok((
         t.rows.len(),

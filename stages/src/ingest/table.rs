@@ -8,6 +8,21 @@ use polars::prelude::*;
 
 use crate::error::{Error, Result};
 
+/// A column found by its header: its index, and the name errors report (the name asked for,
+/// without the spaces some headers carry).
+#[derive(Clone, Debug)]
+pub struct RawColumn {
+    pub index: usize,
+    pub name: String,
+}
+
+impl RawColumn {
+    /// The row's value in this column, trimmed (empty when the row is short).
+    pub fn text<'r>(&self, rec: &'r csv::StringRecord) -> &'r str {
+        rec.get(self.index).unwrap_or("").trim()
+    }
+}
+
 /// A raw delimited file held in memory, each row with its 1-based line number (header = line 1).
 pub struct RawTable {
     pub path: PathBuf,
@@ -61,10 +76,13 @@ impl RawTable {
 
     /// The index of a column, matched after trimming spaces (SIIM's header is `ImageId,
     /// EncodedPixels` with a leading space in the second name).
-    pub fn col(&self, name: &str) -> Result<usize> {
-        self.headers
-            .iter()
-            .position(|h| h.trim() == name)
+    pub fn col(&self, name: &str) -> Result<RawColumn> {
+        let index = self.headers.iter().position(|h| h.trim() == name);
+        index
+            .map(|index| RawColumn {
+                index,
+                name: name.to_string(),
+            })
             .ok_or_else(|| Error::MissingColumn {
                 path: self.path.clone(),
                 column: name.to_string(),
@@ -77,6 +95,35 @@ impl RawTable {
             })
     }
 
+    /// The row's value in `col` as a `T`; a value that does not parse is an error naming the
+    /// file, line and field: ``"`{value}` is not {what}"``.
+    pub fn parse<T: std::str::FromStr>(
+        &self,
+        rec: &csv::StringRecord,
+        line: u64,
+        col: &RawColumn,
+        what: &str,
+    ) -> Result<T> {
+        let v = col.text(rec);
+        v.parse::<T>()
+            .map_err(|_| self.field_err(line, &col.name, format!("`{v}` is not {what}")))
+    }
+
+    /// The row's value in `col`, which must not be empty (`empty` says what is missing).
+    pub fn required<'r>(
+        &self,
+        rec: &'r csv::StringRecord,
+        line: u64,
+        col: &RawColumn,
+        empty: &str,
+    ) -> Result<&'r str> {
+        match col.text(rec) {
+            "" => Err(self.field_err(line, &col.name, empty)),
+            v => Ok(v),
+        }
+    }
+
+    /// An error at `line`, in `field`.
     pub fn field_err(&self, line: u64, field: &str, message: impl Into<String>) -> Error {
         Error::Field {
             path: self.path.clone(),
