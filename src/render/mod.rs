@@ -46,15 +46,7 @@ pub fn display_path(url: &StoreUrl, rel: &str) -> String {
 }
 
 /// `name count, name count` (label counts of a dataset, split sizes).
-pub fn counts<K: std::fmt::Display, V: std::fmt::Display>(
-    pairs: impl IntoIterator<Item = (K, V)>,
-) -> String {
-    pairs
-        .into_iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+pub use stages::ingest::format_counts as counts;
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
