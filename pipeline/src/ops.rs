@@ -278,14 +278,7 @@ pub struct GcScope<'a> {
     pub job_alive: &'a dyn Fn(&str) -> Option<bool>,
 }
 
-/// `_staging/<nonce>/owner.json`: who writes a staging folder (so gc can tell if it is gone).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct StagingOwner {
-    pub host_id: String,
-    pub pid: u32,
-    pub kind: String,
-    pub key: StageKey,
-}
+pub use crate::store::StagingOwner;
 
 /// Deletes what the store owns and nothing else: artifact folders named by a key under a kind
 /// this binary knows that no listed manifest references and no live lease holds; their failure
@@ -390,7 +383,7 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
         if referenced(&kind, &key) {
             continue;
         }
-        let alive = match store.get_record::<crate::slurm::JobRecord>(&rel)? {
+        let alive = match store.get_record::<crate::executor::jobs::JobRecord>(&rel)? {
             Record::Absent => continue,
             Record::Found { value, .. } if !value.job_id.is_empty() => {
                 match (scope.job_alive)(&value.job_id) {

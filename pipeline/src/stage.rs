@@ -264,7 +264,63 @@ pub trait ProgressSink: Send + Sync {
     /// A log line, already written to the stage's log file.
     fn log(&self, instance: &str, line: &str);
     /// A scheduling event (planned, started, finished, waiting on another runner).
-    fn event(&self, _event: &crate::executor::RunEvent) {}
+    fn event(&self, _event: &RunEvent) {}
+}
+
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    Planned {
+        to_run: usize,
+        up_to_date: usize,
+    },
+    Started {
+        instance: String,
+        key: StageKey,
+    },
+    Finished {
+        instance: String,
+        outcome: Outcome,
+    },
+    Waiting {
+        instance: String,
+        owner: String,
+    },
+    /// A running stage sent no progress report or log line for longer than its watchdog
+    /// interval (`watchdog`). Reported once per silence; the stage is not stopped.
+    Silent {
+        instance: String,
+        seconds: f64,
+    },
+    /// Handed to a cluster scheduler (`reused`: a job another run had already submitted).
+    Submitted {
+        instance: String,
+        job: String,
+        reused: bool,
+    },
+}
+
+/// How one instance ended in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    UpToDate,
+    Ran {
+        seconds: f64,
+    },
+    /// Another runner completed it while we waited.
+    BuiltElsewhere,
+    Failed {
+        error: String,
+        log: String,
+    },
+    /// Submitted to a cluster scheduler and not followed (`--detach`).
+    Submitted {
+        job: String,
+    },
+    /// An upstream instance failed.
+    NotRun {
+        because: String,
+    },
+    Cancelled,
 }
 
 /// A sink that drops everything (library use, tests).
