@@ -196,10 +196,9 @@ pub fn acquire(
                         announced = true;
                     }
                     if cancel.load(Ordering::Relaxed) {
-                        return Err(Error::Other(format!(
-                            "{}: cancelled while waiting for another runner",
-                            lease.instance
-                        )));
+                        return Err(Error::CancelledWaiting {
+                            instance: lease.instance.clone(),
+                        });
                     }
                     std::thread::sleep(Duration::from_millis(200));
                     continue;

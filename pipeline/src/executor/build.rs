@@ -377,30 +377,8 @@ impl Builder<'_> {
             let failed = Store::failed_dir(&inst.kind, key);
             let log_rel = format!("{failed}/_log.txt");
             store.upload_file(&log_path, &log_rel)?;
-            store.put_json(
-                &format!("{failed}/_error.json"),
-                &FailureRecord {
-                    instance: inst.name.clone(),
-                    error: error.clone(),
-                    unix: now_unix(),
-                    host: host.to_string(),
-                    job: opts.job.clone(),
-                },
-                false,
-            )?;
-            store.put_json(
-                &Store::index_path(&plan.manifest_id, &inst.name),
-                &IndexEntry {
-                    instance: inst.name.clone(),
-                    kind: inst.kind.clone(),
-                    key: key.clone(),
-                    status: "failed".into(),
-                    unix: now_unix(),
-                    error: Some(error.clone()),
-                    log: log_rel.clone(),
-                },
-                false,
-            )?;
+            self.record_failure(idx, &error)?;
+            self.record_in_index(idx, Some(error.clone()), log_rel.clone())?;
             let _ = std::fs::remove_dir_all(&staging);
             return Ok(Outcome::Failed {
                 error,
@@ -441,17 +419,7 @@ impl Builder<'_> {
                 ),
                 Err(_) => format!("publishing failed: {e}"),
             };
-                let _ = store.put_json(
-                    &format!("{}/_error.json", Store::failed_dir(&inst.kind, key)),
-                    &FailureRecord {
-                        instance: inst.name.clone(),
-                        error: error.clone(),
-                        unix: now_unix(),
-                        host: host.to_string(),
-                        job: opts.job.clone(),
-                    },
-                    false,
-                );
+                let _ = self.record_failure(idx, &error);
                 return Ok(Outcome::Failed {
                     error,
                     log: String::new(),
@@ -472,19 +440,46 @@ impl Builder<'_> {
         if resume.exists() {
             let _ = std::fs::remove_dir_all(&resume);
         }
-        store.put_json(
-            &Store::index_path(&plan.manifest_id, &inst.name),
-            &IndexEntry {
+        self.record_in_index(idx, None, manifest.file_rel("_log.txt"))?;
+        Ok(outcome)
+    }
+
+    /// Records a failed attempt at instance `idx` (`_failed/<kind>/<key>/_error.json`), where
+    /// `status` and the next run look.
+    fn record_failure(&self, idx: usize, error: &str) -> Result<()> {
+        let inst = &self.plan.instances[idx];
+        let failed = Store::failed_dir(&inst.kind, &self.resolved.keys[idx]);
+        self.store.put_json(
+            &format!("{failed}/_error.json"),
+            &FailureRecord {
                 instance: inst.name.clone(),
-                kind: inst.kind.clone(),
-                key: key.clone(),
-                status: "ok".into(),
+                error: error.to_string(),
                 unix: now_unix(),
-                error: None,
-                log: manifest.file_rel("_log.txt"),
+                host: self.host.to_string(),
+                job: self.opts.job.clone(),
             },
             false,
         )?;
-        Ok(outcome)
+        Ok(())
+    }
+
+    /// Points the manifest's run index at this attempt of instance `idx`: `ok`, or `failed` with
+    /// its error. `log` is store-relative.
+    fn record_in_index(&self, idx: usize, error: Option<String>, log: String) -> Result<()> {
+        let inst = &self.plan.instances[idx];
+        self.store.put_json(
+            &Store::index_path(&self.plan.manifest_id, &inst.name),
+            &IndexEntry {
+                instance: inst.name.clone(),
+                kind: inst.kind.clone(),
+                key: self.resolved.keys[idx].clone(),
+                status: if error.is_some() { "failed" } else { "ok" }.into(),
+                unix: now_unix(),
+                error,
+                log,
+            },
+            false,
+        )?;
+        Ok(())
     }
 }

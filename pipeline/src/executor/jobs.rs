@@ -31,17 +31,18 @@ pub fn job_path(kind: &str, key: &StageKey) -> String {
 }
 
 pub(crate) fn slurm_cmd(program: &str, args: &[String]) -> Result<String> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        Error::Other(format!(
-            "cannot run `{program}` ({e}): is Slurm installed and on PATH on this node?"
-        ))
-    })?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| Error::SlurmUnavailable {
+            program: program.to_string(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(Error::Other(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(Error::SlurmFailed {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

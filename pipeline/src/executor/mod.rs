@@ -124,16 +124,15 @@ pub fn select(
             opts.only.iter().flat_map(|p| plan.select(p)).collect();
         for &i in &selected {
             if !targets.contains(&i) && all_states[i].needs_run() {
-                return Err(Error::Other(format!(
-                    "{}: upstream {} is not complete ({}) in the store",
-                    targets
+                return Err(Error::UpstreamIncomplete {
+                    targets: targets
                         .iter()
                         .map(|&t| plan.instances[t].name.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    plan.instances[i].name,
-                    all_states[i].label()
-                )));
+                    upstream: plan.instances[i].name.clone(),
+                    state: all_states[i].label(),
+                });
             }
         }
     }

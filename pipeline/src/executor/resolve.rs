@@ -44,14 +44,14 @@ pub fn resolve(
         .externals
         .par_iter()
         .map(|e| {
-            cache.fingerprint(&e.path, verify).map_err(|err| {
-                Error::Other(format!(
-                    "{} ({}): cannot fingerprint {}: {err}",
-                    e.reference(),
-                    e.kind,
-                    e.path.display()
-                ))
-            })
+            cache
+                .fingerprint(&e.path, verify)
+                .map_err(|err| Error::Fingerprint {
+                    reference: e.reference(),
+                    kind: e.kind.clone(),
+                    path: e.path.clone(),
+                    source: Box::new(err),
+                })
         })
         .collect::<Result<_>>()?;
     let digests: Vec<String> = externals

@@ -69,7 +69,10 @@ pub(super) fn claim_or_submit(
     let id = out.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '_') {
         let _ = store.delete(path);
-        return Err(Error::Other(format!("sbatch printed no job id: {out:?}")));
+        return Err(Error::NoJobId {
+            what: "job",
+            output: out,
+        });
     }
     let log = log.display().to_string().replace("%j", &id);
     store.put_json(
@@ -255,9 +258,10 @@ pub(super) fn submit_array(
     let id = out.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
         release(plan, store, resolved, &ours);
-        return Err(Error::Other(format!(
-            "sbatch printed no array job id: {out:?}"
-        )));
+        return Err(Error::NoJobId {
+            what: "array job",
+            output: out,
+        });
     }
     for (s, index, claim) in ours {
         let task = format!("{id}_{index}");

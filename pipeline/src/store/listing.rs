@@ -49,25 +49,7 @@ impl Store {
 
     /// The immediate sub-folders of a store-relative prefix (`""` for the top level).
     pub fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
-        let path = if prefix.is_empty() {
-            if self.prefix.is_empty() {
-                None
-            } else {
-                Some(ObjPath::from(self.prefix.as_str()))
-            }
-        } else {
-            Some(self.path(prefix))
-        };
-        let inner = self.inner.clone();
-        let res = self
-            .rt
-            .block_on(async move { retry_cut(|| inner.list_with_delimiter(path.as_ref())).await })
-            .map_err(|e| self.os_err(e))?;
-        Ok(res
-            .common_prefixes
-            .iter()
-            .filter_map(|p| self.rel(p).rsplit('/').next().map(str::to_string))
-            .collect())
+        Ok(self.list_top(prefix)?.0)
     }
 
     /// The immediate sub-folders and objects of a store-relative prefix (`""` for the top).

@@ -249,10 +249,9 @@ impl Store {
     /// Local stores only (S3 has no conditional delete; callers overwrite with a mark instead).
     pub fn delete_if_version_local(&self, rel: &str, expected: &ObjVersion) -> Result<bool> {
         let Some(root) = &self.local_root else {
-            return Err(Error::Other(format!(
-                "{}: conditional delete is only available on a local store",
-                self.url
-            )));
+            return Err(Error::NoConditionalDelete {
+                url: self.url.to_string(),
+            });
         };
         let p = root.join(rel);
         with_record_lock(&p, || match std::fs::read(&p) {

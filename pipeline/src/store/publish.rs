@@ -48,9 +48,10 @@ impl Store {
     /// staging folder is inside the store).
     pub fn keep_unpublished(&self, staging: &Path, manifest: &ArtifactManifest) -> Result<PathBuf> {
         if self.local_root.is_some() {
-            return Err(Error::Other(
-                "a local store keeps no unpublished outputs".into(),
-            ));
+            return Err(Error::Store {
+                url: self.url.to_string(),
+                message: "a local store keeps no unpublished outputs".into(),
+            });
         }
         write_synced(
             &staging.join("manifest.json"),

@@ -34,11 +34,12 @@ impl Store {
         let path = self.path(rel);
         let inner = self.inner.clone();
         let what = format!("{}/{rel}", self.url);
-        let result: std::result::Result<Option<String>, Error> = self.rt.block_on(async move {
+        let url = self.url.to_string();
+        self.rt.block_on(async move {
             let size = match inner.head(&path).await {
                 Ok(m) => m.size,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(Error::Other(e.to_string())),
+                Err(source) => return Err(Error::ObjectStore { url, source }),
             };
             if size != expected_size {
                 return Err(Error::Artifact {
@@ -74,7 +75,12 @@ impl Store {
                             tokio::time::sleep(std::time::Duration::from_millis(200 << tries))
                                 .await;
                         }
-                        Err(e) => return Err(Error::Other(format!("{what}: {e}"))),
+                        Err(e) => {
+                            return Err(Error::Store {
+                                url,
+                                message: format!("{what}: {e}"),
+                            })
+                        }
                     }
                 };
                 hasher.update(&bytes);
@@ -90,13 +96,6 @@ impl Store {
                     .at(d)?;
             }
             Ok(Some(hasher.finalize().to_hex().to_string()))
-        });
-        result.map_err(|e| match e {
-            Error::Other(m) => Error::Store {
-                url: self.url.to_string(),
-                message: m,
-            },
-            other => other,
         })
     }
 
@@ -116,10 +115,7 @@ impl Store {
         let local = local.to_path_buf();
         let result: std::result::Result<(), Error> = self.rt.block_on(async move {
             use std::io::Read;
-            let upload = inner
-                .put_multipart(&path)
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?;
+            let upload = inner.put_multipart(&path).await.map_err(Error::Request)?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
             let written: std::result::Result<(), Error> = async {
                 let mut f = std::fs::File::open(&local).at(&local)?;
@@ -130,21 +126,14 @@ impl Store {
                         break;
                     }
                     // Bounded memory: at most a few chunks in flight.
-                    writer
-                        .wait_for_capacity(4)
-                        .await
-                        .map_err(|e| Error::Other(e.to_string()))?;
+                    writer.wait_for_capacity(4).await.map_err(Error::Request)?;
                     writer.write(&buf[..n]);
                 }
                 Ok(())
             }
             .await;
             match written {
-                Ok(()) => writer
-                    .finish()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::Other(e.to_string())),
+                Ok(()) => writer.finish().await.map(|_| ()).map_err(Error::Request),
                 Err(e) => {
                     // Abort, so no half-uploaded parts linger in the bucket.
                     let _ = writer.abort().await;
@@ -152,9 +141,10 @@ impl Store {
                 }
             }
         });
-        result.map_err(|e| Error::Store {
+        result.map_err(|e| Error::Upload {
             url: self.url.to_string(),
-            message: format!("upload of {rel}: {e}"),
+            rel: rel.to_string(),
+            source: Box::new(e),
         })
     }
 

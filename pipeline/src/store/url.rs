@@ -117,7 +117,7 @@ impl Store {
             .thread_name("adaptor-store")
             .enable_all()
             .build()
-            .map_err(|e| Error::Other(format!("cannot start the store's I/O runtime: {e}")))?;
+            .map_err(Error::StoreRuntime)?;
         let store_err = |message: String| Error::Store {
             url: url.to_string(),
             message,
