@@ -239,7 +239,7 @@ impl Builder<'_> {
 
         let staging = store.new_staging(nonce)?;
         // Who writes this folder, so gc removes it only once its writer is provably gone.
-        let owner = crate::ops::StagingOwner {
+        let owner = StagingOwner {
             host_id: crate::lease::host_id(),
             pid: std::process::id(),
             kind: inst.kind.clone(),

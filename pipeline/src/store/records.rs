@@ -90,7 +90,7 @@ impl ArtifactManifest {
         let mut seen = std::collections::HashSet::new();
         for f in &self.files {
             check_rel_path(&f.path).map_err(|e| format!("file path `{}`: {e}", f.path))?;
-            if crate::executor::RESERVED.contains(&f.path.as_str()) {
+            if RESERVED.contains(&f.path.as_str()) {
                 return Err(format!(
                     "file path `{}` is a name the runner reserves",
                     f.path
