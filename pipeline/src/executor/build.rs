@@ -15,7 +15,8 @@ use crate::stage::{
     StageRegistry,
 };
 use crate::store::{
-    self, ArtifactManifest, IndexEntry, InputRecord, Lease, PublishOutcome, Store, RESERVED,
+    self, ArtifactManifest, IndexEntry, InputRecord, Lease, PublishOutcome, StagingOwner, Store,
+    RESERVED,
 };
 
 use super::leases::{Leases, Watched};

@@ -25,14 +25,7 @@ pub fn run(
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunReport> {
-    let run = Run {
-        plan,
-        store,
-        resolved,
-        opts,
-        sink,
-        cancel,
-    };
+    let run = Run::new(plan, store, resolved, opts, sink, cancel);
     execute(&LocalPool { registry }, &run)
 }
 
@@ -48,13 +41,7 @@ impl Executor for LocalPool<'_> {
         to_run: Vec<usize>,
         mut outcomes: BTreeMap<usize, Outcome>,
     ) -> Result<RunReport> {
-        let Run {
-            plan,
-            store,
-            resolved,
-            opts,
-            ..
-        } = *run;
+        let (plan, store, resolved, opts) = (run.plan, run.store, run.resolved, run.opts);
         let registry = self.registry;
         let (sink, cancel) = (run.sink.clone(), run.cancel.clone());
 

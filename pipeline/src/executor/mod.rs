@@ -226,6 +226,26 @@ pub struct Run<'a> {
     pub cancel: Arc<AtomicBool>,
 }
 
+impl<'a> Run<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        store: &'a Store,
+        resolved: &'a Resolved,
+        opts: &'a RunOptions,
+        sink: Arc<dyn ProgressSink>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        Run {
+            plan,
+            store,
+            resolved,
+            opts,
+            sink,
+            cancel,
+        }
+    }
+}
+
 /// What builds the stale instances of a run: the local pool ([`LocalPool`]) or a cluster
 /// scheduler (`crate::slurm::SlurmExecutor`). Every executor starts the same way ([`execute`]).
 pub trait Executor {

@@ -57,14 +57,7 @@ pub fn run(
     sink: Arc<dyn ProgressSink>,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunReport> {
-    let run = Run {
-        plan,
-        store,
-        resolved,
-        opts,
-        sink,
-        cancel,
-    };
+    let run = Run::new(plan, store, resolved, opts, sink, cancel);
     execute(&SlurmExecutor { slurm }, &run)
 }
 
@@ -80,13 +73,7 @@ impl Executor for SlurmExecutor<'_> {
         to_run: Vec<usize>,
         mut outcomes: BTreeMap<usize, Outcome>,
     ) -> Result<RunReport> {
-        let Run {
-            plan,
-            store,
-            resolved,
-            opts,
-            ..
-        } = *run;
+        let (plan, store, resolved, opts) = (run.plan, run.store, run.resolved, run.opts);
         let slurm = self.slurm;
         let (sink, cancel) = (run.sink.clone(), run.cancel.clone());
         std::fs::create_dir_all(&slurm.log_dir).map_err(|e| Error::io(&slurm.log_dir, e))?;

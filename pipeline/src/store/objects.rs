@@ -160,12 +160,8 @@ impl Store {
     /// Creates an object if it does not exist; its version, or `None` if it existed.
     pub fn create_versioned(&self, rel: &str, bytes: Bytes) -> Result<Option<ObjVersion>> {
         if let Some(root) = &self.local_root {
-            let p = root.join(rel);
-            let parent = p.parent().expect("records have a parent");
-            std::fs::create_dir_all(parent).at(parent)?;
             // Written in full under a private name, then linked: never seen half-written.
-            let tmp = parent.join(format!(".new-{}", unique_token()));
-            write_synced(&tmp, &bytes)?;
+            let (p, tmp) = write_beside(root, rel, &bytes)?;
             let r = std::fs::hard_link(&tmp, &p);
             let _ = std::fs::remove_file(&tmp);
             return match r {
@@ -188,11 +184,7 @@ impl Store {
         expected: &ObjVersion,
     ) -> Result<Option<ObjVersion>> {
         if let Some(root) = &self.local_root {
-            let p = root.join(rel);
-            let parent = p.parent().expect("records have a parent");
-            std::fs::create_dir_all(parent).at(parent)?;
-            let tmp = parent.join(format!(".new-{}", unique_token()));
-            write_synced(&tmp, &bytes)?;
+            let (p, tmp) = write_beside(root, rel, &bytes)?;
             let result = with_record_lock(&p, || {
                 match std::fs::read(&p) {
                     Ok(b) if content_version(&b) == *expected => {}
@@ -376,4 +368,15 @@ pub(super) fn with_record_lock<T>(record: &Path, f: impl FnOnce() -> Result<T>) 
     let result = f();
     drop(lock);
     result
+}
+
+/// Writes `bytes` to a fresh private name in the folder of record `rel` (created if needed), synced:
+/// (the record's path, the written file's path), for the caller to link or rename into place.
+fn write_beside(root: &Path, rel: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf)> {
+    let p = root.join(rel);
+    let parent = p.parent().expect("records have a parent");
+    std::fs::create_dir_all(parent).at(parent)?;
+    let tmp = parent.join(format!(".new-{}", unique_token()));
+    write_synced(&tmp, bytes)?;
+    Ok((p, tmp))
 }
