@@ -17,7 +17,7 @@ pub struct GcReport {
     pub skipped: Vec<(String, String)>,
 }
 
-/// The store's own bookkeeping folders (see `store.rs`).
+/// The store's own bookkeeping folders (see the layout in `crate::store`).
 pub const BOOKKEEPING: &[&str] = &[
     "_uploads",
     "_locks",

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::Result;
 use crate::manifest::{Node, NodeValue};
-use crate::stage::{InputAccepts, StageRegistry, SHARDS_SLOT};
+use crate::stage::{InputAccepts, InputSpec, StageRegistry, SHARDS_SLOT};
 
 use super::tree::*;
 use super::*;
 
-use super::expand::Expanded;
+use super::expand::{Expanded, Pending};
 use super::matrix::{render, substitute};
 
 fn describe_accepts(a: &InputAccepts) -> String {
@@ -37,7 +37,7 @@ fn resolve_ref(
     instances: &[Instance],
     index: &RefIndex,
 ) -> Result<Vec<InputRef>> {
-    let by_stage = index.by_stage;
+    let by_stage = &index.by_stage;
     for group in ["datasets", "backbones"] {
         if let Some(name) = text.strip_prefix(group).and_then(|r| r.strip_prefix('.')) {
             return match externals
@@ -140,9 +140,56 @@ fn resolve_ref(
 
 /// Lookup tables for resolving references between instances.
 struct RefIndex<'a> {
-    by_stage: &'a HashMap<&'a str, Vec<usize>>,
-    rendered: &'a [Vec<(String, String)>],
-    exact: &'a HashMap<(&'a str, String), usize>,
+    /// Stage name → its referable instances.
+    by_stage: HashMap<&'a str, Vec<usize>>,
+    /// Each instance's axes, rendered once.
+    rendered: Vec<Vec<(String, String)>>,
+    /// (stage, sorted `a=v,...`) → instance, so exact references resolve in O(1) even on grids
+    /// of thousands of instances.
+    exact: HashMap<(&'a str, String), usize>,
+}
+
+impl<'a> RefIndex<'a> {
+    /// References never name a shard: `enc`, `enc[a=v]` and `enc[*]` mean the merged artifacts.
+    fn new(instances: &'a [Instance]) -> Self {
+        let referable = |inst: &Instance| !matches!(inst.part, Part::Shard { .. });
+        let by_stage = instances
+            .iter()
+            .enumerate()
+            .filter(|(_, inst)| referable(inst))
+            .fold(
+                HashMap::new(),
+                |mut m: HashMap<&str, Vec<usize>>, (i, inst)| {
+                    m.entry(inst.stage.as_str()).or_default().push(i);
+                    m
+                },
+            );
+        let rendered: Vec<Vec<(String, String)>> = instances
+            .iter()
+            .map(|i| i.axes.iter().map(|(a, v)| (a.clone(), render(v))).collect())
+            .collect();
+        let exact = instances
+            .iter()
+            .enumerate()
+            .filter(|(_, inst)| referable(inst))
+            .map(|(i, inst)| {
+                let sig = axes_signature(rendered[i].iter().map(|(a, v)| (a.as_str(), v.as_str())));
+                ((inst.stage.as_str(), sig), i)
+            })
+            .collect();
+        RefIndex {
+            by_stage,
+            rendered,
+            exact,
+        }
+    }
+}
+
+/// What binding an instance's inputs looks at: every instance and external, and the index.
+struct Binding<'a> {
+    instances: &'a [Instance],
+    externals: &'a [External],
+    index: RefIndex<'a>,
 }
 
 /// `a=v,b=w` with axes sorted: the same set of axis values in any order gives the same string.
@@ -162,163 +209,17 @@ pub(super) fn bind_inputs(
     externals: &[External],
     registry: &StageRegistry,
 ) -> Result<()> {
-    let instances = &expanded.instances;
-    // Resolve inputs. References never name a shard: `enc`, `enc[a=v]` and `enc[*]` mean the
-    // merged artifacts.
-    let referable = |inst: &Instance| !matches!(inst.part, Part::Shard { .. });
-    let by_stage: HashMap<&str, Vec<usize>> = instances
-        .iter()
-        .enumerate()
-        .filter(|(_, inst)| referable(inst))
-        .fold(HashMap::new(), |mut m, (i, inst)| {
-            m.entry(inst.stage.as_str()).or_default().push(i);
-            m
-        });
-    // Each instance's axes rendered once, and an index from (stage, sorted `a=v,...`) to the
-    // instance, so exact references resolve in O(1) even on grids of thousands of instances.
-    let rendered: Vec<Vec<(String, String)>> = instances
-        .iter()
-        .map(|i| i.axes.iter().map(|(a, v)| (a.clone(), render(v))).collect())
-        .collect();
-    let exact: HashMap<(&str, String), usize> = instances
-        .iter()
-        .enumerate()
-        .filter(|(_, inst)| referable(inst))
-        .map(|(i, inst)| {
-            (
-                (
-                    inst.stage.as_str(),
-                    axes_signature(rendered[i].iter().map(|(a, v)| (a.as_str(), v.as_str()))),
-                ),
-                i,
-            )
-        })
-        .collect();
-    let lookup = RefIndex {
-        by_stage: &by_stage,
-        rendered: &rendered,
-        exact: &exact,
+    let binding = Binding {
+        instances: &expanded.instances,
+        externals,
+        index: RefIndex::new(&expanded.instances),
     };
-    let mut resolved: Vec<BTreeMap<String, Vec<InputRef>>> = Vec::with_capacity(instances.len());
-    for (idx, p) in expanded.pending.iter().enumerate() {
-        let inst = &instances[idx];
-        let stage = registry.get(&inst.kind).expect("checked above");
-        let specs = stage.inputs();
-        let mut bound: BTreeMap<String, Vec<InputRef>> = BTreeMap::new();
-        if let Some(inputs) = p.inputs {
-            let key = format!("{}.inputs", p.prefix);
-            for (slot, refs) in table(inputs, &key)? {
-                let slot_key = format!("{key}.{slot}");
-                let Some(spec) = specs.iter().find(|s| s.name == slot) else {
-                    let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
-                    return Err(err(
-                        refs,
-                        &slot_key,
-                        format!(
-                            "unknown input for stage kind `{}` (known: {})",
-                            inst.kind,
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    ));
-                };
-                let ref_nodes: Vec<&Node> = match &refs.value {
-                    NodeValue::Str(_) => vec![refs],
-                    NodeValue::Array(a) => a.iter().collect(),
-                    _ => {
-                        return Err(err(
-                            refs,
-                            &slot_key,
-                            format!(
-                                "expected a reference string or an array of them, found {}",
-                                refs.type_name()
-                            ),
-                        ))
-                    }
-                };
-                let mut targets = Vec::new();
-                for r in ref_nodes {
-                    let text = substitute(r, &p.bindings, &slot_key)?;
-                    let text = string(&text, &slot_key)?.to_string();
-                    targets.extend(resolve_ref(
-                        &text, r, &slot_key, &externals, &instances, &lookup,
-                    )?);
-                }
-                // Check what the slot accepts.
-                for t in &targets {
-                    let ok = match (&spec.accepts, t) {
-                        (InputAccepts::Dataset, InputRef::External(e)) => {
-                            externals[*e].group == "datasets"
-                        }
-                        (InputAccepts::Backbone, InputRef::External(e)) => {
-                            externals[*e].group == "backbones"
-                        }
-                        (InputAccepts::Stage(kinds), InputRef::Stage(s)) => {
-                            kinds.contains(&instances[*s].kind.as_str())
-                        }
-                        (InputAccepts::DatasetOrStage(kinds), InputRef::Stage(s)) => {
-                            kinds.contains(&instances[*s].kind.as_str())
-                        }
-                        (InputAccepts::DatasetOrStage(_), InputRef::External(e)) => {
-                            externals[*e].group == "datasets"
-                        }
-                        (InputAccepts::Any, _) => true,
-                        _ => false,
-                    };
-                    if !ok {
-                        let what = match t {
-                            InputRef::External(e) => externals[*e].reference(),
-                            InputRef::Stage(s) => {
-                                format!("{} (kind `{}`)", instances[*s].name, instances[*s].kind)
-                            }
-                        };
-                        return Err(err(
-                            refs,
-                            &slot_key,
-                            format!(
-                                "{}: input `{slot}` takes {}, not {what}",
-                                inst.name,
-                                describe_accepts(&spec.accepts)
-                            ),
-                        ));
-                    }
-                }
-                if !spec.many && targets.len() != 1 {
-                    return Err(err(
-                        refs,
-                        &slot_key,
-                        format!("{}: input `{slot}` takes exactly one artifact, the reference matched {}", inst.name, targets.len()),
-                    ));
-                }
-                if targets.contains(&InputRef::Stage(idx)) {
-                    return Err(err(
-                        refs,
-                        &slot_key,
-                        format!("{} cannot be its own input", inst.name),
-                    ));
-                }
-                bound.insert(slot.clone(), targets);
-            }
-        }
-        for spec in &specs {
-            if spec.required && !bound.contains_key(spec.name) {
-                return Err(err(
-                    p.node,
-                    &p.prefix,
-                    format!(
-                        "missing required input `{}` ({}; takes {})",
-                        spec.name,
-                        spec.doc,
-                        describe_accepts(&spec.accepts)
-                    ),
-                ));
-            }
-        }
-        resolved.push(bound);
-    }
+    let resolved = expanded
+        .pending
+        .iter()
+        .enumerate()
+        .map(|(idx, p)| bind_instance(&binding, idx, p, registry))
+        .collect::<Result<Vec<_>>>()?;
     for (inst, inputs) in expanded.instances.iter_mut().zip(resolved) {
         inst.inputs = inputs;
     }
@@ -328,6 +229,155 @@ pub(super) fn bind_inputs(
             shards.into_iter().map(InputRef::Stage).collect(),
         );
     }
-
     Ok(())
+}
+
+/// The inputs of instance `idx`: each slot its manifest binds, checked, and no required slot
+/// left unbound.
+fn bind_instance(
+    binding: &Binding,
+    idx: usize,
+    p: &Pending,
+    registry: &StageRegistry,
+) -> Result<BTreeMap<String, Vec<InputRef>>> {
+    let inst = &binding.instances[idx];
+    let stage = registry.get(&inst.kind).expect("checked above");
+    let specs = stage.inputs();
+    let mut bound: BTreeMap<String, Vec<InputRef>> = BTreeMap::new();
+    if let Some(inputs) = p.inputs {
+        let key = format!("{}.inputs", p.prefix);
+        for (slot, refs) in table(inputs, &key)? {
+            let slot_key = format!("{key}.{slot}");
+            let Some(spec) = specs.iter().find(|s| s.name == slot) else {
+                let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                return Err(err(
+                    refs,
+                    &slot_key,
+                    format!(
+                        "unknown input for stage kind `{}` (known: {})",
+                        inst.kind,
+                        list_or(&known, "none")
+                    ),
+                ));
+            };
+            let targets = bind_slot(binding, idx, p, spec, refs, &slot_key)?;
+            bound.insert(slot.clone(), targets);
+        }
+    }
+    for spec in &specs {
+        if spec.required && !bound.contains_key(spec.name) {
+            return Err(err(
+                p.node,
+                &p.prefix,
+                format!(
+                    "missing required input `{}` ({}; takes {})",
+                    spec.name,
+                    spec.doc,
+                    describe_accepts(&spec.accepts)
+                ),
+            ));
+        }
+    }
+    Ok(bound)
+}
+
+/// One slot of instance `idx`: its references (`${axis}` substituted) resolved, each of a kind
+/// the slot accepts, one artifact unless the slot takes many, and never the instance itself.
+fn bind_slot(
+    binding: &Binding,
+    idx: usize,
+    p: &Pending,
+    spec: &InputSpec,
+    refs: &Node,
+    slot_key: &str,
+) -> Result<Vec<InputRef>> {
+    let Binding {
+        instances,
+        externals,
+        index,
+    } = binding;
+    let inst = &instances[idx];
+    let slot = spec.name;
+    let ref_nodes: Vec<&Node> = match &refs.value {
+        NodeValue::Str(_) => vec![refs],
+        NodeValue::Array(a) => a.iter().collect(),
+        _ => {
+            return Err(err(
+                refs,
+                slot_key,
+                format!(
+                    "expected a reference string or an array of them, found {}",
+                    refs.type_name()
+                ),
+            ))
+        }
+    };
+    let mut targets = Vec::new();
+    for r in ref_nodes {
+        let text = substitute(r, &p.bindings, slot_key)?;
+        let text = string(&text, slot_key)?.to_string();
+        targets.extend(resolve_ref(
+            &text, r, slot_key, externals, instances, index,
+        )?);
+    }
+    for t in &targets {
+        if !accepts(&spec.accepts, *t, externals, instances) {
+            let what = match t {
+                InputRef::External(e) => externals[*e].reference(),
+                InputRef::Stage(s) => {
+                    format!("{} (kind `{}`)", instances[*s].name, instances[*s].kind)
+                }
+            };
+            return Err(err(
+                refs,
+                slot_key,
+                format!(
+                    "{}: input `{slot}` takes {}, not {what}",
+                    inst.name,
+                    describe_accepts(&spec.accepts)
+                ),
+            ));
+        }
+    }
+    if !spec.many && targets.len() != 1 {
+        return Err(err(
+            refs,
+            slot_key,
+            format!(
+                "{}: input `{slot}` takes exactly one artifact, the reference matched {}",
+                inst.name,
+                targets.len()
+            ),
+        ));
+    }
+    if targets.contains(&InputRef::Stage(idx)) {
+        return Err(err(
+            refs,
+            slot_key,
+            format!("{} cannot be its own input", inst.name),
+        ));
+    }
+    Ok(targets)
+}
+
+/// Whether a slot declared as `accepts` takes `target`.
+fn accepts(
+    accepts: &InputAccepts,
+    target: InputRef,
+    externals: &[External],
+    instances: &[Instance],
+) -> bool {
+    match (accepts, target) {
+        (InputAccepts::Dataset, InputRef::External(e)) => externals[e].group == "datasets",
+        (InputAccepts::Backbone, InputRef::External(e)) => externals[e].group == "backbones",
+        (InputAccepts::Stage(kinds), InputRef::Stage(s))
+        | (InputAccepts::DatasetOrStage(kinds), InputRef::Stage(s)) => {
+            kinds.contains(&instances[s].kind.as_str())
+        }
+        (InputAccepts::DatasetOrStage(_), InputRef::External(e)) => {
+            externals[e].group == "datasets"
+        }
+        (InputAccepts::Any, _) => true,
+        _ => false,
+    }
 }
