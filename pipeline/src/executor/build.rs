@@ -178,14 +178,15 @@ impl Builder<'_> {
                 Outcome::BuiltElsewhere
             } else {
                 Outcome::Failed {
-                error: format!(
-                    "{}: lost its lease on {}/{} to another runner (suspended or cut off for longer than the lease timeout); stopped without publishing",
-                    inst.name,
-                    inst.kind,
-                    key.short()
-                ),
-                log: String::new(),
-            }
+                    error: format!(
+                        "{}: lost its lease on {}/{} to another runner (suspended or cut off for \
+                         longer than the lease timeout); stopped without publishing",
+                        inst.name,
+                        inst.kind,
+                        key.short()
+                    ),
+                    log: String::new(),
+                }
             });
         }
         Ok(outcome)
@@ -407,26 +408,26 @@ impl Builder<'_> {
             job: opts.job.clone(),
             attempt: store.new_attempt(),
         };
-        let published = match store
-            .publish(&staging, &manifest, fence, &|| lost.load(Ordering::SeqCst))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                // Keep the finished output for the next run, and say so where `status` looks.
-                let error = match store.keep_unpublished(&staging, &manifest) {
-                Ok(dir) => format!(
-                    "publishing failed: {e}; the finished output is kept in {} and the next run publishes it instead of recomputing",
-                    dir.display()
-                ),
-                Err(_) => format!("publishing failed: {e}"),
+        let published =
+            match store.publish(&staging, &manifest, fence, &|| lost.load(Ordering::SeqCst)) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Keep the finished output for the next run, and say so where `status` looks.
+                    let error = match store.keep_unpublished(&staging, &manifest) {
+                        Ok(dir) => format!(
+                        "publishing failed: {e}; the finished output is kept in {} and the next \
+                         run publishes it instead of recomputing",
+                        dir.display()
+                    ),
+                        Err(_) => format!("publishing failed: {e}"),
+                    };
+                    let _ = self.record_failure(idx, &error);
+                    return Ok(Outcome::Failed {
+                        error,
+                        log: String::new(),
+                    });
+                }
             };
-                let _ = self.record_failure(idx, &error);
-                return Ok(Outcome::Failed {
-                    error,
-                    log: String::new(),
-                });
-            }
-        };
         let outcome = match published {
             PublishOutcome::Published => Outcome::Ran { seconds },
             PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,

@@ -318,7 +318,7 @@ fn instance_params(
     for (k, (node, key)) in &raw {
         // Runner parameters are read here and kept out of `params`, so out of the key.
         if k == "timeout" || k == "watchdog" {
-            let value = substitute(node, &bindings, key)?.to_value();
+            let value = substitute(node, bindings, key)?.to_value();
             let d = parse_duration(&value).map_err(|m| err(node, key, m))?;
             if k == "timeout" {
                 limits.timeout = Some(d);
@@ -338,7 +338,7 @@ fn instance_params(
                 ),
             ));
         };
-        let value = substitute(node, &bindings, key)?.to_value();
+        let value = substitute(node, bindings, key)?.to_value();
         let Some(coerced) = spec.ty.coerce(&value) else {
             return Err(err(
                 node,
@@ -361,7 +361,7 @@ fn instance_params(
                 None => {
                     return Err(err(
                         node,
-                        &prefix,
+                        prefix,
                         format!("missing required parameter `{}` ({})", spec.name, spec.doc),
                     ))
                 }
