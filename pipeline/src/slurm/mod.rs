@@ -29,7 +29,7 @@ mod submit;
 
 pub use crate::executor::jobs::{is_active, job_path, job_states, live_jobs, reachable, JobRecord};
 
-use submit::{claim_or_submit, ended, submit_array};
+use submit::SlurmRun;
 
 /// How to start `adaptor exec` inside a job.
 #[derive(Debug, Clone)]
@@ -77,7 +77,11 @@ impl Executor for SlurmExecutor<'_> {
         let slurm = self.slurm;
         let (sink, cancel) = (run.sink.clone(), run.cancel.clone());
         std::fs::create_dir_all(&slurm.log_dir).map_err(|e| Error::io(&slurm.log_dir, e))?;
-        let owner = format!("{}:{}", opts.host, std::process::id());
+        let slurm_run = SlurmRun {
+            run,
+            slurm,
+            owner: format!("{}:{}", opts.host, std::process::id()),
+        };
 
         // Submit in dependency order; a dependency is the job of an upstream instance being built.
         let mut jobs: HashMap<usize, (String, String)> = HashMap::new(); // instance -> (job id, log)
@@ -109,8 +113,7 @@ impl Executor for SlurmExecutor<'_> {
                             && o.axes == inst.axes
                     })
                     .collect();
-                let array =
-                    submit_array(plan, store, resolved, opts, slurm, &siblings, &deps, &owner)?;
+                let array = slurm_run.submit_array(&siblings, &deps)?;
                 if let Some(a) = array.array_id {
                     arrays_here.push(a);
                 }
@@ -129,8 +132,7 @@ impl Executor for SlurmExecutor<'_> {
             }
             let key = &resolved.keys[i];
             let path = job_path(&inst.kind, key);
-            let (id, log, fresh) =
-                claim_or_submit(plan, store, resolved, opts, slurm, i, &path, &deps, &owner)?;
+            let (id, log, fresh) = slurm_run.claim_or_submit(i, &path, &deps)?;
             if fresh {
                 submitted_here.push(id.clone());
             }
@@ -203,7 +205,7 @@ impl Executor for SlurmExecutor<'_> {
                     still.push(i);
                     continue;
                 }
-                let outcome = ended(plan, store, resolved, i, id, log, state, &outcomes)?;
+                let outcome = slurm_run.ended(i, (id, log), state, &outcomes)?;
                 let _ = store.delete(&job_path(&inst.kind, &resolved.keys[i]));
                 sink.event(&RunEvent::Finished {
                     instance: inst.name.clone(),
