@@ -154,12 +154,13 @@ impl SlurmRun<'_> {
         path: &str,
         deps: &[String],
     ) -> Result<(String, String, bool)> {
-        let (plan, store, resolved, opts) = (
-            self.run.plan,
-            self.run.store,
-            self.run.resolved,
-            self.run.opts,
-        );
+        let Run {
+            plan,
+            store,
+            resolved,
+            opts,
+            ..
+        } = *self.run;
         let (slurm, owner) = (self.slurm, self.owner.as_str());
         let inst = &plan.instances[i];
         let key = &resolved.keys[i];
@@ -218,13 +219,9 @@ impl SlurmRun<'_> {
         shards: &[usize],
         deps: &[String],
     ) -> Result<ArraySubmission> {
-        let (plan, store, resolved, opts) = (
-            self.run.plan,
-            self.run.store,
-            self.run.resolved,
-            self.run.opts,
-        );
-        let (slurm, owner) = (self.slurm, self.owner.as_str());
+        let (plan, resolved) = (self.run.plan, self.run.resolved);
+        let (store, opts, slurm) = (self.run.store, self.run.opts, self.slurm);
+        let owner = self.owner.as_str();
         let mut tasks = Vec::new();
         let mut ours: Vec<(usize, u32, JobRecord)> = Vec::new();
         for &s in shards {
