@@ -58,8 +58,69 @@ pub enum Error {
     #[error("no stage instance matches `{pattern}`{hint}")]
     NoSuchInstance { pattern: String, hint: String },
 
+    /// An external input (a dataset or backbone folder) could not be fingerprinted.
+    #[error("{reference} ({kind}): cannot fingerprint {}: {source}", path.display())]
+    Fingerprint {
+        /// `datasets.rsna`.
+        reference: String,
+        kind: String,
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Something under a hashed folder that is neither a regular file nor a folder.
+    #[error("{}: is {what}; only regular files and folders are hashed", path.display())]
+    NotRegularFile { path: PathBuf, what: &'static str },
+
+    #[error("{}: directories nested more than {depth} deep (a symlink loop?)", path.display())]
+    NestedTooDeep { path: PathBuf, depth: usize },
+
+    #[error("{instance}: cancelled while waiting for another runner")]
+    CancelledWaiting { instance: String },
+
+    /// `adaptor exec` (no dependencies built) on an instance whose upstream is not in the store.
+    #[error("{targets}: upstream {upstream} is not complete ({state}) in the store")]
+    UpstreamIncomplete {
+        /// The selected instances, comma-separated.
+        targets: String,
+        upstream: String,
+        /// The upstream's state label (`missing`, `stale`, ...).
+        state: &'static str,
+    },
+
+    #[error("cannot start the store's I/O runtime: {0}")]
+    StoreRuntime(#[source] std::io::Error),
+
+    #[error("{url}: conditional delete is only available on a local store")]
+    NoConditionalDelete { url: String },
+
+    /// An object store request inside a transfer, before the transfer's context is added.
     #[error("{0}")]
-    Other(String),
+    Request(#[source] object_store::Error),
+
+    #[error("store {url}: upload of {rel}: {source}")]
+    Upload {
+        url: String,
+        /// Store-relative path of the object.
+        rel: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    #[error("cannot run `{program}` ({source}): is Slurm installed and on PATH on this node?")]
+    SlurmUnavailable {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`{command}` failed: {stderr}")]
+    SlurmFailed { command: String, stderr: String },
+
+    /// `sbatch --parsable` printed something other than a job id (`what`: `job` or `array job`).
+    #[error("sbatch printed no {what} id: {output:?}")]
+    NoJobId { what: &'static str, output: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

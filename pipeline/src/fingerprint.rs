@@ -275,11 +275,10 @@ pub fn file_kind(meta: &fs::Metadata) -> &'static str {
 
 /// The error for a file that cannot be hashed because it is not a regular file.
 fn not_regular(path: &Path, meta: &fs::Metadata) -> Error {
-    Error::Other(format!(
-        "{}: is {}; only regular files and folders are hashed",
-        path.display(),
-        file_kind(meta)
-    ))
+    Error::NotRegularFile {
+        path: path.to_path_buf(),
+        what: file_kind(meta),
+    }
 }
 
 fn stat_of(path: &Path, rel: String) -> Result<FileStat> {
@@ -313,10 +312,10 @@ fn walk(root: &Path) -> Result<Vec<FileStat>> {
 
 fn walk_dir(dir: &Path, rel: &str, depth: usize) -> Result<Vec<FileStat>> {
     if depth > 64 {
-        return Err(Error::Other(format!(
-            "{}: directories nested more than 64 deep (a symlink loop?)",
-            dir.display()
-        )));
+        return Err(Error::NestedTooDeep {
+            path: dir.to_path_buf(),
+            depth: 64,
+        });
     }
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -394,11 +393,17 @@ pub fn hash_file(path: &Path, size: u64) -> Result<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn malformed_digests_from_the_store_are_not_found_rather_than_panicking() {
+    /// A data folder, and a fingerprint cache in a folder of its own.
+    fn scratch() -> (tempfile::TempDir, tempfile::TempDir, FingerprintCache) {
         let data = tempfile::tempdir().unwrap();
         let cache = tempfile::tempdir().unwrap();
         let c = FingerprintCache::new(cache.path());
+        (data, cache, c)
+    }
+
+    #[test]
+    fn malformed_digests_from_the_store_are_not_found_rather_than_panicking() {
+        let (data, _cache, c) = scratch();
         fs::write(data.path().join("y.txt"), b"world").unwrap();
         c.fingerprint(data.path(), false).unwrap();
         for bad in ["", "abc", "ééééééééé", "../../../../etc/passwd"] {
@@ -408,9 +413,7 @@ mod tests {
 
     #[test]
     fn cache_hit_changed_content_and_touch() {
-        let data = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let c = FingerprintCache::new(cache.path());
+        let (data, _cache, c) = scratch();
         fs::create_dir_all(data.path().join("a/b")).unwrap();
         fs::write(data.path().join("a/b/x.txt"), b"hello").unwrap();
         fs::write(data.path().join("y.txt"), b"world").unwrap();
@@ -479,9 +482,7 @@ mod tests {
 
     #[test]
     fn renaming_a_file_changes_the_digest() {
-        let data = tempfile::tempdir().unwrap();
-        let cache = tempfile::tempdir().unwrap();
-        let c = FingerprintCache::new(cache.path());
+        let (data, _cache, c) = scratch();
         fs::write(data.path().join("a"), b"1").unwrap();
         let d1 = c.fingerprint(data.path(), false).unwrap().digest;
         fs::rename(data.path().join("a"), data.path().join("b")).unwrap();

@@ -10,13 +10,21 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::key::StageKey;
 use crate::store::{Lease, ObjVersion, Record, Store};
+
+/// Seconds since the Unix epoch on this host's clock (0 before 1970).
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 /// Where a pid means something: hostname, kernel boot id and pid namespace. Two containers with
 /// the same hostname but separate pid namespaces get different ids, so neither judges the
@@ -170,7 +178,7 @@ pub fn acquire(
         if store.is_sound(kind, key)? {
             return Ok(Acquired::Complete);
         }
-        lease.heartbeat_unix = crate::executor::now_unix();
+        lease.heartbeat_unix = now_unix();
         let mut version = store.create_versioned(&path, bytes_of(&lease))?;
         if version.is_none() {
             let record = store.get_record::<Lease>(&path)?;
@@ -188,10 +196,9 @@ pub fn acquire(
                         announced = true;
                     }
                     if cancel.load(Ordering::Relaxed) {
-                        return Err(Error::Other(format!(
-                            "{}: cancelled while waiting for another runner",
-                            lease.instance
-                        )));
+                        return Err(Error::CancelledWaiting {
+                            instance: lease.instance.clone(),
+                        });
                     }
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
@@ -236,7 +243,7 @@ pub fn refresh(store: &Store, held: &mut HeldLease, lease_secs: f64) -> bool {
         return false;
     }
     let mut next = held.lease.clone();
-    next.heartbeat_unix = crate::executor::now_unix();
+    next.heartbeat_unix = now_unix();
     match store.put_if_version(&held.path, bytes_of(&next), &held.version) {
         Ok(Some(v)) => {
             held.version = v;

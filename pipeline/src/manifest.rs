@@ -337,21 +337,14 @@ fn convert_item(
     match item {
         Item::Value(v) => convert_value(file, v, offset, path),
         Item::Table(t) => convert_table(file, t, t.span().map_or(offset, |s| s.start), path),
-        Item::ArrayOfTables(a) => {
-            let mut items = Vec::new();
-            for t in a.iter() {
-                items.push(convert_table(
-                    file,
-                    t,
-                    t.span().map_or(offset, |s| s.start),
-                    path,
-                )?);
-            }
-            Ok(Node {
-                value: NodeValue::Array(items),
-                loc: loc(file, a.span(), offset),
-            })
-        }
+        Item::ArrayOfTables(a) => Ok(Node {
+            value: NodeValue::Array(
+                a.iter()
+                    .map(|t| convert_table(file, t, t.span().map_or(offset, |s| s.start), path))
+                    .collect::<Result<_>>()?,
+            ),
+            loc: loc(file, a.span(), offset),
+        }),
         Item::None => Ok(Node {
             value: NodeValue::Table(BTreeMap::new()),
             loc: loc(file, None, offset),
@@ -385,18 +378,12 @@ fn convert_value(
                 .error(path, "dates and times are not supported in manifests")
                 .into())
         }
-        V::Array(a) => {
-            let mut items = Vec::new();
-            for (i, item) in a.iter().enumerate() {
-                items.push(convert_value(
-                    file,
-                    item,
-                    here.offset,
-                    &format!("{path}[{i}]"),
-                )?);
-            }
-            NodeValue::Array(items)
-        }
+        V::Array(a) => NodeValue::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, item)| convert_value(file, item, here.offset, &format!("{path}[{i}]")))
+                .collect::<Result<_>>()?,
+        ),
         V::InlineTable(t) => {
             return convert_table(file, t, here.offset, path).map(|n| Node { loc: here, ..n })
         }

@@ -5,16 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::write;
-use pipeline::executor::{resolve, run, states, Outcome, RunEvent, RunOptions, State};
-use pipeline::{
-    FingerprintCache, NoProgress, Plan, ProgressSink, StageRegistry, Store, StoreSettings, StoreUrl,
-};
+use pipeline::executor::{states, Outcome, Resolved, RunEvent, RunOptions, RunReport, State};
+use pipeline::{NoProgress, Plan, ProgressSink, StageRegistry, Store};
 
 fn registry() -> StageRegistry {
     let mut reg = common::registry(1).reg;
@@ -90,12 +87,10 @@ impl Case {
         pipeline::plan::load(&self.path().join("m.toml"), &registry()).unwrap()
     }
     fn store(&self) -> Store {
-        Store::open(
-            &StoreUrl::Local(self.path().join("artifacts")),
-            &StoreSettings::default(),
-            &self.path().join("cache"),
-        )
-        .unwrap()
+        common::local_store(self.path())
+    }
+    fn resolved(&self, plan: &Plan) -> Resolved {
+        common::resolve_in(self.path(), plan, &registry())
     }
     /// Runs the manifest in a thread bounded by `limit`: (outcomes, seconds).
     fn run_within(
@@ -105,36 +100,8 @@ impl Case {
     ) -> (Vec<(String, Outcome)>, f64) {
         let dir = self.path().to_path_buf();
         within(limit, move || {
-            let reg = registry();
-            let plan = pipeline::plan::load(&dir.join("m.toml"), &reg).unwrap();
-            let store = Store::open(
-                &StoreUrl::Local(dir.join("artifacts")),
-                &StoreSettings::default(),
-                &dir.join("cache"),
-            )
-            .unwrap();
-            let resolved = resolve(
-                &plan,
-                &reg,
-                &FingerprintCache::new(dir.join("cache")),
-                false,
-            )
-            .unwrap();
-            let opts = RunOptions {
-                lease_secs: 1.0,
-                ..RunOptions::default()
-            };
             let t0 = Instant::now();
-            let report = run(
-                &plan,
-                &reg,
-                &store,
-                &resolved,
-                &opts,
-                sink,
-                Arc::new(AtomicBool::new(false)),
-            )
-            .unwrap();
+            let report = run_short_leases(&dir, sink);
             (report.outcomes, t0.elapsed().as_secs_f64())
         })
     }
@@ -143,6 +110,15 @@ impl Case {
         let dir = std::fs::read_dir(&root).unwrap().next().unwrap().unwrap();
         std::fs::read_to_string(dir.path().join("_log.txt")).unwrap()
     }
+}
+
+/// Runs the manifest of `dir` with 1-second leases (a killed runner's lease goes stale fast).
+fn run_short_leases(dir: &Path, sink: Arc<dyn ProgressSink>) -> RunReport {
+    let opts = RunOptions {
+        lease_secs: 1.0,
+        ..RunOptions::default()
+    };
+    common::run_manifest(dir, &registry(), &opts, sink)
 }
 
 fn failed_with(outcomes: &[(String, Outcome)], name: &str) -> String {
@@ -176,13 +152,7 @@ params.timeout = "1s"
     );
     // The failure is recorded like any other, and `status` says so.
     let plan = case.plan();
-    let resolved = resolve(
-        &plan,
-        &registry(),
-        &FingerprintCache::new(case.path().join("cache")),
-        false,
-    )
-    .unwrap();
+    let resolved = case.resolved(&plan);
     let st = states(&plan, &resolved, &case.store(), 60.0).unwrap();
     assert!(
         matches!(&st[0], State::Failed { error, .. } if error == "timed out after 1s"),
@@ -234,13 +204,7 @@ fn runner_parameters_are_not_part_of_the_key() {
     let key_of = |text: &str| {
         let case = Case::new(text);
         let plan = case.plan();
-        let r = resolve(
-            &plan,
-            &registry(),
-            &FingerprintCache::new(case.path().join("cache")),
-            false,
-        )
-        .unwrap();
+        let r = case.resolved(&plan);
         (r.keys[0].clone(), plan.instances[0].limits)
     };
     let (plain, limits) = key_of(base);
@@ -270,8 +234,7 @@ proptest::proptest! {
         let key_of = |text: &str| {
             let case = Case::new(text);
             let plan = case.plan();
-            resolve(&plan, &registry(), &FingerprintCache::new(case.path().join("cache")), false)
-                .unwrap()
+            case.resolved(&plan)
                 .keys[0]
                 .clone()
         };
@@ -424,48 +387,11 @@ params.watchdog = "0.5s"
     let dir = case.path().to_path_buf();
     let handle = {
         let dir = dir.clone();
-        std::thread::spawn(move || {
-            let reg = registry();
-            let plan = pipeline::plan::load(&dir.join("m.toml"), &reg).unwrap();
-            let store = Store::open(
-                &StoreUrl::Local(dir.join("artifacts")),
-                &StoreSettings::default(),
-                &dir.join("cache"),
-            )
-            .unwrap();
-            let resolved = resolve(
-                &plan,
-                &reg,
-                &FingerprintCache::new(dir.join("cache")),
-                false,
-            )
-            .unwrap();
-            let opts = RunOptions {
-                lease_secs: 1.0,
-                ..RunOptions::default()
-            };
-            run(
-                &plan,
-                &reg,
-                &store,
-                &resolved,
-                &opts,
-                sink,
-                Arc::new(AtomicBool::new(false)),
-            )
-            .unwrap()
-            .outcomes
-        })
+        std::thread::spawn(move || run_short_leases(&dir, sink).outcomes)
     };
     // `status` (states) from outside the run: the lease carries the stage's last sign of life.
     let plan = case.plan();
-    let resolved = resolve(
-        &plan,
-        &registry(),
-        &FingerprintCache::new(case.path().join("cache")),
-        false,
-    )
-    .unwrap();
+    let resolved = case.resolved(&plan);
     let t0 = Instant::now();
     let silent = loop {
         let st = states(&plan, &resolved, &case.store(), 60.0).unwrap();

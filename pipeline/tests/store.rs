@@ -51,12 +51,22 @@ impl Env {
     }
     fn run(&self, store: &Store) -> Vec<(String, Outcome)> {
         let (plan, resolved) = self.planned();
+        self.run_planned(&plan, &resolved, store, &RunOptions::default())
+    }
+    /// Runs an already resolved plan on `store` to the end (never cancelled).
+    fn run_planned(
+        &self,
+        plan: &Plan,
+        resolved: &Resolved,
+        store: &Store,
+        opts: &RunOptions,
+    ) -> Vec<(String, Outcome)> {
         run(
-            &plan,
+            plan,
             &self.fx.reg,
             store,
-            &resolved,
-            &RunOptions::default(),
+            resolved,
+            opts,
             Arc::new(NoProgress),
             Arc::new(AtomicBool::new(false)),
         )
@@ -570,17 +580,7 @@ fn a_runner_whose_lease_is_taken_over_stops_and_publishes_nothing() {
             lease_secs: 2.0, // heartbeat every 0.5 s
             ..RunOptions::default()
         };
-        run(
-            &plan,
-            &env.fx.reg,
-            &store,
-            &resolved,
-            &opts,
-            Arc::new(NoProgress),
-            Arc::new(AtomicBool::new(false)),
-        )
-        .unwrap()
-        .outcomes
+        env.run_planned(&plan, &resolved, &store, &opts)
     });
     assert!(
         matches!(&outcomes[0].1, Outcome::Failed { error, .. } if error.contains("lost its lease")),
@@ -658,17 +658,7 @@ fn two_runners_with_short_leases_on_a_local_store_both_succeed_and_build_each_ke
                         lease_secs: 2.0,
                         ..RunOptions::default()
                     };
-                    run(
-                        &plan,
-                        &env.fx.reg,
-                        &store,
-                        &resolved,
-                        &opts,
-                        Arc::new(NoProgress),
-                        Arc::new(AtomicBool::new(false)),
-                    )
-                    .unwrap()
-                    .outcomes
+                    env.run_planned(&plan, &resolved, &store, &opts)
                 })
             })
             .collect();

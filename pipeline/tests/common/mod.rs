@@ -6,10 +6,48 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use pipeline::executor::{resolve, run, Resolved, RunOptions, RunReport};
 use pipeline::{
-    InputAccepts, InputSpec, ParamSpec, ParamType, Stage, StageContext, StageError, StageRegistry,
-    Value,
+    FingerprintCache, InputAccepts, InputSpec, ParamSpec, ParamType, Plan, ProgressSink, Stage,
+    StageContext, StageError, StageRegistry, Store, StoreSettings, StoreUrl, Value,
 };
+
+/// The local store of a test folder: `dir/artifacts`, with its cache in `dir/cache`.
+pub fn local_store(dir: &Path) -> Store {
+    Store::open(
+        &StoreUrl::Local(dir.join("artifacts")),
+        &StoreSettings::default(),
+        &dir.join("cache"),
+    )
+    .unwrap()
+}
+
+/// The keys of `plan`, with external fingerprints cached in `dir/cache`.
+pub fn resolve_in(dir: &Path, plan: &Plan, reg: &StageRegistry) -> Resolved {
+    resolve(plan, reg, &FingerprintCache::new(dir.join("cache")), false).unwrap()
+}
+
+/// Loads `dir/m.toml` and runs all of it on the local store of `dir`, never cancelled.
+pub fn run_manifest(
+    dir: &Path,
+    reg: &StageRegistry,
+    opts: &RunOptions,
+    sink: Arc<dyn ProgressSink>,
+) -> RunReport {
+    let plan = pipeline::plan::load(&dir.join("m.toml"), reg).unwrap();
+    let store = local_store(dir);
+    let resolved = resolve_in(dir, &plan, reg);
+    run(
+        &plan,
+        reg,
+        &store,
+        &resolved,
+        opts,
+        sink,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .unwrap()
+}
 
 /// Writes `out.txt` = its params plus the contents of its inputs' `out.txt`; counts its runs.
 pub struct Echo {

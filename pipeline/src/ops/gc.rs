@@ -1,248 +1,11 @@
-//! Operations over a plan and a store: `explain` (why would this re-run?), `gc` (delete what the
-//! store owns and nobody needs) and `verify` (rehash artifacts against their manifests).
+//! `gc`: deletes what the store owns and nobody needs (unreferenced artifacts, failure records,
+//! ended job records, dead staging folders and uploads), and reports what it kept and skipped.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 
 use crate::error::Result;
-use crate::executor::{Resolved, LEASE_SECS};
-use crate::fingerprint::FingerprintCache;
-use crate::key::{KeyRecipe, StageKey};
-use crate::plan::{InputRef, Plan};
-use crate::store::{ArtifactManifest, IndexEntry, Record, Store, UploadRecord};
-
-fn fmt_time(unix: f64) -> String {
-    // UTC, to the second; no time-zone database needed.
-    let secs = unix as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-pub fn format_unix(unix: f64) -> String {
-    fmt_time(unix)
-}
-
-/// Why instance `idx` would (or would not) run, as lines for a person.
-pub fn explain(
-    plan: &Plan,
-    resolved: &Resolved,
-    store: &Store,
-    cache: &FingerprintCache,
-    idx: usize,
-) -> Result<Vec<String>> {
-    let inst = &plan.instances[idx];
-    let key = &resolved.keys[idx];
-    let mut lines = vec![format!("{} ({}) key {}", inst.name, inst.kind, key.short())];
-    if let Some(m) = store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, key))? {
-        let bad = store
-            .check_sizes(&[(inst.kind.clone(), key.clone())])?
-            .remove(0);
-        if !bad.is_empty() {
-            lines.push(format!(
-                "would run: its artifact is corrupt ({}); the next run moves it to _quarantine/ and rebuilds it",
-                bad.iter()
-                    .map(|f| format!("{}: {}", f.path, f.problem))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-            return Ok(lines);
-        }
-        lines.push(format!(
-            "up to date: artifact {}/{} was built {} in {:.1}s by {}",
-            inst.kind,
-            key.short(),
-            fmt_time(m.started_unix),
-            m.seconds,
-            m.tool
-        ));
-        return Ok(lines);
-    }
-    if let crate::lease::LeaseState::Live { owner, .. } =
-        crate::lease::state(store, &inst.kind, key, LEASE_SECS)?
-    {
-        lines.push(format!("being built right now by {owner}"));
-        return Ok(lines);
-    }
-    let entry: Option<IndexEntry> =
-        store.get_json_or_stale(&Store::index_path(&plan.manifest_id, &inst.name))?;
-    let Some(entry) = entry else {
-        lines.push("would run: never built from this manifest in this store (no earlier artifact to compare with)".into());
-        return Ok(lines);
-    };
-    if entry.key == *key {
-        match entry.status.as_str() {
-            "failed" => lines.push(format!(
-                "would run: the last attempt ({}) failed: {}\n  log: {}",
-                fmt_time(entry.unix),
-                entry.error.as_deref().unwrap_or("unknown error"),
-                entry.log
-            )),
-            _ => lines.push(format!(
-                "would run: the artifact built {} for this same key is gone from the store (deleted by gc?)",
-                fmt_time(entry.unix)
-            )),
-        }
-        return Ok(lines);
-    }
-    lines.push(format!(
-        "would run: its key changed since the build of {} (key {}):",
-        fmt_time(entry.unix),
-        entry.key.short()
-    ));
-    let mut seen = HashSet::new();
-    diff(
-        plan, resolved, store, cache, idx, &entry.key, 1, &mut lines, &mut seen,
-    )?;
-    Ok(lines)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn diff(
-    plan: &Plan,
-    resolved: &Resolved,
-    store: &Store,
-    cache: &FingerprintCache,
-    idx: usize,
-    old_key: &StageKey,
-    depth: usize,
-    lines: &mut Vec<String>,
-    seen: &mut HashSet<usize>,
-) -> Result<()> {
-    let pad = "  ".repeat(depth);
-    let inst = &plan.instances[idx];
-    let new = &resolved.recipes[idx];
-    let Some(old_manifest) =
-        store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, old_key))?
-    else {
-        lines.push(format!(
-            "{pad}(the earlier artifact {}/{} is gone from the store; cannot say more)",
-            inst.kind,
-            old_key.short()
-        ));
-        return Ok(());
-    };
-    let old: KeyRecipe = old_manifest.recipe();
-    if old.version != new.version {
-        lines.push(format!(
-            "{pad}stage version of `{}` changed: {} -> {}",
-            inst.kind, old.version, new.version
-        ));
-    }
-    let names: BTreeSet<&String> = old.params.keys().chain(new.params.keys()).collect();
-    for name in names {
-        match (old.params.get(name), new.params.get(name)) {
-            (Some(a), Some(b)) if a.canonical() != b.canonical() => {
-                lines.push(format!("{pad}parameter `{name}` changed: {a} -> {b}"))
-            }
-            (Some(a), None) => lines.push(format!("{pad}parameter `{name}` removed (was {a})")),
-            (None, Some(b)) => lines.push(format!("{pad}parameter `{name}` added: {b}")),
-            _ => {}
-        }
-    }
-    let slots: BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
-    for slot in slots {
-        let before = old.inputs.get(slot).cloned().unwrap_or_default();
-        let after = new.inputs.get(slot).cloned().unwrap_or_default();
-        if before == after {
-            continue;
-        }
-        let refs = inst.inputs.get(slot).cloned().unwrap_or_default();
-        if before.len() != after.len() || refs.len() != after.len() {
-            lines.push(format!(
-                "{pad}input `{slot}` now binds {} artifact(s), was {}",
-                after.len(),
-                before.len()
-            ));
-            continue;
-        }
-        let old_records = old_manifest.inputs.get(slot).cloned().unwrap_or_default();
-        for (n, ((b, a), r)) in before.iter().zip(&after).zip(&refs).enumerate() {
-            if b == a {
-                continue;
-            }
-            match r {
-                InputRef::External(e) => {
-                    let ext = &plan.externals[*e];
-                    let fp = &resolved.externals[*e];
-                    let old_content = old_records.get(n).and_then(|r| r.content.clone());
-                    match old_content {
-                        Some(old) if old == fp.digest => lines.push(format!(
-                            "{pad}input `{slot}` ({}): its kind or parameters changed, not its files",
-                            ext.reference()
-                        )),
-                        Some(old) => {
-                            lines.push(format!(
-                                "{pad}input `{slot}` ({}, {}): files changed ({} files, {} bytes now)",
-                                ext.reference(),
-                                ext.path.display(),
-                                fp.files,
-                                fp.bytes
-                            ));
-                            if let Some(changes) = cache.changes_since(&ext.path, &old) {
-                                for c in changes.iter().take(10) {
-                                    lines.push(format!("{pad}  {c}"));
-                                }
-                                if changes.len() > 10 {
-                                    lines.push(format!("{pad}  ... and {} more", changes.len() - 10));
-                                }
-                            }
-                        }
-                        None => lines.push(format!(
-                            "{pad}input `{slot}` ({}, {}): content, kind or parameters changed",
-                            ext.reference(),
-                            ext.path.display()
-                        )),
-                    }
-                }
-                InputRef::Stage(s) => {
-                    let up = &plan.instances[*s];
-                    lines.push(format!(
-                        "{pad}input `{slot}` ({}) changed: key {} -> {}",
-                        up.name,
-                        &b[..12.min(b.len())],
-                        resolved.keys[*s].short()
-                    ));
-                    if seen.insert(*s) {
-                        if let Some(old_up) = StageKey::parse(b) {
-                            diff(
-                                plan,
-                                resolved,
-                                store,
-                                cache,
-                                *s,
-                                &old_up,
-                                depth + 1,
-                                lines,
-                                seen,
-                            )?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
+use crate::key::StageKey;
+use crate::store::{Record, StagingOwner, Store, UploadRecord};
 
 /// What `gc` removed (or would remove), kept and skipped.
 #[derive(Debug, Default)]
@@ -254,7 +17,7 @@ pub struct GcReport {
     pub skipped: Vec<(String, String)>,
 }
 
-/// The store's own bookkeeping folders (see `store.rs`).
+/// The store's own bookkeeping folders (see the layout in `crate::store`).
 pub const BOOKKEEPING: &[&str] = &[
     "_uploads",
     "_locks",
@@ -276,15 +39,6 @@ pub struct GcScope<'a> {
     /// Whether a cluster job is still queued or running: `None` if that cannot be told (then
     /// its record is kept).
     pub job_alive: &'a dyn Fn(&str) -> Option<bool>,
-}
-
-/// `_staging/<nonce>/owner.json`: who writes a staging folder (so gc can tell if it is gone).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct StagingOwner {
-    pub host_id: String,
-    pub pid: u32,
-    pub kind: String,
-    pub key: StageKey,
 }
 
 /// Deletes what the store owns and nothing else: artifact folders named by a key under a kind
@@ -390,7 +144,7 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
         if referenced(&kind, &key) {
             continue;
         }
-        let alive = match store.get_record::<crate::slurm::JobRecord>(&rel)? {
+        let alive = match store.get_record::<crate::executor::jobs::JobRecord>(&rel)? {
             Record::Absent => continue,
             Record::Found { value, .. } if !value.job_id.is_empty() => {
                 match (scope.job_alive)(&value.job_id) {
@@ -595,67 +349,4 @@ fn live_lease(store: &Store, kind: &str, key: &StageKey, lease_secs: f64) -> boo
         crate::lease::state(store, kind, key, lease_secs),
         Ok(crate::lease::LeaseState::Free | crate::lease::LeaseState::Stale { .. })
     )
-}
-
-/// One artifact checked by [`verify`].
-#[derive(Debug)]
-pub struct Verified {
-    pub kind: String,
-    pub key: StageKey,
-    pub report: crate::store::VerifyReport,
-    /// Where it was moved, when bad and `quarantine` was asked.
-    pub quarantined: Option<String>,
-}
-
-/// Every artifact folder in the store (a known or unknown kind, named by a key).
-pub fn all_artifacts(store: &Store) -> Result<Vec<(String, StageKey)>> {
-    let mut out = Vec::new();
-    for kind in store.list_dirs("")? {
-        if kind.starts_with('_') {
-            continue;
-        }
-        for key in store.list_dirs(&kind)? {
-            if let Some(k) = StageKey::parse(&key) {
-                out.push((kind.clone(), k));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Rehashes each complete artifact of `items` against its `_manifest.json` (incomplete ones are
-/// left out); with `quarantine`, moves each bad one aside so the next run rebuilds it.
-pub fn verify(
-    store: &Store,
-    items: &[(String, StageKey)],
-    quarantine: bool,
-) -> Result<Vec<Verified>> {
-    let mut out = Vec::new();
-    for (kind, key) in items {
-        let Some(report) = store.verify(kind, key)? else {
-            continue;
-        };
-        let quarantined = if quarantine && !report.bad.is_empty() {
-            Some(store.quarantine(kind, key)?)
-        } else {
-            None
-        };
-        out.push(Verified {
-            kind: kind.clone(),
-            key: key.clone(),
-            report,
-            quarantined,
-        });
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates() {
-        assert_eq!(super::fmt_time(0.0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::fmt_time(1_795_000_000.0), "2026-11-18 11:06:40 UTC");
-    }
 }

@@ -1,0 +1,11 @@
+//! Operations over a plan and a store: `explain` (why would this re-run?), `gc` (delete what the
+//! store owns and nobody needs) and `verify` (rehash artifacts against their manifests).
+
+mod explain;
+mod gc;
+mod verify;
+
+pub use crate::store::StagingOwner;
+pub use explain::{explain, format_unix};
+pub use gc::{gc, GcReport, GcScope, BOOKKEEPING};
+pub use verify::{all_artifacts, verify, Verified};

@@ -1,0 +1,146 @@
+//! The runner parameters every stage kind takes (`timeout`, `watchdog`), kept out of keys, and
+//! the durations they are written in.
+
+use std::time::Duration;
+
+use crate::value::Value;
+
+/// Parameters every stage kind takes, which the runner reads and keeps out of the key: they say
+/// how long an attempt may take, not what the artifact is (see [`Limits`]). A kind must not declare
+/// a parameter of the same name.
+pub const RUNNER_PARAMS: &[(&str, &str)] = &[
+    (
+        "timeout",
+        "a time limit (\"90s\", \"30m\", \"2h\", \"1h30m\" or seconds): the stage's processes are \
+         killed and the instance fails with \"timed out after ...\"; default none",
+    ),
+    (
+        "watchdog",
+        "how long the stage may go without a progress report or log line before `status` and the \
+         live display call it silent (same form as timeout; default 10m)",
+    ),
+];
+
+/// The default of the `watchdog` runner parameter.
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(600);
+
+/// What the runner parameters ([`RUNNER_PARAMS`]) of an instance say. Never part of a key: the same
+/// artifact may be built under any limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// After this long the attempt is stopped and fails ("timed out after ...").
+    pub timeout: Option<Duration>,
+    /// Silence (no progress, no log line) longer than this is reported, not acted on.
+    pub watchdog: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: None,
+            watchdog: DEFAULT_WATCHDOG,
+        }
+    }
+}
+
+/// Reads a duration parameter: a positive number of seconds, or a string of `<number><unit>` parts
+/// with units `ms`, `s`, `m`, `h`, `d` (`"90s"`, `"1h30m"`, `"2.5h"`).
+pub fn parse_duration(value: &Value) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "expected a duration such as \"90s\", \"30m\", \"2h\", \"1h30m\" or a number of \
+             seconds, found {value}"
+        )
+    };
+    let secs = match value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => {
+            let text = s.trim();
+            if text.is_empty() {
+                return Err(bad());
+            }
+            let mut total = 0.0;
+            let mut rest = text;
+            while !rest.is_empty() {
+                let num_end = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .ok_or_else(bad)?;
+                let number: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+                rest = &rest[num_end..];
+                let unit_end = rest
+                    .find(|c: char| c.is_ascii_digit() || c == '.')
+                    .unwrap_or(rest.len());
+                let scale = match rest[..unit_end].trim() {
+                    "ms" => 0.001,
+                    "s" => 1.0,
+                    "m" | "min" => 60.0,
+                    "h" => 3600.0,
+                    "d" => 86400.0,
+                    _ => return Err(bad()),
+                };
+                total += number * scale;
+                rest = &rest[unit_end..];
+            }
+            total
+        }
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("expected a positive duration, found {value}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration the way people write it: `1.5s`, `90s` → `1m30s`, `2h`, `1h0m5s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        let text = format!("{secs:.3}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        return format!("{text}s");
+    }
+    let whole = d.as_secs();
+    let (h, m, s) = (whole / 3600, whole / 60 % 60, whole % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 || (h > 0 && s > 0) {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_and_print_the_way_people_write_them() {
+        let d = |v: Value| parse_duration(&v);
+        assert_eq!(d(Value::Int(90)), Ok(Duration::from_secs(90)));
+        assert_eq!(d(Value::Float(0.5)), Ok(Duration::from_millis(500)));
+        assert_eq!(d(Value::Str("1h30m".into())), Ok(Duration::from_secs(5400)));
+        assert_eq!(d(Value::Str("2.5h".into())), Ok(Duration::from_secs(9000)));
+        assert_eq!(
+            d(Value::Str("250ms".into())),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(d(Value::Str("1d".into())), Ok(Duration::from_secs(86400)));
+        for bad in ["", "soon", "10", "5 parsecs", "m", "1h-5m"] {
+            assert!(d(Value::Str(bad.into())).is_err(), "{bad:?} accepted");
+        }
+        assert!(d(Value::Int(0)).is_err());
+        assert!(d(Value::Int(-3)).is_err());
+        assert!(d(Value::Bool(true)).is_err());
+        assert_eq!(format_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_secs(3605)), "1h0m5s");
+    }
+}

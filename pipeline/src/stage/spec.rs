@@ -1,0 +1,146 @@
+//! What a stage kind declares: its parameters (name, type, default) and its input slots (what
+//! each accepts, one or many). The planner checks manifests against these declarations.
+
+use crate::value::Value;
+
+/// The type a parameter must have. Checked by the planner, so `run` can rely on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamType {
+    Bool,
+    Int,
+    /// A float; integers are accepted and widened (`lr = 1` means `1.0`).
+    Float,
+    Str,
+    /// A string from a closed set, listed in errors.
+    Choice(&'static [&'static str]),
+    /// An array whose items all have the given type.
+    List(Box<ParamType>),
+    /// Anything (a table of options, say); the stage validates it in [`Stage::validate`].
+    Any,
+}
+
+impl ParamType {
+    pub fn describe(&self) -> String {
+        match self {
+            ParamType::Bool => "a boolean".into(),
+            ParamType::Int => "an integer".into(),
+            ParamType::Float => "a number".into(),
+            ParamType::Str => "a string".into(),
+            ParamType::Choice(c) => format!("one of {}", c.join(", ")),
+            ParamType::List(t) => format!("an array of {}", strip_article(&t.describe())),
+            ParamType::Any => "any value".into(),
+        }
+    }
+
+    /// Checks `value` against this type and returns it normalised (ints widened to floats where a
+    /// float is expected, so `lr = 1` and `lr = 1.0` give the same key).
+    pub fn coerce(&self, value: &Value) -> Option<Value> {
+        match (self, value) {
+            (ParamType::Bool, Value::Bool(_))
+            | (ParamType::Int, Value::Int(_))
+            | (ParamType::Str, Value::Str(_))
+            | (ParamType::Any, _) => Some(value.clone()),
+            (ParamType::Float, Value::Float(f)) if f.is_finite() => Some(value.clone()),
+            (ParamType::Float, Value::Int(i)) => Some(Value::Float(*i as f64)),
+            (ParamType::Choice(choices), Value::Str(s)) if choices.contains(&s.as_str()) => {
+                Some(value.clone())
+            }
+            (ParamType::List(item), Value::Array(items)) => items
+                .iter()
+                .map(|v| item.coerce(v))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array),
+            _ => None,
+        }
+    }
+}
+
+fn strip_article(s: &str) -> String {
+    s.strip_prefix("an ")
+        .or_else(|| s.strip_prefix("a "))
+        .map(|r| format!("{r}s"))
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// One declared parameter. `default: None` makes it required.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub default: Option<Value>,
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: None,
+            doc,
+        }
+    }
+
+    pub fn optional(name: &'static str, ty: ParamType, default: Value, doc: &'static str) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            default: Some(default),
+            doc,
+        }
+    }
+}
+
+/// What an input slot accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputAccepts {
+    /// An external folder declared in the manifest under `[datasets.NAME]`.
+    Dataset,
+    /// An external folder declared under `[backbones.NAME]`.
+    Backbone,
+    /// The output of a stage of one of these kinds.
+    Stage(&'static [&'static str]),
+    /// A dataset folder or the output of one of these stage kinds (e.g. raw data that may be a
+    /// downloaded dataset or a `synth` artifact).
+    DatasetOrStage(&'static [&'static str]),
+    /// Anything: a dataset, a backbone or any stage's output (generic stages such as `command`).
+    Any,
+}
+
+/// One declared input slot.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub accepts: InputAccepts,
+    pub required: bool,
+    /// Whether the slot takes a list (`"eval[*]"`, or an array of references).
+    pub many: bool,
+    pub doc: &'static str,
+}
+
+impl InputSpec {
+    pub fn one(name: &'static str, accepts: InputAccepts, doc: &'static str) -> Self {
+        InputSpec {
+            name,
+            accepts,
+            required: true,
+            many: false,
+            doc,
+        }
+    }
+
+    pub fn many(name: &'static str, accepts: InputAccepts, doc: &'static str) -> Self {
+        InputSpec {
+            name,
+            accepts,
+            required: true,
+            many: true,
+            doc,
+        }
+    }
+
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+}
