@@ -46,7 +46,7 @@ pub fn display_path(url: &StoreUrl, rel: &str) -> String {
 }
 
 /// `name count, name count` (label counts of a dataset, split sizes).
-pub use stages::ingest::format_counts as counts;
+pub use ::stages::ingest::format_counts as counts;
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
