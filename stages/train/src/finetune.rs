@@ -23,7 +23,7 @@ use crate::heads::{decays, ClassificationHead, HeadKind};
 use crate::metrics::{write_parquet, Column};
 use crate::optim::AdamW;
 use crate::plot::{head_curve, HeadCurvePoint};
-use crate::rng::{derive_seed, permutation};
+use crate::rng::{self, derive_seed, permutation};
 use crate::scores::classification_scores;
 use crate::train::{Silent, StopReason, TORCH_RNG};
 
@@ -319,20 +319,10 @@ pub struct HeadReport {
 }
 
 /// The training rows used at `fraction`: all rows in order at 1.0, else `max(1, round(f · n))`
-/// rows (half to even) of a permutation drawn from `seed`, in ascending row order.
+/// rows (half to even, [`rng::labelled_count`]) of a permutation drawn from `seed`, in
+/// ascending row order.
 pub fn label_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
-    if fraction >= 1.0 {
-        return (0..n).collect();
-    }
-    let k = ((fraction * n as f64).round_ties_even() as usize).clamp(1, n.max(1));
-    let perm = permutation(derive_seed(seed, "label_fraction", 0), n);
-    let mut rows: Vec<usize> = perm
-        .into_iter()
-        .take(k.min(n))
-        .map(|r| r as usize)
-        .collect();
-    rows.sort_unstable();
-    rows
+    rng::label_subset(n, fraction, seed, "label_fraction")
 }
 
 type Kept = (usize, f64, Vec<(String, Tensor)>);
