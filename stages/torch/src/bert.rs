@@ -18,7 +18,7 @@ use tokenizers::{
 };
 
 use crate::error::{Error, Result};
-use crate::nn::{Activation, LayerNorm, Linear};
+use crate::nn::{Activation, LayerNorm, Linear, LoadLayerNorm, LoadLinear, Mode};
 use crate::weights::Weights;
 
 /// `model_type`s loaded as a plain BERT. CXR-BERT's config says `cxr-bert`; the original loads
@@ -437,7 +437,7 @@ impl BertModel {
         for layer in &self.layers {
             let qkv = layer
                 .qkv
-                .forward(&x)
+                .forward(&x, Mode::EVAL)
                 .view([b, l, 3, heads, hd])
                 .permute([2, 0, 3, 1, 4]);
             let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -452,12 +452,16 @@ impl BertModel {
                 false,
             );
             let a = a.transpose(1, 2).reshape([b, l, self.config.hidden_size]);
-            x = layer.ln1.forward(&(layer.attn_out.forward(&a) + &x));
+            x = layer
+                .ln1
+                .forward(&(layer.attn_out.forward(&a, Mode::EVAL) + &x));
             let hmid = self
                 .config
                 .hidden_act
-                .apply(&layer.intermediate.forward(&x));
-            x = layer.ln2.forward(&(layer.output.forward(&hmid) + &x));
+                .apply(&layer.intermediate.forward(&x, Mode::EVAL));
+            x = layer
+                .ln2
+                .forward(&(layer.output.forward(&hmid, Mode::EVAL) + &x));
         }
         Ok((x, mask))
     }
@@ -473,7 +477,7 @@ impl BertModel {
                             .into(),
                     )
                 })?;
-                p.forward(&hidden.select(1, 0)).tanh()
+                p.forward(&hidden.select(1, 0), Mode::EVAL).tanh()
             }
             TextPooling::Cls => hidden.select(1, 0),
             TextPooling::Mean => {
