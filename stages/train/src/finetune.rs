@@ -23,9 +23,9 @@ use crate::heads::{decays, ClassificationHead, HeadKind};
 use crate::metrics::{write_parquet, Column};
 use crate::optim::AdamW;
 use crate::plot::{head_curve, HeadCurvePoint};
+use crate::pretrain::{Silent, StopReason, TORCH_RNG};
 use crate::rng::{self, derive_seed, permutation};
 use crate::scores::classification_scores;
-use crate::train::{Silent, StopReason, TORCH_RNG};
 
 pub const HEAD_CHECKPOINT: &str = "head.safetensors";
 pub const HEAD_EPOCH_METRICS: &str = "metrics_epochs.parquet";

@@ -1,4 +1,4 @@
-//! The training loop: AdamW with a per-step linear warm-up/decay, a fresh shuffle every epoch,
+//! Contrastive pre-training of the Adaptor on cached embedding pairs ([`fit`]): AdamW with a per-step linear warm-up/decay, a fresh shuffle every epoch,
 //! validation loss and retrieval recall each epoch, early stopping, the best checkpoint kept,
 //! and a resume state written at every epoch end.
 //!
@@ -48,7 +48,7 @@ pub(crate) static TORCH_RNG: Mutex<()> = Mutex::new(());
 
 /// Holds libtorch's process-global generator for the caller (the training loops take it for
 /// their whole run): hold it between `tch::manual_seed` and the draws that must follow it. Not
-/// re-entrant: release it before calling [`train`] or [`crate::train_head`].
+/// re-entrant: release it before calling [`fit`] or [`crate::train_head`].
 pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -80,7 +80,7 @@ pub enum StopReason {
     Interrupted,
 }
 
-/// What `train` returns (and writes as `report.json` when it finishes).
+/// What [`fit`] returns (and writes as `report.json` when it finishes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
     pub stop: StopReason,
@@ -130,14 +130,14 @@ struct ResumeState {
 /// `report.json`. If `out_dir/resume/state.json` exists (a killed run), training continues from
 /// its last completed epoch; the configuration must be the same. The resume folder is removed
 /// when the run finishes.
-pub fn train(
+pub fn fit(
     cfg: &TrainConfig,
     train: &dyn PairSource,
     valid: &dyn PairSource,
     out_dir: &Path,
     observer: &mut dyn Observer,
 ) -> Result<TrainReport> {
-    train_resumable(
+    fit_resumable(
         cfg,
         train,
         valid,
@@ -147,9 +147,9 @@ pub fn train(
     )
 }
 
-/// [`train`] with the resume state in `resume_dir` (e.g. a folder that outlives a stage's
+/// [`fit`] with the resume state in `resume_dir` (e.g. a folder that outlives a stage's
 /// staging output folder, so a killed stage resumes when it is run again).
-pub fn train_resumable(
+pub fn fit_resumable(
     cfg: &TrainConfig,
     train: &dyn PairSource,
     valid: &dyn PairSource,
@@ -220,7 +220,12 @@ pub fn train_resumable(
             }
         }
     };
-    let resumed_after_epoch = (st.epochs_done > 0).then_some(st.epochs_done);
+    let shape = RunShape {
+        train,
+        valid,
+        steps_per_epoch,
+        resumed_after_epoch: (st.epochs_done > 0).then_some(st.epochs_done),
+    };
     let seconds_before = st.seconds;
     let elapsed = |c: &Instant| seconds_before + c.elapsed().as_secs_f64();
 
@@ -272,13 +277,11 @@ pub fn train_resumable(
             let flow = observer.on_step(&m);
             st.step_metrics.push(m);
             if flow.is_break() {
-                return Ok(interrupted(
+                return Ok(shape.report(
                     &st,
                     &model,
-                    train,
-                    valid,
-                    steps_per_epoch,
-                    resumed_after_epoch,
+                    StopReason::Interrupted,
+                    None,
                     elapsed(&clock),
                 ));
             }
@@ -330,15 +333,7 @@ pub fn train_resumable(
             ));
         }
         if observer.on_epoch(&m).is_break() {
-            return Ok(interrupted(
-                &st,
-                &model,
-                train,
-                valid,
-                steps_per_epoch,
-                resumed_after_epoch,
-                elapsed(&clock),
-            ));
+            return Ok(shape.report(&st, &model, StopReason::Interrupted, None, elapsed(&clock)));
         }
     }
 
@@ -346,12 +341,9 @@ pub fn train_resumable(
         cfg,
         st,
         &model,
-        train,
-        valid,
+        &shape,
         out_dir,
         resume_dir,
-        steps_per_epoch,
-        resumed_after_epoch,
         device,
         elapsed(&clock),
     )
@@ -470,47 +462,54 @@ fn load_resume(
     Ok(Some(st))
 }
 
-fn interrupted(
-    st: &ResumeState,
-    model: &Adaptor,
-    train: &dyn PairSource,
-    valid: &dyn PairSource,
-    spe: u64,
-    resumed: Option<usize>,
-    seconds: f64,
-) -> TrainReport {
-    TrainReport {
-        stop: StopReason::Interrupted,
-        trainable_params: model.num_trainable_params(),
-        train_pairs: train.len(),
-        valid_pairs: valid.len(),
-        steps_per_epoch: spe,
-        epochs_completed: st.epochs_done,
-        steps: st.step,
-        initial_val_loss: st.initial_val_loss,
-        best_epoch: st.best_epoch,
-        best_val_loss: st.best_val_loss,
-        last_val_loss: st.epoch_metrics.last().map(|e| e.val_loss),
-        initial_recall: st.initial_recall,
-        best_recall: None,
-        resumed_after_epoch: resumed,
-        threads: tch::get_num_threads(),
-        device: st.config.device.clone(),
-        seconds,
+/// Where a run stands, for [`TrainReport`]: the pairs, the steps per epoch and the epoch resumed
+/// after stay the same for the whole run.
+struct RunShape<'a> {
+    train: &'a dyn PairSource,
+    valid: &'a dyn PairSource,
+    steps_per_epoch: u64,
+    resumed_after_epoch: Option<usize>,
+}
+
+impl RunShape<'_> {
+    /// The report of a run at state `st` (interrupted: no recall of the kept checkpoint).
+    fn report(
+        &self,
+        st: &ResumeState,
+        model: &Adaptor,
+        stop: StopReason,
+        best_recall: Option<Recall>,
+        seconds: f64,
+    ) -> TrainReport {
+        TrainReport {
+            stop,
+            trainable_params: model.num_trainable_params(),
+            train_pairs: self.train.len(),
+            valid_pairs: self.valid.len(),
+            steps_per_epoch: self.steps_per_epoch,
+            epochs_completed: st.epochs_done,
+            steps: st.step,
+            initial_val_loss: st.initial_val_loss,
+            best_epoch: st.best_epoch,
+            best_val_loss: st.best_val_loss,
+            last_val_loss: st.epoch_metrics.last().map(|e| e.val_loss),
+            initial_recall: st.initial_recall,
+            best_recall,
+            resumed_after_epoch: self.resumed_after_epoch,
+            threads: tch::get_num_threads(),
+            device: st.config.device.clone(),
+            seconds,
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn finish(
     cfg: &TrainConfig,
     st: ResumeState,
     model: &Adaptor,
-    train: &dyn PairSource,
-    valid: &dyn PairSource,
+    shape: &RunShape,
     out_dir: &Path,
     resume_dir: &Path,
-    spe: u64,
-    resumed: Option<usize>,
     device: Device,
     seconds: f64,
 ) -> Result<TrainReport> {
@@ -524,7 +523,7 @@ fn finish(
     model.save(&out_dir.join(LAST_CHECKPOINT), &info)?;
     // Recall of the kept checkpoint (it is the last one's when the last epoch was the best).
     let (best, _) = Adaptor::from_checkpoint(&out_dir.join(BEST_CHECKPOINT), device)?;
-    let (_, best_recall) = validate(&best, cfg, valid, device)?;
+    let (_, best_recall) = validate(&best, cfg, shape.valid, device)?;
     let recall_json = serde_json::json!({
         "checkpoint": BEST_CHECKPOINT,
         "epoch": st.best_epoch,
@@ -538,8 +537,8 @@ fn finish(
     let title = format!(
         "Adaptor ({:?}) · {} train / {} valid pairs · batch {} · lr {:e}",
         cfg.model.variant,
-        train.len(),
-        valid.len(),
+        shape.train.len(),
+        shape.valid.len(),
         cfg.batch_size,
         cfg.lr
     )
@@ -548,33 +547,16 @@ fn finish(
         &out_dir.join(CURVE),
         &st.step_metrics,
         &st.epoch_metrics,
-        spe,
+        shape.steps_per_epoch,
         Some((st.initial_val_loss, st.initial_recall)),
         &title,
     )?;
-    let report = TrainReport {
-        stop: if st.stopped_early {
-            StopReason::EarlyStopped
-        } else {
-            StopReason::Completed
-        },
-        trainable_params: model.num_trainable_params(),
-        train_pairs: train.len(),
-        valid_pairs: valid.len(),
-        steps_per_epoch: spe,
-        epochs_completed: st.epochs_done,
-        steps: st.step,
-        initial_val_loss: st.initial_val_loss,
-        best_epoch: st.best_epoch,
-        best_val_loss: st.best_val_loss,
-        last_val_loss: st.epoch_metrics.last().map(|e| e.val_loss),
-        initial_recall: st.initial_recall,
-        best_recall: Some(best_recall),
-        resumed_after_epoch: resumed,
-        threads: tch::get_num_threads(),
-        device: cfg.device.clone(),
-        seconds,
+    let stop = if st.stopped_early {
+        StopReason::EarlyStopped
+    } else {
+        StopReason::Completed
     };
+    let report = shape.report(&st, model, stop, Some(best_recall), seconds);
     write_json(
         &out_dir.join(REPORT),
         &serde_json::to_value(&report).expect("report serialises"),
