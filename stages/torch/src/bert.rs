@@ -242,7 +242,7 @@ impl TextTokenizer {
         let enc = self
             .inner
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let len = enc.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let rows = texts.len();
         let mut b = TokenBatch {
@@ -403,10 +403,14 @@ impl BertModel {
     pub fn forward(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor)> {
         let (b, l) = (batch.rows as i64, batch.len as i64);
         if l > self.config.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "{l} tokens exceed max_position_embeddings {}",
-                self.config.max_position_embeddings
-            )));
+            return Err(Error::InputShape {
+                model: "BERT",
+                expected: format!(
+                    "at most max_position_embeddings {} tokens",
+                    self.config.max_position_embeddings
+                ),
+                found: format!("{l} tokens"),
+            });
         }
         let dev = self.device;
         let ids = Tensor::from_slice(&batch.ids).view([b, l]).to_device(dev);
@@ -419,10 +423,14 @@ impl BertModel {
             .iter()
             .find(|&&i| i < 0 || i >= self.config.vocab_size)
         {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {} (tokenizer and model do not match)",
-                self.config.vocab_size
-            )));
+            return Err(Error::parameter(
+                "token id",
+                bad,
+                format!(
+                    "is outside the vocabulary of {} (tokenizer and model do not match)",
+                    self.config.vocab_size
+                ),
+            ));
         }
         let pos = Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0);
         // transformers: (inputs_embeds + token_type_embeddings) + position_embeddings
@@ -471,10 +479,11 @@ impl BertModel {
         Ok(match pooling {
             TextPooling::Pooler => {
                 let p = self.pooler.as_ref().ok_or_else(|| {
-                    Error::Invalid(
-                        "pooling `pooler` needs the tensors `pooler.dense.weight` [H, H] and \
-                         `pooler.dense.bias` [H], which this checkpoint lacks; use `cls` or `mean`"
-                            .into(),
+                    Error::parameter(
+                        "pooling",
+                        "`pooler`",
+                        "needs the tensors `pooler.dense.weight` [H, H] and `pooler.dense.bias` \
+                         [H], which this checkpoint lacks; use `cls` or `mean`",
                     )
                 })?;
                 p.forward(&hidden.select(1, 0), Mode::EVAL).tanh()
@@ -500,14 +509,20 @@ impl TextEncoder {
     pub fn load(dir: &Path, max_length: usize, device: Device, kind: Kind) -> Result<Self> {
         let config = BertConfig::load(dir)?;
         if max_length as i64 > config.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "max_length {max_length} exceeds the model's max_position_embeddings {}",
-                config.max_position_embeddings
-            )));
+            return Err(Error::parameter(
+                "max_length",
+                max_length,
+                format!(
+                    "exceeds the model's max_position_embeddings {}",
+                    config.max_position_embeddings
+                ),
+            ));
         }
         if max_length < 2 {
-            return Err(Error::Invalid(
-                "max_length must be at least 2 ([CLS] and [SEP])".into(),
+            return Err(Error::parameter(
+                "max_length",
+                max_length,
+                "must be at least 2 ([CLS] and [SEP])",
             ));
         }
         let tokenizer = TextTokenizer::load(dir, max_length, config.pad_token_id)?;

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use crate::bert::{float_field, int_field, read_config_json};
-use crate::error::{Error, Result};
+use crate::error::{shape_str, Error, Result};
 use crate::nn::{Activation, LayerNorm, Linear, LoadLayerNorm, LoadLinear, Mode};
 use crate::weights::Weights;
 
@@ -237,10 +237,14 @@ impl Dinov2Model {
             || h < self.config.patch_size
             || wd < self.config.patch_size
         {
-            return Err(Error::Invalid(format!(
-                "DINOv2 input {size:?} does not fit {} channels of at least {} px",
-                self.config.num_channels, self.config.patch_size
-            )));
+            return Err(Error::InputShape {
+                model: "DINOv2",
+                expected: format!(
+                    "[B, {}, H, W] with H, W at least {} px",
+                    self.config.num_channels, self.config.patch_size
+                ),
+                found: shape_str(&size),
+            });
         }
         let b = size[0];
         let d = self.config.hidden_size;

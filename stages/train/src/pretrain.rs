@@ -220,9 +220,10 @@ pub fn fit_resumable(
             }
         }
     };
-    let shape = RunShape {
+    let run = Run {
         train,
         valid,
+        device,
         steps_per_epoch,
         resumed_after_epoch: (st.epochs_done > 0).then_some(st.epochs_done),
     };
@@ -255,11 +256,11 @@ pub fn fit_resumable(
             st.step += 1;
             let loss = out.loss.double_value(&[]);
             if !loss.is_finite() {
-                return Err(Error::Data(format!(
-                    "training loss is {loss} at step {} (epoch {})",
-                    st.step,
-                    epoch + 1
-                )));
+                return Err(Error::NonFiniteLoss {
+                    loss,
+                    step: st.step,
+                    epoch: epoch + 1,
+                });
             }
             loss_sum += loss * chunk.len() as f64;
             seen += chunk.len();
@@ -277,13 +278,7 @@ pub fn fit_resumable(
             let flow = observer.on_step(&m);
             st.step_metrics.push(m);
             if flow.is_break() {
-                return Ok(shape.report(
-                    &st,
-                    &model,
-                    StopReason::Interrupted,
-                    None,
-                    elapsed(&clock),
-                ));
+                return Ok(run.report(&st, &model, StopReason::Interrupted, None, elapsed(&clock)));
             }
         }
 
@@ -333,20 +328,11 @@ pub fn fit_resumable(
             ));
         }
         if observer.on_epoch(&m).is_break() {
-            return Ok(shape.report(&st, &model, StopReason::Interrupted, None, elapsed(&clock)));
+            return Ok(run.report(&st, &model, StopReason::Interrupted, None, elapsed(&clock)));
         }
     }
 
-    finish(
-        cfg,
-        st,
-        &model,
-        &shape,
-        out_dir,
-        resume_dir,
-        device,
-        elapsed(&clock),
-    )
+    finish(cfg, st, &model, &run, out_dir, resume_dir, elapsed(&clock))
 }
 
 fn check_source(cfg: &TrainConfig, src: &dyn PairSource, what: &str) -> Result<()> {
@@ -462,16 +448,17 @@ fn load_resume(
     Ok(Some(st))
 }
 
-/// Where a run stands, for [`TrainReport`]: the pairs, the steps per epoch and the epoch resumed
-/// after stay the same for the whole run.
-struct RunShape<'a> {
+/// What stays the same for a whole run (the pairs, the device, the steps per epoch and the epoch
+/// resumed after), for the final outputs and [`TrainReport`].
+struct Run<'a> {
     train: &'a dyn PairSource,
     valid: &'a dyn PairSource,
+    device: Device,
     steps_per_epoch: u64,
     resumed_after_epoch: Option<usize>,
 }
 
-impl RunShape<'_> {
+impl Run<'_> {
     /// The report of a run at state `st` (interrupted: no recall of the kept checkpoint).
     fn report(
         &self,
@@ -507,10 +494,9 @@ fn finish(
     cfg: &TrainConfig,
     st: ResumeState,
     model: &Adaptor,
-    shape: &RunShape,
+    run: &Run,
     out_dir: &Path,
     resume_dir: &Path,
-    device: Device,
     seconds: f64,
 ) -> Result<TrainReport> {
     let info = CheckpointInfo {
@@ -522,8 +508,8 @@ fn finish(
     };
     model.save(&out_dir.join(LAST_CHECKPOINT), &info)?;
     // Recall of the kept checkpoint (it is the last one's when the last epoch was the best).
-    let (best, _) = Adaptor::from_checkpoint(&out_dir.join(BEST_CHECKPOINT), device)?;
-    let (_, best_recall) = validate(&best, cfg, shape.valid, device)?;
+    let (best, _) = Adaptor::from_checkpoint(&out_dir.join(BEST_CHECKPOINT), run.device)?;
+    let (_, best_recall) = validate(&best, cfg, run.valid, run.device)?;
     let recall_json = serde_json::json!({
         "checkpoint": BEST_CHECKPOINT,
         "epoch": st.best_epoch,
@@ -537,8 +523,8 @@ fn finish(
     let title = format!(
         "Adaptor ({:?}) · {} train / {} valid pairs · batch {} · lr {:e}",
         cfg.model.variant,
-        shape.train.len(),
-        shape.valid.len(),
+        run.train.len(),
+        run.valid.len(),
         cfg.batch_size,
         cfg.lr
     )
@@ -547,7 +533,7 @@ fn finish(
         &out_dir.join(CURVE),
         &st.step_metrics,
         &st.epoch_metrics,
-        shape.steps_per_epoch,
+        run.steps_per_epoch,
         Some((st.initial_val_loss, st.initial_recall)),
         &title,
     )?;
@@ -556,7 +542,7 @@ fn finish(
     } else {
         StopReason::Completed
     };
-    let report = shape.report(&st, model, stop, Some(best_recall), seconds);
+    let report = run.report(&st, model, stop, Some(best_recall), seconds);
     write_json(
         &out_dir.join(REPORT),
         &serde_json::to_value(&report).expect("report serialises"),

@@ -31,9 +31,11 @@ impl SegDataset {
         match s {
             "siim" => Ok(SegDataset::Siim),
             "rsna" => Ok(SegDataset::Rsna),
-            other => Err(Error::Invalid(format!(
-                "segmentation dataset `{other}` (siim or rsna)"
-            ))),
+            other => Err(Error::unknown(
+                "segmentation dataset",
+                other,
+                "siim or rsna",
+            )),
         }
     }
 }
@@ -95,12 +97,14 @@ impl SegData {
     ) -> Result<SegData> {
         let dataset = SegDataset::parse(dataset)?;
         if !(fraction > 0.0 && fraction <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "label fraction {fraction} is outside (0, 1]"
-            )));
+            return Err(Error::parameter(
+                "label fraction",
+                fraction,
+                "is outside (0, 1]",
+            ));
         }
         if crop == 0 {
-            return Err(Error::Invalid("crop size must be positive".into()));
+            return Err(Error::parameter("crop size", crop, "must be positive"));
         }
         let batches = read_batches(records)?;
         let names = column_names(&batches);

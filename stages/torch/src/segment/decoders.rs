@@ -14,10 +14,12 @@ fn neck_repeats(size: i64) -> Result<usize> {
         224 => Ok(0),
         448 => Ok(1),
         896 => Ok(2),
-        other => Err(Error::Invalid(format!(
-            "crop size {other}: the U-Net supports 224, 448 and 896 (its neck grows 1×1 to 7×7, \
-             then doubles)"
-        ))),
+        other => Err(Error::parameter(
+            "crop size",
+            other,
+            "is not supported by the U-Net: 224, 448 and 896 are (its neck grows 1×1 to 7×7, \
+             then doubles)",
+        )),
     }
 }
 
@@ -156,9 +158,11 @@ impl VitDecoder {
             224 => 0,
             896 => 1,
             other => {
-                return Err(Error::Invalid(format!(
-                    "crop size {other}: the ViT decoder supports 224 and 896"
-                )))
+                return Err(Error::parameter(
+                    "crop size",
+                    other,
+                    "is not supported by the ViT decoder: 224 and 896 are",
+                ))
             }
         };
         let c = shape.in_channels;
