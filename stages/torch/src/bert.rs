@@ -54,18 +54,33 @@ pub fn read_config_json(dir: &Path) -> Result<(PathBuf, serde_json::Map<String, 
     }
 }
 
+/// A config field: `default` when absent or null, else `parse` of it; an error names the file,
+/// the field and what it should be.
+fn field<T>(
+    path: &Path,
+    m: &serde_json::Map<String, Json>,
+    name: &str,
+    default: T,
+    what: &str,
+    parse: impl Fn(&Json) -> Option<T>,
+) -> Result<T> {
+    match m.get(name) {
+        None | Some(Json::Null) => Ok(default),
+        Some(v) => {
+            parse(v).ok_or_else(|| Error::file(path, format!("`{name}` is not {what}: {v}")))
+        }
+    }
+}
+
 pub(crate) fn int_field(
     path: &Path,
     m: &serde_json::Map<String, Json>,
     name: &str,
     default: i64,
 ) -> Result<i64> {
-    match m.get(name) {
-        None | Some(Json::Null) => Ok(default),
-        Some(v) => v.as_i64().filter(|&i| i >= 0).ok_or_else(|| {
-            Error::file(path, format!("`{name}` is not a non-negative integer: {v}"))
-        }),
-    }
+    field(path, m, name, default, "a non-negative integer", |v| {
+        v.as_i64().filter(|&i| i >= 0)
+    })
 }
 
 pub(crate) fn float_field(
@@ -74,27 +89,15 @@ pub(crate) fn float_field(
     name: &str,
     default: f64,
 ) -> Result<f64> {
-    match m.get(name) {
-        None | Some(Json::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| Error::file(path, format!("`{name}` is not a number: {v}"))),
-    }
+    field(path, m, name, default, "a number", Json::as_f64)
 }
 
 impl BertConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let (path, m) = read_config_json(dir)?;
-        let model_type = match m.get("model_type") {
-            None | Some(Json::Null) => "bert".to_string(),
-            Some(Json::String(s)) => s.clone(),
-            Some(v) => {
-                return Err(Error::file(
-                    &path,
-                    format!("`model_type` is not a string: {v}"),
-                ))
-            }
-        };
+        let model_type = field(&path, &m, "model_type", "bert".into(), "a string", |v| {
+            v.as_str().map(str::to_string)
+        })?;
         if !MODEL_TYPES.contains(&model_type.as_str()) {
             return Err(Error::UnknownModelType {
                 path,

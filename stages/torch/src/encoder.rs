@@ -570,7 +570,7 @@ mod tests {
     fn both_loops_stop_at_the_first_failed_chunk() {
         for overlap in [false, true] {
             let (r, seen, _) = run(overlap, Some(7));
-            assert_eq!(r.unwrap_err().to_string(), "bad row 7");
+            assert_eq!(r.unwrap_err().to_string(), "row 7 is bad");
             assert_eq!(seen, [0..3, 3..6], "overlap {overlap}");
         }
     }

@@ -32,10 +32,15 @@ impl Batch {
     }
 
     pub fn to_device(&self, device: Device) -> Batch {
+        self.map(|t| t.to_device(device))
+    }
+
+    /// The same kind of batch with `f` applied to each of its tensors.
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Batch {
         match self {
             Batch::Pooled { image, text } => Batch::Pooled {
-                image: image.to_device(device),
-                text: text.to_device(device),
+                image: f(image),
+                text: f(text),
             },
             Batch::Tokens {
                 image,
@@ -43,10 +48,10 @@ impl Batch {
                 text,
                 text_mask,
             } => Batch::Tokens {
-                image: image.to_device(device),
-                image_mask: image_mask.to_device(device),
-                text: text.to_device(device),
-                text_mask: text_mask.to_device(device),
+                image: f(image),
+                image_mask: f(image_mask),
+                text: f(text),
+                text_mask: f(text_mask),
             },
         }
     }
@@ -79,24 +84,7 @@ impl Batch {
     }
 
     fn select(&self, rows: &Tensor) -> Batch {
-        let pick = |t: &Tensor| t.index_select(0, &rows.to_device(t.device()));
-        match self {
-            Batch::Pooled { image, text } => Batch::Pooled {
-                image: pick(image),
-                text: pick(text),
-            },
-            Batch::Tokens {
-                image,
-                image_mask,
-                text,
-                text_mask,
-            } => Batch::Tokens {
-                image: pick(image),
-                image_mask: pick(image_mask),
-                text: pick(text),
-                text_mask: pick(text_mask),
-            },
-        }
+        self.map(|t| t.index_select(0, &rows.to_device(t.device())))
     }
 }
 

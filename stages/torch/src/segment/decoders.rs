@@ -282,38 +282,21 @@ mod tests {
 
     #[test]
     fn vit_counts_match_the_original() {
-        let d = Decoder::vit(
-            VitShape {
-                in_channels: 768,
-                size: 224,
-            },
-            Device::Cpu,
-            0,
-        )
-        .unwrap();
-        assert_eq!(d.trainable_params(), 10_401_409);
-        // 896: decoder_0 pads instead of shrinking and upsamples; same parameters.
-        let d = Decoder::vit(
-            VitShape {
-                in_channels: 768,
-                size: 896,
-            },
-            Device::Cpu,
-            0,
-        )
-        .unwrap();
-        assert_eq!(d.trainable_params(), 10_401_409);
-        // no_adaptor over DINOv2-S tokens (384): decoder_0 is Conv(384, 384).
-        let d = Decoder::vit(
-            VitShape {
-                in_channels: 384,
-                size: 224,
-            },
-            Device::Cpu,
-            0,
-        )
-        .unwrap();
-        assert_eq!(d.trainable_params(), 4_649_473);
+        // 896: decoder_0 pads instead of shrinking and upsamples; same parameters. no_adaptor
+        // over DINOv2-S tokens (384): decoder_0 is Conv(384, 384).
+        for (in_channels, size, params) in [
+            (768, 224, 10_401_409),
+            (768, 896, 10_401_409),
+            (384, 224, 4_649_473),
+        ] {
+            let shape = VitShape { in_channels, size };
+            let d = Decoder::vit(shape, Device::Cpu, 0).unwrap();
+            assert_eq!(
+                d.trainable_params(),
+                params,
+                "{in_channels} channels at {size}"
+            );
+        }
     }
 
     #[test]

@@ -13,17 +13,11 @@ use crate::metrics::{write_parquet, Column};
 /// improved` (no wall-clock column, so the file is reproducible byte for byte).
 pub(super) fn write_epochs(path: &Path, rows: &[HeadEpoch]) -> Result<()> {
     let keys: BTreeSet<&String> = rows.iter().flat_map(|r| r.valid.keys()).collect();
-    let f = |g: fn(&HeadEpoch) -> f64| Column::F64(rows.iter().map(|r| Some(g(r))).collect());
+    let f = |g: fn(&HeadEpoch) -> f64| Column::floats(rows, g);
     let names: Vec<String> = keys.iter().map(|k| format!("valid_{k}")).collect();
     let mut cols = vec![
-        (
-            "epoch",
-            Column::I64(rows.iter().map(|r| r.epoch as i64).collect()),
-        ),
-        (
-            "steps",
-            Column::I64(rows.iter().map(|r| r.steps as i64).collect()),
-        ),
+        ("epoch", Column::ints(rows, |r| r.epoch as i64)),
+        ("steps", Column::ints(rows, |r| r.steps as i64)),
         ("lr", f(|r| r.lr)),
         ("train_loss", f(|r| r.train_loss)),
         ("valid_loss", f(|r| r.valid_loss)),
