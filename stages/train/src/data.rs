@@ -111,9 +111,11 @@ impl InMemoryPairs {
     pub fn pooled(image: Tensor, text: Tensor) -> Result<Self> {
         let (si, st) = (image.size(), text.size());
         if si.len() != 2 || st.len() != 2 || si[0] != st[0] {
-            return Err(Error::Data(format!(
-                "pooled pairs need image [N, Dv] and text [N, Dt] with the same N; got {si:?} and {st:?}"
-            )));
+            return Err(Error::InputShape {
+                what: "pooled pairs (image, text)".into(),
+                found: format!("{si:?} and {st:?}"),
+                expected: "image [N, Dv] and text [N, Dt] with the same N".into(),
+            });
         }
         Ok(InMemoryPairs {
             all: Batch::Pooled {
@@ -138,10 +140,13 @@ impl InMemoryPairs {
             text_mask.size(),
         );
         if si.len() != 3 || st.len() != 3 || sim != si[..2] || stm != st[..2] || si[0] != st[0] {
-            return Err(Error::Data(format!(
-                "token pairs need image [N, Lp, Dv], image_mask [N, Lp], text [N, Lt, Dt], \
-                 text_mask [N, Lt]; got {si:?}, {sim:?}, {st:?}, {stm:?}"
-            )));
+            return Err(Error::InputShape {
+                what: "token pairs (image, image_mask, text, text_mask)".into(),
+                found: format!("{si:?}, {sim:?}, {st:?}, {stm:?}"),
+                expected: "image [N, Lp, Dv], image_mask [N, Lp], text [N, Lt, Dt], text_mask \
+                           [N, Lt]"
+                    .into(),
+            });
         }
         let image_mask = image_mask.to_kind(Kind::Bool);
         let text_mask = text_mask.to_kind(Kind::Bool);
