@@ -275,13 +275,8 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("`lr` = {} must be positive", self.lr));
         }
-        check_adamw(
-            self.betas,
-            self.eps,
-            self.weight_decay,
-            self.min_delta,
-            self.warmup_fraction,
-        )?;
+        let adamw = (self.betas, self.eps, self.weight_decay);
+        check_adamw(adamw, self.min_delta, self.warmup_fraction)?;
         let device = self.device()?;
         if self.precision == Precision::Bf16 && !device.is_cuda() {
             return bad("`precision = bf16` needs a CUDA device (on CPU use fp32)".into());
@@ -314,9 +309,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 /// positive `eps`, non-negative `weight_decay` and `min_delta` (early stopping), and a
 /// `warmup_fraction` in [0, 1).
 pub(crate) fn check_adamw(
-    betas: (f64, f64),
-    eps: f64,
-    weight_decay: f64,
+    (betas, eps, weight_decay): ((f64, f64), f64, f64),
     min_delta: f64,
     warmup_fraction: f64,
 ) -> Result<()> {

@@ -141,13 +141,8 @@ impl HeadConfig {
                 self.lr, self.min_lr
             ));
         }
-        check_adamw(
-            self.betas,
-            self.eps,
-            self.weight_decay,
-            self.min_delta,
-            self.warmup_fraction,
-        )?;
+        let adamw = (self.betas, self.eps, self.weight_decay);
+        check_adamw(adamw, self.min_delta, self.warmup_fraction)?;
         if self.patience == Some(0) {
             return bad("`patience` must be at least 1 (or absent)".into());
         }
