@@ -2,6 +2,8 @@
 //! per-step cosine schedule, model selection on validation Dice, test metrics at the selected
 //! epoch. The frozen features are computed once per image and kept in memory (no augmentation,
 //! nothing upstream of the decoder changes), unless `cache_features` is off.
+//! The kept epoch and early stopping are `train::finetune::Selection` and the schedule is
+//! `train::finetune::cosine`, the classification heads' own (one epoch-selection rule for both).
 
 use std::collections::BTreeMap;
 use std::fs::File;
