@@ -9,13 +9,14 @@ import json
 import math
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptor_reference import Adaptor, param_groups  # noqa: E402
+from timing import time_steps  # noqa: E402
 
 
 def current_rss_mib():
@@ -45,13 +46,9 @@ def main():
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: s / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     order = torch.randperm(n)
-    times = []
-    cpu_start = 0.0
-    for step in range(a.warmup + a.steps):
-        if step == a.warmup:
-            cpu_start = time.process_time()
-        t0 = time.perf_counter()
-        start = (step * a.batch) % n
+
+    def step(i):
+        start = (i * a.batch) % n
         rows = order[start:start + a.batch]
         opt.zero_grad()
         loss = model(image[rows], text[rows])[3]
@@ -59,14 +56,14 @@ def main():
         opt.step()
         sched.step()
         loss.item()
-        if step >= a.warmup:
-            times.append(time.perf_counter() - t0)
+
+    times, cpu_per_step = time_steps(a.warmup, a.steps, step)
     print(json.dumps({
         "impl": f"pytorch-eager {torch.__version__}",
         "batch": a.batch, "dim": a.dim, "threads": a.threads, "steps": a.steps,
         "steps_per_s": a.steps / sum(times),
         "step_s_min": min(times),
-        "cpu_s_per_step": (time.process_time() - cpu_start) / a.steps,
+        "cpu_s_per_step": cpu_per_step,
         "base_rss_mib": base_rss,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "params": sum(p.numel() for p in model.parameters()),

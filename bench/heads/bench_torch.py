@@ -8,14 +8,15 @@ import json
 import os
 import resource
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from heads_reference import SSLEvaluator, loss_fn, optimizer  # noqa: E402
+from timing import time_steps  # noqa: E402
 
 
 def main():
@@ -35,13 +36,9 @@ def main():
     head.train()
     opt = optimizer(head, 5e-4, 1e-4)
     order = torch.randperm(n)
-    times = []
-    cpu_start = 0.0
-    for step in range(a.warmup + a.steps):
-        if step == a.warmup:
-            cpu_start = time.process_time()
-        start = time.perf_counter()
-        lo = (step * a.batch) % n
+
+    def step(i):
+        lo = (i * a.batch) % n
         idx = order[lo:lo + a.batch]
         x, y = features.index_select(0, idx), labels.index_select(0, idx)
         opt.zero_grad()
@@ -49,15 +46,15 @@ def main():
         loss.backward()
         opt.step()
         loss.item()
-        if step >= a.warmup:
-            times.append(time.perf_counter() - start)
+
+    times, cpu_per_step = time_steps(a.warmup, a.steps, step)
     total = sum(times)
     print(json.dumps({
         "impl": "pytorch-eager", "head": "linear" if a.linear else "mlp", "device": "Cpu",
         "batch": a.batch, "dim": a.dim, "classes": a.classes, "threads": a.threads,
         "steps": a.steps, "steps_per_s": a.steps / total,
         "examples_per_s": a.steps * a.batch / total, "step_ms_min": 1e3 * min(times),
-        "cpu_ms_per_step": 1e3 * (time.process_time() - cpu_start) / a.steps,
+        "cpu_ms_per_step": 1e3 * cpu_per_step,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "params": sum(p.numel() for p in head.parameters()),
         "torch": torch.__version__,

@@ -136,11 +136,10 @@ pub fn embed_image(a: &EmbedImage, rep: &dyn Reporter) -> Result<usize> {
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| Error::file(p, "not a file name"))?;
         if let Some(prev) = seen.insert(k.clone(), p.clone()) {
-            return Err(Error::Invalid(format!(
-                "{} and {} have the same file name; keys must be unique",
-                prev.display(),
-                p.display()
-            )));
+            return Err(Error::DuplicateKey {
+                first: prev,
+                second: p.clone(),
+            });
         }
         keys.push(k);
     }

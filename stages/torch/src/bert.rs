@@ -18,7 +18,7 @@ use tokenizers::{
 };
 
 use crate::error::{Error, Result};
-use crate::nn::{Activation, LayerNorm, Linear};
+use crate::nn::{Activation, LayerNorm, Linear, LoadLayerNorm, LoadLinear, Mode};
 use crate::weights::Weights;
 
 /// `model_type`s loaded as a plain BERT. CXR-BERT's config says `cxr-bert`; the original loads
@@ -54,18 +54,33 @@ pub fn read_config_json(dir: &Path) -> Result<(PathBuf, serde_json::Map<String, 
     }
 }
 
+/// A config field: `default` when absent or null, else `parse` of it; an error names the file,
+/// the field and what it should be.
+fn field<T>(
+    path: &Path,
+    m: &serde_json::Map<String, Json>,
+    name: &str,
+    default: T,
+    what: &str,
+    parse: impl Fn(&Json) -> Option<T>,
+) -> Result<T> {
+    match m.get(name) {
+        None | Some(Json::Null) => Ok(default),
+        Some(v) => {
+            parse(v).ok_or_else(|| Error::file(path, format!("`{name}` is not {what}: {v}")))
+        }
+    }
+}
+
 pub(crate) fn int_field(
     path: &Path,
     m: &serde_json::Map<String, Json>,
     name: &str,
     default: i64,
 ) -> Result<i64> {
-    match m.get(name) {
-        None | Some(Json::Null) => Ok(default),
-        Some(v) => v.as_i64().filter(|&i| i >= 0).ok_or_else(|| {
-            Error::file(path, format!("`{name}` is not a non-negative integer: {v}"))
-        }),
-    }
+    field(path, m, name, default, "a non-negative integer", |v| {
+        v.as_i64().filter(|&i| i >= 0)
+    })
 }
 
 pub(crate) fn float_field(
@@ -74,27 +89,15 @@ pub(crate) fn float_field(
     name: &str,
     default: f64,
 ) -> Result<f64> {
-    match m.get(name) {
-        None | Some(Json::Null) => Ok(default),
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| Error::file(path, format!("`{name}` is not a number: {v}"))),
-    }
+    field(path, m, name, default, "a number", Json::as_f64)
 }
 
 impl BertConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let (path, m) = read_config_json(dir)?;
-        let model_type = match m.get("model_type") {
-            None | Some(Json::Null) => "bert".to_string(),
-            Some(Json::String(s)) => s.clone(),
-            Some(v) => {
-                return Err(Error::file(
-                    &path,
-                    format!("`model_type` is not a string: {v}"),
-                ))
-            }
-        };
+        let model_type = field(&path, &m, "model_type", "bert".into(), "a string", |v| {
+            v.as_str().map(str::to_string)
+        })?;
         if !MODEL_TYPES.contains(&model_type.as_str()) {
             return Err(Error::UnknownModelType {
                 path,
@@ -242,7 +245,7 @@ impl TextTokenizer {
         let enc = self
             .inner
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let len = enc.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
         let rows = texts.len();
         let mut b = TokenBatch {
@@ -403,10 +406,14 @@ impl BertModel {
     pub fn forward(&self, batch: &TokenBatch) -> Result<(Tensor, Tensor)> {
         let (b, l) = (batch.rows as i64, batch.len as i64);
         if l > self.config.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "{l} tokens exceed max_position_embeddings {}",
-                self.config.max_position_embeddings
-            )));
+            return Err(Error::InputShape {
+                model: "BERT",
+                expected: format!(
+                    "at most max_position_embeddings {} tokens",
+                    self.config.max_position_embeddings
+                ),
+                found: format!("{l} tokens"),
+            });
         }
         let dev = self.device;
         let ids = Tensor::from_slice(&batch.ids).view([b, l]).to_device(dev);
@@ -419,10 +426,14 @@ impl BertModel {
             .iter()
             .find(|&&i| i < 0 || i >= self.config.vocab_size)
         {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {} (tokenizer and model do not match)",
-                self.config.vocab_size
-            )));
+            return Err(Error::parameter(
+                "token id",
+                bad,
+                format!(
+                    "is outside the vocabulary of {} (tokenizer and model do not match)",
+                    self.config.vocab_size
+                ),
+            ));
         }
         let pos = Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0);
         // transformers: (inputs_embeds + token_type_embeddings) + position_embeddings
@@ -437,7 +448,7 @@ impl BertModel {
         for layer in &self.layers {
             let qkv = layer
                 .qkv
-                .forward(&x)
+                .forward(&x, Mode::EVAL)
                 .view([b, l, 3, heads, hd])
                 .permute([2, 0, 3, 1, 4]);
             let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -452,12 +463,16 @@ impl BertModel {
                 false,
             );
             let a = a.transpose(1, 2).reshape([b, l, self.config.hidden_size]);
-            x = layer.ln1.forward(&(layer.attn_out.forward(&a) + &x));
+            x = layer
+                .ln1
+                .forward(&(layer.attn_out.forward(&a, Mode::EVAL) + &x));
             let hmid = self
                 .config
                 .hidden_act
-                .apply(&layer.intermediate.forward(&x));
-            x = layer.ln2.forward(&(layer.output.forward(&hmid) + &x));
+                .apply(&layer.intermediate.forward(&x, Mode::EVAL));
+            x = layer
+                .ln2
+                .forward(&(layer.output.forward(&hmid, Mode::EVAL) + &x));
         }
         Ok((x, mask))
     }
@@ -467,13 +482,14 @@ impl BertModel {
         Ok(match pooling {
             TextPooling::Pooler => {
                 let p = self.pooler.as_ref().ok_or_else(|| {
-                    Error::Invalid(
-                        "pooling `pooler` needs the tensors `pooler.dense.weight` [H, H] and \
-                         `pooler.dense.bias` [H], which this checkpoint lacks; use `cls` or `mean`"
-                            .into(),
+                    Error::parameter(
+                        "pooling",
+                        "`pooler`",
+                        "needs the tensors `pooler.dense.weight` [H, H] and `pooler.dense.bias` \
+                         [H], which this checkpoint lacks; use `cls` or `mean`",
                     )
                 })?;
-                p.forward(&hidden.select(1, 0)).tanh()
+                p.forward(&hidden.select(1, 0), Mode::EVAL).tanh()
             }
             TextPooling::Cls => hidden.select(1, 0),
             TextPooling::Mean => {
@@ -496,14 +512,20 @@ impl TextEncoder {
     pub fn load(dir: &Path, max_length: usize, device: Device, kind: Kind) -> Result<Self> {
         let config = BertConfig::load(dir)?;
         if max_length as i64 > config.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "max_length {max_length} exceeds the model's max_position_embeddings {}",
-                config.max_position_embeddings
-            )));
+            return Err(Error::parameter(
+                "max_length",
+                max_length,
+                format!(
+                    "exceeds the model's max_position_embeddings {}",
+                    config.max_position_embeddings
+                ),
+            ));
         }
         if max_length < 2 {
-            return Err(Error::Invalid(
-                "max_length must be at least 2 ([CLS] and [SEP])".into(),
+            return Err(Error::parameter(
+                "max_length",
+                max_length,
+                "must be at least 2 ([CLS] and [SEP])",
             ));
         }
         let tokenizer = TextTokenizer::load(dir, max_length, config.pad_token_id)?;

@@ -11,8 +11,8 @@ use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use crate::bert::{float_field, int_field, read_config_json};
-use crate::error::{Error, Result};
-use crate::nn::{Activation, LayerNorm, Linear};
+use crate::error::{shape_str, Error, Result};
+use crate::nn::{Activation, LayerNorm, Linear, LoadLayerNorm, LoadLinear, Mode};
 use crate::weights::Weights;
 
 pub const MODEL_TYPES: &[&str] = &["dinov2"];
@@ -237,10 +237,14 @@ impl Dinov2Model {
             || h < self.config.patch_size
             || wd < self.config.patch_size
         {
-            return Err(Error::Invalid(format!(
-                "DINOv2 input {size:?} does not fit {} channels of at least {} px",
-                self.config.num_channels, self.config.patch_size
-            )));
+            return Err(Error::InputShape {
+                model: "DINOv2",
+                expected: format!(
+                    "[B, {}, H, W] with H, W at least {} px",
+                    self.config.num_channels, self.config.patch_size
+                ),
+                found: shape_str(&size),
+            });
         }
         let b = size[0];
         let d = self.config.hidden_size;
@@ -267,7 +271,7 @@ impl Dinov2Model {
             let y = blk.norm1.forward(&x);
             let qkv = blk
                 .qkv
-                .forward(&y)
+                .forward(&y, Mode::EVAL)
                 .view([b, n, 3, heads, hd])
                 .permute([2, 0, 3, 1, 4]);
             let a = Tensor::scaled_dot_product_attention::<Tensor>(
@@ -282,11 +286,15 @@ impl Dinov2Model {
             )
             .transpose(1, 2)
             .reshape([b, n, d]);
-            x = blk.proj.forward(&a) * &blk.ls1 + &x;
+            x = blk.proj.forward(&a, Mode::EVAL) * &blk.ls1 + &x;
             let y = blk.norm2.forward(&x);
-            let y = blk
-                .fc2
-                .forward(&self.config.hidden_act.apply(&blk.fc1.forward(&y)));
+            let y = blk.fc2.forward(
+                &self
+                    .config
+                    .hidden_act
+                    .apply(&blk.fc1.forward(&y, Mode::EVAL)),
+                Mode::EVAL,
+            );
             x = y * &blk.ls2 + &x;
         }
         let x = self.norm.forward(&x);

@@ -50,14 +50,12 @@ pub fn pick_device(name: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(Device::cuda_if_available()),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(Error::Invalid(
-            "device `cuda`, but libtorch sees no CUDA device (`adaptor-torch env` shows what it \
-             sees)"
-                .into(),
+        "cuda" => Err(Error::parameter(
+            "device",
+            "`cuda`",
+            "but libtorch sees no CUDA device (`adaptor-torch env` shows what it sees)",
         )),
-        other => Err(Error::Invalid(format!(
-            "unknown device `{other}` (auto, cpu or cuda)"
-        ))),
+        other => Err(Error::unknown("device", other, "auto, cpu or cuda")),
     }
 }
 
@@ -66,9 +64,7 @@ pub fn pick_precision(name: &str) -> Result<Kind> {
     match name {
         "fp32" => Ok(Kind::Float),
         "bf16" => Ok(Kind::BFloat16),
-        other => Err(Error::Invalid(format!(
-            "unknown precision `{other}` (fp32 or bf16)"
-        ))),
+        other => Err(Error::unknown("precision", other, "fp32 or bf16")),
     }
 }
 
@@ -125,7 +121,10 @@ fn pipelined<P: Send>(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .build()
-        .map_err(|e| Error::Invalid(format!("cannot start {} threads: {e}", opts.threads)))?;
+        .map_err(|e| Error::Runtime {
+            what: format!("cannot start {} threads", opts.threads),
+            message: e.to_string(),
+        })?;
     let started = Instant::now();
     let mut last_log = Instant::now();
     rep.progress(0, rows as u64, opts.unit);
@@ -332,9 +331,11 @@ impl VisionModel {
             "resnet-ae" => Ok(VisionModel::ResNetAe(ResNetAeEncoder::load(
                 dir, device, precision,
             )?)),
-            other => Err(Error::Invalid(format!(
-                "backbone kind `{other}` is not an image backbone (dinov2, resnet-ae)"
-            ))),
+            other => Err(Error::unknown(
+                "image backbone kind",
+                other,
+                "dinov2, resnet-ae",
+            )),
         }
     }
 
@@ -350,16 +351,17 @@ impl VisionModel {
         Ok(match (self, name) {
             (VisionModel::Dinov2(_), "auto" | "cls") => ImagePooling::Cls,
             (VisionModel::ResNetAe(_), "auto" | "mean") => ImagePooling::Mean,
-            (VisionModel::ResNetAe(_), "cls") => return Err(Error::Invalid(
-                "pooling `cls`: the ResNet autoencoder has no CLS token (use auto, mean or tokens)"
-                    .into(),
-            )),
+            (VisionModel::ResNetAe(_), "cls") => {
+                return Err(Error::parameter(
+                    "pooling",
+                    "`cls`",
+                    "cannot be used: the ResNet autoencoder has no CLS token (use auto, mean or tokens)",
+                ))
+            }
             (_, "mean") => ImagePooling::Mean,
             (_, "tokens") => ImagePooling::Tokens,
             (_, other) => {
-                return Err(Error::Invalid(format!(
-                    "unknown pooling `{other}` (auto, cls, mean, tokens)"
-                )))
+                return Err(Error::unknown("pooling", other, "auto, cls, mean, tokens"))
             }
         })
     }
@@ -406,7 +408,11 @@ impl VisionModel {
                     ImagePooling::Mean => ResNetAeEncoder::pooled(&z),
                     ImagePooling::Tokens => ResNetAeEncoder::tokens(&z),
                     ImagePooling::Cls => {
-                        return Err(Error::Invalid("ResNet-AE has no CLS token".into()))
+                        return Err(Error::parameter(
+                            "pooling",
+                            "`cls`",
+                            "cannot be used: ResNet-AE has no CLS token",
+                        ))
                     }
                 }
             }
@@ -418,22 +424,35 @@ impl VisionModel {
         match (self, p) {
             (VisionModel::Dinov2(m), Preprocess::Dinov2 { crop, .. }) => {
                 if (*crop as i64) < m.config.patch_size {
-                    return Err(Error::Invalid(format!(
-                        "image_size {crop} is smaller than DINOv2's patch size {}",
-                        m.config.patch_size
-                    )));
+                    return Err(Error::parameter(
+                        "image_size",
+                        crop,
+                        format!(
+                            "is smaller than DINOv2's patch size {}",
+                            m.config.patch_size
+                        ),
+                    ));
                 }
                 if *crop as i64 % m.config.patch_size != 0 {
-                    return Err(Error::Invalid(format!(
-                        "image_size {crop} is not a multiple of DINOv2's patch size {} (224 = 16 × 14)",
-                        m.config.patch_size
-                    )));
+                    return Err(Error::parameter(
+                        "image_size",
+                        crop,
+                        format!(
+                            "is not a multiple of DINOv2's patch size {} (224 = 16 × 14)",
+                            m.config.patch_size
+                        ),
+                    ));
                 }
                 Ok(())
             }
             (VisionModel::ResNetAe(_), Preprocess::ResNetAe { .. }) => Ok(()),
-            _ => Err(Error::Invalid(
-                "preprocessing does not match the backbone".into(),
+            _ => Err(Error::parameter(
+                "preprocessing",
+                match p {
+                    Preprocess::Dinov2 { .. } => "dinov2",
+                    Preprocess::ResNetAe { .. } => "resnet-ae",
+                },
+                format!("does not match the {} backbone", self.kind()),
             )),
         }
     }
@@ -524,7 +543,7 @@ mod tests {
             &opts,
             &rep,
             |r| match fail_at {
-                Some(f) if r.contains(&f) => Err(Error::Invalid(format!("bad row {f}"))),
+                Some(f) if r.contains(&f) => Err(Error::parameter("row", f, "is bad")),
                 _ => Ok(r.clone()),
             },
             |r, p| {
@@ -551,7 +570,7 @@ mod tests {
     fn both_loops_stop_at_the_first_failed_chunk() {
         for overlap in [false, true] {
             let (r, seen, _) = run(overlap, Some(7));
-            assert_eq!(r.unwrap_err().to_string(), "bad row 7");
+            assert_eq!(r.unwrap_err().to_string(), "row 7 is bad");
             assert_eq!(seen, [0..3, 3..6], "overlap {overlap}");
         }
     }

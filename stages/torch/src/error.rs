@@ -51,6 +51,48 @@ pub enum Error {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 
+    /// The adaptor (adaptor-train's model, loss or checkpoint) failed; its own error names the
+    /// file or tensor.
+    #[error("adaptor: {0}")]
+    Adaptor(#[from] train::Error),
+
+    /// A named option that is none of the known ones (device, precision, pooling, backbone...).
+    #[error("unknown {what} `{found}` ({choices})")]
+    UnknownChoice {
+        what: &'static str,
+        found: String,
+        choices: &'static str,
+    },
+
+    /// A parameter whose value cannot be used here: `image_size 60 is not a multiple of ...`.
+    #[error("{name} {value} {reason}")]
+    Parameter {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    /// A tensor handed to a model that does not have the shape the model takes.
+    #[error("{model} input must be {expected}, got {found}")]
+    InputShape {
+        model: &'static str,
+        expected: String,
+        found: String,
+    },
+
+    /// The tokenizer failed on a text (its message says why).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// Two inputs that would get the same key in an output table.
+    #[error("{} and {} have the same file name; keys must be unique", first.display(), second.display())]
+    DuplicateKey { first: PathBuf, second: PathBuf },
+
+    /// What no stage input names, such as a thread pool that cannot start.
+    #[error("{what}: {message}")]
+    Runtime { what: String, message: String },
+
+    /// Catch-all still used by the table, report and stage glue (being replaced).
     #[error("{0}")]
     Invalid(String),
 
@@ -72,6 +114,24 @@ impl Error {
         Error::File {
             path: path.into(),
             message: message.into(),
+        }
+    }
+
+    /// [`Error::Parameter`].
+    pub fn parameter(name: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
+        Error::Parameter {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::UnknownChoice`].
+    pub fn unknown(what: &'static str, found: impl Into<String>, choices: &'static str) -> Self {
+        Error::UnknownChoice {
+            what,
+            found: found.into(),
+            choices,
         }
     }
 

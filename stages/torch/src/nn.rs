@@ -1,30 +1,27 @@
-//! The few inference-only layers the backbones share, built from shape-checked [`Weights`].
+//! The inference side of the layers the backbones share: loading adaptor-train's [`Linear`] and
+//! [`LayerNorm`] (one definition for training and inference) from shape-checked [`Weights`], and
+//! the activations transformers' configs name.
 
 use tch::Tensor;
+
+pub use train::nn::{LayerNorm, Linear, Mode};
 
 use crate::error::Result;
 use crate::weights::Weights;
 
-/// `y = x Wᵀ + b` with `W: [out, in]`.
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
+/// Loading a [`Linear`] (`y = x Wᵀ + b`, `W: [out, in]`) from a checkpoint.
+pub trait LoadLinear: Sized {
     /// `{prefix}.weight` `[out, in]` and, with `bias`, `{prefix}.bias` `[out]`.
-    pub fn load(w: &Weights, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Self> {
+    fn load(w: &Weights, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Self> {
         Self::load_any(w, &[prefix], out, inp, bias)
     }
 
     /// The first of several names the layer goes by (checkpoint layouts differ).
-    pub fn load_any(
-        w: &Weights,
-        prefixes: &[&str],
-        out: i64,
-        inp: i64,
-        bias: bool,
-    ) -> Result<Self> {
+    fn load_any(w: &Weights, prefixes: &[&str], out: i64, inp: i64, bias: bool) -> Result<Self>;
+}
+
+impl LoadLinear for Linear {
+    fn load_any(w: &Weights, prefixes: &[&str], out: i64, inp: i64, bias: bool) -> Result<Self> {
         let prefix = prefixes
             .iter()
             .copied()
@@ -39,54 +36,20 @@ impl Linear {
             },
         })
     }
-
-    /// Stacks layers with the same input along the output dimension (fused q/k/v).
-    pub fn stack(parts: &[Linear]) -> Linear {
-        let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0);
-        let bias = if parts.iter().all(|p| p.bias.is_some()) {
-            Some(Tensor::cat(
-                &parts
-                    .iter()
-                    .map(|p| p.bias.as_ref().expect("checked"))
-                    .collect::<Vec<_>>(),
-                0,
-            ))
-        } else {
-            None
-        };
-        Linear { weight, bias }
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
-    }
 }
 
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-    dim: i64,
+/// Loading a [`LayerNorm`] over the last `dim` features from a checkpoint.
+pub trait LoadLayerNorm: Sized {
+    fn load(w: &Weights, prefix: &str, dim: i64, eps: f64) -> Result<Self>;
 }
 
-impl LayerNorm {
-    pub fn load(w: &Weights, prefix: &str, dim: i64, eps: f64) -> Result<Self> {
+impl LoadLayerNorm for LayerNorm {
+    fn load(w: &Weights, prefix: &str, dim: i64, eps: f64) -> Result<Self> {
         Ok(LayerNorm {
             weight: w.get(&format!("{prefix}.weight"), &[dim])?,
             bias: w.get(&format!("{prefix}.bias"), &[dim])?,
             eps,
-            dim,
         })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
-            [self.dim],
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            true,
-        )
     }
 }
 

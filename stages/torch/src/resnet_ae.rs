@@ -196,15 +196,22 @@ impl ResNetAeEncoder {
         self.kind
     }
 
-    /// `_ResNetAE.encode`: `[B, 1, H, W]` → latent `[B, C, h, w]`.
-    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+    /// A `[B, 1, H, W]` batch on the model's device and dtype.
+    fn input(&self, x: &Tensor) -> Result<Tensor> {
         let size = x.size();
         if size.len() != 4 || size[1] != 1 {
-            return Err(Error::Invalid(format!(
-                "ResNet-AE input must be [B, 1, H, W], got {size:?}"
-            )));
+            return Err(Error::InputShape {
+                model: "ResNet-AE",
+                expected: "[B, 1, H, W]".into(),
+                found: shape_str(&size),
+            });
         }
-        let x = x.to_device(self.device).to_kind(self.kind);
+        Ok(x.to_device(self.device).to_kind(self.kind))
+    }
+
+    /// `_ResNetAE.encode`: `[B, 1, H, W]` → latent `[B, C, h, w]`.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.input(x)?;
         let x = self.stem.forward(&x).relu();
         let mut x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
@@ -221,13 +228,7 @@ impl ResNetAeEncoder {
     /// layer2..layer4; block5 is the latent [`ResNetAeEncoder::encode`] returns. BatchNorm is
     /// folded, i.e. always in inference mode (the original left it in train mode, G.11).
     pub fn encode_blocks(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let size = x.size();
-        if size.len() != 4 || size[1] != 1 {
-            return Err(Error::Invalid(format!(
-                "ResNet-AE input must be [B, 1, H, W], got {size:?}"
-            )));
-        }
-        let x = x.to_device(self.device).to_kind(self.kind);
+        let x = self.input(x)?;
         let block1 = self.stem.forward(&x).relu();
         let mut x = block1.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         let mut out = vec![block1];

@@ -8,61 +8,23 @@
 use adaptor_train::optim::{AdamW, DecayPolicy, LinearSchedule};
 use adaptor_train::rng::{permutation, uniform_values};
 use adaptor_train::{Adaptor, AdaptorConfig, InMemoryPairs, Mode, PairSource};
-use std::time::Instant;
-use tch::{Device, Tensor};
+use common::{rss_mib, time_steps, Args};
+use tch::Tensor;
 
-/// `VmHWM` (peak) or `VmRSS` (current) of this process, MiB.
-fn rss_mib(field: &str) -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// User + system CPU seconds of this process (`/proc/self/stat`, clock ticks of 1/100 s).
-fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 100.0
-    };
-    tick(11) + tick(12)
-}
+mod common;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |name: &str, default: i64| -> i64 {
-        args.iter()
-            .position(|a| a == name)
-            .map(|i| args[i + 1].parse().expect("an integer"))
-            .unwrap_or(default)
-    };
+    let args = Args::from_env();
     let (batch, dim, steps, warmup, threads) = (
-        get("--batch", 1024),
-        get("--dim", 768),
-        get("--steps", 10),
-        get("--warmup", 2),
-        get("--threads", 2),
+        args.int("--batch", 1024),
+        args.int("--dim", 768),
+        args.int("--steps", 10),
+        args.int("--warmup", 2),
+        args.int("--threads", 2),
     );
-    let full_attention = args.iter().any(|a| a == "--full-attention");
-    let device = args
-        .iter()
-        .position(|a| a == "--device")
-        .map(|i| adaptor_train::config::parse_device(&args[i + 1]).expect("cpu, cuda or cuda:N"))
-        .unwrap_or(Device::Cpu);
-    if device.is_cuda() && !tch::Cuda::is_available() {
-        eprintln!("bench_train: --device {device:?} but CUDA is not available");
-        std::process::exit(2);
-    }
-    let precision = if args.iter().any(|a| a == "--bf16") {
+    let full_attention = args.flag("--full-attention");
+    let device = args.device("bench_train");
+    let precision = if args.flag("--bf16") {
         adaptor_train::Precision::Bf16
     } else {
         adaptor_train::Precision::Fp32
@@ -92,13 +54,7 @@ fn main() {
         ..Mode::TRAIN
     };
     let order = permutation(3, n as usize);
-    let mut times = Vec::new();
-    let mut cpu_start = 0.0;
-    for step in 0..(warmup + steps) {
-        if step == warmup {
-            cpu_start = cpu_seconds();
-        }
-        let start = Instant::now();
+    let timing = time_steps(warmup, steps, |step| {
         let rows = &order[((step * batch) % n) as usize..][..batch as usize];
         let b = data.batch(rows, device).unwrap();
         opt.zero_grad();
@@ -106,12 +62,8 @@ fn main() {
         out.loss.backward();
         opt.step(2e-5 * schedule.factor(step as u64 + 1));
         let _ = out.loss.double_value(&[]);
-        if step >= warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    let total: f64 = times.iter().sum();
-    let cpu_per_step = (cpu_seconds() - cpu_start) / steps as f64;
+    });
+    let total = timing.total();
     println!(
         "{}",
         serde_json::json!({
@@ -119,8 +71,8 @@ fn main() {
             "device": format!("{device:?}"), "bf16": precision == adaptor_train::Precision::Bf16,
             "batch": batch, "dim": dim, "threads": threads, "steps": steps,
             "steps_per_s": steps as f64 / total,
-            "step_s_min": times.iter().cloned().fold(f64::INFINITY, f64::min),
-            "cpu_s_per_step": cpu_per_step,
+            "step_s_min": timing.min(),
+            "cpu_s_per_step": timing.cpu_per_step,
             "base_rss_mib": base_rss,
             "peak_rss_mib": rss_mib("VmHWM:"),
             "params": model.num_trainable_params(),

@@ -4,7 +4,7 @@
 //! `cargo run -p adaptor-train --example train_synthetic -- OUT_DIR [epochs] [noise]`
 
 use adaptor_train::rng::uniform_values;
-use adaptor_train::{train, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, TrainConfig};
+use adaptor_train::{fit, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, TrainConfig};
 use std::ops::ControlFlow;
 use tch::Tensor;
 
@@ -58,6 +58,6 @@ fn main() {
         latent_pairs(2048, 512, 768, noise, 10),
         latent_pairs(512, 512, 768, noise, 20),
     );
-    let r = train(&cfg, &tr, &va, &out, &mut Print).unwrap();
+    let r = fit(&cfg, &tr, &va, &out, &mut Print).unwrap();
     println!("{}", serde_json::to_string_pretty(&r).unwrap());
 }

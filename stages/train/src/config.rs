@@ -275,20 +275,8 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("`lr` = {} must be positive", self.lr));
         }
-        if !(0.0..1.0).contains(&self.betas.0) || !(0.0..1.0).contains(&self.betas.1) {
-            return bad(format!("`betas` = {:?} must lie in [0, 1)", self.betas));
-        }
-        if self.eps <= 0.0 || self.weight_decay < 0.0 || self.min_delta < 0.0 {
-            return bad(
-                "`eps` must be positive, `weight_decay` and `min_delta` non-negative".into(),
-            );
-        }
-        if !(0.0..1.0).contains(&self.warmup_fraction) {
-            return bad(format!(
-                "`warmup_fraction` = {} is not in [0, 1)",
-                self.warmup_fraction
-            ));
-        }
+        let adamw = (self.betas, self.eps, self.weight_decay);
+        check_adamw(adamw, self.min_delta, self.warmup_fraction)?;
         let device = self.device()?;
         if self.precision == Precision::Bf16 && !device.is_cuda() {
             return bad("`precision = bf16` needs a CUDA device (on CPU use fp32)".into());
@@ -315,6 +303,29 @@ pub fn parse_device(s: &str) -> Result<Device> {
                 Error::Config(format!("`device` = `{s}`: expected cpu, cuda or cuda:N"))
             }),
     }
+}
+
+/// The optimizer settings pre-training and head training share: AdamW's `betas` in [0, 1), a
+/// positive `eps`, non-negative `weight_decay` and `min_delta` (early stopping), and a
+/// `warmup_fraction` in [0, 1).
+pub(crate) fn check_adamw(
+    (betas, eps, weight_decay): ((f64, f64), f64, f64),
+    min_delta: f64,
+    warmup_fraction: f64,
+) -> Result<()> {
+    let bad = |m: String| Err(Error::Config(m));
+    if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) {
+        return bad(format!("`betas` = {betas:?} must lie in [0, 1)"));
+    }
+    if eps <= 0.0 || weight_decay < 0.0 || min_delta < 0.0 {
+        return bad("`eps` must be positive, `weight_decay` and `min_delta` non-negative".into());
+    }
+    if !(0.0..1.0).contains(&warmup_fraction) {
+        return bad(format!(
+            "`warmup_fraction` = {warmup_fraction} must lie in [0, 1)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,10 +32,15 @@ impl Batch {
     }
 
     pub fn to_device(&self, device: Device) -> Batch {
+        self.map(|t| t.to_device(device))
+    }
+
+    /// The same kind of batch with `f` applied to each of its tensors.
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Batch {
         match self {
             Batch::Pooled { image, text } => Batch::Pooled {
-                image: image.to_device(device),
-                text: text.to_device(device),
+                image: f(image),
+                text: f(text),
             },
             Batch::Tokens {
                 image,
@@ -43,10 +48,10 @@ impl Batch {
                 text,
                 text_mask,
             } => Batch::Tokens {
-                image: image.to_device(device),
-                image_mask: image_mask.to_device(device),
-                text: text.to_device(device),
-                text_mask: text_mask.to_device(device),
+                image: f(image),
+                image_mask: f(image_mask),
+                text: f(text),
+                text_mask: f(text_mask),
             },
         }
     }
@@ -79,24 +84,7 @@ impl Batch {
     }
 
     fn select(&self, rows: &Tensor) -> Batch {
-        let pick = |t: &Tensor| t.index_select(0, &rows.to_device(t.device()));
-        match self {
-            Batch::Pooled { image, text } => Batch::Pooled {
-                image: pick(image),
-                text: pick(text),
-            },
-            Batch::Tokens {
-                image,
-                image_mask,
-                text,
-                text_mask,
-            } => Batch::Tokens {
-                image: pick(image),
-                image_mask: pick(image_mask),
-                text: pick(text),
-                text_mask: pick(text_mask),
-            },
-        }
+        self.map(|t| t.index_select(0, &rows.to_device(t.device())))
     }
 }
 
@@ -123,9 +111,11 @@ impl InMemoryPairs {
     pub fn pooled(image: Tensor, text: Tensor) -> Result<Self> {
         let (si, st) = (image.size(), text.size());
         if si.len() != 2 || st.len() != 2 || si[0] != st[0] {
-            return Err(Error::Data(format!(
-                "pooled pairs need image [N, Dv] and text [N, Dt] with the same N; got {si:?} and {st:?}"
-            )));
+            return Err(Error::InputShape {
+                what: "pooled pairs (image, text)".into(),
+                found: format!("{si:?} and {st:?}"),
+                expected: "image [N, Dv] and text [N, Dt] with the same N".into(),
+            });
         }
         Ok(InMemoryPairs {
             all: Batch::Pooled {
@@ -150,10 +140,13 @@ impl InMemoryPairs {
             text_mask.size(),
         );
         if si.len() != 3 || st.len() != 3 || sim != si[..2] || stm != st[..2] || si[0] != st[0] {
-            return Err(Error::Data(format!(
-                "token pairs need image [N, Lp, Dv], image_mask [N, Lp], text [N, Lt, Dt], \
-                 text_mask [N, Lt]; got {si:?}, {sim:?}, {st:?}, {stm:?}"
-            )));
+            return Err(Error::InputShape {
+                what: "token pairs (image, image_mask, text, text_mask)".into(),
+                found: format!("{si:?}, {sim:?}, {st:?}, {stm:?}"),
+                expected: "image [N, Lp, Dv], image_mask [N, Lp], text [N, Lt, Dt], text_mask \
+                           [N, Lt]"
+                    .into(),
+            });
         }
         let image_mask = image_mask.to_kind(Kind::Bool);
         let text_mask = text_mask.to_kind(Kind::Bool);

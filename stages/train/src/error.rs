@@ -32,11 +32,34 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Output { path: PathBuf, message: String },
 
+    /// Training diverged: the loss of an update is NaN or infinite.
+    #[error("training loss is {loss} at step {step} (epoch {epoch})")]
+    NonFiniteLoss { loss: f64, step: u64, epoch: usize },
+
+    /// A tensor given to a model or data source that does not have the shape it takes.
+    #[error("{what} has shape {found}, expected {expected}")]
+    InputShape {
+        what: String,
+        found: String,
+        expected: String,
+    },
+
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An image input that is neither pooled `[B, D]` nor tokens `[B, L, D]`.
+    pub(crate) fn image_rank(x: &tch::Tensor) -> Error {
+        Error::InputShape {
+            what: "image input".into(),
+            found: format!("{:?}", x.size()),
+            expected: "2 or 3 dimensions ([B, D] or [B, L, D])".into(),
+        }
+    }
+}
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();

@@ -188,10 +188,11 @@ impl FusionAdaptor {
     fn check(&self, x: &Tensor, mask: &Tensor, dim: i64, what: &str) -> Result<()> {
         let s = x.size();
         if s.len() != 3 || s[2] != dim || mask.size() != s[..2] {
-            return Err(Error::Data(format!(
-                "{what} tokens have shape {s:?} (mask {:?}), expected [B, L, {dim}] with a [B, L] mask",
-                mask.size()
-            )));
+            return Err(Error::InputShape {
+                what: format!("{what} tokens"),
+                found: format!("{s:?} (mask {:?})", mask.size()),
+                expected: format!("[B, L, {dim}] with a [B, L] mask"),
+            });
         }
         Ok(())
     }

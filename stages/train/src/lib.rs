@@ -21,9 +21,9 @@ pub mod optim;
 pub mod original;
 pub mod params;
 pub mod plot;
+pub mod pretrain;
 pub mod rng;
 pub mod scores;
-pub mod train;
 
 pub use config::{AdaptorConfig, FusionConfig, Precision, TrainConfig, Variant};
 pub use data::{Batch, InMemoryPairs, PairSource};
@@ -37,4 +37,9 @@ pub use metrics::{EpochMetrics, Recall, StepMetrics};
 pub use model::{Adaptor, CheckpointInfo, Forward};
 pub use nn::Mode;
 pub use original::ImageOnly;
-pub use train::{train, train_resumable, Observer, Silent, StopReason, TrainReport};
+pub use pretrain::{fit, fit_resumable, Observer, Silent, StopReason, TrainReport};
+
+// The old names (`train::train::BEST_CHECKPOINT`, `train::train_resumable`), still used by
+// adaptor-torch's evaluate.rs, report.rs and pretrain.rs; remove once those say `pretrain`/`fit`.
+pub use pretrain as train;
+pub use pretrain::fit_resumable as train_resumable;

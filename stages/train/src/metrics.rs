@@ -112,6 +112,18 @@ pub(crate) enum Column {
     Str(Vec<String>),
 }
 
+impl Column {
+    /// An integer column: `g` of each row.
+    pub(crate) fn ints<R>(rows: &[R], g: impl Fn(&R) -> i64) -> Column {
+        Column::I64(rows.iter().map(g).collect())
+    }
+
+    /// A float column without gaps: `g` of each row.
+    pub(crate) fn floats<R>(rows: &[R], g: impl Fn(&R) -> f64) -> Column {
+        Column::F64(rows.iter().map(|r| Some(g(r))).collect())
+    }
+}
+
 pub(crate) fn write_parquet(path: &Path, columns: Vec<(&str, Column)>) -> Result<()> {
     let fields: Vec<Field> = columns
         .iter()
@@ -149,27 +161,18 @@ pub(crate) fn write_parquet(path: &Path, columns: Vec<(&str, Column)>) -> Result
 
 /// `metrics_steps.parquet`: one row per optimizer step.
 pub fn write_step_metrics(path: &Path, rows: &[StepMetrics]) -> Result<()> {
-    let f = |g: fn(&StepMetrics) -> f64| Column::F64(rows.iter().map(|r| Some(g(r))).collect());
+    let f = |g: fn(&StepMetrics) -> f64| Column::floats(rows, g);
     write_parquet(
         path,
         vec![
-            (
-                "epoch",
-                Column::I64(rows.iter().map(|r| r.epoch as i64).collect()),
-            ),
-            (
-                "step",
-                Column::I64(rows.iter().map(|r| r.step as i64).collect()),
-            ),
+            ("epoch", Column::ints(rows, |r| r.epoch as i64)),
+            ("step", Column::ints(rows, |r| r.step as i64)),
             ("lr", f(|r| r.lr)),
             ("loss", f(|r| r.loss)),
             ("contrastive", f(|r| r.contrastive)),
             ("itm", Column::F64(rows.iter().map(|r| r.itm).collect())),
             ("logit_scale", f(|r| r.logit_scale)),
-            (
-                "batch_size",
-                Column::I64(rows.iter().map(|r| r.batch_size as i64).collect()),
-            ),
+            ("batch_size", Column::ints(rows, |r| r.batch_size as i64)),
             ("seconds", f(|r| r.seconds)),
         ],
     )
@@ -177,18 +180,12 @@ pub fn write_step_metrics(path: &Path, rows: &[StepMetrics]) -> Result<()> {
 
 /// `metrics_epochs.parquet`: one row per epoch, validation and recall included.
 pub fn write_epoch_metrics(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
-    let f = |g: fn(&EpochMetrics) -> f64| Column::F64(rows.iter().map(|r| Some(g(r))).collect());
+    let f = |g: fn(&EpochMetrics) -> f64| Column::floats(rows, g);
     write_parquet(
         path,
         vec![
-            (
-                "epoch",
-                Column::I64(rows.iter().map(|r| r.epoch as i64).collect()),
-            ),
-            (
-                "steps",
-                Column::I64(rows.iter().map(|r| r.steps as i64).collect()),
-            ),
+            ("epoch", Column::ints(rows, |r| r.epoch as i64)),
+            ("steps", Column::ints(rows, |r| r.steps as i64)),
             ("train_loss", f(|r| r.train_loss)),
             ("val_loss", f(|r| r.val_loss)),
             ("lr", f(|r| r.lr)),

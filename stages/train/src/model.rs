@@ -239,11 +239,7 @@ impl Adaptor {
                             (tch::Kind::Bool, image.device()),
                         ),
                     ),
-                    (n, _) => {
-                        return Err(Error::Data(format!(
-                            "image input has {n} dimensions, expected 2 or 3"
-                        )))
-                    }
+                    (_, _) => return Err(Error::image_rank(image)),
                 };
                 m.embed_image(&tokens, &mask, Mode::EVAL)
             }

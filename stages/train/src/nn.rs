@@ -1,6 +1,7 @@
 //! Layers with PyTorch's semantics (`nn.Linear`, `nn.LayerNorm`, `nn.MultiheadAttention`), over
 //! parameters held in a [`ParamStore`], with explicit mixed precision (bf16 matrix products,
-//! everything else in fp32) in place of autocast, which tch can only switch to fp16.
+//! everything else in fp32) in place of autocast, which tch can only switch to fp16. The frozen
+//! backbones of adaptor-torch run the same [`Linear`] and [`LayerNorm`] in [`Mode::EVAL`].
 
 use tch::{Kind, Tensor};
 
@@ -87,6 +88,15 @@ impl Linear {
             seed,
         );
         let bias = bias.then(|| ps.add(&format!("{prefix}.bias"), &[out], Init::linear(inp), seed));
+        Linear { weight, bias }
+    }
+
+    /// Stacks layers with the same input along the output dimension (fused q/k/v); the bias
+    /// only where every part has one.
+    pub fn stack(parts: &[Linear]) -> Linear {
+        let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0);
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        let bias = biases.map(|b| Tensor::cat(&b, 0));
         Linear { weight, bias }
     }
 

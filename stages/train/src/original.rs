@@ -169,11 +169,7 @@ impl OriginalAdaptor {
                 }
                 x
             }
-            (n, _) => {
-                return Err(Error::Data(format!(
-                    "image input has {n} dimensions, expected 2 or 3"
-                )))
-            }
+            (_, _) => return Err(Error::image_rank(image)),
         };
         Ok(l2_normalize(&x))
     }
@@ -181,9 +177,11 @@ impl OriginalAdaptor {
     fn check(&self, x: &Tensor, dim: i64, what: &str) -> Result<()> {
         match x.size().as_slice() {
             [_, d] if *d == dim => Ok(()),
-            s => Err(Error::Data(format!(
-                "{what} input has shape {s:?}, expected [B, {dim}]"
-            ))),
+            s => Err(Error::InputShape {
+                what: format!("{what} input"),
+                found: format!("{s:?}"),
+                expected: format!("[B, {dim}]"),
+            }),
         }
     }
 }

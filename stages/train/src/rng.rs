@@ -77,9 +77,56 @@ pub fn permutation(seed: u64, n: usize) -> Vec<i64> {
     p
 }
 
+/// How many of `n` training rows a label fraction keeps: all of them at 1.0 or above, else
+/// `max(1, round(fraction · n))` with ties to even, as Python's `round()` (and so pandas'
+/// `sample(frac=)`, which the original's classification uses) rounds. The one rounding rule of
+/// both the classification heads and segmentation.
+pub fn labelled_count(n: usize, fraction: f64) -> usize {
+    if fraction >= 1.0 {
+        return n;
+    }
+    ((fraction * n as f64).round_ties_even() as usize)
+        .clamp(1, n.max(1))
+        .min(n)
+}
+
+/// The training rows kept at a label fraction: [`labelled_count`] rows of a permutation drawn
+/// from `derive_seed(seed, stream, 0)`, in ascending row order (all rows, in order, at 1.0).
+pub fn label_subset(n: usize, fraction: f64, seed: u64, stream: &str) -> Vec<usize> {
+    let k = labelled_count(n, fraction);
+    if k == n {
+        return (0..n).collect();
+    }
+    let mut rows: Vec<usize> = permutation(derive_seed(seed, stream, 0), n)
+        .into_iter()
+        .take(k)
+        .map(|r| r as usize)
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labelled_count_rounds_half_to_even_and_keeps_at_least_one() {
+        assert_eq!(labelled_count(10, 0.25), 2); // 2.5 → 2
+        assert_eq!(labelled_count(10, 0.35), 4); // 3.5 → 4
+        assert_eq!(labelled_count(250, 0.01), 2); // 2.5 → 2
+        assert_eq!(labelled_count(350, 0.01), 4); // 3.5 → 4
+        assert_eq!(labelled_count(10, 0.05), 1); // 0.5 → 0, then at least one
+        assert_eq!(labelled_count(30, 0.01), 1); // 0.3 → 0, then at least one
+        assert_eq!(labelled_count(10, 1.0), 10);
+        assert_eq!(labelled_count(0, 0.5), 0);
+        assert_eq!(label_subset(0, 0.5, 1, "x"), Vec::<usize>::new());
+        assert_eq!(label_subset(10, 1.0, 1, "x"), (0..10).collect::<Vec<_>>());
+        let s = label_subset(100, 0.3, 9, "x");
+        assert_eq!(s.len(), 30);
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+        assert_ne!(s, label_subset(100, 0.3, 9, "y"));
+    }
 
     #[test]
     fn splitmix_matches_the_published_sequence() {

@@ -4,7 +4,7 @@ use adaptor_train::fusion::FusionAdaptor;
 use adaptor_train::model::Model;
 use adaptor_train::rng::uniform_values;
 use adaptor_train::{
-    train, Adaptor, AdaptorConfig, Batch, InMemoryPairs, Mode, Silent, StopReason, TrainConfig,
+    fit, Adaptor, AdaptorConfig, Batch, InMemoryPairs, Mode, Silent, StopReason, TrainConfig,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -251,7 +251,7 @@ fn the_fusion_variant_trains_on_token_pairs() {
         ..TrainConfig::new(model)
     };
     let dir = tempfile::tempdir().unwrap();
-    let r = train(&cfg, &src(1), &src(11), dir.path(), &mut Silent).unwrap();
+    let r = fit(&cfg, &src(1), &src(11), dir.path(), &mut Silent).unwrap();
     assert_eq!((r.stop, r.steps), (StopReason::Completed, 6));
     assert!(r.best_val_loss.unwrap().is_finite());
     let (m, _) =

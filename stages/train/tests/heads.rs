@@ -95,7 +95,7 @@ fn head_comparisons(perturb_first: bool) -> (Vec<Comparison>, serde_json::Value)
         let mut opt = AdamW::with_decay(head.params(), (0.9, 0.999), 1e-8, wd, decays);
         opt.zero_grad();
         // Other tests in this process train (and draw dropout masks) concurrently.
-        let _rng = adaptor_train::train::torch_rng_lock();
+        let _rng = adaptor_train::pretrain::torch_rng_lock();
         tch::manual_seed(dropout_seed);
         let loss = head.loss(&head.forward(&x, true), &y);
         loss.backward();

@@ -4,7 +4,7 @@
 //! miniature, real MiniLM, a small vision encoder) needs the encode stages; see docs/adaptor.md.
 
 use adaptor_train::rng::uniform_values;
-use adaptor_train::{train, AdaptorConfig, InMemoryPairs, Silent, StopReason, TrainConfig};
+use adaptor_train::{fit, AdaptorConfig, InMemoryPairs, Silent, StopReason, TrainConfig};
 use tch::{Kind, Tensor};
 
 fn latent_pairs(n: i64, dv: i64, dt: i64, latent: i64, seed: u64) -> InMemoryPairs {
@@ -38,7 +38,7 @@ fn training_lowers_validation_loss_and_recall_beats_chance() {
         latent_pairs(256, 512, 768, 16, 20),
     );
     let dir = tempfile::tempdir().unwrap();
-    let r = train(&cfg, &tr, &va, dir.path(), &mut Silent).unwrap();
+    let r = fit(&cfg, &tr, &va, dir.path(), &mut Silent).unwrap();
     let best = r.best_recall.unwrap();
     eprintln!(
         "val loss {:.4} → {:.4}; R@1 i→t {:.3} → {:.3}, t→i {:.3} → {:.3} (chance {:.4})",

@@ -9,11 +9,8 @@ use std::process::Command;
 use adaptor_train::optim::{AdamW, DecayPolicy};
 use adaptor_train::params::{read_safetensors, write_safetensors};
 use adaptor_train::{Adaptor, AdaptorConfig, Batch, CheckpointInfo, ImageOnly, Mode};
-use common::parity::{
-    assert_all_within, assert_detects, compare, compare_scalar, fixture_machine, perturb,
-    Comparison, Tol,
-};
-use common::{max_abs_diff, python, Fixture};
+use common::parity::{assert_detects, compare, compare_scalar, perturb, Comparison, Tol};
+use common::{max_abs_diff, perturb_first, python, Fixture};
 use tch::{Device, Kind, Tensor};
 
 /// Error budget of the adaptor's forward and backward pass: two post-norm transformer layers of
@@ -35,10 +32,7 @@ const ADAMW: Tol = Tol::new(1e-4, 1e-5);
 
 /// Every comparison of the forward and image-only paths with the reference.
 fn forward_comparisons(m: &Adaptor, f: &Fixture) -> Vec<Comparison> {
-    let batch = Batch::Pooled {
-        image: f.t("input.image"),
-        text: f.t("input.text"),
-    };
+    let batch = f.pooled();
     let out = tch::no_grad(|| m.forward(&batch, Mode::EVAL)).unwrap();
     let image = f.t("input.image");
     let embed = |x: &Tensor, how| tch::no_grad(|| m.embed_image(x, None, how)).unwrap();
@@ -165,19 +159,15 @@ fn state_dict_names_and_shapes_are_the_originals() {
 #[test]
 fn forward_matches_the_pytorch_reference() {
     let f = Fixture::load();
-    assert_all_within(
-        &forward_comparisons(&f.model(), &f),
-        &fixture_machine(&f.meta),
-    );
+    f.assert_within(&forward_comparisons(&f.model(), &f));
 }
 
 #[test]
 fn forward_parity_catches_a_perturbed_weight() {
     let f = Fixture::load();
     let m = f.model();
-    let (name, first) = m.params().iter().next().unwrap();
-    perturb(first);
-    assert_detects(&format!("`{name}`"), &forward_comparisons(&m, &f));
+    let name = perturb_first(&m);
+    assert_detects(&name, &forward_comparisons(&m, &f));
 }
 
 #[test]
@@ -187,15 +177,12 @@ fn image_only_paths_match_the_pytorch_reference() {
     let image = f.t("input.image");
     let per_sample = m.embed_image(&image, None, ImageOnly::PerSample).unwrap();
     // Per sample, the image-only output is the pre-training image embedding (G.6)...
-    assert_all_within(
-        &[compare(
-            "image-only vs pre-training image embedding",
-            &per_sample,
-            &f.t("expected.image_embeds"),
-            FORWARD,
-        )],
-        &fixture_machine(&f.meta),
-    );
+    f.assert_within(&[compare(
+        "image-only vs pre-training image embedding",
+        &per_sample,
+        &f.t("expected.image_embeds"),
+        FORWARD,
+    )]);
     // ...and does not depend on the rest of the batch, unlike the original's 2-D call.
     let first3 = m
         .embed_image(&image.narrow(0, 0, 3), None, ImageOnly::PerSample)
@@ -237,10 +224,7 @@ fn sums(what: &str, t: &Tensor, want: &serde_json::Value, tol: Tol) -> [Comparis
 
 /// Every comparison of the gradients of one loss evaluation with the reference.
 fn gradient_comparisons(m: &Adaptor, f: &Fixture) -> Vec<Comparison> {
-    let batch = Batch::Pooled {
-        image: f.t("input.image"),
-        text: f.t("input.text"),
-    };
+    let batch = f.pooled();
     m.forward(&batch, Mode::EVAL).unwrap().loss.backward();
     let mut out = Vec::new();
     for (name, p) in m.params().iter() {
@@ -271,7 +255,7 @@ fn gradient_comparisons(m: &Adaptor, f: &Fixture) -> Vec<Comparison> {
 fn gradients_match_the_pytorch_reference() {
     let f = Fixture::load();
     let m = f.model();
-    assert_all_within(&gradient_comparisons(&m, &f), &fixture_machine(&f.meta));
+    f.assert_within(&gradient_comparisons(&m, &f));
     // Attention over one key: query and key projections get exactly zero gradient.
     let g = m
         .params()
@@ -285,18 +269,14 @@ fn gradients_match_the_pytorch_reference() {
 fn gradient_parity_catches_a_perturbed_weight() {
     let f = Fixture::load();
     let m = f.model();
-    let (name, first) = m.params().iter().next().unwrap();
-    perturb(first);
-    assert_detects(&format!("`{name}`"), &gradient_comparisons(&m, &f));
+    let name = perturb_first(&m);
+    assert_detects(&name, &gradient_comparisons(&m, &f));
 }
 
 /// Every comparison of the weights after three AdamW steps with torch.optim.AdamW's, under
 /// both decay policies (`perturb`: move the first parameter before the steps).
 fn adamw_comparisons(f: &Fixture, perturb_first: bool) -> Vec<Comparison> {
-    let batch = Batch::Pooled {
-        image: f.t("input.image"),
-        text: f.t("input.text"),
-    };
+    let batch = f.pooled();
     let mut out = Vec::new();
     for (policy, decay) in [
         ("original", DecayPolicy::All),
@@ -356,7 +336,7 @@ fn adamw_comparisons(f: &Fixture, perturb_first: bool) -> Vec<Comparison> {
 #[test]
 fn adamw_steps_match_torch_optim_adamw_under_both_decay_policies() {
     let f = Fixture::load();
-    assert_all_within(&adamw_comparisons(&f, false), &fixture_machine(&f.meta));
+    f.assert_within(&adamw_comparisons(&f, false));
 }
 
 #[test]
@@ -374,10 +354,7 @@ fn adamw_parity_catches_a_perturbed_weight() {
 fn checkpoint_round_trips_through_pytorch_load_state_dict() {
     let f = Fixture::load();
     let m = f.model();
-    let batch = Batch::Pooled {
-        image: f.t("input.image"),
-        text: f.t("input.text"),
-    };
+    let batch = f.pooled();
     // Move the weights off the generator's values first (two AdamW steps).
     let mut opt = AdamW::new(
         m.params(),
@@ -501,32 +478,26 @@ fn wrong_shapes_are_errors_not_panics() {
 fn full_attention_mode_matches_the_reference_too() {
     let f = Fixture::load();
     let m = f.model();
-    let batch = Batch::Pooled {
-        image: f.t("input.image"),
-        text: f.t("input.text"),
-    };
+    let batch = f.pooled();
     let mode = Mode {
         full_attention: true,
         ..Mode::EVAL
     };
     let out = tch::no_grad(|| m.forward(&batch, mode)).unwrap();
-    assert_all_within(
-        &[
-            compare(
-                "full attention: image embeddings",
-                &out.image,
-                &f.t("expected.image_embeds"),
-                FORWARD,
-            ),
-            compare(
-                "full attention: text embeddings",
-                &out.text,
-                &f.t("expected.text_embeds"),
-                FORWARD,
-            ),
-        ],
-        &fixture_machine(&f.meta),
-    );
+    f.assert_within(&[
+        compare(
+            "full attention: image embeddings",
+            &out.image,
+            &f.t("expected.image_embeds"),
+            FORWARD,
+        ),
+        compare(
+            "full attention: text embeddings",
+            &out.text,
+            &f.t("expected.text_embeds"),
+            FORWARD,
+        ),
+    ]);
 }
 
 /// bf16 (matrix products in bfloat16, the rest in fp32) stays close to fp32. Training refuses
@@ -535,10 +506,7 @@ fn full_attention_mode_matches_the_reference_too() {
 fn bf16_forward_is_close_to_fp32() {
     let f = Fixture::load();
     let m = f.model();
-    let batch = Batch::Pooled {
-        image: f.t("input.image"),
-        text: f.t("input.text"),
-    };
+    let batch = f.pooled();
     let mode = Mode {
         precision: adaptor_train::Precision::Bf16,
         ..Mode::EVAL

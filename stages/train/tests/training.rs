@@ -4,13 +4,13 @@ use std::fs;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use adaptor_train::rng::uniform_values;
-use adaptor_train::train::{
+use adaptor_train::pretrain::{
     BEST_CHECKPOINT, CURVE, EPOCH_METRICS, LAST_CHECKPOINT, REPORT, RESUME_DIR, RETRIEVAL,
     STEP_METRICS,
 };
+use adaptor_train::rng::uniform_values;
 use adaptor_train::{
-    train, Adaptor, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, Silent, StepMetrics,
+    fit, Adaptor, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, Silent, StepMetrics,
     StopReason, TrainConfig,
 };
 use tch::{Device, Tensor};
@@ -97,8 +97,8 @@ fn two_runs_with_the_same_seed_write_identical_checkpoint_bytes() {
     };
     let (tr, va) = (pairs(40, 512, 768, 1), pairs(16, 512, 768, 9));
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    train(&cfg, &tr, &va, dirs[0].path(), &mut Silent).unwrap();
-    train(&cfg, &tr, &va, dirs[1].path(), &mut Silent).unwrap();
+    fit(&cfg, &tr, &va, dirs[0].path(), &mut Silent).unwrap();
+    fit(&cfg, &tr, &va, dirs[1].path(), &mut Silent).unwrap();
     for f in [
         BEST_CHECKPOINT,
         LAST_CHECKPOINT,
@@ -111,7 +111,7 @@ fn two_runs_with_the_same_seed_write_identical_checkpoint_bytes() {
         );
     }
     let other = TrainConfig { seed: 43, ..cfg };
-    train(&other, &tr, &va, dirs[2].path(), &mut Silent).unwrap();
+    fit(&other, &tr, &va, dirs[2].path(), &mut Silent).unwrap();
     assert!(
         bytes(&dirs[0].path().join(LAST_CHECKPOINT))
             != bytes(&dirs[2].path().join(LAST_CHECKPOINT))
@@ -124,13 +124,13 @@ fn a_resumed_run_reaches_the_same_weights_as_an_uninterrupted_run() {
     let (tr, va) = (pairs(60, 32, 48, 1), pairs(20, 32, 48, 9));
     let full = tempfile::tempdir().unwrap();
     let mut obs = StopAt::never();
-    let report = train(&cfg, &tr, &va, full.path(), &mut obs).unwrap();
+    let report = fit(&cfg, &tr, &va, full.path(), &mut obs).unwrap();
     assert_eq!(report.stop, StopReason::Completed);
     assert_eq!((report.epochs_completed, report.steps), (4, 32));
 
     // Stopped at the end of epoch 2 ("killed" after its resume state was written)...
     let cut = tempfile::tempdir().unwrap();
-    let r = train(
+    let r = fit(
         &cfg,
         &tr,
         &va,
@@ -145,7 +145,7 @@ fn a_resumed_run_reaches_the_same_weights_as_an_uninterrupted_run() {
     assert!(cut.path().join(RESUME_DIR).join("state.json").exists());
     assert!(!cut.path().join(LAST_CHECKPOINT).exists());
     // ...then in the middle of epoch 3 (step 20 of 32): the resume state stays at epoch 2...
-    let r = train(
+    let r = fit(
         &cfg,
         &tr,
         &va,
@@ -162,7 +162,7 @@ fn a_resumed_run_reaches_the_same_weights_as_an_uninterrupted_run() {
     );
     // ...and finished.
     let mut resumed = StopAt::never();
-    let r = train(&cfg, &tr, &va, cut.path(), &mut resumed).unwrap();
+    let r = fit(&cfg, &tr, &va, cut.path(), &mut resumed).unwrap();
     assert_eq!(
         (r.stop, r.resumed_after_epoch, r.steps),
         (StopReason::Completed, Some(2), 32)
@@ -195,7 +195,7 @@ fn a_resumed_run_reaches_the_same_weights_as_an_uninterrupted_run() {
 
     // A resume state from another configuration is refused.
     let other = tempfile::tempdir().unwrap();
-    train(
+    fit(
         &cfg,
         &tr,
         &va,
@@ -206,7 +206,7 @@ fn a_resumed_run_reaches_the_same_weights_as_an_uninterrupted_run() {
         },
     )
     .unwrap();
-    let err = train(
+    let err = fit(
         &TrainConfig { lr: 2e-3, ..cfg },
         &tr,
         &va,
@@ -223,7 +223,7 @@ fn outputs_are_written_and_readable() {
     let cfg = small_config();
     let (tr, va) = (pairs(60, 32, 48, 1), pairs(20, 32, 48, 9));
     let dir = tempfile::tempdir().unwrap();
-    let report = train(&cfg, &tr, &va, dir.path(), &mut Silent).unwrap();
+    let report = fit(&cfg, &tr, &va, dir.path(), &mut Silent).unwrap();
     let d = dir.path();
     let rows = |f: &str| {
         let r = SerializedFileReader::new(fs::File::open(d.join(f)).unwrap()).unwrap();
@@ -294,7 +294,7 @@ fn early_stopping_keeps_the_best_checkpoint() {
     let (tr, va) = (pairs(40, 32, 48, 1), pairs(20, 32, 48, 9));
     let dir = tempfile::tempdir().unwrap();
     let mut obs = StopAt::never();
-    let r = train(&cfg, &tr, &va, dir.path(), &mut obs).unwrap();
+    let r = fit(&cfg, &tr, &va, dir.path(), &mut obs).unwrap();
     assert_eq!(
         (r.stop, r.epochs_completed, r.best_epoch),
         (StopReason::EarlyStopped, 3, Some(1))
@@ -320,7 +320,7 @@ fn learning_rate_follows_the_schedule_and_the_original_switches() {
     let lrs = |cfg: &TrainConfig| {
         let dir = tempfile::tempdir().unwrap();
         let mut obs = StopAt::never();
-        train(cfg, &tr, &va, dir.path(), &mut obs).unwrap();
+        fit(cfg, &tr, &va, dir.path(), &mut obs).unwrap();
         obs.steps.iter().map(|s| s.lr).collect::<Vec<f64>>()
     };
     let fixed = lrs(&cfg);
@@ -356,7 +356,7 @@ fn shuffling_and_weight_decay_switches_change_the_result() {
     let (tr, va) = (pairs(40, 32, 48, 1), pairs(16, 32, 48, 9));
     let run = |cfg: &TrainConfig| {
         let dir = tempfile::tempdir().unwrap();
-        train(cfg, &tr, &va, dir.path(), &mut Silent).unwrap();
+        fit(cfg, &tr, &va, dir.path(), &mut Silent).unwrap();
         bytes(&dir.path().join(LAST_CHECKPOINT))
     };
     let base = run(&cfg);
@@ -378,7 +378,7 @@ fn shuffling_and_weight_decay_switches_change_the_result() {
 fn bad_inputs_are_reported() {
     let cfg = small_config();
     let dir = tempfile::tempdir().unwrap();
-    let err = train(
+    let err = fit(
         &cfg,
         &pairs(20, 31, 48, 1),
         &pairs(8, 32, 48, 2),

@@ -13,7 +13,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rayon::prelude::*;
 use stages::images::{self, Gray, Gray8, ImageFormat};
 use stages::masks::{boxes_to_mask, rle_to_mask};
-use train::rng::{derive_seed, permutation};
 
 use crate::error::{Error, Result};
 
@@ -32,9 +31,11 @@ impl SegDataset {
         match s {
             "siim" => Ok(SegDataset::Siim),
             "rsna" => Ok(SegDataset::Rsna),
-            other => Err(Error::Invalid(format!(
-                "segmentation dataset `{other}` (siim or rsna)"
-            ))),
+            other => Err(Error::unknown(
+                "segmentation dataset",
+                other,
+                "siim or rsna",
+            )),
         }
     }
 }
@@ -70,20 +71,11 @@ pub struct SegData {
     pub fraction: f64,
 }
 
-/// The training rows kept for a label fraction: `max(1, round(fraction · n))` indices, drawn
-/// without replacement from a permutation seeded by `seed`, returned in table order.
+/// The training rows kept for a label fraction: `max(1, round(fraction · n))` indices (half to
+/// even, the heads' rule: [`train::rng::labelled_count`]), drawn without replacement from a
+/// permutation seeded by `seed`, returned in table order.
 pub fn label_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let k = ((fraction * n as f64).round() as usize).clamp(1, n);
-    let mut idx: Vec<usize> = permutation(derive_seed(seed, "seg-label-fraction", 0), n)
-        .into_iter()
-        .take(k)
-        .map(|i| i as usize)
-        .collect();
-    idx.sort_unstable();
-    idx
+    train::rng::label_subset(n, fraction, seed, "seg-label-fraction")
 }
 
 /// What a row needs to become an image and a mask.
@@ -105,12 +97,14 @@ impl SegData {
     ) -> Result<SegData> {
         let dataset = SegDataset::parse(dataset)?;
         if !(fraction > 0.0 && fraction <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "label fraction {fraction} is outside (0, 1]"
-            )));
+            return Err(Error::parameter(
+                "label fraction",
+                fraction,
+                "is outside (0, 1]",
+            ));
         }
         if crop == 0 {
-            return Err(Error::Invalid("crop size must be positive".into()));
+            return Err(Error::parameter("crop size", crop, "must be positive"));
         }
         let batches = read_batches(records)?;
         let names = column_names(&batches);
@@ -384,7 +378,8 @@ mod tests {
     fn label_subset_rounds_keeps_at_least_one_and_is_seeded() {
         assert_eq!(label_subset(10, 1.0, 3), (0..10).collect::<Vec<_>>());
         assert_eq!(label_subset(10, 0.01, 3).len(), 1);
-        assert_eq!(label_subset(10, 0.25, 3).len(), 3); // round(2.5) = 3 (half away from zero)
+        assert_eq!(label_subset(10, 0.25, 3).len(), 2); // round(2.5) = 2 (half to even)
+        assert_eq!(label_subset(10, 0.35, 3).len(), 4); // round(3.5) = 4
         assert_eq!(label_subset(10, 0.5, 3), label_subset(10, 0.5, 3));
         assert_ne!(label_subset(100, 0.5, 3), label_subset(100, 0.5, 4));
         let s = label_subset(100, 0.3, 9);

@@ -14,10 +14,12 @@ fn neck_repeats(size: i64) -> Result<usize> {
         224 => Ok(0),
         448 => Ok(1),
         896 => Ok(2),
-        other => Err(Error::Invalid(format!(
-            "crop size {other}: the U-Net supports 224, 448 and 896 (its neck grows 1×1 to 7×7, \
-             then doubles)"
-        ))),
+        other => Err(Error::parameter(
+            "crop size",
+            other,
+            "is not supported by the U-Net: 224, 448 and 896 are (its neck grows 1×1 to 7×7, \
+             then doubles)",
+        )),
     }
 }
 
@@ -156,9 +158,11 @@ impl VitDecoder {
             224 => 0,
             896 => 1,
             other => {
-                return Err(Error::Invalid(format!(
-                    "crop size {other}: the ViT decoder supports 224 and 896"
-                )))
+                return Err(Error::parameter(
+                    "crop size",
+                    other,
+                    "is not supported by the ViT decoder: 224 and 896 are",
+                ))
             }
         };
         let c = shape.in_channels;
@@ -278,38 +282,21 @@ mod tests {
 
     #[test]
     fn vit_counts_match_the_original() {
-        let d = Decoder::vit(
-            VitShape {
-                in_channels: 768,
-                size: 224,
-            },
-            Device::Cpu,
-            0,
-        )
-        .unwrap();
-        assert_eq!(d.trainable_params(), 10_401_409);
-        // 896: decoder_0 pads instead of shrinking and upsamples; same parameters.
-        let d = Decoder::vit(
-            VitShape {
-                in_channels: 768,
-                size: 896,
-            },
-            Device::Cpu,
-            0,
-        )
-        .unwrap();
-        assert_eq!(d.trainable_params(), 10_401_409);
-        // no_adaptor over DINOv2-S tokens (384): decoder_0 is Conv(384, 384).
-        let d = Decoder::vit(
-            VitShape {
-                in_channels: 384,
-                size: 224,
-            },
-            Device::Cpu,
-            0,
-        )
-        .unwrap();
-        assert_eq!(d.trainable_params(), 4_649_473);
+        // 896: decoder_0 pads instead of shrinking and upsamples; same parameters. no_adaptor
+        // over DINOv2-S tokens (384): decoder_0 is Conv(384, 384).
+        for (in_channels, size, params) in [
+            (768, 224, 10_401_409),
+            (768, 896, 10_401_409),
+            (384, 224, 4_649_473),
+        ] {
+            let shape = VitShape { in_channels, size };
+            let d = Decoder::vit(shape, Device::Cpu, 0).unwrap();
+            assert_eq!(
+                d.trainable_params(),
+                params,
+                "{in_channels} channels at {size}"
+            );
+        }
     }
 
     #[test]

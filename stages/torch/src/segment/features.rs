@@ -35,9 +35,11 @@ impl SegBackbone {
                 model: Dinov2Model::load(dir, device, Kind::Float)?,
                 normalize,
             }),
-            other => Err(Error::Invalid(format!(
-                "segmentation backbone `{other}` (resnet-ae or dinov2)"
-            ))),
+            other => Err(Error::unknown(
+                "segmentation backbone",
+                other,
+                "resnet-ae or dinov2",
+            )),
         }
     }
 
@@ -74,11 +76,11 @@ impl SegBackbone {
         let dim = match adaptor {
             Some(a) => {
                 if a.cfg.vision_dim != self.dim() {
-                    return Err(Error::Invalid(format!(
-                        "the adaptor takes {}-d image vectors, the backbone gives {}",
-                        a.cfg.vision_dim,
-                        self.dim()
-                    )));
+                    return Err(Error::InputShape {
+                        model: "the adaptor",
+                        expected: format!("{}-d image vectors", a.cfg.vision_dim),
+                        found: format!("{}-d from the backbone", self.dim()),
+                    });
                 }
                 a.cfg.projection_dim
             }
@@ -128,7 +130,7 @@ impl SegBackbone {
             match adaptor {
                 Some(a) => a
                     .embed_image(&v.to_device(a.device()), None, ImageOnly::PerSample)
-                    .map_err(|e| Error::Invalid(format!("adaptor: {e}"))),
+                    .map_err(Error::from),
                 None => Ok(v.shallow_clone()),
             }
         };
@@ -146,9 +148,11 @@ impl SegBackbone {
                 let (b, n, d) = (t.size()[0], t.size()[1], t.size()[2]);
                 let g = (n as f64).sqrt().round() as i64;
                 if g * g != n {
-                    return Err(Error::Invalid(format!(
-                        "{n} patch tokens are not a square grid"
-                    )));
+                    return Err(Error::InputShape {
+                        model: "the ViT decoder",
+                        expected: "a square grid of patch tokens".into(),
+                        found: format!("{n} patch tokens"),
+                    });
                 }
                 // The original's `reshape(B, g, g, C).permute(0, 3, 1, 2)`.
                 Ok(vec![t

@@ -106,9 +106,8 @@ impl DecoderState {
             .filter(|(n, _)| !is_buffer(n))
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
-        self.params
-            .load(&params, origin)
-            .map_err(|e| crate::Error::file(origin, e.to_string()))?;
+        // adaptor-train's error names `origin` and the tensor.
+        self.params.load(&params, origin)?;
         tch::no_grad(|| {
             for (name, dst) in &self.buffers {
                 let src = tensors

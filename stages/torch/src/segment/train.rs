@@ -2,6 +2,8 @@
 //! per-step cosine schedule, model selection on validation Dice, test metrics at the selected
 //! epoch. The frozen features are computed once per image and kept in memory (no augmentation,
 //! nothing upstream of the decoder changes), unless `cache_features` is off.
+//! The kept epoch and early stopping are `train::finetune::Selection` and the schedule is
+//! `train::finetune::cosine`, the classification heads' own (one epoch-selection rule for both).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +16,7 @@ use arrow_schema::{Field, Schema};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+use train::finetune::{cosine, Selection};
 use train::optim::{AdamW, DecayPolicy};
 use train::params::write_safetensors;
 use train::rng::{derive_seed, permutation};
@@ -90,8 +93,7 @@ impl SegConfig {
     /// The cosine schedule over all steps: `lr_min + (lr − lr_min)(1 + cos(π s/S))/2` at step `s`
     /// of `S` (the original stepped `CosineAnnealingWarmRestarts(T_0=100)` once per epoch).
     pub fn lr_at(&self, step: u64, total: u64) -> f64 {
-        let frac = step as f64 / total.max(1) as f64;
-        self.lr_min + (self.lr - self.lr_min) * (1.0 + (std::f64::consts::PI * frac).cos()) / 2.0
+        cosine(self.lr, self.lr_min, step as f64 / total.max(1) as f64)
     }
 }
 
@@ -236,32 +238,31 @@ pub fn train_segmenter(
 ) -> Result<SegReport> {
     let started = Instant::now();
     if cfg.crop != data.crop {
-        return Err(Error::Invalid(format!(
-            "the data was loaded at crop {}, the config asks for {}",
-            data.crop, cfg.crop
-        )));
+        return Err(Error::parameter(
+            "crop",
+            cfg.crop,
+            format!("does not match the data, loaded at crop {}", data.crop),
+        ));
     }
     if data.train.is_empty() || data.valid.is_empty() {
-        return Err(Error::Invalid(format!(
-            "segmentation needs training and validation images (train {}, valid {})",
-            data.train.len(),
-            data.valid.len()
-        )));
+        return Err(Error::parameter(
+            "images (train, valid)",
+            format!("({}, {})", data.train.len(), data.valid.len()),
+            "are too few: segmentation needs training and validation images",
+        ));
     }
     if cfg.batch_size == 0 {
-        return Err(Error::Invalid("batch_size must be at least 1".into()));
+        return Err(Error::parameter("batch_size", 0, "must be at least 1"));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let device = pick_device(&cfg.device)?;
-    let normalize = Normalize::parse(&cfg.normalize).ok_or_else(|| {
-        Error::Invalid(format!("normalize `{}` (imagenet or half)", cfg.normalize))
-    })?;
+    let normalize = Normalize::parse(&cfg.normalize)
+        .ok_or_else(|| Error::unknown("normalize", cfg.normalize.clone(), "imagenet or half"))?;
     let backbone = SegBackbone::load(&cfg.backbone_dir, &cfg.backbone, normalize, device)?;
     let adaptor = match &cfg.adaptor {
         Some(p) => Some(
-            Adaptor::from_checkpoint(p, device)
-                .map_err(|e| Error::file(p, e.to_string()))?
-                .0,
+            // adaptor-train's errors name the file (`adaptor: <path>: ...`).
+            Adaptor::from_checkpoint(p, device)?.0,
         ),
         None => None,
     };
@@ -316,9 +317,14 @@ pub fn train_segmenter(
         "untrained: valid loss {init_loss:.4}, dice {:.4}, dice_positive {:.4}",
         init.dice, init.dice_positive
     ));
-    let mut best = (init.dice, 0usize, dec.state.snapshot(), init);
+    // The untrained decoder is the starting point an epoch must beat (min_delta 0).
+    let mut selection = Selection::from_initial(
+        init.dice,
+        (dec.state.snapshot(), init),
+        Some(cfg.patience),
+        0.0,
+    );
     let mut epochs: Vec<SegEpoch> = Vec::new();
-    let mut since_best = 0usize;
     let mut step = 0u64;
     for epoch in 1..=cfg.epochs {
         if observer.cancelled() {
@@ -339,13 +345,7 @@ pub fn train_segmenter(
             loss_sum += loss.double_value(&[]);
         }
         let (valid_loss, v) = evaluate(&frozen, &dec, &valid_f, &cfg.loss, cfg.batch_size)?;
-        let improved = v.dice > best.0;
-        if improved {
-            best = (v.dice, epoch, dec.state.snapshot(), v);
-            since_best = 0;
-        } else {
-            since_best += 1;
-        }
+        let improved = selection.record(epoch, v.dice, || (dec.state.snapshot(), v));
         let row = SegEpoch {
             epoch,
             steps: step,
@@ -366,7 +366,7 @@ pub fn train_segmenter(
         ));
         observer.progress(epoch as u64, cfg.epochs as u64, "epochs");
         epochs.push(row);
-        if since_best >= cfg.patience {
+        if selection.exhausted() {
             observer.log(&format!(
                 "stopping: no better validation Dice for {} epochs",
                 cfg.patience
@@ -374,7 +374,9 @@ pub fn train_segmenter(
             break;
         }
     }
-    let (_, best_epoch, snap, valid_best) = best;
+    let (best_epoch, _, (snap, valid_best)) = selection
+        .into_best()
+        .expect("starts from the untrained decoder");
     dec.state.restore(&snap);
     let (_, test) = evaluate(&frozen, &dec, &test_f, &cfg.loss, cfg.batch_size)?;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use adaptor_train::params::read_safetensors;
 use adaptor_train::rng::uniform_values;
-use adaptor_train::{Adaptor, AdaptorConfig};
+use adaptor_train::{Adaptor, AdaptorConfig, Batch};
 use tch::{Device, Tensor};
 
 pub fn repo_root() -> PathBuf {
@@ -79,6 +79,19 @@ impl Fixture {
     }
 
     /// The original module with the fixture's weights.
+    /// The fixture's pooled input pairs as one batch.
+    pub fn pooled(&self) -> Batch {
+        Batch::Pooled {
+            image: self.t("input.image"),
+            text: self.t("input.text"),
+        }
+    }
+
+    /// Every comparison within its tolerance, failures reported with the fixture's machine.
+    pub fn assert_within(&self, comparisons: &[parity::Comparison]) {
+        parity::assert_all_within(comparisons, &parity::fixture_machine(&self.meta));
+    }
+
     pub fn model(&self) -> Adaptor {
         let m = Adaptor::new(&AdaptorConfig::original(self.vision_dim()), Device::Cpu, 0).unwrap();
         m.params()
@@ -104,4 +117,12 @@ pub fn python() -> PathBuf {
         .flatten()
         .find(|p| p.exists())
         .expect("no Python with torch: run scripts/setup.sh (creates .venv) or set VIRTUAL_ENV")
+}
+
+/// Moves the first parameter of `m` by the parity perturbation; returns its name as the
+/// detection message shows it (`` `name` ``).
+pub fn perturb_first(m: &Adaptor) -> String {
+    let (name, first) = m.params().iter().next().unwrap();
+    parity::perturb(first);
+    format!("`{name}`")
 }

@@ -1,4 +1,4 @@
-//! The training loop: AdamW with a per-step linear warm-up/decay, a fresh shuffle every epoch,
+//! Contrastive pre-training of the Adaptor on cached embedding pairs ([`fit`]): AdamW with a per-step linear warm-up/decay, a fresh shuffle every epoch,
 //! validation loss and retrieval recall each epoch, early stopping, the best checkpoint kept,
 //! and a resume state written at every epoch end.
 //!
@@ -48,7 +48,7 @@ pub(crate) static TORCH_RNG: Mutex<()> = Mutex::new(());
 
 /// Holds libtorch's process-global generator for the caller (the training loops take it for
 /// their whole run): hold it between `tch::manual_seed` and the draws that must follow it. Not
-/// re-entrant: release it before calling [`train`] or [`crate::train_head`].
+/// re-entrant: release it before calling [`fit`] or [`crate::train_head`].
 pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -80,7 +80,7 @@ pub enum StopReason {
     Interrupted,
 }
 
-/// What `train` returns (and writes as `report.json` when it finishes).
+/// What [`fit`] returns (and writes as `report.json` when it finishes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
     pub stop: StopReason,
@@ -130,14 +130,14 @@ struct ResumeState {
 /// `report.json`. If `out_dir/resume/state.json` exists (a killed run), training continues from
 /// its last completed epoch; the configuration must be the same. The resume folder is removed
 /// when the run finishes.
-pub fn train(
+pub fn fit(
     cfg: &TrainConfig,
     train: &dyn PairSource,
     valid: &dyn PairSource,
     out_dir: &Path,
     observer: &mut dyn Observer,
 ) -> Result<TrainReport> {
-    train_resumable(
+    fit_resumable(
         cfg,
         train,
         valid,
@@ -147,9 +147,9 @@ pub fn train(
     )
 }
 
-/// [`train`] with the resume state in `resume_dir` (e.g. a folder that outlives a stage's
+/// [`fit`] with the resume state in `resume_dir` (e.g. a folder that outlives a stage's
 /// staging output folder, so a killed stage resumes when it is run again).
-pub fn train_resumable(
+pub fn fit_resumable(
     cfg: &TrainConfig,
     train: &dyn PairSource,
     valid: &dyn PairSource,
@@ -220,7 +220,13 @@ pub fn train_resumable(
             }
         }
     };
-    let resumed_after_epoch = (st.epochs_done > 0).then_some(st.epochs_done);
+    let run = Run {
+        train,
+        valid,
+        device,
+        steps_per_epoch,
+        resumed_after_epoch: (st.epochs_done > 0).then_some(st.epochs_done),
+    };
     let seconds_before = st.seconds;
     let elapsed = |c: &Instant| seconds_before + c.elapsed().as_secs_f64();
 
@@ -250,11 +256,11 @@ pub fn train_resumable(
             st.step += 1;
             let loss = out.loss.double_value(&[]);
             if !loss.is_finite() {
-                return Err(Error::Data(format!(
-                    "training loss is {loss} at step {} (epoch {})",
-                    st.step,
-                    epoch + 1
-                )));
+                return Err(Error::NonFiniteLoss {
+                    loss,
+                    step: st.step,
+                    epoch: epoch + 1,
+                });
             }
             loss_sum += loss * chunk.len() as f64;
             seen += chunk.len();
@@ -272,15 +278,7 @@ pub fn train_resumable(
             let flow = observer.on_step(&m);
             st.step_metrics.push(m);
             if flow.is_break() {
-                return Ok(interrupted(
-                    &st,
-                    &model,
-                    train,
-                    valid,
-                    steps_per_epoch,
-                    resumed_after_epoch,
-                    elapsed(&clock),
-                ));
+                return Ok(run.report(&st, &model, StopReason::Interrupted, None, elapsed(&clock)));
             }
         }
 
@@ -330,31 +328,11 @@ pub fn train_resumable(
             ));
         }
         if observer.on_epoch(&m).is_break() {
-            return Ok(interrupted(
-                &st,
-                &model,
-                train,
-                valid,
-                steps_per_epoch,
-                resumed_after_epoch,
-                elapsed(&clock),
-            ));
+            return Ok(run.report(&st, &model, StopReason::Interrupted, None, elapsed(&clock)));
         }
     }
 
-    finish(
-        cfg,
-        st,
-        &model,
-        train,
-        valid,
-        out_dir,
-        resume_dir,
-        steps_per_epoch,
-        resumed_after_epoch,
-        device,
-        elapsed(&clock),
-    )
+    finish(cfg, st, &model, &run, out_dir, resume_dir, elapsed(&clock))
 }
 
 fn check_source(cfg: &TrainConfig, src: &dyn PairSource, what: &str) -> Result<()> {
@@ -470,48 +448,55 @@ fn load_resume(
     Ok(Some(st))
 }
 
-fn interrupted(
-    st: &ResumeState,
-    model: &Adaptor,
-    train: &dyn PairSource,
-    valid: &dyn PairSource,
-    spe: u64,
-    resumed: Option<usize>,
-    seconds: f64,
-) -> TrainReport {
-    TrainReport {
-        stop: StopReason::Interrupted,
-        trainable_params: model.num_trainable_params(),
-        train_pairs: train.len(),
-        valid_pairs: valid.len(),
-        steps_per_epoch: spe,
-        epochs_completed: st.epochs_done,
-        steps: st.step,
-        initial_val_loss: st.initial_val_loss,
-        best_epoch: st.best_epoch,
-        best_val_loss: st.best_val_loss,
-        last_val_loss: st.epoch_metrics.last().map(|e| e.val_loss),
-        initial_recall: st.initial_recall,
-        best_recall: None,
-        resumed_after_epoch: resumed,
-        threads: tch::get_num_threads(),
-        device: st.config.device.clone(),
-        seconds,
+/// What stays the same for a whole run (the pairs, the device, the steps per epoch and the epoch
+/// resumed after), for the final outputs and [`TrainReport`].
+struct Run<'a> {
+    train: &'a dyn PairSource,
+    valid: &'a dyn PairSource,
+    device: Device,
+    steps_per_epoch: u64,
+    resumed_after_epoch: Option<usize>,
+}
+
+impl Run<'_> {
+    /// The report of a run at state `st` (interrupted: no recall of the kept checkpoint).
+    fn report(
+        &self,
+        st: &ResumeState,
+        model: &Adaptor,
+        stop: StopReason,
+        best_recall: Option<Recall>,
+        seconds: f64,
+    ) -> TrainReport {
+        TrainReport {
+            stop,
+            trainable_params: model.num_trainable_params(),
+            train_pairs: self.train.len(),
+            valid_pairs: self.valid.len(),
+            steps_per_epoch: self.steps_per_epoch,
+            epochs_completed: st.epochs_done,
+            steps: st.step,
+            initial_val_loss: st.initial_val_loss,
+            best_epoch: st.best_epoch,
+            best_val_loss: st.best_val_loss,
+            last_val_loss: st.epoch_metrics.last().map(|e| e.val_loss),
+            initial_recall: st.initial_recall,
+            best_recall,
+            resumed_after_epoch: self.resumed_after_epoch,
+            threads: tch::get_num_threads(),
+            device: st.config.device.clone(),
+            seconds,
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn finish(
     cfg: &TrainConfig,
     st: ResumeState,
     model: &Adaptor,
-    train: &dyn PairSource,
-    valid: &dyn PairSource,
+    run: &Run,
     out_dir: &Path,
     resume_dir: &Path,
-    spe: u64,
-    resumed: Option<usize>,
-    device: Device,
     seconds: f64,
 ) -> Result<TrainReport> {
     let info = CheckpointInfo {
@@ -523,8 +508,8 @@ fn finish(
     };
     model.save(&out_dir.join(LAST_CHECKPOINT), &info)?;
     // Recall of the kept checkpoint (it is the last one's when the last epoch was the best).
-    let (best, _) = Adaptor::from_checkpoint(&out_dir.join(BEST_CHECKPOINT), device)?;
-    let (_, best_recall) = validate(&best, cfg, valid, device)?;
+    let (best, _) = Adaptor::from_checkpoint(&out_dir.join(BEST_CHECKPOINT), run.device)?;
+    let (_, best_recall) = validate(&best, cfg, run.valid, run.device)?;
     let recall_json = serde_json::json!({
         "checkpoint": BEST_CHECKPOINT,
         "epoch": st.best_epoch,
@@ -538,8 +523,8 @@ fn finish(
     let title = format!(
         "Adaptor ({:?}) · {} train / {} valid pairs · batch {} · lr {:e}",
         cfg.model.variant,
-        train.len(),
-        valid.len(),
+        run.train.len(),
+        run.valid.len(),
         cfg.batch_size,
         cfg.lr
     )
@@ -548,33 +533,16 @@ fn finish(
         &out_dir.join(CURVE),
         &st.step_metrics,
         &st.epoch_metrics,
-        spe,
+        run.steps_per_epoch,
         Some((st.initial_val_loss, st.initial_recall)),
         &title,
     )?;
-    let report = TrainReport {
-        stop: if st.stopped_early {
-            StopReason::EarlyStopped
-        } else {
-            StopReason::Completed
-        },
-        trainable_params: model.num_trainable_params(),
-        train_pairs: train.len(),
-        valid_pairs: valid.len(),
-        steps_per_epoch: spe,
-        epochs_completed: st.epochs_done,
-        steps: st.step,
-        initial_val_loss: st.initial_val_loss,
-        best_epoch: st.best_epoch,
-        best_val_loss: st.best_val_loss,
-        last_val_loss: st.epoch_metrics.last().map(|e| e.val_loss),
-        initial_recall: st.initial_recall,
-        best_recall: Some(best_recall),
-        resumed_after_epoch: resumed,
-        threads: tch::get_num_threads(),
-        device: cfg.device.clone(),
-        seconds,
+    let stop = if st.stopped_early {
+        StopReason::EarlyStopped
+    } else {
+        StopReason::Completed
     };
+    let report = run.report(&st, model, stop, Some(best_recall), seconds);
     write_json(
         &out_dir.join(REPORT),
         &serde_json::to_value(&report).expect("report serialises"),
