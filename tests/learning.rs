@@ -216,7 +216,22 @@ fn the_demo_chain_runs_reports_and_learns() {
     let again = run(dir.path(), &["run", "demo.toml"]);
     assert!(again.contains("0 ran,"), "{again}");
 
+    // The report needs no libtorch: the runner makes it in its own process, so it is made again
+    // with no torch worker to start (`ADAPTOR_TORCH` names nothing).
     let store = dir.path().join("artifacts");
+    std::fs::remove_dir_all(artifact(&store, "report")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_adaptor"))
+        .args(["run", "demo.toml"])
+        .current_dir(dir.path())
+        .env("ADAPTOR_CACHE_DIR", dir.path().join("cache"))
+        .env("ADAPTOR_TORCH", dir.path().join("no-torch-worker"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the report without a worker:\n{text}");
+    assert!(text.contains("1 ran,"), "{text}");
+
     let report = artifact(&store, "report");
     let md = std::fs::read_to_string(report.join("results.md")).unwrap();
     for section in [
