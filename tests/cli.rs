@@ -494,47 +494,12 @@ fn s3_two_runners_commit_each_key_once() {
     assert_eq!(lines, ["1", "2", "3", "4"]);
 }
 
-/// The merged artifact of `instance` (of `kind`) in a local store.
-fn artifact_of(store: &Path, kind: &str, instance: &str) -> PathBuf {
-    std::fs::read_dir(store.join(kind))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            std::fs::read_to_string(p.join("_manifest.json")).is_ok_and(|m| {
-                serde_json::from_str::<serde_json::Value>(&m).unwrap()["instance"] == instance
-            })
-        })
-        .unwrap_or_else(|| panic!("no complete artifact of {instance} in {}", store.display()))
-}
-
 /// The merge of an encode stage's shards needs no libtorch: the runner does it in its own process.
 /// The shards are encoded by the worker; the merge is then redone with no worker to start
 /// (`ADAPTOR_TORCH` names nothing), and its table equals the unsharded one byte for byte.
 #[test]
 fn the_merge_of_shards_runs_without_the_torch_worker() {
-    let manifest = r#"
-[backbones.minilm]
-kind = "bert"
-weights = "MINILM"
-
-[stages.synth]
-kind = "synth"
-params = { dataset = "mimic-cxr", n = 12, seed = 3, image_size = 64 }
-
-[stages.ingest]
-kind = "ingest"
-inputs.raw = "synth"
-params = { verify = "exists" }
-
-[stages.enc]
-kind = "encode-text"
-inputs.records = "ingest"
-inputs.backbone = "backbones.minilm"
-params = { batch_size = 1, pooling = "mean", device = "cpu", max_length = 64 }
-SHARDS
-"#
-    .replace("MINILM", &common::minilm().to_string_lossy());
+    let manifest = common::SHARDED_ENCODE.replace("MINILM", &common::minilm().to_string_lossy());
     let case = Case::new();
     case.write("whole.toml", &manifest.replace("SHARDS", ""));
     case.write("sharded.toml", &manifest.replace("SHARDS", "shards = 2"));
@@ -543,7 +508,7 @@ SHARDS
     assert!(first.contains("5 ran"), "{first}");
 
     let store = case.path().join("store");
-    std::fs::remove_dir_all(artifact_of(&store, "encode-text", "enc")).unwrap();
+    std::fs::remove_dir_all(common::artifact_of(&store, "encode-text", "enc")).unwrap();
     let out = case
         .cmd(&["run", "sharded.toml", "--store", "store"])
         .env("ADAPTOR_TORCH", case.path().join("no-torch-worker"))
@@ -554,7 +519,7 @@ SHARDS
     assert!(out.status.success(), "the merge without a worker:\n{text}");
     assert!(text.contains("1 ran, 4 up to date"), "{text}");
     let table = |store: &str| {
-        let dir = artifact_of(&case.path().join(store), "encode-text", "enc");
+        let dir = common::artifact_of(&case.path().join(store), "encode-text", "enc");
         std::fs::read(dir.join("embeddings.parquet")).unwrap()
     };
     assert!(

@@ -9,6 +9,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{artifact_of, minilm, SHARDED_ENCODE as ENCODE};
+
 /// One throwaway cluster at a time on this machine.
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
 
@@ -383,62 +386,6 @@ fn torch_worker() -> PathBuf {
     );
     p
 }
-
-/// The real all-MiniLM-L6-v2 folder, fetched by scripts/test-assets-encoders.sh.
-fn minilm() -> PathBuf {
-    let root = std::env::var_os("ADAPTOR_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/test-assets"));
-    let dir = root.join("all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "{} is missing: run scripts/test-assets-encoders.sh",
-        dir.display()
-    );
-    dir
-}
-
-/// The artifact folder of `instance` in a local store (read from the `_manifest.json` files).
-fn artifact_of(store: &Path, kind: &str, instance: &str) -> PathBuf {
-    std::fs::read_dir(store.join(kind))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            std::fs::read_to_string(p.join("_manifest.json")).is_ok_and(|m| {
-                serde_json::from_str::<serde_json::Value>(&m).unwrap()["instance"] == instance
-            })
-        })
-        .unwrap_or_else(|| panic!("no complete artifact of {instance} in {}", store.display()))
-}
-
-/// A synthetic MIMIC-CXR records table through the real MiniLM; `SHARDS` is replaced by a
-/// `shards = N` line or nothing. Batches of one text, so that a batch never spans two shards and
-/// the vectors do not depend on where the shards cut.
-const ENCODE: &str = r#"
-[backbones.minilm]
-kind = "bert"
-weights = "MINILM"
-
-[stages.synth]
-kind = "synth"
-params = { dataset = "mimic-cxr", n = 12, seed = 3, image_size = 64 }
-
-[stages.ingest]
-kind = "ingest"
-inputs.raw = "synth"
-params = { verify = "exists" }
-
-[stages.enc]
-kind = "encode-text"
-inputs.records = "ingest"
-inputs.backbone = "backbones.minilm"
-params = { batch_size = 1, pooling = "mean", device = "cpu", max_length = 64 }
-SHARDS
-
-[executor.slurm]
-cpus = 1
-"#;
 
 #[test]
 fn a_sharded_encode_over_a_job_array_equals_the_unsharded_table() {

@@ -31,6 +31,14 @@ pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 /// A chart of f64 values on both axes (linear or log).
 pub type Chart<'a, 'b, X, Y> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>;
 
+/// An axis of f64 values (linear or log).
+pub trait Axis: Ranged<ValueType = f64> {}
+impl<T: Ranged<ValueType = f64>> Axis for T {}
+
+/// A colour a series can be drawn and keyed in.
+pub trait PlotColor: Color + Copy + 'static {}
+impl<T: Color + Copy + 'static> PlotColor for T {}
+
 /// A chart with linear axes.
 pub type LinearChart<'a, 'b> = Chart<'a, 'b, RangedCoordf64, RangedCoordf64>;
 
@@ -154,18 +162,13 @@ pub fn mesh(chart: &mut LinearChart, x_desc: &str, y_desc: &str) -> DrawResult {
 }
 
 /// A line of `width` pixels; with a legend entry when `label` is not empty.
-pub fn line<X, Y, C>(
+pub fn line<X: Axis, Y: Axis>(
     chart: &mut Chart<X, Y>,
     points: impl IntoIterator<Item = (f64, f64)>,
-    color: C,
+    color: impl PlotColor,
     width: u32,
     label: &str,
-) -> DrawResult
-where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-    C: Color + Copy + 'static,
-{
+) -> DrawResult {
     let series = chart.draw_series(LineSeries::new(points, color.stroke_width(width)))?;
     if !label.is_empty() {
         series
@@ -176,16 +179,11 @@ where
 }
 
 /// Filled dots of radius 3 at `points`.
-pub fn dots<X, Y, C>(
+pub fn dots<X: Axis, Y: Axis>(
     chart: &mut Chart<X, Y>,
     points: impl IntoIterator<Item = (f64, f64)>,
-    color: C,
-) -> DrawResult
-where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-    C: Color + Copy + 'static,
-{
+    color: impl PlotColor,
+) -> DrawResult {
     chart.draw_series(
         points
             .into_iter()
@@ -195,11 +193,7 @@ where
 }
 
 /// The black ring around the selected (best) epoch.
-pub fn best_marker<X, Y>(chart: &mut Chart<X, Y>, point: (f64, f64)) -> DrawResult
-where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-{
+pub fn best_marker<X: Axis, Y: Axis>(chart: &mut Chart<X, Y>, point: (f64, f64)) -> DrawResult {
     chart.draw_series(std::iter::once(Circle::new(
         point,
         7,
@@ -209,16 +203,11 @@ where
 }
 
 /// Error bars (± `err` around `mean` at `x`) for `(x, mean, err)` points.
-pub fn error_bars<X, Y, C>(
+pub fn error_bars<X: Axis, Y: Axis>(
     chart: &mut Chart<X, Y>,
     points: &[(f64, f64, f64)],
-    color: C,
-) -> DrawResult
-where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-    C: Color + Copy + 'static,
-{
+    color: impl PlotColor,
+) -> DrawResult {
     chart.draw_series(
         points
             .iter()
@@ -228,14 +217,10 @@ where
 }
 
 /// The legend box, at `position` (plotters' default: upper left).
-pub fn legend<'a, 'b: 'a, X, Y>(
+pub fn legend<'a, 'b: 'a, X: Axis, Y: Axis>(
     chart: &mut Chart<'a, 'b, X, Y>,
     position: Option<SeriesLabelPosition>,
-) -> DrawResult
-where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-{
+) -> DrawResult {
     let mut labels = chart.configure_series_labels();
     if let Some(p) = position {
         labels.position(p);
