@@ -411,3 +411,37 @@ fn s3_two_runners_commit_each_key_once() {
     let lines = sorted_lines(&log);
     assert_eq!(lines, ["1", "2", "3", "4"]);
 }
+
+/// The merge of an encode stage's shards needs no libtorch: the runner does it in its own process.
+/// The shards are encoded by the worker; the merge is then redone with no worker to start
+/// (`ADAPTOR_TORCH` names nothing), and its table equals the unsharded one byte for byte.
+#[test]
+fn the_merge_of_shards_runs_without_the_torch_worker() {
+    let manifest = common::SHARDED_ENCODE.replace("MINILM", &common::minilm().to_string_lossy());
+    let case = Case::new();
+    case.write("whole.toml", &manifest.replace("SHARDS", ""));
+    case.write("sharded.toml", &manifest.replace("SHARDS", "shards = 2"));
+    case.ok(&["run", "whole.toml", "--store", "whole"]);
+    let first = case.ok(&["run", "sharded.toml", "--store", "store"]);
+    assert!(first.contains("5 ran"), "{first}");
+
+    let store = case.path().join("store");
+    std::fs::remove_dir_all(common::artifact_of(&store, "encode-text", "enc")).unwrap();
+    let out = case
+        .cmd(&["run", "sharded.toml", "--store", "store"])
+        .env("ADAPTOR_TORCH", case.path().join("no-torch-worker"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the merge without a worker:\n{text}");
+    assert!(text.contains("1 ran, 4 up to date"), "{text}");
+    let table = |store: &str| {
+        let dir = common::artifact_of(&case.path().join(store), "encode-text", "enc");
+        std::fs::read(dir.join("embeddings.parquet")).unwrap()
+    };
+    assert!(
+        table("store") == table("whole"),
+        "the merged table is not byte-identical to the unsharded one"
+    );
+}

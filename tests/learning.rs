@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{minilm, ok as run, repo, small_demo};
+use common::{adaptor, minilm, ok as run, repo, small_demo, text};
 
 /// The one complete artifact of `kind` in a local store.
 fn artifact(store: &Path, kind: &str) -> PathBuf {
@@ -195,7 +195,18 @@ fn the_demo_chain_runs_reports_and_learns() {
     let again = run(dir.path(), &["run", "demo.toml"]);
     assert!(again.contains("0 ran,"), "{again}");
 
+    // The report needs no libtorch: the runner makes it in its own process, so it is made again
+    // with no torch worker to start (`ADAPTOR_TORCH` names nothing).
     let store = dir.path().join("artifacts");
+    std::fs::remove_dir_all(artifact(&store, "report")).unwrap();
+    let out = adaptor(dir.path(), &["run", "demo.toml"])
+        .env("ADAPTOR_TORCH", dir.path().join("no-torch-worker"))
+        .output()
+        .unwrap();
+    let text = text(&out);
+    assert!(out.status.success(), "the report without a worker:\n{text}");
+    assert!(text.contains("1 ran,"), "{text}");
+
     let report = artifact(&store, "report");
     let md = std::fs::read_to_string(report.join("results.md")).unwrap();
     for section in [

@@ -229,16 +229,23 @@ pub const TORCH_STAGES: &[StageDecl] = &[
 /// unsharded run writes.
 pub const SHARDED: &[&str] = &[ENCODE_TEXT, ENCODE_IMAGE];
 
-/// Registers the torch stages; their runs start `worker` (the `adaptor-torch` binary).
+/// Registers the torch stages; their runs start `worker` (the `adaptor-torch` binary), except
+/// the work that needs no libtorch: `report` and the merge of encode shards run in this process
+/// (`artifacts`).
 pub fn register_torch(reg: &mut StageRegistry, worker: impl Into<PathBuf>) {
     let worker = worker.into();
     for decl in TORCH_STAGES {
         let mut stage = WorkerStage::new(*decl, worker.clone());
         if SHARDED.contains(&decl.kind) {
-            stage = stage.with_sharding(pipeline::Sharding {
-                param: "shard",
-                merge: "concatenates the shard tables in row order into the unsharded table",
-            });
+            stage = stage
+                .with_sharding(pipeline::Sharding {
+                    param: "shard",
+                    merge: "concatenates the shard tables in row order into the unsharded table",
+                })
+                .merge_in_process(artifacts::merge::run_merge);
+        }
+        if decl.kind == crate::evaluate::REPORT {
+            stage = stage.run_in_process(artifacts::report::run_stage);
         }
         reg.register(Arc::new(stage));
     }

@@ -1,7 +1,8 @@
 //! Declarations of the downstream stages (reference D): `classify` (a head over cached image
 //! features, optionally through the frozen adaptor), `segment` (a decoder over a frozen backbone
-//! and adaptor) and `report` (every result of the manifest into tables and plots). They run in
-//! the `adaptor-torch` worker (`torch_stages::evaluate`, `torch_stages::report`).
+//! and adaptor) and `report` (every result of the manifest into tables and plots). `classify` and
+//! `segment` run in the `adaptor-torch` worker (`torch_stages::evaluate`); `report` needs no
+//! libtorch and runs in the runner's process (`artifacts::report`, see `encode::register_torch`).
 
 use pipeline::{InputAccepts, InputSpec, ParamSpec, ParamType, Params, Value};
 
@@ -13,7 +14,7 @@ pub const CLASSIFY: &str = "classify";
 pub const SEGMENT: &str = "segment";
 pub const REPORT: &str = "report";
 
-/// Written by `classify` and `segment`: `torch_stages::report::EvalResult` as JSON.
+/// Written by `classify` and `segment`: `artifacts::report::EvalResult` as JSON.
 pub const RESULT_FILE: &str = "result.json";
 
 pub const HEADS: &[&str] = &["mlp", "linear"];

@@ -290,11 +290,17 @@ pub struct StageDecl {
     pub validate: fn(&Params) -> Result<(), String>,
 }
 
-/// A stage whose `run` (and `merge`, when it can be sharded) is delegated to the worker binary.
+/// A stage's work done in the runner's own process (no libtorch: the `artifacts` crate).
+pub type InProcess = fn(&StageContext) -> Result<(), StageError>;
+
+/// A stage whose `run` (and `merge`, when it can be sharded) is delegated to the worker binary,
+/// unless it is given an [`InProcess`] function for it.
 pub struct WorkerStage {
     decl: StageDecl,
     worker: PathBuf,
     sharding: Option<Sharding>,
+    run_here: Option<InProcess>,
+    merge_here: Option<InProcess>,
 }
 
 impl WorkerStage {
@@ -303,7 +309,21 @@ impl WorkerStage {
             decl,
             worker: worker.into(),
             sharding: None,
+            run_here: None,
+            merge_here: None,
         }
+    }
+
+    /// Runs the stage in this process with `run` instead of starting the worker.
+    pub fn run_in_process(mut self, run: InProcess) -> Self {
+        self.run_here = Some(run);
+        self
+    }
+
+    /// Merges shards in this process with `merge` instead of starting the worker.
+    pub fn merge_in_process(mut self, merge: InProcess) -> Self {
+        self.merge_here = Some(merge);
+        self
     }
 
     /// Lets manifests shard this stage; the worker must implement the merge for its kind.
@@ -343,6 +363,9 @@ impl Stage for WorkerStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        if let Some(run) = self.run_here {
+            return run(ctx);
+        }
         let job = Job::from_context(self.decl.kind, ctx, &(self.decl.inputs)());
         run_worker(&self.worker, &job, ctx)
     }
@@ -359,6 +382,9 @@ impl Stage for WorkerStage {
                 self.decl.kind
             )
             .into());
+        }
+        if let Some(merge) = self.merge_here {
+            return merge(ctx);
         }
         let job = Job::merge_from_context(self.decl.kind, ctx, &(self.decl.inputs)());
         run_worker(&self.worker, &job, ctx)

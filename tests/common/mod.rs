@@ -178,3 +178,45 @@ pub fn small_demo() -> String {
         text.replace(from, to)
     })
 }
+
+/// The artifact folder of `instance` in a local store (read from the `_manifest.json` files).
+pub fn artifact_of(store: &Path, kind: &str, instance: &str) -> PathBuf {
+    std::fs::read_dir(store.join(kind))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read_to_string(p.join("_manifest.json")).is_ok_and(|m| {
+                serde_json::from_str::<serde_json::Value>(&m).unwrap()["instance"] == instance
+            })
+        })
+        .unwrap_or_else(|| panic!("no complete artifact of {instance} in {}", store.display()))
+}
+
+/// A synthetic MIMIC-CXR records table through the real MiniLM; `SHARDS` is replaced by a
+/// `shards = N` line or nothing. Batches of one text, so that a batch never spans two shards and
+/// the vectors do not depend on where the shards cut.
+pub const SHARDED_ENCODE: &str = r#"
+[backbones.minilm]
+kind = "bert"
+weights = "MINILM"
+
+[stages.synth]
+kind = "synth"
+params = { dataset = "mimic-cxr", n = 12, seed = 3, image_size = 64 }
+
+[stages.ingest]
+kind = "ingest"
+inputs.raw = "synth"
+params = { verify = "exists" }
+
+[stages.enc]
+kind = "encode-text"
+inputs.records = "ingest"
+inputs.backbone = "backbones.minilm"
+params = { batch_size = 1, pooling = "mean", device = "cpu", max_length = 64 }
+SHARDS
+
+[executor.slurm]
+cpus = 1
+"#;

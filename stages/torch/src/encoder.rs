@@ -198,22 +198,9 @@ pub struct Items<'a, T> {
     pub values: &'a [T],
 }
 
-/// Batches of texts are formed within windows of this many batches, shortest texts together, so
-/// that per-batch padding stays small; rows are written back in input order.
-const SORT_WINDOW: usize = 16;
-
-/// Rows per table write of the encode loop of stage `kind`. The merge of shards writes in the same
-/// windows, so that its Parquet file is byte-identical to an unsharded run's (page boundaries
-/// follow the writes).
-pub fn write_window(kind: &str, batch_size: usize, tokens: bool) -> usize {
-    let bs = batch_size.max(1);
-    match kind {
-        // Token rows are large (max_length × dim floats): keep their windows short.
-        crate::encode::ENCODE_TEXT if tokens => bs * 2,
-        crate::encode::ENCODE_TEXT => bs * SORT_WINDOW,
-        _ => bs,
-    }
-}
+// The write windows are shared with the merge of shards (`artifacts::table`), which must write
+// the same windows to reproduce an unsharded file byte for byte.
+pub use artifacts::table::write_window;
 
 /// Encodes texts into `out` (a pooled table, or a token table padded to `max_length`).
 pub fn encode_texts(
@@ -281,11 +268,11 @@ pub fn encode_texts(
                 rep.progress(done as u64, rows as u64, opts.unit);
             }
             let splits = items.splits.map(|s| &s[r.clone()]);
-            w.write(&items.keys[r], splits, values, mask)
+            Ok(w.write(&items.keys[r], splits, values, mask)?)
         },
     )?;
     log_forward(rep, forward, rows, opts.unit);
-    w.finish()
+    Ok(w.finish()?)
 }
 
 /// The time spent in forward passes (outputs copied to the CPU included, which also waits for a
@@ -503,11 +490,11 @@ pub fn encode_images(
             forward += t0.elapsed().as_secs_f64();
             let splits = items.splits.map(|sp| &sp[r.clone()]);
             let mask = n_tokens.map(|l| vec![true; r.len() * l]);
-            w.write(&items.keys[r], splits, emb, mask)
+            Ok(w.write(&items.keys[r], splits, emb, mask)?)
         },
     )?;
     log_forward(rep, forward, items.keys.len(), opts.unit);
-    w.finish()
+    Ok(w.finish()?)
 }
 
 #[cfg(test)]

@@ -44,9 +44,9 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Table { path: PathBuf, message: String },
 
-    /// An embedding table whose rows are not the records table's rows (reference G.3).
-    #[error("{}: not aligned with the records table: {message}", path.display())]
-    Alignment { path: PathBuf, message: String },
+    /// The embedding tables, the report, the plots (the `artifacts` crate; names file and column).
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::Error),
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,6 +1,6 @@
 //! The libtorch side of the pipeline: the frozen backbones (BERT family, DINOv2, the
-//! torchxrayvision ResNet autoencoder) in tch, the encode stages' implementations, embedding
-//! tables, and what the `adaptor-torch` worker binary runs.
+//! torchxrayvision ResNet autoencoder) in tch, the encode, pre-training and evaluation stages'
+//! implementations, and what the `adaptor-torch` worker binary runs.
 //!
 //! The `adaptor` binary never links this crate (loading libtorch costs about 0.34 s per process):
 //! it knows the torch stages through their declarations in `stages::encode` and runs them by
@@ -12,20 +12,44 @@ pub mod dinov2;
 pub mod encoder;
 pub mod error;
 pub mod evaluate;
-pub mod merge;
 pub mod nn;
 pub mod pickle;
 pub mod preprocess;
 pub mod pretrain;
-pub mod report;
 pub mod resnet_ae;
 pub mod segment;
 pub mod stages_impl;
-pub mod table;
 pub mod weights;
 
 // The declarations and the worker protocol live in the `stages` crate (no tch), so that the
 // `adaptor` binary can plan, key and start these stages without loading libtorch.
 pub use stages::{encode, worker};
 
+// The table layer, the merge of encode shards and the report need no libtorch: they live in the
+// `artifacts` crate (which the `adaptor` binary runs in process). Their old paths stay valid here.
+pub use artifacts::{merge, report, table};
+
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod tests {
+    /// `artifacts` names other stages' files without depending on their declarations.
+    #[test]
+    fn the_artifacts_file_names_are_the_declarations() {
+        use artifacts::files as f;
+        let pairs = [
+            (f::ENCODE_TEXT, stages::encode::ENCODE_TEXT),
+            (f::ENCODE_IMAGE, stages::encode::ENCODE_IMAGE),
+            (f::RECORDS, stages::ingest::RECORDS),
+            (f::EMBEDDINGS_FILE, stages::encode::EMBEDDINGS_FILE),
+            (f::TOKENS_FILE, stages::encode::TOKENS_FILE),
+            (f::PROVENANCE_FILE, stages::pretrain::PROVENANCE_FILE),
+            (f::PRETRAIN_REPORT, train::train::REPORT),
+            (f::TRAINING_CURVE, train::train::CURVE),
+            (f::RESULT_FILE, stages::evaluate::RESULT_FILE),
+        ];
+        for (ours, theirs) in pairs {
+            assert_eq!(ours, theirs);
+        }
+    }
+}

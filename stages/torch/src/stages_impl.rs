@@ -22,6 +22,8 @@ pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
         encode::ENCODE_TEXT => encode_text(ctx),
         encode::ENCODE_IMAGE => encode_image(ctx),
         stages::pretrain::TRAIN_ADAPTOR => crate::pretrain::run(ctx),
+        // The runner makes reports in its own process (`artifacts`); a report job sent here
+        // (an older runner, a hand-written job) still runs.
         stages::evaluate::REPORT => crate::report::run_stage(ctx),
         stages::evaluate::CLASSIFY => crate::evaluate::classify(ctx),
         stages::evaluate::SEGMENT => crate::evaluate::segment(ctx),

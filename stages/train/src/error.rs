@@ -32,6 +32,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Output { path: PathBuf, message: String },
 
+    /// A plot the shared scaffolding could not draw or write (the error names the file).
+    #[error(transparent)]
+    Plot(#[from] artifacts::Error),
+
     /// Training diverged: the loss of an update is NaN or infinite.
     #[error("training loss is {loss} at step {step} (epoch {epoch})")]
     NonFiniteLoss { loss: f64, step: u64, epoch: usize },

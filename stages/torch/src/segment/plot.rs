@@ -1,15 +1,13 @@
 //! `curve.png`: training and validation loss per epoch (left), validation Dice, positive-only Dice
-//! and the all-empty predictor's Dice (right). Same drawing stack as `adaptor_train::plot`
-//! (plotters on an RGB buffer, its embedded DejaVu Sans Mono and PNG writer).
+//! and the all-empty predictor's Dice (right). The canvas, axes, font, lines, legends and PNG
+//! writing are the workspace's shared scaffolding, `artifacts::plot`.
 
 use std::path::Path;
 
+use artifacts::plot::{self, Area, DrawResult, Panel, CURVE_SIZE};
 use plotters::prelude::*;
 
 use super::train::SegEpoch;
-
-const W: u32 = 1200;
-const H: u32 = 480;
 
 type BoxErr = Box<dyn std::error::Error>;
 
@@ -21,110 +19,65 @@ pub fn curve(
     empty_baseline: f64,
     title: &str,
 ) -> Result<(), BoxErr> {
-    train::plot::register_embedded_font();
-    let mut buf = vec![255u8; (W * H * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let root = root.titled(title, ("sans-serif", 18))?;
-        let (left, right) = root.split_horizontally(W / 2);
-        let x_max = epochs.len().max(1) as f64;
-
-        let train: Vec<(f64, f64)> = epochs
-            .iter()
-            .map(|e| (e.epoch as f64, e.train_loss))
-            .collect();
-        let valid: Vec<(f64, f64)> = std::iter::once((0.0, initial.0))
-            .chain(epochs.iter().map(|e| (e.epoch as f64, e.valid_loss)))
-            .collect();
-        let ys = train
-            .iter()
-            .chain(&valid)
-            .map(|p| p.1)
-            .filter(|v| v.is_finite());
-        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(v), b.max(v))
-        });
-        let (lo, hi) = if lo.is_finite() {
-            (lo.min(hi - 1e-6), hi)
-        } else {
-            (0.0, 1.0)
-        };
-        let pad = (hi - lo) * 0.05;
-        let mut c = ChartBuilder::on(&left)
-            .caption("loss", ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..x_max, (lo - pad)..(hi + pad))?;
-        c.configure_mesh()
-            .x_desc("epoch")
-            .label_style(("sans-serif", 12))
-            .draw()?;
-        c.draw_series(LineSeries::new(train, BLUE.stroke_width(2)))?
-            .label("train")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
-        c.draw_series(LineSeries::new(valid, RED.stroke_width(2)))?
-            .label("validation")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
-        c.configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
-
-        let mut c = ChartBuilder::on(&right)
-            .caption("validation Dice", ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0.0..x_max, 0.0..1.0f64)?;
-        c.configure_mesh()
-            .x_desc("epoch")
-            .label_style(("sans-serif", 12))
-            .draw()?;
-        let green = RGBColor(0, 120, 60);
-        let orange = RGBColor(200, 120, 0);
-        let dice: Vec<(f64, f64)> = std::iter::once((0.0, initial.1))
-            .chain(epochs.iter().map(|e| (e.epoch as f64, e.valid_dice)))
-            .collect();
-        let pos: Vec<(f64, f64)> = std::iter::once((0.0, initial.2))
-            .chain(
-                epochs
-                    .iter()
-                    .map(|e| (e.epoch as f64, e.valid_dice_positive)),
-            )
-            .filter(|p| p.1.is_finite())
-            .collect();
-        c.draw_series(LineSeries::new(dice, green.stroke_width(2)))?
-            .label("Dice (all images)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], green));
-        c.draw_series(LineSeries::new(pos, orange.stroke_width(2)))?
-            .label("Dice (positive images)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], orange));
-        if empty_baseline.is_finite() {
-            c.draw_series(LineSeries::new(
-                [(0.0, empty_baseline), (x_max, empty_baseline)],
-                BLACK.stroke_width(1),
-            ))?
-            .label("all-empty predictor")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
-        }
-        if let Some(best) = epochs.iter().rev().find(|e| e.improved) {
-            c.draw_series(std::iter::once(Circle::new(
-                (best.epoch as f64, best.valid_dice),
-                7,
-                BLACK.stroke_width(2),
-            )))?;
-        }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()?;
-        root.present()?;
-    }
-    train::plot::write_png(path, &buf, W, H)?;
+    plot::png(path, CURVE_SIZE, Some(title), |root| {
+        let (left, right) = root.split_horizontally(CURVE_SIZE.0 / 2);
+        draw_losses(&left, epochs, initial.0)?;
+        draw_dice(&right, epochs, (initial.1, initial.2), empty_baseline)
+    })?;
     Ok(())
+}
+
+fn draw_losses(area: &Area, epochs: &[SegEpoch], initial: f64) -> DrawResult {
+    let x_max = epochs.len().max(1) as f64;
+    let train: Vec<(f64, f64)> = epochs
+        .iter()
+        .map(|e| (e.epoch as f64, e.train_loss))
+        .collect();
+    let valid: Vec<(f64, f64)> = std::iter::once((0.0, initial))
+        .chain(epochs.iter().map(|e| (e.epoch as f64, e.valid_loss)))
+        .collect();
+    let ys = train.iter().chain(&valid).map(|p| p.1);
+    let mut c = Panel::curve("loss", 56).build(area, 0.0..x_max, plot::padded_range(ys))?;
+    plot::mesh(&mut c, "epoch", "")?;
+    plot::line(&mut c, train, BLUE, 2, "train")?;
+    plot::line(&mut c, valid, RED, 2, "validation")?;
+    plot::legend(&mut c, None)
+}
+
+fn draw_dice(
+    area: &Area,
+    epochs: &[SegEpoch],
+    (dice0, positive0): (f64, f64),
+    empty_baseline: f64,
+) -> DrawResult {
+    let x_max = epochs.len().max(1) as f64;
+    let mut c = Panel::curve("validation Dice", 48).build(area, 0.0..x_max, 0.0..1.0f64)?;
+    plot::mesh(&mut c, "epoch", "")?;
+    let dice: Vec<(f64, f64)> = std::iter::once((0.0, dice0))
+        .chain(epochs.iter().map(|e| (e.epoch as f64, e.valid_dice)))
+        .collect();
+    let pos: Vec<(f64, f64)> = std::iter::once((0.0, positive0))
+        .chain(
+            epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.valid_dice_positive)),
+        )
+        .filter(|p| p.1.is_finite())
+        .collect();
+    plot::line(&mut c, dice, RGBColor(0, 120, 60), 2, "Dice (all images)")?;
+    plot::line(
+        &mut c,
+        pos,
+        RGBColor(200, 120, 0),
+        2,
+        "Dice (positive images)",
+    )?;
+    if empty_baseline.is_finite() {
+        let flat = [(0.0, empty_baseline), (x_max, empty_baseline)];
+        plot::line(&mut c, flat, BLACK, 1, "all-empty predictor")?;
+    }
+    if let Some(best) = epochs.iter().rev().find(|e| e.improved) {
+        plot::best_marker(&mut c, (best.epoch as f64, best.valid_dice))?;
+    }
+    plot::legend(&mut c, Some(SeriesLabelPosition::LowerRight))
 }

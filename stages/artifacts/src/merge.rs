@@ -2,24 +2,41 @@
 //! shard order, written again as the one table an unsharded run writes.
 //!
 //! The rows are written in the same windows as the encode loops write them (from row 0, see
-//! [`crate::encoder::write_window`]), with the unsharded metadata (`shard` 0/1, rows 0..total), so
-//! the file is byte-identical to the unsharded one whenever the shards' vectors are (ARCHITECTURE.md).
+//! [`write_window`]), with the unsharded metadata (`shard` 0/1, rows 0..total), so the file is
+//! byte-identical to the unsharded one whenever the shards' vectors are (ARCHITECTURE.md).
+//!
+//! No libtorch: the `adaptor` binary runs the merge in its own process ([`run_merge`]).
 
 use std::path::PathBuf;
 
 use pipeline::{InputArtifact, InputOrigin, StageContext, StageError, SHARDS_SLOT};
 
-use crate::encode::{self, Shard};
-use crate::encoder::write_window;
-use crate::table::{read_string_columns, EmbeddingTable, EmbeddingWriter, TableMeta};
+use crate::error::Error;
+use crate::files::{EMBEDDINGS_FILE, ENCODE_IMAGE, ENCODE_TEXT, RECORDS, TOKENS_FILE};
+use crate::table::{read_string_columns, write_window, EmbeddingTable, EmbeddingWriter, TableMeta};
+
+/// The `shard` label of the whole table (`WHOLE` of the declarations).
+const WHOLE: &str = "0/1";
+
+/// The merge of an encode stage's shards, as the runner calls it ([`pipeline::Stage::merge`]): the
+/// kind (text or image, whose write windows differ) is the shards' own.
+pub fn run_merge(ctx: &StageContext) -> Result<(), StageError> {
+    let kind = match ctx.inputs(SHARDS_SLOT).first().map(|a| &a.origin) {
+        Some(InputOrigin::Stage { kind, .. }) => kind.clone(),
+        // No shard, or not a stage's artifact: `merge_tables` says what is wrong.
+        _ => ENCODE_TEXT.to_string(),
+    };
+    run(&kind, ctx)
+}
 
 /// Merges the shards of the stage `kind` into `ctx.out_dir()`.
 pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     match kind {
-        encode::ENCODE_TEXT | encode::ENCODE_IMAGE => merge_tables(kind, ctx),
-        other => {
-            Err(format!("the torch worker cannot merge shards of stage kind `{other}`").into())
+        ENCODE_TEXT | ENCODE_IMAGE => merge_tables(kind, ctx),
+        other => Err(Error::MergeKind {
+            kind: other.to_string(),
         }
+        .into()),
     }
 }
 
@@ -106,19 +123,19 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     let shards = ctx.inputs(SHARDS_SLOT);
     let n = shards.len();
     if n == 0 {
-        return Err(format!("{}: no shards to merge", ctx.instance()).into());
+        return Err(Error::NoShards {
+            instance: ctx.instance().to_string(),
+        }
+        .into());
     }
-    let records = read_string_columns(
-        &ctx.input("records")?.path.join(stages::ingest::RECORDS),
-        &["key"],
-    )?
-    .remove(0);
+    let records =
+        read_string_columns(&ctx.input("records")?.path.join(RECORDS), &["key"])?.remove(0);
     let batch_size = ctx.i64_param("batch_size")?.max(1) as usize;
     // Which table the shards hold: tokens.parquet for `pooling = "tokens"`, else embeddings.parquet.
-    let file = if shards[0].path.join(encode::TOKENS_FILE).is_file() {
-        encode::TOKENS_FILE
+    let file = if shards[0].path.join(TOKENS_FILE).is_file() {
+        TOKENS_FILE
     } else {
-        encode::EMBEDDINGS_FILE
+        EMBEDDINGS_FILE
     };
     let mut writer: Option<(EmbeddingWriter, TableMeta, usize)> = None;
     let mut carry: Option<Carry> = None;
@@ -126,38 +143,37 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     for (i, artifact) in shards.iter().enumerate() {
         ctx.check_cancelled()?;
         let name = shard_name(artifact);
+        let unfit = |message: String| Error::ShardArtifact {
+            shard: name.clone(),
+            message,
+        };
         let path: PathBuf = artifact.path.join(file);
         if !path.is_file() {
-            return Err(format!("{name}: its artifact has no {file} (shard 0 has one)").into());
+            return Err(unfit(format!("its artifact has no {file} (shard 0 has one)")).into());
         }
-        let t = EmbeddingTable::read(&path).map_err(|e| format!("{name}: {e}"))?;
-        let want = Shard {
-            index: i as u32,
-            count: n as u32,
-        }
-        .to_string();
+        let t = EmbeddingTable::read(&path).map_err(|e| e.in_shard(&name))?;
+        let want = format!("{i}/{n}");
         if t.meta.shard != want {
-            return Err(format!(
-                "{name}: its table {} says shard {}, expected {want}",
+            return Err(unfit(format!(
+                "its table {} says shard {}, expected {want}",
                 path.display(),
                 t.meta.shard
-            )
+            ))
             .into());
         }
         if t.meta.row_start != next {
-            return Err(format!(
-                "{name}: its table {} starts at row {}, but the shards before it end at row {next}",
+            return Err(unfit(format!(
+                "its table {} starts at row {}, but the shards before it end at row {next}",
                 path.display(),
                 t.meta.row_start
-            )
+            ))
             .into());
         }
-        t.check_aligned(&records)
-            .map_err(|e| format!("{name}: {e}"))?;
+        t.check_aligned(&records).map_err(|e| e.in_shard(&name))?;
         next = t.meta.row_end;
         if writer.is_none() {
             let meta = TableMeta {
-                shard: Shard::WHOLE.to_string(),
+                shard: WHOLE.to_string(),
                 row_start: 0,
                 row_end: t.meta.rows_total,
                 ..t.meta.clone()
@@ -174,11 +190,11 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
         }
         let (w, first, window) = writer.as_mut().expect("created above");
         if let Some(d) = differs(&t.meta, first) {
-            return Err(format!("{name}: not a shard of the same encoding: {d}").into());
+            return Err(unfit(format!("not a shard of the same encoding: {d}")).into());
         }
         if t.splits.is_some() != carry.as_ref().is_some_and(|c| c.splits.is_some()) {
-            return Err(format!(
-                "{name}: a `split` column where shard 0 has none, or none where it has one"
+            return Err(unfit(
+                "a `split` column where shard 0 has none, or none where it has one".into(),
             )
             .into());
         }
@@ -207,10 +223,11 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     }
     let (mut w, first, _) = writer.expect("at least one shard");
     if next != first.rows_total {
-        return Err(format!(
-            "the {n} shards cover rows 0..{next} of {}: the last shard does not end the table",
-            first.rows_total
-        )
+        return Err(Error::ShardsShort {
+            count: n,
+            covered: next,
+            total: first.rows_total,
+        }
         .into());
     }
     carry.as_mut().expect("created").write(&mut w)?;
@@ -233,6 +250,10 @@ mod tests {
 
     use super::*;
 
+    /// Shard `i` of `n` (0-based), as `shard = "i/n"` says.
+    type Shard = (usize, usize);
+    const WHOLE: Shard = (0, 1);
+
     const ROWS: usize = 23;
     const DIM: usize = 3;
 
@@ -240,8 +261,9 @@ mod tests {
         (0..ROWS).map(|i| format!("k{i:02}")).collect()
     }
 
-    fn meta(shard: Shard) -> TableMeta {
-        let r = shard.range(ROWS);
+    fn meta((i, n): Shard) -> TableMeta {
+        // `Shard::range` of the declarations: contiguous, in order, every row once.
+        let r = ROWS * i / n..ROWS * (i + 1) / n;
         TableMeta {
             table: "embeddings".into(),
             backbone: "b".into(),
@@ -251,7 +273,7 @@ mod tests {
             pooling: "mean".into(),
             preprocessing: "{}".into(),
             precision: "fp32".into(),
-            shard: shard.to_string(),
+            shard: format!("{i}/{n}"),
             row_start: r.start,
             row_end: r.end,
             rows_total: ROWS,
@@ -262,7 +284,7 @@ mod tests {
     fn write_table(dir: &Path, shard: Shard, window: usize) {
         std::fs::create_dir_all(dir).unwrap();
         let m = meta(shard);
-        let mut w = EmbeddingWriter::create(&dir.join(encode::EMBEDDINGS_FILE), &m, true).unwrap();
+        let mut w = EmbeddingWriter::create(&dir.join(EMBEDDINGS_FILE), &m, true).unwrap();
         let keys = keys();
         let mut at = m.row_start;
         while at < m.row_end {
@@ -286,7 +308,7 @@ mod tests {
             vec![Arc::new(StringArray::from_iter_values(keys()))],
         )
         .unwrap();
-        let f = std::fs::File::create(dir.join(stages::ingest::RECORDS)).unwrap();
+        let f = std::fs::File::create(dir.join(RECORDS)).unwrap();
         let mut w = ArrowWriter::try_new(f, schema, None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
@@ -325,7 +347,7 @@ mod tests {
             Arc::new(NoProgress),
             Arc::new(AtomicBool::new(false)),
         );
-        run(encode::ENCODE_TEXT, &ctx).map_err(|e| e.to_string())
+        run_merge(&ctx).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -333,24 +355,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         records(&dir.join("records"));
-        let window = write_window(encode::ENCODE_TEXT, 2, false);
+        let window = write_window(ENCODE_TEXT, 2, false);
         assert_eq!(window, 32, "batch_size 2 writes 16 batches at a time");
-        write_table(&dir.join("whole"), Shard::WHOLE, window);
+        write_table(&dir.join("whole"), WHOLE, window);
         // 23 rows in 3 shards of 7, 8, 8: no shard boundary on a window boundary.
         let parts: Vec<_> = (0..3)
             .map(|i| {
                 let p = dir.join(format!("s{i}"));
-                write_table(&p, Shard { index: i, count: 3 }, window);
+                write_table(&p, (i, 3), window);
                 p
             })
             .collect();
         merge(dir, &[&parts[0], &parts[1], &parts[2]], &dir.join("out")).unwrap();
         assert_eq!(
-            std::fs::read(dir.join("out").join(encode::EMBEDDINGS_FILE)).unwrap(),
-            std::fs::read(dir.join("whole").join(encode::EMBEDDINGS_FILE)).unwrap()
+            std::fs::read(dir.join("out").join(EMBEDDINGS_FILE)).unwrap(),
+            std::fs::read(dir.join("whole").join(EMBEDDINGS_FILE)).unwrap()
         );
-        let t = EmbeddingTable::read(&dir.join("out").join(encode::EMBEDDINGS_FILE)).unwrap();
-        assert_eq!(t.meta, meta(Shard::WHOLE));
+        let t = EmbeddingTable::read(&dir.join("out").join(EMBEDDINGS_FILE)).unwrap();
+        assert_eq!(t.meta, meta(WHOLE));
         assert_eq!(t.keys, keys());
 
         // Out of order, missing, or from another encoding: refused, naming the shard.
@@ -364,10 +386,9 @@ mod tests {
         assert!(err.contains("says shard 0/3, expected 0/2"), "{err}");
         let other = dir.join("other");
         std::fs::create_dir_all(&other).unwrap();
-        let mut m = meta(Shard { index: 1, count: 3 });
+        let mut m = meta((1, 3));
         m.pooling = "cls".into();
-        let mut w =
-            EmbeddingWriter::create(&other.join(encode::EMBEDDINGS_FILE), &m, true).unwrap();
+        let mut w = EmbeddingWriter::create(&other.join(EMBEDDINGS_FILE), &m, true).unwrap();
         let r = m.row_start..m.row_end;
         let splits: Vec<String> = r.clone().map(|_| "train".to_string()).collect();
         w.write(

@@ -1,0 +1,17 @@
+//! The pipeline's artifact files that need no libtorch: Parquet embedding tables ([`table`]), the
+//! merge of an encode stage's shards ([`merge`]), the `report` stage ([`report`]) and the plotting
+//! scaffolding every PNG of the workspace shares ([`plot`]).
+//!
+//! The `adaptor` binary links this crate and runs `report` and the merge of encode shards in its
+//! own process: neither starts the `adaptor-torch` worker, so neither pays libtorch's start-up.
+//! The crate depends on `pipeline` only (not on `stages`), so that the stage declarations can
+//! depend on it.
+
+pub mod error;
+pub mod files;
+pub mod merge;
+pub mod plot;
+pub mod report;
+pub mod table;
+
+pub use error::{Error, Result};

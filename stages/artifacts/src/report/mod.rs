@@ -1,0 +1,206 @@
+//! The `report` stage's library: every evaluation result of a manifest (`result.json` of the
+//! `classify` and `segment` stages) into `results.parquet` (one row per instance, split and
+//! metric), `results.md` (one table per task in the original's shape: rows are text encoders,
+//! columns vision backbone × label fraction, cells mean ± std over seeds, published numbers beside
+//! them where backbone names match) and a PNG per task (metric against label fraction).
+//!
+//! This module reads the inputs and runs the stage; `group` groups results into tables,
+//! `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
+//! runs the stage in its own process ([`run_stage`]).
+
+mod group;
+mod markdown;
+mod parquet;
+mod plots;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pipeline::{InputOrigin, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::files::{ADAPTOR_JSON, PRETRAIN_REPORT, PROVENANCE_FILE, TRAINING_CURVE};
+use group::TaskKey;
+
+pub use group::mean_std;
+pub use markdown::{markdown, pretraining_markdown};
+pub use parquet::write_parquet;
+pub use plots::plots;
+
+pub use crate::files::RESULT_FILE;
+
+/// What an evaluation stage writes as `result.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// The stage instance that produced it.
+    pub instance: String,
+    /// `classification` or `segmentation`.
+    pub task: String,
+    /// `rsna`, `covidx` or `siim`.
+    pub dataset: String,
+    /// The headline metric, a key of `test`: `auroc`, `accuracy` or `dice`.
+    pub metric: String,
+    /// The vision backbone's name in the manifest.
+    pub vision: String,
+    /// The text backbone the adaptor was pre-trained with (`none` without an adaptor).
+    pub text: String,
+    /// `pretrained`, `random` (a random-initialised adaptor) or `none` (backbone features
+    /// straight into the head: the ablation).
+    pub adaptor: String,
+    /// `mlp`, `linear`, `unet` or `vit-decoder`.
+    pub head: String,
+    pub fraction: f64,
+    pub seed: i64,
+    pub valid: BTreeMap<String, f64>,
+    pub test: BTreeMap<String, f64>,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub train_examples: usize,
+    pub trainable_params: i64,
+    pub seconds: f64,
+}
+
+pub const RESULTS_PARQUET: &str = "results.parquet";
+pub const RESULTS_MD: &str = "results.md";
+
+impl EvalResult {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).expect("serialisable");
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// The table this result belongs to.
+    fn task_key(&self) -> TaskKey {
+        TaskKey {
+            dataset: self.dataset.clone(),
+            task: self.task.clone(),
+            metric: self.metric.clone(),
+            head: self.head.clone(),
+        }
+    }
+
+    fn row_label(&self) -> String {
+        match self.adaptor.as_str() {
+            "pretrained" => self.text.clone(),
+            "random" => "random-init adaptor".into(),
+            _ => "no adaptor (backbone → head)".into(),
+        }
+    }
+}
+
+/// Writes the three outputs into `dir`; returns the plot file names.
+pub fn write_report(dir: &Path, results: &[EvalResult]) -> Result<Vec<String>> {
+    write_parquet(&dir.join(RESULTS_PARQUET), results)?;
+    let md = markdown(results);
+    let path = dir.join(RESULTS_MD);
+    std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
+    plots(dir, results)
+}
+
+/// One pre-training run as the report's pre-training section shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainSummary {
+    pub instance: String,
+    pub variant: String,
+    pub vision: String,
+    pub text: String,
+    pub trainable_params: i64,
+    pub epochs: u64,
+    pub initial_val_loss: f64,
+    pub best_val_loss: f64,
+    /// recall@1/5/10 image→text, then text→image, at the kept checkpoint.
+    pub recall: [f64; 6],
+    pub chance: f64,
+}
+
+impl PretrainSummary {
+    /// Reads a `train-adaptor` artifact (`report.json`, `adaptor.json`, `provenance.json`).
+    pub fn read(dir: &Path, instance: &str) -> Result<Self> {
+        let json = |f: &str| -> Result<serde_json::Value> {
+            let p = dir.join(f);
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: p, source })
+        };
+        let (report, ckpt, prov) = (
+            json(PRETRAIN_REPORT)?,
+            json(ADAPTOR_JSON)?,
+            json(PROVENANCE_FILE)?,
+        );
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        let rec = &report["best_recall"];
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        Ok(PretrainSummary {
+            instance: instance.to_string(),
+            variant: s(&ckpt["model"]["variant"]),
+            vision: s(&prov["image"]["backbone"]),
+            text: s(&prov["text"]["backbone"]),
+            trainable_params: report["trainable_params"].as_i64().unwrap_or(0),
+            epochs: report["epochs_completed"].as_u64().unwrap_or(0),
+            initial_val_loss: f(&report["initial_val_loss"]),
+            best_val_loss: f(&report["best_val_loss"]),
+            recall: [
+                f(&rec["image_to_text_r1"]),
+                f(&rec["image_to_text_r5"]),
+                f(&rec["image_to_text_r10"]),
+                f(&rec["text_to_image_r1"]),
+                f(&rec["text_to_image_r5"]),
+                f(&rec["text_to_image_r10"]),
+            ],
+            chance: 1.0 / rec["pairs"].as_f64().unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// The `report` stage: reads every bound result and pre-training run, writes the outputs.
+pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
+    let out = ctx.out_dir();
+    let mut results = Vec::new();
+    for a in ctx.inputs("results") {
+        let mut r = EvalResult::read(&a.path.join(RESULT_FILE))?;
+        if let InputOrigin::Stage { instance, .. } = &a.origin {
+            r.instance = instance.clone();
+        }
+        results.push(r);
+    }
+    let mut runs = Vec::new();
+    let mut curves = Vec::new();
+    for (i, a) in ctx.inputs("pretraining").iter().enumerate() {
+        let instance = match &a.origin {
+            InputOrigin::Stage { instance, .. } => instance.clone(),
+            InputOrigin::External { name, .. } => name.clone(),
+        };
+        runs.push(PretrainSummary::read(&a.path, &instance)?);
+        let curve = a.path.join(TRAINING_CURVE);
+        if curve.is_file() {
+            let name = format!("pretraining-{i}.png");
+            std::fs::copy(&curve, out.join(&name)).map_err(|e| Error::io(&curve, e))?;
+            curves.push(name);
+        }
+    }
+    let plots = write_report(out, &results)?;
+    if !runs.is_empty() {
+        let path = out.join(RESULTS_MD);
+        let mut md = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        md.push_str(&pretraining_markdown(&runs, &curves));
+        std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
+    }
+    ctx.log(format!(
+        "report: {} evaluation(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
+        results.len(),
+        runs.len(),
+        plots.len() + curves.len()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
