@@ -105,6 +105,41 @@ impl ParamSpec {
     }
 }
 
+/// Parameters a stage's checks refused ([`Stage::validate`]): which one (`None` when no single
+/// parameter is at fault) and why. The planner reports it at the key in the manifest
+/// (`stages.NAME.params.KEY: message`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamError {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "parameter `{key}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+impl From<String> for ParamError {
+    fn from(message: String) -> Self {
+        ParamError { key: None, message }
+    }
+}
+
 /// What an input slot accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputAccepts {
@@ -197,8 +232,8 @@ pub trait Stage: Send + Sync {
 
     fn inputs(&self) -> Vec<InputSpec>;
 
-    /// Checks beyond types (ranges, combinations). Return a message naming the parameter.
-    fn validate(&self, _params: &Params) -> Result<(), String> {
+    /// Checks beyond types (ranges, combinations), naming the parameter at fault.
+    fn validate(&self, _params: &Params) -> Result<(), ParamError> {
         Ok(())
     }
 
@@ -223,7 +258,7 @@ pub trait Stage: Send + Sync {
 }
 
 /// Where an input came from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum InputOrigin {
     /// A folder declared in the manifest (`group` is `datasets` or `backbones`).
     External {
@@ -253,6 +288,15 @@ impl InputArtifact {
         match &self.origin {
             InputOrigin::External { kind, .. } => kind,
             InputOrigin::Stage { kind, .. } => kind,
+        }
+    }
+
+    /// The manifest name of an external input (`datasets.NAME`, `backbones.NAME`) or the instance
+    /// that produced it.
+    pub fn name(&self) -> &str {
+        match &self.origin {
+            InputOrigin::External { name, .. } => name,
+            InputOrigin::Stage { instance, .. } => instance,
         }
     }
 }

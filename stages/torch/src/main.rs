@@ -236,22 +236,17 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
     Ok(())
 }
 
-/// The worker protocol (`stages::worker`): any failure, panics included, becomes one
+/// The worker protocol (`pipeline::protocol`): any failure, panics included, becomes one
 /// `{"error": ...}` line and exit status 1.
 fn run_stage() -> ExitCode {
     let sink = Arc::new(JsonLinesSink::stdout());
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             let job = Job::read(std::io::stdin().lock())?;
-            let kind = job.kind.clone();
-            let merge = job.merge;
+            let (kind, merge) = (job.kind.clone(), job.merge);
             torch_stages::stages_impl::set_threads(job.threads);
-            let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)))?;
-            if merge {
-                torch_stages::merge::run(&kind, &ctx).map_err(|e| e.to_string())
-            } else {
-                torch_stages::stages_impl::run(&kind, &ctx).map_err(|e| e.to_string())
-            }
+            let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)));
+            torch_stages::kinds::run(&kind, merge, &ctx).map_err(|e| e.to_string())
         }));
     let err = match result {
         Ok(Ok(())) => return ExitCode::SUCCESS,

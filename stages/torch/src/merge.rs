@@ -7,28 +7,22 @@
 
 use std::path::PathBuf;
 
-use pipeline::{InputArtifact, InputOrigin, StageContext, StageError, SHARDS_SLOT};
+use pipeline::{StageContext, StageError, SHARDS_SLOT};
+use stages::kinds::encode_image::EncodeImageParams;
+use stages::kinds::encode_text::EncodeTextParams;
 
 use crate::encode::{self, Shard};
 use crate::encoder::write_window;
 use crate::table::{read_string_columns, EmbeddingTable, EmbeddingWriter, TableMeta};
 
-/// Merges the shards of the stage `kind` into `ctx.out_dir()`.
-pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
-    match kind {
-        encode::ENCODE_TEXT | encode::ENCODE_IMAGE => merge_tables(kind, ctx),
-        other => {
-            Err(format!("the torch worker cannot merge shards of stage kind `{other}`").into())
-        }
-    }
+/// Merges the shards of an `encode-text` instance into `ctx.out_dir()`.
+pub fn merge_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), StageError> {
+    merge_tables(encode::ENCODE_TEXT, p.run.batch_size, ctx)
 }
 
-/// The shard's instance name (`enc[shard=1/3]`), for messages.
-fn shard_name(a: &InputArtifact) -> String {
-    match &a.origin {
-        InputOrigin::Stage { instance, .. } => instance.clone(),
-        InputOrigin::External { name, .. } => name.clone(),
-    }
+/// Merges the shards of an `encode-image` instance into `ctx.out_dir()`.
+pub fn merge_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), StageError> {
+    merge_tables(encode::ENCODE_IMAGE, p.run.batch_size, ctx)
 }
 
 /// The first metadata field in which `t` differs from `first`, as `field: a vs b`.
@@ -102,7 +96,7 @@ impl Carry {
     }
 }
 
-fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
+fn merge_tables(kind: &str, batch_size: i64, ctx: &StageContext) -> Result<(), StageError> {
     let shards = ctx.inputs(SHARDS_SLOT);
     let n = shards.len();
     if n == 0 {
@@ -113,7 +107,7 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
         &["key"],
     )?
     .remove(0);
-    let batch_size = ctx.i64_param("batch_size")?.max(1) as usize;
+    let batch_size = batch_size.max(1) as usize;
     // Which table the shards hold: tokens.parquet for `pooling = "tokens"`, else embeddings.parquet.
     let file = if shards[0].path.join(encode::TOKENS_FILE).is_file() {
         encode::TOKENS_FILE
@@ -125,7 +119,7 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     let mut next = 0usize;
     for (i, artifact) in shards.iter().enumerate() {
         ctx.check_cancelled()?;
-        let name = shard_name(artifact);
+        let name = artifact.name().to_string();
         let path: PathBuf = artifact.path.join(file);
         if !path.is_file() {
             return Err(format!("{name}: its artifact has no {file} (shard 0 has one)").into());
@@ -229,7 +223,7 @@ mod tests {
     use arrow_array::{RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::ArrowWriter;
-    use pipeline::{NoProgress, Params, StageKey, Value};
+    use pipeline::{InputArtifact, InputOrigin, NoProgress, Params, StageKey, Value};
 
     use super::*;
 
@@ -325,7 +319,7 @@ mod tests {
             Arc::new(NoProgress),
             Arc::new(AtomicBool::new(false)),
         );
-        run(encode::ENCODE_TEXT, &ctx).map_err(|e| e.to_string())
+        merge_tables(encode::ENCODE_TEXT, 2, &ctx).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -731,7 +731,10 @@ pub fn pretraining_markdown(runs: &[PretrainSummary], curves: &[String]) -> Stri
 }
 
 /// The `report` stage: reads every bound result and pre-training run, writes the outputs.
-pub fn run_stage(ctx: &pipeline::StageContext) -> std::result::Result<(), pipeline::StageError> {
+pub fn run_stage(
+    _: &stages::kinds::report::ReportParams,
+    ctx: &pipeline::StageContext,
+) -> std::result::Result<(), pipeline::StageError> {
     let out = ctx.out_dir();
     let mut results = Vec::new();
     for a in ctx.inputs("results") {
@@ -744,11 +747,7 @@ pub fn run_stage(ctx: &pipeline::StageContext) -> std::result::Result<(), pipeli
     let mut runs = Vec::new();
     let mut curves = Vec::new();
     for (i, a) in ctx.inputs("pretraining").iter().enumerate() {
-        let instance = match &a.origin {
-            pipeline::InputOrigin::Stage { instance, .. } => instance.clone(),
-            pipeline::InputOrigin::External { name, .. } => name.clone(),
-        };
-        runs.push(PretrainSummary::read(&a.path, &instance)?);
+        runs.push(PretrainSummary::read(&a.path, a.name())?);
         let curve = a.path.join(train::train::CURVE);
         if curve.is_file() {
             let name = format!("pretraining-{i}.png");

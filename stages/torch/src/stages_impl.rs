@@ -4,37 +4,25 @@
 
 use std::path::{Path, PathBuf};
 
-use pipeline::{InputOrigin, StageContext, StageError};
+use pipeline::{StageContext, StageError};
+use stages::encode::EncodeRun;
+use stages::kinds;
+use stages::kinds::encode_image::EncodeImageParams;
+use stages::kinds::encode_text::EncodeTextParams;
 
 use crate::bert::{TextEncoder, TextPooling};
 use crate::encode::{self, Shard};
 use crate::encoder::{
-    device_name, encode_images, encode_texts, pick_device, pick_precision, Items, LoopOptions,
+    device_name, encode_images, encode_texts, torch_device, torch_precision, Items, LoopOptions,
     VisionModel,
 };
 use crate::error::Error;
 use crate::preprocess::{Normalize, Preprocess};
 use crate::table::{read_string_columns, TableMeta};
 
-/// Runs the stage `kind` in this process.
+/// Runs the stage `kind` in this process (the worker's registry, [`crate::kinds`]).
 pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
-    match kind {
-        encode::ENCODE_TEXT => encode_text(ctx),
-        encode::ENCODE_IMAGE => encode_image(ctx),
-        stages::pretrain::TRAIN_ADAPTOR => crate::pretrain::run(ctx),
-        stages::evaluate::REPORT => crate::report::run_stage(ctx),
-        stages::evaluate::CLASSIFY => crate::evaluate::classify(ctx),
-        stages::evaluate::SEGMENT => crate::evaluate::segment(ctx),
-        other => Err(format!(
-            "the torch worker does not know stage kind `{other}` (it runs: {})",
-            encode::TORCH_STAGES
-                .iter()
-                .map(|d| d.kind)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-        .into()),
-    }
+    crate::kinds::find(kind)?.run(ctx)
 }
 
 /// Sets libtorch's CPU threads for this process.
@@ -48,10 +36,7 @@ fn backbone<'a>(
     stage: &str,
 ) -> Result<(&'a Path, String, String), StageError> {
     let b = ctx.input("backbone")?;
-    let name = match &b.origin {
-        InputOrigin::External { name, .. } => name.clone(),
-        InputOrigin::Stage { instance, .. } => instance.clone(),
-    };
+    let name = b.name().to_string();
     if !accepted.contains(&b.kind()) {
         return Err(format!(
             "{stage}: backbone `{name}` has kind `{}`; {stage} takes {}",
@@ -63,22 +48,22 @@ fn backbone<'a>(
     Ok((&b.path, name, b.kind().to_string()))
 }
 
+/// The run settings both encode kinds share, as libtorch takes them.
 struct Common {
     batch_size: usize,
     device: tch::Device,
     precision: tch::Kind,
-    precision_name: String,
+    precision_name: &'static str,
     shard: Shard,
 }
 
-fn common(ctx: &StageContext) -> Result<Common, StageError> {
-    let precision_name = ctx.str_param("precision")?.to_string();
+fn common(run: &EncodeRun) -> Result<Common, StageError> {
     Ok(Common {
-        batch_size: ctx.i64_param("batch_size")? as usize,
-        device: pick_device(ctx.str_param("device")?)?,
-        precision: pick_precision(&precision_name)?,
-        precision_name,
-        shard: Shard::parse(ctx.str_param("shard")?)?,
+        batch_size: run.batch_size as usize,
+        device: torch_device(run.device)?,
+        precision: torch_precision(run.precision),
+        precision_name: run.precision.name(),
+        shard: run.shard,
     })
 }
 
@@ -86,13 +71,19 @@ fn records_path(ctx: &StageContext) -> Result<PathBuf, StageError> {
     Ok(ctx.input("records")?.path.join(stages::ingest::RECORDS))
 }
 
-fn encode_text(ctx: &StageContext) -> Result<(), StageError> {
+/// `encode-text`: the records' texts through a BERT-family backbone.
+pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), StageError> {
     let (dir, name, kind) = backbone(ctx, encode::TEXT_BACKBONES, encode::ENCODE_TEXT)?;
-    let c = common(ctx)?;
-    let pooling_name = ctx.str_param("pooling")?;
-    let pooling = TextPooling::parse(pooling_name).ok_or("parameter `pooling`")?;
-    let max_length = ctx.i64_param("max_length")? as usize;
-    let column = ctx.str_param("text_column")?;
+    let c = common(&p.run)?;
+    let pooling_name = p.pooling.name();
+    let pooling = match p.pooling {
+        kinds::encode_text::TextPooling::Pooler => TextPooling::Pooler,
+        kinds::encode_text::TextPooling::Cls => TextPooling::Cls,
+        kinds::encode_text::TextPooling::Mean => TextPooling::Mean,
+        kinds::encode_text::TextPooling::Tokens => TextPooling::Tokens,
+    };
+    let max_length = p.max_length as usize;
+    let column = p.text_column.as_str();
     let records = records_path(ctx)?;
     let mut cols = read_string_columns(&records, &["key", "split", column])?;
     let (texts, splits, keys) = (
@@ -132,7 +123,7 @@ fn encode_text(ctx: &StageContext) -> Result<(), StageError> {
             "padding": "per batch, masked", "model_type": enc.model.config.model_type,
         })
         .to_string(),
-        precision: c.precision_name.clone(),
+        precision: c.precision_name.to_string(),
         shard: c.shard.to_string(),
         row_start: range.start,
         row_end: range.end,
@@ -162,13 +153,17 @@ fn encode_text(ctx: &StageContext) -> Result<(), StageError> {
     Ok(())
 }
 
-fn encode_image(ctx: &StageContext) -> Result<(), StageError> {
+/// `encode-image`: the records' images through a DINOv2 or ResNet-AE backbone.
+pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), StageError> {
     let (dir, name, kind) = backbone(ctx, encode::IMAGE_BACKBONES, encode::ENCODE_IMAGE)?;
-    let c = common(ctx)?;
+    let c = common(&p.run)?;
     let raw = ctx.input("raw")?.path.clone();
-    let resize = ctx.i64_param("resize")? as u32;
-    let crop = ctx.i64_param("image_size")? as u32;
-    let normalize = Normalize::parse(ctx.str_param("normalize")?).ok_or("parameter `normalize`")?;
+    let resize = p.resize as u32;
+    let crop = p.image_size as u32;
+    let normalize = match p.normalize {
+        kinds::encode_image::Normalize::Imagenet => Normalize::Imagenet,
+        kinds::encode_image::Normalize::Half => Normalize::Half,
+    };
     let records = records_path(ctx)?;
     let mut cols = read_string_columns(&records, &["key", "split", "path"])?;
     let (paths, splits, keys) = (
@@ -178,7 +173,7 @@ fn encode_image(ctx: &StageContext) -> Result<(), StageError> {
     );
     let range = c.shard.range(keys.len());
     let model = VisionModel::load(dir, &kind, c.device, c.precision)?;
-    let pooling = model.resolve_pooling(ctx.str_param("pooling")?)?;
+    let pooling = model.resolve_pooling(p.pooling.name())?;
     let pre = match kind.as_str() {
         "dinov2" => Preprocess::Dinov2 {
             resize,
@@ -213,7 +208,7 @@ fn encode_image(ctx: &StageContext) -> Result<(), StageError> {
         tokens: n_tokens,
         pooling: pooling.name().to_string(),
         preprocessing: pre.describe().to_string(),
-        precision: c.precision_name.clone(),
+        precision: c.precision_name.to_string(),
         shard: c.shard.to_string(),
         row_start: range.start,
         row_end: range.end,
