@@ -67,21 +67,15 @@ pub const IMAGE: Declaration = Declaration::of::<EncodeImage>();
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipeline::{Params, Value};
+    use pipeline::Value;
 
     #[test]
     fn declarations_validate_their_parameters() {
-        let mut p: Params = (TEXT.params)()
-            .into_iter()
-            .map(|s| (s.name.to_string(), s.default.unwrap()))
-            .collect();
+        let mut p = TEXT.defaults();
         p.insert("shard".into(), Value::Str("3/2".into()));
         let e = (TEXT.validate)(&p).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("shard"), "{e}");
-        let mut p: Params = (IMAGE.params)()
-            .into_iter()
-            .map(|s| (s.name.to_string(), s.default.unwrap()))
-            .collect();
+        let mut p = IMAGE.defaults();
         p.insert("batch_size".into(), Value::Int(0));
         let e = (IMAGE.validate)(&p).unwrap_err();
         assert_eq!(

@@ -86,10 +86,7 @@ mod tests {
     use pipeline::{Params, Value};
 
     fn with(decl: &Declaration, name: &str, v: Value) -> Params {
-        let mut p: Params = (decl.params)()
-            .into_iter()
-            .map(|s| (s.name.to_string(), s.default.unwrap()))
-            .collect();
+        let mut p = decl.defaults();
         p.insert(name.into(), v);
         p
     }

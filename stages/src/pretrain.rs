@@ -20,10 +20,7 @@ mod tests {
     use pipeline::{Params, Value};
 
     fn with(name: &str, v: Value) -> Params {
-        let mut p: Params = (DECL.params)()
-            .into_iter()
-            .map(|s| (s.name.to_string(), s.default.unwrap()))
-            .collect();
+        let mut p = DECL.defaults();
         p.insert(name.into(), v);
         p
     }

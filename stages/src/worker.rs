@@ -187,18 +187,8 @@ mod tests {
     }
 
     fn job() -> Job {
-        Job {
-            protocol: PROTOCOL,
-            kind: "encode-text".into(),
-            instance: "enc".into(),
-            key: StageKey::parse(&"cd".repeat(32)).unwrap(),
-            params: Params::new(),
-            inputs: BTreeMap::new(),
-            out_dir: "/nonexistent".into(),
-            threads: 1,
-            resume_dir: None,
-            merge: false,
-        }
+        let dir = Path::new("/nonexistent");
+        Job::from_context("encode-text", &context(dir), &[])
     }
 
     #[test]

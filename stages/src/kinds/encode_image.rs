@@ -50,11 +50,7 @@ impl StageKind for EncodeImage {
                 InputAccepts::Stage(&["ingest"]),
                 "the records table (its `path` column)",
             ),
-            InputSpec::one(
-                "raw",
-                InputAccepts::DatasetOrStage(&["synth"]),
-                "the raw dataset folder the records' image paths are relative to",
-            ),
+            super::raw_images_input(),
             InputSpec::one(
                 "backbone",
                 InputAccepts::Backbone,

@@ -51,6 +51,15 @@ pub trait StageKind: 'static {
     fn inputs() -> Vec<InputSpec>;
 }
 
+/// The `raw` input of the kinds that read images: the folder the records' paths are relative to.
+pub(crate) fn raw_images_input() -> InputSpec {
+    InputSpec::one(
+        "raw",
+        pipeline::InputAccepts::DatasetOrStage(&["synth"]),
+        "the raw dataset folder the records' image paths are relative to",
+    )
+}
+
 /// A declaration without its types: what the runner side stores per kind.
 #[derive(Clone)]
 pub struct Declaration {
@@ -68,6 +77,14 @@ fn validate<P: ParamSet>(params: &Params) -> Result<(), ParamError> {
 }
 
 impl Declaration {
+    /// The parameters with their defaults (a required one, which has none, left out).
+    pub fn defaults(&self) -> Params {
+        (self.params)()
+            .into_iter()
+            .filter_map(|s| Some((s.name.to_string(), s.default?)))
+            .collect()
+    }
+
     pub const fn of<K: StageKind>() -> Declaration {
         Declaration {
             kind: K::KIND,
@@ -277,13 +294,9 @@ mod tests {
                 assert_eq!(i.decl.sharding.is_some(), i.has_merge(), "{}", i.kind());
             }
             // Every default passes the kind's own checks.
-            let defaults: Params = (e.decl().params)()
-                .into_iter()
-                .filter_map(|s| Some((s.name.to_string(), s.default?)))
-                .collect();
             let required = (e.decl().params)().iter().any(|s| s.default.is_none());
             if !required {
-                (e.decl().validate)(&defaults).unwrap();
+                (e.decl().validate)(&e.decl().defaults()).unwrap();
             }
         }
     }

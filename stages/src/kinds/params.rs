@@ -27,40 +27,28 @@ fn mismatch<T: ParamValue>(v: &Value) -> String {
     )
 }
 
-impl ParamValue for i64 {
-    fn param_type() -> ParamType {
-        ParamType::Int
-    }
-    fn to_value(&self) -> Value {
-        Value::Int(*self)
-    }
-    fn from_value(v: &Value) -> Result<Self, String> {
-        v.as_i64().ok_or_else(|| mismatch::<Self>(v))
-    }
+/// `bool`, `i64` and `f64` parameters: `Value::Bool`, `Value::Int`, `Value::Float` (an integer
+/// is read as a float where a float is declared, as the planner widened it).
+macro_rules! scalar_param {
+    ($($ty:ty => $param:ident, $variant:ident, $read:ident;)*) => {$(
+        impl ParamValue for $ty {
+            fn param_type() -> ParamType {
+                ParamType::$param
+            }
+            fn to_value(&self) -> Value {
+                Value::$variant(*self)
+            }
+            fn from_value(v: &Value) -> Result<Self, String> {
+                v.$read().ok_or_else(|| mismatch::<Self>(v))
+            }
+        }
+    )*};
 }
 
-impl ParamValue for f64 {
-    fn param_type() -> ParamType {
-        ParamType::Float
-    }
-    fn to_value(&self) -> Value {
-        Value::Float(*self)
-    }
-    fn from_value(v: &Value) -> Result<Self, String> {
-        v.as_f64().ok_or_else(|| mismatch::<Self>(v))
-    }
-}
-
-impl ParamValue for bool {
-    fn param_type() -> ParamType {
-        ParamType::Bool
-    }
-    fn to_value(&self) -> Value {
-        Value::Bool(*self)
-    }
-    fn from_value(v: &Value) -> Result<Self, String> {
-        v.as_bool().ok_or_else(|| mismatch::<Self>(v))
-    }
+scalar_param! {
+    bool => Bool, Bool, as_bool;
+    i64 => Int, Int, as_i64;
+    f64 => Float, Float, as_f64;
 }
 
 impl ParamValue for String {

@@ -64,11 +64,7 @@ impl StageKind for Segment {
                 InputAccepts::Stage(&["ingest"]),
                 "a SIIM or RSNA records table (RLE masks or boxes)",
             ),
-            InputSpec::one(
-                "raw",
-                InputAccepts::DatasetOrStage(&["synth"]),
-                "the raw dataset folder the records' image paths are relative to",
-            ),
+            super::raw_images_input(),
             InputSpec::one(
                 "backbone",
                 InputAccepts::Backbone,

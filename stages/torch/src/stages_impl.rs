@@ -2,6 +2,7 @@
 //! runner's job) to the encode loops. Declarations (parameters, inputs, checks) are shared with
 //! the runner through `crate::encode`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use pipeline::{StageContext, StageError};
@@ -67,8 +68,91 @@ fn common(run: &EncodeRun) -> Result<Common, StageError> {
     })
 }
 
-fn records_path(ctx: &StageContext) -> Result<PathBuf, StageError> {
-    Ok(ctx.input("records")?.path.join(stages::ingest::RECORDS))
+impl Common {
+    /// The metadata of the table this run writes, but for what the backbone says (the caller's
+    /// struct update fills in `backbone`, `backbone_kind`, `pooling`, `preprocessing`).
+    fn meta(&self, rows: &Rows, dim: usize, tokens: Option<usize>) -> TableMeta {
+        TableMeta {
+            table: if tokens.is_some() {
+                "tokens"
+            } else {
+                "embeddings"
+            }
+            .into(),
+            backbone: String::new(),
+            backbone_kind: String::new(),
+            dim,
+            tokens,
+            pooling: String::new(),
+            preprocessing: String::new(),
+            precision: self.precision_name.to_string(),
+            shard: self.shard.to_string(),
+            row_start: rows.range.start,
+            row_end: rows.range.end,
+            rows_total: rows.keys.len(),
+        }
+    }
+
+    fn loop_options(&self, ctx: &StageContext, unit: &'static str) -> LoopOptions {
+        LoopOptions::new(self.batch_size, ctx.threads(), unit, self.device)
+    }
+}
+
+/// Runs `encode` into the run's table (the token table, or the pooled one) and logs its rows.
+fn write_table(
+    ctx: &StageContext,
+    tokens: bool,
+    encode: impl FnOnce(&Path) -> crate::Result<usize>,
+) -> Result<(), StageError> {
+    let file = if tokens {
+        encode::TOKENS_FILE
+    } else {
+        encode::EMBEDDINGS_FILE
+    };
+    let n = encode(&ctx.out_dir().join(file))?;
+    ctx.log(format!("wrote {n} rows to {file}"));
+    Ok(())
+}
+
+/// The records table's keys, splits and one value column, and the rows this shard encodes.
+struct Rows {
+    keys: Vec<String>,
+    splits: Vec<String>,
+    values: Vec<String>,
+    range: Range<usize>,
+}
+
+impl Rows {
+    fn read(ctx: &StageContext, column: &str, shard: Shard) -> Result<Rows, StageError> {
+        let records = ctx.input("records")?.path.join(stages::ingest::RECORDS);
+        let mut cols = read_string_columns(&records, &["key", "split", column])?;
+        let (values, splits, keys) = (
+            cols.pop().unwrap(),
+            cols.pop().unwrap(),
+            cols.pop().unwrap(),
+        );
+        let range = shard.range(keys.len());
+        Ok(Rows {
+            keys,
+            splits,
+            values,
+            range,
+        })
+    }
+
+    /// This shard's value column.
+    fn values(&self) -> &[String] {
+        &self.values[self.range.clone()]
+    }
+
+    /// This shard's rows with `values` (the value column, or what it names) to encode.
+    fn items<'a, T>(&'a self, values: &'a [T]) -> Items<'a, T> {
+        Items {
+            keys: &self.keys[self.range.clone()],
+            splits: Some(&self.splits[self.range.clone()]),
+            values,
+        }
+    }
 }
 
 /// `encode-text`: the records' texts through a BERT-family backbone.
@@ -84,14 +168,7 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
     };
     let max_length = p.max_length as usize;
     let column = p.text_column.as_str();
-    let records = records_path(ctx)?;
-    let mut cols = read_string_columns(&records, &["key", "split", column])?;
-    let (texts, splits, keys) = (
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-    );
-    let range = c.shard.range(keys.len());
+    let rows = Rows::read(ctx, column, c.shard)?;
     let enc = TextEncoder::load(dir, max_length, c.device, c.precision)?;
     if pooling == TextPooling::Pooler && !enc.model.has_pooler() {
         return Err(Error::Invalid(format!(
@@ -106,51 +183,27 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
         enc.dim(),
         device_name(c.device),
         c.precision_name,
-        range.len(),
-        keys.len(),
+        rows.range.len(),
+        rows.keys.len(),
         c.shard
     ));
     let tokens = pooling == TextPooling::Tokens;
     let meta = TableMeta {
-        table: if tokens { "tokens" } else { "embeddings" }.into(),
         backbone: name,
         backbone_kind: kind,
-        dim: enc.dim() as usize,
-        tokens: tokens.then_some(max_length),
         pooling: pooling_name.to_string(),
         preprocessing: serde_json::json!({
             "text_column": column, "max_length": max_length, "truncation": true,
             "padding": "per batch, masked", "model_type": enc.model.config.model_type,
         })
         .to_string(),
-        precision: c.precision_name.to_string(),
-        shard: c.shard.to_string(),
-        row_start: range.start,
-        row_end: range.end,
-        rows_total: keys.len(),
+        ..c.meta(&rows, enc.dim() as usize, tokens.then_some(max_length))
     };
-    let file = if tokens {
-        encode::TOKENS_FILE
-    } else {
-        encode::EMBEDDINGS_FILE
-    };
-    let opts = LoopOptions::new(c.batch_size, ctx.threads(), "texts", c.device);
-    let items = Items {
-        keys: &keys[range.clone()],
-        splits: Some(&splits[range.clone()]),
-        values: &texts[range],
-    };
-    let n = encode_texts(
-        &enc,
-        pooling,
-        items,
-        &ctx.out_dir().join(file),
-        &meta,
-        &opts,
-        ctx,
-    )?;
-    ctx.log(format!("wrote {n} rows to {file}"));
-    Ok(())
+    let opts = c.loop_options(ctx, "texts");
+    write_table(ctx, tokens, |path| {
+        let items = rows.items(rows.values());
+        encode_texts(&enc, pooling, items, path, &meta, &opts, ctx)
+    })
 }
 
 /// `encode-image`: the records' images through a DINOv2 or ResNet-AE backbone.
@@ -164,14 +217,7 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         kinds::encode_image::Normalize::Imagenet => Normalize::Imagenet,
         kinds::encode_image::Normalize::Half => Normalize::Half,
     };
-    let records = records_path(ctx)?;
-    let mut cols = read_string_columns(&records, &["key", "split", "path"])?;
-    let (paths, splits, keys) = (
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-    );
-    let range = c.shard.range(keys.len());
+    let rows = Rows::read(ctx, "path", c.shard)?;
     let model = VisionModel::load(dir, &kind, c.device, c.precision)?;
     let pooling = model.resolve_pooling(p.pooling.name())?;
     let pre = match kind.as_str() {
@@ -194,48 +240,23 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         model.dim(),
         device_name(c.device),
         c.precision_name,
-        range.len(),
-        keys.len(),
+        rows.range.len(),
+        rows.keys.len(),
         c.shard,
         pooling.name(),
         pre.describe()
     ));
     let meta = TableMeta {
-        table: if tokens { "tokens" } else { "embeddings" }.into(),
         backbone: name,
         backbone_kind: kind,
-        dim: model.dim(),
-        tokens: n_tokens,
         pooling: pooling.name().to_string(),
         preprocessing: pre.describe().to_string(),
-        precision: c.precision_name.to_string(),
-        shard: c.shard.to_string(),
-        row_start: range.start,
-        row_end: range.end,
-        rows_total: keys.len(),
+        ..c.meta(&rows, model.dim(), n_tokens)
     };
-    let files: Vec<PathBuf> = paths[range.clone()].iter().map(|p| raw.join(p)).collect();
-    let file = if tokens {
-        encode::TOKENS_FILE
-    } else {
-        encode::EMBEDDINGS_FILE
-    };
-    let opts = LoopOptions::new(c.batch_size, ctx.threads(), "images", c.device);
-    let items = Items {
-        keys: &keys[range.clone()],
-        splits: Some(&splits[range]),
-        values: &files,
-    };
-    let n = encode_images(
-        &model,
-        pooling,
-        &pre,
-        items,
-        &ctx.out_dir().join(file),
-        &meta,
-        &opts,
-        ctx,
-    )?;
-    ctx.log(format!("wrote {n} rows to {file}"));
-    Ok(())
+    let files: Vec<PathBuf> = rows.values().iter().map(|p| raw.join(p)).collect();
+    let opts = c.loop_options(ctx, "images");
+    write_table(ctx, tokens, |path| {
+        let items = rows.items(&files);
+        encode_images(&model, pooling, &pre, items, path, &meta, &opts, ctx)
+    })
 }
