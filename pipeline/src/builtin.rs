@@ -51,22 +51,27 @@ impl Stage for CommandStage {
         .optional()]
     }
 
-    fn validate(&self, params: &crate::value::Params) -> Result<(), String> {
+    fn validate(&self, params: &crate::value::Params) -> Result<(), crate::stage::ParamError> {
+        use crate::stage::ParamError;
         match params.get("vars") {
             Some(Value::Table(t)) => {
                 for (k, v) in t {
                     if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(format!(
-                            "vars.{k}: names may use letters, digits and `_` only"
+                        return Err(ParamError::at(
+                            format!("vars.{k}"),
+                            "names may use letters, digits and `_` only",
                         ));
                     }
                     if matches!(v, Value::Table(_) | Value::Array(_)) {
-                        return Err(format!("vars.{k}: expected a string, number or boolean"));
+                        return Err(ParamError::at(
+                            format!("vars.{k}"),
+                            "expected a string, number or boolean",
+                        ));
                     }
                 }
                 Ok(())
             }
-            _ => Err("`vars` must be a table".into()),
+            _ => Err(ParamError::at("vars", "must be a table")),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod ops;
 pub mod plan;
 pub mod process;
+pub mod protocol;
 pub mod s3uploads;
 pub mod slurm;
 pub mod stage;

@@ -1,281 +1,105 @@
-//! Declarations of the downstream stages (reference D): `classify` (a head over cached image
-//! features, optionally through the frozen adaptor), `segment` (a decoder over a frozen backbone
-//! and adaptor) and `report` (every result of the manifest into tables and plots). `classify` and
-//! `segment` run in the `adaptor-torch` worker (`torch_stages::evaluate`); `report` needs no
-//! libtorch and runs in the runner's process (`artifacts::report`, see `encode::register_torch`).
+//! What the downstream kinds (reference D: `classify`, `segment`, `report`) share: their names,
+//! the result file, and the training settings of a head or decoder ([`Training`]). Each kind's
+//! declaration is in [`crate::kinds`]; they run in the `adaptor-torch` worker
+//! (`torch_stages::evaluate`, `torch_stages::report`).
 
-use pipeline::{InputAccepts, InputSpec, ParamSpec, ParamType, Params, Value};
-
-use crate::encode::{int_in, DEVICES, ENCODE_IMAGE};
-use crate::pretrain::TRAIN_ADAPTOR;
-use crate::worker::StageDecl;
+use crate::kinds::classify::{Classify, Head};
+use crate::kinds::params::{int_in, non_negative, positive_up_to};
+use crate::kinds::report::Report;
+use crate::kinds::segment::{Decoder, DiceLoss, Segment};
+use crate::kinds::{Declaration, Device};
 
 pub const CLASSIFY: &str = "classify";
 pub const SEGMENT: &str = "segment";
 pub const REPORT: &str = "report";
 
-/// Written by `classify` and `segment`: `artifacts::report::EvalResult` as JSON.
+/// Written by `classify` and `segment`: `torch_stages::report::EvalResult` as JSON.
 pub const RESULT_FILE: &str = "result.json";
 
-pub const HEADS: &[&str] = &["mlp", "linear"];
-pub const DECODERS: &[&str] = &["auto", "unet", "vit"];
-pub const ADAPTOR_INITS: &[&str] = &["pretrained", "random"];
-pub const DICE_LOSSES: &[&str] = &["modified", "original"];
+pub const HEADS: &[&str] = Head::NAMES;
+pub const DECODERS: &[&str] = Decoder::NAMES;
+pub const ADAPTOR_INITS: &[&str] = AdaptorInit::NAMES;
+pub const DICE_LOSSES: &[&str] = DiceLoss::NAMES;
 
-fn common(epochs: i64, batch: i64, lr: f64, wd: f64, patience: i64) -> Vec<ParamSpec> {
-    vec![
-        ParamSpec::optional(
-            "fraction",
-            ParamType::Float,
-            Value::Float(1.0),
+crate::choice! {
+    /// The adaptor a downstream stage puts between the features and its head or decoder.
+    pub enum AdaptorInit { Pretrained = "pretrained", Random = "random" }
+}
+
+/// A finite number > 0 (a learning rate).
+fn positive(v: &f64) -> Result<(), String> {
+    if v.is_finite() && *v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("must be a finite number > 0, got {v}"))
+    }
+}
+
+crate::param_group! {
+    /// How a head (`classify`) or a decoder (`segment`) is trained; each kind has its defaults.
+    pub struct Training {
+        fraction: f64, check positive_up_to(1.0);
             "share of the training split used (1 %, 10 %, 100 % in the original): a subsample \
              drawn from `seed`, at least one example",
-        ),
-        ParamSpec::optional(
-            "seed",
-            ParamType::Int,
-            Value::Int(0),
-            "subsample, initialisation, shuffles and dropout",
-        ),
-        ParamSpec::optional(
-            "adaptor_init",
-            ParamType::Choice(ADAPTOR_INITS),
-            Value::Str("pretrained".into()),
+        seed: i64, check int_in(0, i64::MAX); "subsample, initialisation, shuffles and dropout",
+        adaptor_init: AdaptorInit;
             "with an `adaptor` input: its pre-trained weights, or `random` (the same module \
              freshly initialised from `seed`: the random-init baseline)",
-        ),
-        ParamSpec::optional(
-            "epochs",
-            ParamType::Int,
-            Value::Int(epochs),
-            "maximum epochs",
-        ),
-        ParamSpec::optional(
-            "batch_size",
-            ParamType::Int,
-            Value::Int(batch),
-            "examples per training step",
-        ),
-        ParamSpec::optional(
-            "lr",
-            ParamType::Float,
-            Value::Float(lr),
-            "peak AdamW learning rate (warm-up, then cosine decay per step)",
-        ),
-        ParamSpec::optional(
-            "weight_decay",
-            ParamType::Float,
-            Value::Float(wd),
-            "AdamW weight decay (not on norms and biases)",
-        ),
-        ParamSpec::optional(
-            "patience",
-            ParamType::Int,
-            Value::Int(patience),
+        epochs: i64, check int_in(1, 100_000); "maximum epochs",
+        batch_size: i64, check int_in(1, 1 << 20); "examples per training step",
+        lr: f64, check positive; "peak AdamW learning rate (warm-up, then cosine decay per step)",
+        weight_decay: f64, check non_negative; "AdamW weight decay (not on norms and biases)",
+        patience: i64, check int_in(0, 100_000);
             "stop after this many epochs without a better valid metric (0: never)",
-        ),
-        ParamSpec::optional(
-            "device",
-            ParamType::Choice(DEVICES),
-            Value::Str("auto".into()),
-            "auto (CUDA when libtorch sees a GPU), cpu or cuda",
-        ),
-    ]
-}
-
-fn classify_params() -> Vec<ParamSpec> {
-    let mut p = vec![ParamSpec::optional(
-        "head",
-        ParamType::Choice(HEADS),
-        Value::Str("mlp".into()),
-        "mlp (the original SSLEvaluator: 394,753 parameters for 1 class over 768 inputs) or \
-         linear (MGCA's linear probe)",
-    )];
-    p.extend(common(100, 128, 5e-4, 1e-4, 5));
-    p
-}
-
-fn classify_inputs() -> Vec<InputSpec> {
-    vec![
-        InputSpec::one(
-            "features",
-            InputAccepts::Stage(&[ENCODE_IMAGE]),
-            "the downstream dataset's image embedding table (pooled)",
-        ),
-        InputSpec::one(
-            "records",
-            InputAccepts::Stage(&["ingest"]),
-            "the same dataset's records table: labels (`target` for RSNA, `label` for COVIDx)",
-        ),
-        InputSpec::one(
-            "adaptor",
-            InputAccepts::Stage(&[TRAIN_ADAPTOR]),
-            "the pre-trained adaptor whose frozen image path maps the features (absent: the \
-             no-adaptor ablation, backbone features straight into the head)",
-        )
-        .optional(),
-    ]
-}
-
-fn segment_params() -> Vec<ParamSpec> {
-    let mut p = vec![
-        ParamSpec::optional(
-            "decoder",
-            ParamType::Choice(DECODERS),
-            Value::Str("auto".into()),
-            "auto (unet for a ResNet-AE backbone, vit for DINOv2), unet or vit",
-        ),
-        ParamSpec::optional(
-            "crop",
-            ParamType::Int,
-            Value::Int(0),
-            "input size in pixels; 0: the original's, 896 for SIIM and 224 for RSNA",
-        ),
-        ParamSpec::optional(
-            "alpha",
-            ParamType::Float,
-            Value::Float(10.0),
-            "loss = alpha · focal + Dice (the original's default 10)",
-        ),
-        ParamSpec::optional(
-            "dice_loss",
-            ParamType::Choice(DICE_LOSSES),
-            Value::Str("modified".into()),
-            "modified (per image, squared terms) or original (MGCA's −log over the batch); \
-             both on probabilities",
-        ),
-    ];
-    p.extend(common(50, 4, 5e-4, 1e-4, 10));
-    p
-}
-
-fn segment_inputs() -> Vec<InputSpec> {
-    vec![
-        InputSpec::one(
-            "records",
-            InputAccepts::Stage(&["ingest"]),
-            "a SIIM or RSNA records table (RLE masks or boxes)",
-        ),
-        InputSpec::one(
-            "raw",
-            InputAccepts::DatasetOrStage(&["synth"]),
-            "the raw dataset folder the records' image paths are relative to",
-        ),
-        InputSpec::one(
-            "backbone",
-            InputAccepts::Backbone,
-            "the frozen vision backbone (kind dinov2 or resnet-ae)",
-        ),
-        InputSpec::one(
-            "adaptor",
-            InputAccepts::Stage(&[TRAIN_ADAPTOR]),
-            "the pre-trained adaptor (absent: the no-adaptor ablation)",
-        )
-        .optional(),
-    ]
-}
-
-fn report_inputs() -> Vec<InputSpec> {
-    vec![
-        InputSpec::many(
-            "results",
-            InputAccepts::Stage(&[CLASSIFY, SEGMENT]),
-            "evaluation results (e.g. `classify[*]`, `segment[*]`)",
-        ),
-        InputSpec::many(
-            "pretraining",
-            InputAccepts::Stage(&[TRAIN_ADAPTOR]),
-            "pre-training runs whose training curves the report shows",
-        )
-        .optional(),
-    ]
-}
-
-fn check_common(params: &Params) -> Result<(), String> {
-    int_in(params, "epochs", 1..=100_000)?;
-    int_in(params, "batch_size", 1..=1 << 20)?;
-    int_in(params, "patience", 0..=100_000)?;
-    int_in(params, "seed", 0..=i64::MAX)?;
-    if let Some(f) = params.get("fraction").and_then(Value::as_f64) {
-        if !(f > 0.0 && f <= 1.0) {
-            return Err(format!("parameter `fraction` = {f} must be in (0, 1]"));
-        }
-    }
-    for name in ["lr", "weight_decay", "alpha"] {
-        if let Some(v) = params.get(name).and_then(Value::as_f64) {
-            if !v.is_finite() || v < 0.0 || (name == "lr" && v == 0.0) {
-                return Err(format!(
-                    "parameter `{name}` = {v} must be a finite number ≥ 0{}",
-                    if name == "lr" { " (and not 0)" } else { "" }
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_segment(params: &Params) -> Result<(), String> {
-    check_common(params)?;
-    match params.get("crop").and_then(Value::as_i64) {
-        Some(c) if c != 0 && (c < 32 || c % 32 != 0) => Err(format!(
-            "parameter `crop` = {c}: the decoders need a multiple of 32 (224, 448, 896), or 0 \
-             for the original's size per dataset"
-        )),
-        _ => Ok(()),
+        device: Device; "auto (CUDA when libtorch sees a GPU), cpu or cuda",
     }
 }
 
-fn no_params() -> Vec<ParamSpec> {
-    Vec::new()
+impl Training {
+    /// The settings both kinds share by default; each kind sets its epochs, batch, lr, decay
+    /// and patience.
+    pub const BASE: Training = Training {
+        fraction: 1.0,
+        seed: 0,
+        adaptor_init: AdaptorInit::Pretrained,
+        epochs: 100,
+        batch_size: 128,
+        lr: 5e-4,
+        weight_decay: 1e-4,
+        patience: 5,
+        device: Device::Auto,
+    };
+
+    /// `patience` as the training loops take it: `None` never stops early.
+    pub fn early_stop(&self) -> Option<usize> {
+        (self.patience > 0).then_some(self.patience as usize)
+    }
 }
 
-fn no_checks(_: &Params) -> Result<(), String> {
-    Ok(())
-}
-
-pub const CLASSIFY_DECL: StageDecl = StageDecl {
-    kind: CLASSIFY,
-    version: 1,
-    about: "Trains and tests a classification head (RSNA: AUROC; COVIDx: accuracy) on cached image features, through the frozen adaptor or without it",
-    params: classify_params,
-    inputs: classify_inputs,
-    validate: check_common,
-};
-
-pub const SEGMENT_DECL: StageDecl = StageDecl {
-    kind: SEGMENT,
-    version: 1,
-    about: "Trains and tests a segmentation decoder (SIIM, RSNA boxes) over a frozen backbone and adaptor: Dice, positive-only Dice, empty share",
-    params: segment_params,
-    inputs: segment_inputs,
-    validate: check_segment,
-};
-
-pub const REPORT_DECL: StageDecl = StageDecl {
-    kind: REPORT,
-    version: 1,
-    about: "Gathers every evaluation into results.parquet, results.md (the original's table shape, published numbers beside) and plots",
-    params: no_params,
-    inputs: report_inputs,
-    validate: no_checks,
-};
+pub const CLASSIFY_DECL: Declaration = Declaration::of::<Classify>();
+pub const SEGMENT_DECL: Declaration = Declaration::of::<Segment>();
+pub const REPORT_DECL: Declaration = Declaration::of::<Report>();
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipeline::{Params, Value};
+
+    fn with(decl: &Declaration, name: &str, v: Value) -> Params {
+        let mut p = decl.defaults();
+        p.insert(name.into(), v);
+        p
+    }
 
     #[test]
     fn parameters_are_checked() {
-        let mut p = Params::new();
-        p.insert("fraction".into(), Value::Float(0.0));
-        assert!((CLASSIFY_DECL.validate)(&p)
-            .unwrap_err()
-            .contains("fraction"));
-        let mut p = Params::new();
-        p.insert("crop".into(), Value::Int(100));
-        assert!((SEGMENT_DECL.validate)(&p).unwrap_err().contains("crop"));
-        let mut p = Params::new();
-        p.insert("fraction".into(), Value::Float(0.01));
-        assert!((CLASSIFY_DECL.validate)(&p).is_ok());
+        let e = (CLASSIFY_DECL.validate)(&with(&CLASSIFY_DECL, "fraction", Value::Float(1.5)))
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("fraction"));
+        assert_eq!(e.message, "must be in (0, 1], got 1.5");
+        let e = (SEGMENT_DECL.validate)(&with(&SEGMENT_DECL, "crop", Value::Int(100))).unwrap_err();
+        assert!(e.to_string().contains("crop"), "{e}");
+        let ok = with(&CLASSIFY_DECL, "fraction", Value::Float(0.01));
+        assert!((CLASSIFY_DECL.validate)(&ok).is_ok());
     }
 }

@@ -92,7 +92,55 @@ fn synth_then_ingest_through_the_stage_contract() {
     let mut bad = bad;
     bad.insert("split_seed".into(), Value::Int(-1));
     assert_eq!(
-        reg.get("ingest").unwrap().validate(&bad).unwrap_err(),
+        reg.get("ingest")
+            .unwrap()
+            .validate(&bad)
+            .unwrap_err()
+            .to_string(),
         "parameter `split_seed`: split seed -1 is outside numpy's range 0..=4294967295"
+    );
+}
+
+/// The planner validates a kind's typed parameters once and names the key at fault, with the
+/// manifest's line and column; a value set through a matrix axis is reported at its template.
+#[test]
+fn parameter_errors_name_the_key_and_where_it_is() {
+    let mut reg = StageRegistry::new();
+    stages::register(&mut reg);
+    stages::register_torch(&mut reg, "/nonexistent/adaptor-torch");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("m.toml");
+    let manifest = |params: &str| {
+        format!(
+            "store = \"{}\"\n\n[datasets.rsna]\nkind = \"rsna\"\nroot = \"{}\"\n\n\
+             [matrix]\nf = [0.1, 1.5]\n\n[stages.ingest]\nkind = \"ingest\"\n\
+             inputs.raw = \"datasets.rsna\"\n\n[stages.feats]\nkind = \"encode-image\"\n\
+             inputs = {{ records = \"ingest\", raw = \"datasets.rsna\", backbone = \"backbones.dino\" }}\n\n\
+             [backbones.dino]\nkind = \"dinov2\"\nweights = \"{}\"\n\n\
+             [stages.classify]\nkind = \"classify\"\n{params}\n\
+             inputs = {{ features = \"feats\", records = \"ingest\" }}\n",
+            tmp.path().join("store").display(),
+            tmp.path().display(),
+            tmp.path().display(),
+        )
+    };
+    let error = |params: &str| {
+        std::fs::write(&path, manifest(params)).unwrap();
+        let e = pipeline::plan::load(&path, &reg).unwrap_err().to_string();
+        e.replace(&tmp.path().display().to_string(), "$DIR")
+    };
+    assert_eq!(
+        error("params.fraction = 1.5"),
+        "$DIR/m.toml:24:8: stages.classify.params.fraction: must be in (0, 1], got 1.5"
+    );
+    assert_eq!(
+        error("foreach = [\"f\"]\nparams = { fraction = \"${f}\", epochs = 3 }"),
+        "$DIR/m.toml:25:12: stages.classify.params.fraction: must be in (0, 1], got 1.5"
+    );
+    assert_eq!(
+        error("params = { head = \"mlp\", crop = 3 }"),
+        "$DIR/m.toml:24:26: stages.classify.params.crop: unknown parameter for stage kind \
+         `classify` (known: head, fraction, seed, adaptor_init, epochs, batch_size, lr, \
+         weight_decay, patience, device)"
     );
 }

@@ -368,9 +368,15 @@ fn instance_params(
             }
         }
     }
-    if let Err(m) = stage.validate(&params) {
-        let at = t.get("params").unwrap_or(node);
-        return Err(err(at, &format!("{prefix}.params"), format!("{name}: {m}")));
+    if let Err(e) = stage.validate(&params) {
+        // At the parameter's own key when the stage names one that the manifest sets.
+        return Err(match e.key.as_deref().and_then(|k| raw.get(k)) {
+            Some((at, key)) => err(at, key, e.message),
+            None => {
+                let at = t.get("params").unwrap_or(node);
+                err(at, &format!("{prefix}.params"), format!("{name}: {e}"))
+            }
+        });
     }
     Ok((params, limits))
 }

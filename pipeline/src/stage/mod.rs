@@ -22,7 +22,7 @@ pub use context::{Activity, StageContext};
 pub use limits::{format_duration, parse_duration, Limits, DEFAULT_WATCHDOG, RUNNER_PARAMS};
 pub use progress::{NoProgress, Outcome, ProgressSink, RunEvent};
 pub use registry::StageRegistry;
-pub use spec::{InputAccepts, InputSpec, ParamSpec, ParamType};
+pub use spec::{InputAccepts, InputSpec, ParamError, ParamSpec, ParamType};
 
 /// The error a stage returns. Its message is shown to the user and written to the stage's log, so it
 /// names the file, row or field at fault.
@@ -62,8 +62,8 @@ pub trait Stage: Send + Sync {
 
     fn inputs(&self) -> Vec<InputSpec>;
 
-    /// Checks beyond types (ranges, combinations). Return a message naming the parameter.
-    fn validate(&self, _params: &Params) -> Result<(), String> {
+    /// Checks beyond types (ranges, combinations), naming the parameter at fault.
+    fn validate(&self, _params: &Params) -> Result<(), ParamError> {
         Ok(())
     }
 

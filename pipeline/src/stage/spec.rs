@@ -1,6 +1,8 @@
 //! What a stage kind declares: its parameters (name, type, default) and its input slots (what
 //! each accepts, one or many). The planner checks manifests against these declarations.
 
+use std::fmt;
+
 use crate::value::Value;
 
 /// The type a parameter must have. Checked by the planner, so `run` can rely on it.
@@ -88,6 +90,41 @@ impl ParamSpec {
             default: Some(default),
             doc,
         }
+    }
+}
+
+/// Parameters a stage's checks refused ([`Stage::validate`]): which one (`None` when no single
+/// parameter is at fault) and why. The planner reports it at the key in the manifest
+/// (`stages.NAME.params.KEY: message`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamError {
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "parameter `{key}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+impl From<String> for ParamError {
+    fn from(message: String) -> Self {
+        ParamError { key: None, message }
     }
 }
 

@@ -109,9 +109,9 @@ impl Stage for Echo {
             InputSpec::one("data", InputAccepts::Dataset, "a dataset").optional(),
         ]
     }
-    fn validate(&self, params: &pipeline::Params) -> Result<(), String> {
+    fn validate(&self, params: &pipeline::Params) -> Result<(), pipeline::stage::ParamError> {
         match params.get("lr").and_then(Value::as_f64) {
-            Some(lr) if lr <= 0.0 => Err(format!("lr must be positive, got {lr}")),
+            Some(lr) if lr <= 0.0 => Err(format!("lr must be positive, got {lr}").into()),
             _ => Ok(()),
         }
     }
@@ -198,17 +198,17 @@ impl Stage for Split {
     fn inputs(&self) -> Vec<InputSpec> {
         vec![InputSpec::many("src", InputAccepts::Any, "upstream").optional()]
     }
-    fn validate(&self, params: &pipeline::Params) -> Result<(), String> {
+    fn validate(&self, params: &pipeline::Params) -> Result<(), pipeline::stage::ParamError> {
         let s = params.get("shard").and_then(Value::as_str).unwrap_or("0/1");
-        let (i, n) = s.split_once('/').ok_or("parameter `shard`: not i/n")?;
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| "parameter `shard`: not i/n".to_string())?;
         let (i, n): (u32, u32) = (
-            i.parse().map_err(|_| "bad shard index")?,
-            n.parse().map_err(|_| "bad shard count")?,
+            i.parse().map_err(|_| "bad shard index".to_string())?,
+            n.parse().map_err(|_| "bad shard count".to_string())?,
         );
         if i >= n {
-            return Err(format!(
-                "parameter `shard`: `{s}` has its index outside 0..{n}"
-            ));
+            return Err(format!("parameter `shard`: `{s}` has its index outside 0..{n}").into());
         }
         Ok(())
     }

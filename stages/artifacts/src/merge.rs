@@ -5,11 +5,12 @@
 //! [`write_window`]), with the unsharded metadata (`shard` 0/1, rows 0..total), so the file is
 //! byte-identical to the unsharded one whenever the shards' vectors are (ARCHITECTURE.md).
 //!
-//! No libtorch: the `adaptor` binary runs the merge in its own process ([`run_merge`]).
+//! No libtorch: the `adaptor` binary runs the merge in its own process ([`merge_tables`], called by
+//! the encode kinds' registry entries in `stages::kinds`).
 
 use std::path::PathBuf;
 
-use pipeline::{InputArtifact, InputOrigin, StageContext, StageError, SHARDS_SLOT};
+use pipeline::{StageContext, StageError, SHARDS_SLOT};
 
 use crate::error::Error;
 use crate::files::{EMBEDDINGS_FILE, ENCODE_IMAGE, ENCODE_TEXT, RECORDS, TOKENS_FILE};
@@ -17,36 +18,6 @@ use crate::table::{read_string_columns, write_window, EmbeddingTable, EmbeddingW
 
 /// The `shard` label of the whole table (`WHOLE` of the declarations).
 const WHOLE: &str = "0/1";
-
-/// The merge of an encode stage's shards, as the runner calls it ([`pipeline::Stage::merge`]): the
-/// kind (text or image, whose write windows differ) is the shards' own.
-pub fn run_merge(ctx: &StageContext) -> Result<(), StageError> {
-    let kind = match ctx.inputs(SHARDS_SLOT).first().map(|a| &a.origin) {
-        Some(InputOrigin::Stage { kind, .. }) => kind.clone(),
-        // No shard, or not a stage's artifact: `merge_tables` says what is wrong.
-        _ => ENCODE_TEXT.to_string(),
-    };
-    run(&kind, ctx)
-}
-
-/// Merges the shards of the stage `kind` into `ctx.out_dir()`.
-pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
-    match kind {
-        ENCODE_TEXT | ENCODE_IMAGE => merge_tables(kind, ctx),
-        other => Err(Error::MergeKind {
-            kind: other.to_string(),
-        }
-        .into()),
-    }
-}
-
-/// The shard's instance name (`enc[shard=1/3]`), for messages.
-fn shard_name(a: &InputArtifact) -> String {
-    match &a.origin {
-        InputOrigin::Stage { instance, .. } => instance.clone(),
-        InputOrigin::External { name, .. } => name.clone(),
-    }
-}
 
 /// The first metadata field in which `t` differs from `first`, as `field: a vs b`.
 fn differs(t: &TableMeta, first: &TableMeta) -> Option<String> {
@@ -119,7 +90,15 @@ impl Carry {
     }
 }
 
-fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
+/// Merges the shards of an instance of the encode stage `kind` (`encode-text` or `encode-image`,
+/// whose write windows differ) into `ctx.out_dir()`; `batch_size` is the instance's parameter.
+pub fn merge_tables(kind: &str, batch_size: i64, ctx: &StageContext) -> Result<(), StageError> {
+    if kind != ENCODE_TEXT && kind != ENCODE_IMAGE {
+        return Err(Error::MergeKind {
+            kind: kind.to_string(),
+        }
+        .into());
+    }
     let shards = ctx.inputs(SHARDS_SLOT);
     let n = shards.len();
     if n == 0 {
@@ -130,7 +109,7 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     }
     let records =
         read_string_columns(&ctx.input("records")?.path.join(RECORDS), &["key"])?.remove(0);
-    let batch_size = ctx.i64_param("batch_size")?.max(1) as usize;
+    let batch_size = batch_size.max(1) as usize;
     // Which table the shards hold: tokens.parquet for `pooling = "tokens"`, else embeddings.parquet.
     let file = if shards[0].path.join(TOKENS_FILE).is_file() {
         TOKENS_FILE
@@ -142,7 +121,7 @@ fn merge_tables(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
     let mut next = 0usize;
     for (i, artifact) in shards.iter().enumerate() {
         ctx.check_cancelled()?;
-        let name = shard_name(artifact);
+        let name = artifact.name().to_string();
         let unfit = |message: String| Error::ShardArtifact {
             shard: name.clone(),
             message,
@@ -246,7 +225,7 @@ mod tests {
     use arrow_array::{RecordBatch, StringArray};
     use arrow_schema::{DataType, Field, Schema};
     use parquet::arrow::ArrowWriter;
-    use pipeline::{NoProgress, Params, StageKey, Value};
+    use pipeline::{InputArtifact, InputOrigin, NoProgress, Params, StageKey, Value};
 
     use super::*;
 
@@ -347,7 +326,7 @@ mod tests {
             Arc::new(NoProgress),
             Arc::new(AtomicBool::new(false)),
         );
-        run_merge(&ctx).map_err(|e| e.to_string())
+        merge_tables(ENCODE_TEXT, 2, &ctx).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -44,28 +44,42 @@ impl Reporter for pipeline::StageContext {
     }
 }
 
-/// `device = auto | cpu | cuda`.
-pub fn pick_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available()),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(Error::parameter(
+/// The libtorch device for a kind's `device` parameter (the one parser of device names is
+/// [`stages::kinds::Device::parse`]).
+pub fn torch_device(device: stages::kinds::Device) -> Result<Device> {
+    use stages::kinds::Device as Choice;
+    match device {
+        Choice::Cpu => Ok(Device::Cpu),
+        Choice::Auto => Ok(Device::cuda_if_available()),
+        Choice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        Choice::Cuda => Err(Error::parameter(
             "device",
             "`cuda`",
             "but libtorch sees no CUDA device (`adaptor-torch env` shows what it sees)",
         )),
-        other => Err(Error::unknown("device", other, "auto, cpu or cuda")),
     }
 }
 
-/// `precision = fp32 | bf16`.
-pub fn pick_precision(name: &str) -> Result<Kind> {
-    match name {
-        "fp32" => Ok(Kind::Float),
-        "bf16" => Ok(Kind::BFloat16),
-        other => Err(Error::unknown("precision", other, "fp32 or bf16")),
+/// `device = auto | cpu | cuda` given as text (the command line, training configurations).
+pub fn pick_device(name: &str) -> Result<Device> {
+    let device = stages::kinds::Device::parse(name)
+        .ok_or_else(|| Error::unknown("device", name, "auto, cpu or cuda"))?;
+    torch_device(device)
+}
+
+/// The libtorch dtype of a kind's `precision` parameter.
+pub fn torch_precision(precision: stages::kinds::Precision) -> Kind {
+    match precision {
+        stages::kinds::Precision::Fp32 => Kind::Float,
+        stages::kinds::Precision::Bf16 => Kind::BFloat16,
     }
+}
+
+/// `precision = fp32 | bf16` given as text (the command line).
+pub fn pick_precision(name: &str) -> Result<Kind> {
+    stages::kinds::Precision::parse(name)
+        .map(torch_precision)
+        .ok_or_else(|| Error::unknown("precision", name, "fp32 or bf16"))
 }
 
 pub fn device_name(d: Device) -> String {

@@ -15,12 +15,15 @@ use pipeline::{StageContext, StageError};
 use tch::{Device, Kind, Tensor};
 use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
 
-use crate::encoder::{device_name, pick_device};
+use crate::encoder::{device_name, torch_device};
 use crate::pretrain::{input_name, read_whole, split_rows, table_file};
 use crate::report::{EvalResult, RESULT_FILE};
 use crate::segment::{train_segmenter, DiceTerm, SegConfig, SegData};
 use crate::table::{read_string_columns, EmbeddingTable};
+use stages::evaluate::AdaptorInit;
 use stages::ingest::RECORDS;
+use stages::kinds::classify::{ClassifyParams, Head};
+use stages::kinds::segment::{Decoder, DiceLoss, SegmentParams};
 use stages::pretrain::PROVENANCE_FILE;
 
 /// The metrics that are defined (an undefined one, e.g. positive-only Dice on a split without
@@ -84,11 +87,12 @@ struct FrozenAdaptor {
 
 fn frozen_adaptor(
     ctx: &StageContext,
+    init: AdaptorInit,
     vision_dim: i64,
     seed: u64,
     device: Device,
 ) -> Result<Option<FrozenAdaptor>, StageError> {
-    let random = ctx.str_param("adaptor_init")? == "random";
+    let random = init == AdaptorInit::Random;
     // The random-init baseline: the same module (or, without an input, the original module for
     // this width) freshly initialised from `seed`, saved so the segmentation library can load it.
     let random_adaptor = |cfg: AdaptorConfig, text: String| -> Result<FrozenAdaptor, StageError> {
@@ -212,7 +216,7 @@ fn split(
     Ok(train::finetune::HeadSplit::new(features.index_select(0, &idx), y).with_keys(keys))
 }
 
-pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
+pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError> {
     let features_dir = &ctx.input("features")?.path;
     let records_dir = &ctx.input("records")?.path;
     let dataset = dataset_of(records_dir)?;
@@ -240,11 +244,12 @@ pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
     table.check_aligned(&keys)?;
     let labels = read_int_column(&records, label_column)?;
 
-    let seed = ctx.i64_param("seed")? as u64;
-    let device = pick_device(ctx.str_param("device")?)?;
+    let t = &p.training;
+    let seed = t.seed as u64;
+    let device = torch_device(t.device)?;
     let dim = table.meta.dim as i64;
     let raw = Tensor::from_slice(&table.values).view([table.rows() as i64, dim]);
-    let adaptor = frozen_adaptor(ctx, dim, seed, device)?;
+    let adaptor = frozen_adaptor(ctx, t.adaptor_init, dim, seed, device)?;
     let features = match &adaptor {
         Some(a) => through_adaptor(a, &raw, device)?,
         None => raw,
@@ -256,22 +261,20 @@ pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
         test: split(&table, &features, &labels, "test")?,
     };
 
-    let head_name = ctx.str_param("head")?.to_string();
-    let head = match head_name.as_str() {
-        "linear" => train::heads::HeadKind::Linear,
-        _ => train::heads::HeadKind::Mlp,
+    let head_name = p.head.name().to_string();
+    let head = match p.head {
+        Head::Linear => train::heads::HeadKind::Linear,
+        Head::Mlp => train::heads::HeadKind::Mlp,
     };
     let mut cfg = train::finetune::HeadConfig::new(head, classes);
-    cfg.label_fraction = ctx.f64_param("fraction")?;
+    cfg.label_fraction = t.fraction;
     cfg.seed = seed;
-    cfg.epochs = ctx.i64_param("epochs")? as usize;
-    cfg.batch_size = ctx.i64_param("batch_size")? as usize;
-    cfg.lr = ctx.f64_param("lr")?;
-    cfg.weight_decay = ctx.f64_param("weight_decay")?;
-    cfg.patience = match ctx.i64_param("patience")? {
-        0 => None,
-        p => Some(p as usize),
-    };
+    cfg.epochs = t.epochs as usize;
+    cfg.batch_size = t.batch_size as usize;
+    cfg.lr = t.lr;
+    cfg.weight_decay = t.weight_decay;
+    cfg.patience = t.early_stop();
+    // The training library takes the device by name (`cuda:0`), resolved here once.
     cfg.device = device_name(device);
     let mode = adaptor.as_ref().map_or("none", |a| a.mode);
     ctx.log(format!(
@@ -323,16 +326,16 @@ pub fn classify(ctx: &StageContext) -> Result<(), StageError> {
     Ok(())
 }
 
-pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
+pub fn segment(p: &SegmentParams, ctx: &StageContext) -> Result<(), StageError> {
     let records_dir = &ctx.input("records")?.path;
     let raw = &ctx.input("raw")?.path;
     let bb = ctx.input("backbone")?;
     let backbone_kind = bb.kind().to_string();
     let vision = input_name(ctx, "backbone")?;
     let dataset = dataset_of(records_dir)?;
-    let decoder = match (ctx.str_param("decoder")?, backbone_kind.as_str()) {
-        ("auto" | "unet", "resnet-ae") => "unet",
-        ("auto" | "vit", "dinov2") => "vit-decoder",
+    let decoder = match (p.decoder, backbone_kind.as_str()) {
+        (Decoder::Auto | Decoder::Unet, "resnet-ae") => "unet",
+        (Decoder::Auto | Decoder::Vit, "dinov2") => "vit-decoder",
         (d, k) => {
             return Err(format!(
             "segment: decoder `{d}` does not fit a `{k}` backbone (unet: resnet-ae; vit: dinov2)"
@@ -340,14 +343,15 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
             .into())
         }
     };
-    let seed = ctx.i64_param("seed")? as u64;
-    let device = pick_device(ctx.str_param("device")?)?;
-    let crop = match (ctx.i64_param("crop")?, dataset.as_str()) {
+    let t = &p.training;
+    let seed = t.seed as u64;
+    let device = torch_device(t.device)?;
+    let crop = match (p.crop, dataset.as_str()) {
         (0, "siim") => 896,
         (0, _) => 224,
         (c, _) => c as u32,
     };
-    let fraction = ctx.f64_param("fraction")?;
+    let fraction = t.fraction;
 
     let mut cfg = SegConfig::new(&backbone_kind, &bb.path);
     // The adaptor's image path takes the backbone's pooled width; build or load it first.
@@ -358,16 +362,19 @@ pub fn segment(ctx: &StageContext) -> Result<(), StageError> {
         device,
     )?
     .dim();
-    let adaptor = frozen_adaptor(ctx, vision_dim, seed, device)?;
+    let adaptor = frozen_adaptor(ctx, t.adaptor_init, vision_dim, seed, device)?;
     cfg.adaptor = adaptor.as_ref().map(|a| a.checkpoint.clone());
     cfg.crop = crop;
-    cfg.batch_size = ctx.i64_param("batch_size")? as usize;
-    cfg.epochs = ctx.i64_param("epochs")? as usize;
-    cfg.patience = ctx.i64_param("patience")? as usize;
-    cfg.lr = ctx.f64_param("lr")?;
-    cfg.weight_decay = ctx.f64_param("weight_decay")?;
-    cfg.loss.alpha = ctx.f64_param("alpha")?;
-    cfg.loss.dice = DiceTerm::parse(ctx.str_param("dice_loss")?).ok_or("parameter `dice_loss`")?;
+    cfg.batch_size = t.batch_size as usize;
+    cfg.epochs = t.epochs as usize;
+    cfg.patience = t.patience as usize;
+    cfg.lr = t.lr;
+    cfg.weight_decay = t.weight_decay;
+    cfg.loss.alpha = p.alpha;
+    cfg.loss.dice = match p.dice_loss {
+        DiceLoss::Modified => DiceTerm::Modified,
+        DiceLoss::Original => DiceTerm::Original,
+    };
     cfg.seed = seed;
     cfg.device = device_name(device);
     let data = SegData::load(

@@ -3,8 +3,8 @@
 //! implementations, and what the `adaptor-torch` worker binary runs.
 //!
 //! The `adaptor` binary never links this crate (loading libtorch costs about 0.34 s per process):
-//! it knows the torch stages through their declarations in `stages::encode` and runs them by
-//! starting `adaptor-torch run-stage` (`stages::worker`).
+//! it knows the torch stages through their declarations in `stages::kinds` and runs them by
+//! starting `adaptor-torch run-stage` (`stages::worker`); [`kinds`] is the worker's table of them.
 
 pub mod adhoc;
 pub mod bert;
@@ -12,6 +12,7 @@ pub mod dinov2;
 pub mod encoder;
 pub mod error;
 pub mod evaluate;
+pub mod kinds;
 pub mod nn;
 pub mod pickle;
 pub mod preprocess;

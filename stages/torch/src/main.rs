@@ -66,6 +66,18 @@ struct RunArgs {
     threads: Option<usize>,
 }
 
+impl RunArgs {
+    /// The settings both `embed` commands share, parsed as the stages parse them (one device
+    /// parser), with libtorch's threads set: (threads, device, precision).
+    fn apply(&self) -> Result<(usize, tch::Device, tch::Kind), String> {
+        let t = threads(self.threads);
+        torch_stages::stages_impl::set_threads(t);
+        let device = pick_device(&self.device).map_err(|e| e.to_string())?;
+        let precision = pick_precision(&self.precision).map_err(|e| e.to_string())?;
+        Ok((t, device, precision))
+    }
+}
+
 #[derive(Subcommand)]
 enum EmbedCmd {
     /// One text per line of FILE; `key` is the line number from 0.
@@ -181,8 +193,7 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
             output,
             run,
         } => {
-            let t = threads(run.threads);
-            torch_stages::stages_impl::set_threads(t);
+            let (threads, device, precision) = run.apply()?;
             let a = EmbedText {
                 backbone,
                 pooling: TextPooling::parse(&pooling).expect("clap checked"),
@@ -190,9 +201,9 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
                 input,
                 output: output.clone(),
                 batch_size: run.batch_size,
-                device: pick_device(&run.device).map_err(|e| e.to_string())?,
-                precision: pick_precision(&run.precision).map_err(|e| e.to_string())?,
-                threads: t,
+                device,
+                precision,
+                threads,
             };
             (
                 adhoc::embed_text(&a, &rep).map_err(|e| e.to_string())?,
@@ -210,8 +221,7 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
             output,
             run,
         } => {
-            let t = threads(run.threads);
-            torch_stages::stages_impl::set_threads(t);
+            let (threads, device, precision) = run.apply()?;
             let a = EmbedImage {
                 backbone,
                 kind,
@@ -222,9 +232,9 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
                 inputs: input,
                 output: output.clone(),
                 batch_size: run.batch_size,
-                device: pick_device(&run.device).map_err(|e| e.to_string())?,
-                precision: pick_precision(&run.precision).map_err(|e| e.to_string())?,
-                threads: t,
+                device,
+                precision,
+                threads,
             };
             (
                 adhoc::embed_image(&a, &rep).map_err(|e| e.to_string())?,
@@ -236,22 +246,17 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
     Ok(())
 }
 
-/// The worker protocol (`stages::worker`): any failure, panics included, becomes one
+/// The worker protocol (`pipeline::protocol`): any failure, panics included, becomes one
 /// `{"error": ...}` line and exit status 1.
 fn run_stage() -> ExitCode {
     let sink = Arc::new(JsonLinesSink::stdout());
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             let job = Job::read(std::io::stdin().lock())?;
-            let kind = job.kind.clone();
-            let merge = job.merge;
+            let (kind, merge) = (job.kind.clone(), job.merge);
             torch_stages::stages_impl::set_threads(job.threads);
-            let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)))?;
-            if merge {
-                torch_stages::merge::run(&kind, &ctx).map_err(|e| e.to_string())
-            } else {
-                torch_stages::stages_impl::run(&kind, &ctx).map_err(|e| e.to_string())
-            }
+            let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)));
+            torch_stages::kinds::run(&kind, merge, &ctx).map_err(|e| e.to_string())
         }));
     let err = match result {
         Ok(Ok(())) => return ExitCode::SUCCESS,

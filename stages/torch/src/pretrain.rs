@@ -6,15 +6,16 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use pipeline::{InputOrigin, StageContext, StageError};
+use pipeline::{StageContext, StageError};
 use serde::Serialize;
+use stages::kinds::train_adaptor::{TrainAdaptorParams, Variant};
 use tch::{Device, Kind, Tensor};
 use train::{
     AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, Precision, StepMetrics, TrainConfig,
 };
 
 use crate::encode::{EMBEDDINGS_FILE, TOKENS_FILE};
-use crate::encoder::{device_name, pick_device};
+use crate::encoder::{device_name, torch_device};
 use crate::table::{EmbeddingTable, TableMeta};
 use stages::pretrain::PROVENANCE_FILE;
 
@@ -34,10 +35,7 @@ pub fn table_file(dir: &Path) -> Result<PathBuf, StageError> {
 
 /// The instance name of a stage input (for provenance and messages).
 pub fn input_name(ctx: &StageContext, slot: &str) -> Result<String, StageError> {
-    Ok(match &ctx.input(slot)?.origin {
-        InputOrigin::External { name, .. } => name.clone(),
-        InputOrigin::Stage { instance, .. } => instance.clone(),
-    })
+    Ok(ctx.input(slot)?.name().to_string())
 }
 
 /// Reads a whole (unsharded) embedding table.
@@ -208,7 +206,7 @@ impl Observer for Progress<'_> {
     }
 }
 
-pub fn run(ctx: &StageContext) -> Result<(), StageError> {
+pub fn run(p: &TrainAdaptorParams, ctx: &StageContext) -> Result<(), StageError> {
     let image_path = table_file(&ctx.input("image")?.path)?;
     let text_path = table_file(&ctx.input("text")?.path)?;
     let image = read_whole(&image_path)?;
@@ -226,11 +224,11 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         .into());
     }
 
-    let variant = ctx.str_param("variant")?;
+    let variant = p.variant;
     let (dv, dt) = (image.meta.dim as i64, text.meta.dim as i64);
     let mut model = match variant {
-        "fusion" => AdaptorConfig::fusion(dv),
-        _ => {
+        Variant::Fusion => AdaptorConfig::fusion(dv),
+        Variant::Original => {
             for t in [&image, &text] {
                 if t.meta.tokens.is_some() {
                     return Err(format!(
@@ -246,24 +244,22 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     };
     model.text_dim = dt;
 
-    let device: Device = pick_device(ctx.str_param("device")?)?;
+    let device: Device = torch_device(p.device)?;
     let mut cfg = TrainConfig::new(model);
-    cfg.epochs = ctx.i64_param("epochs")? as usize;
-    cfg.batch_size = ctx.i64_param("batch_size")? as usize;
-    cfg.lr = ctx.f64_param("lr")?;
-    cfg.weight_decay = ctx.f64_param("weight_decay")?;
-    cfg.warmup_fraction = ctx.f64_param("warmup")?;
-    cfg.seed = ctx.i64_param("seed")? as u64;
-    cfg.patience = match ctx.i64_param("patience")? {
-        0 => None,
-        p => Some(p as usize),
-    };
+    cfg.epochs = p.epochs as usize;
+    cfg.batch_size = p.batch_size as usize;
+    cfg.lr = p.lr;
+    cfg.weight_decay = p.weight_decay;
+    cfg.warmup_fraction = p.warmup;
+    cfg.seed = p.seed as u64;
+    cfg.patience = (p.patience > 0).then_some(p.patience as usize);
+    // The training library takes the device by name (`cuda:0`), resolved here once.
     cfg.device = device_name(device);
-    cfg.precision = match ctx.str_param("precision")? {
-        "bf16" => Precision::Bf16,
-        _ => Precision::Fp32,
+    cfg.precision = match p.precision {
+        stages::kinds::Precision::Bf16 => Precision::Bf16,
+        stages::kinds::Precision::Fp32 => Precision::Fp32,
     };
-    if ctx.bool_param("original_defects")? {
+    if p.original_defects {
         cfg = cfg.with_original_defects();
     }
 

@@ -2,41 +2,28 @@
 //! runner's job) to the encode loops. Declarations (parameters, inputs, checks) are shared with
 //! the runner through `crate::encode`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use pipeline::{InputOrigin, StageContext, StageError};
+use pipeline::{StageContext, StageError};
+use stages::encode::EncodeRun;
+use stages::kinds;
+use stages::kinds::encode_image::EncodeImageParams;
+use stages::kinds::encode_text::EncodeTextParams;
 
 use crate::bert::{TextEncoder, TextPooling};
 use crate::encode::{self, Shard};
 use crate::encoder::{
-    device_name, encode_images, encode_texts, pick_device, pick_precision, Items, LoopOptions,
+    device_name, encode_images, encode_texts, torch_device, torch_precision, Items, LoopOptions,
     VisionModel,
 };
 use crate::error::Error;
 use crate::preprocess::{Normalize, Preprocess};
 use crate::table::{read_string_columns, TableMeta};
 
-/// Runs the stage `kind` in this process.
+/// Runs the stage `kind` in this process (the worker's registry, [`crate::kinds`]).
 pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
-    match kind {
-        encode::ENCODE_TEXT => encode_text(ctx),
-        encode::ENCODE_IMAGE => encode_image(ctx),
-        stages::pretrain::TRAIN_ADAPTOR => crate::pretrain::run(ctx),
-        // The runner makes reports in its own process (`artifacts`); a report job sent here
-        // (an older runner, a hand-written job) still runs.
-        stages::evaluate::REPORT => crate::report::run_stage(ctx),
-        stages::evaluate::CLASSIFY => crate::evaluate::classify(ctx),
-        stages::evaluate::SEGMENT => crate::evaluate::segment(ctx),
-        other => Err(format!(
-            "the torch worker does not know stage kind `{other}` (it runs: {})",
-            encode::TORCH_STAGES
-                .iter()
-                .map(|d| d.kind)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-        .into()),
-    }
+    crate::kinds::find(kind)?.run(ctx)
 }
 
 /// Sets libtorch's CPU threads for this process.
@@ -50,10 +37,7 @@ fn backbone<'a>(
     stage: &str,
 ) -> Result<(&'a Path, String, String), StageError> {
     let b = ctx.input("backbone")?;
-    let name = match &b.origin {
-        InputOrigin::External { name, .. } => name.clone(),
-        InputOrigin::Stage { instance, .. } => instance.clone(),
-    };
+    let name = b.name().to_string();
     if !accepted.contains(&b.kind()) {
         return Err(format!(
             "{stage}: backbone `{name}` has kind `{}`; {stage} takes {}",
@@ -65,44 +49,126 @@ fn backbone<'a>(
     Ok((&b.path, name, b.kind().to_string()))
 }
 
+/// The run settings both encode kinds share, as libtorch takes them.
 struct Common {
     batch_size: usize,
     device: tch::Device,
     precision: tch::Kind,
-    precision_name: String,
+    precision_name: &'static str,
     shard: Shard,
 }
 
-fn common(ctx: &StageContext) -> Result<Common, StageError> {
-    let precision_name = ctx.str_param("precision")?.to_string();
+fn common(run: &EncodeRun) -> Result<Common, StageError> {
     Ok(Common {
-        batch_size: ctx.i64_param("batch_size")? as usize,
-        device: pick_device(ctx.str_param("device")?)?,
-        precision: pick_precision(&precision_name)?,
-        precision_name,
-        shard: Shard::parse(ctx.str_param("shard")?)?,
+        batch_size: run.batch_size as usize,
+        device: torch_device(run.device)?,
+        precision: torch_precision(run.precision),
+        precision_name: run.precision.name(),
+        shard: run.shard,
     })
 }
 
-fn records_path(ctx: &StageContext) -> Result<PathBuf, StageError> {
-    Ok(ctx.input("records")?.path.join(stages::ingest::RECORDS))
+impl Common {
+    /// The metadata of the table this run writes, but for what the backbone says (the caller's
+    /// struct update fills in `backbone`, `backbone_kind`, `pooling`, `preprocessing`).
+    fn meta(&self, rows: &Rows, dim: usize, tokens: Option<usize>) -> TableMeta {
+        TableMeta {
+            table: if tokens.is_some() {
+                "tokens"
+            } else {
+                "embeddings"
+            }
+            .into(),
+            backbone: String::new(),
+            backbone_kind: String::new(),
+            dim,
+            tokens,
+            pooling: String::new(),
+            preprocessing: String::new(),
+            precision: self.precision_name.to_string(),
+            shard: self.shard.to_string(),
+            row_start: rows.range.start,
+            row_end: rows.range.end,
+            rows_total: rows.keys.len(),
+        }
+    }
+
+    fn loop_options(&self, ctx: &StageContext, unit: &'static str) -> LoopOptions {
+        LoopOptions::new(self.batch_size, ctx.threads(), unit, self.device)
+    }
 }
 
-fn encode_text(ctx: &StageContext) -> Result<(), StageError> {
+/// Runs `encode` into the run's table (the token table, or the pooled one) and logs its rows.
+fn write_table(
+    ctx: &StageContext,
+    tokens: bool,
+    encode: impl FnOnce(&Path) -> crate::Result<usize>,
+) -> Result<(), StageError> {
+    let file = if tokens {
+        encode::TOKENS_FILE
+    } else {
+        encode::EMBEDDINGS_FILE
+    };
+    let n = encode(&ctx.out_dir().join(file))?;
+    ctx.log(format!("wrote {n} rows to {file}"));
+    Ok(())
+}
+
+/// The records table's keys, splits and one value column, and the rows this shard encodes.
+struct Rows {
+    keys: Vec<String>,
+    splits: Vec<String>,
+    values: Vec<String>,
+    range: Range<usize>,
+}
+
+impl Rows {
+    fn read(ctx: &StageContext, column: &str, shard: Shard) -> Result<Rows, StageError> {
+        let records = ctx.input("records")?.path.join(stages::ingest::RECORDS);
+        let mut cols = read_string_columns(&records, &["key", "split", column])?;
+        let (values, splits, keys) = (
+            cols.pop().unwrap(),
+            cols.pop().unwrap(),
+            cols.pop().unwrap(),
+        );
+        let range = shard.range(keys.len());
+        Ok(Rows {
+            keys,
+            splits,
+            values,
+            range,
+        })
+    }
+
+    /// This shard's value column.
+    fn values(&self) -> &[String] {
+        &self.values[self.range.clone()]
+    }
+
+    /// This shard's rows with `values` (the value column, or what it names) to encode.
+    fn items<'a, T>(&'a self, values: &'a [T]) -> Items<'a, T> {
+        Items {
+            keys: &self.keys[self.range.clone()],
+            splits: Some(&self.splits[self.range.clone()]),
+            values,
+        }
+    }
+}
+
+/// `encode-text`: the records' texts through a BERT-family backbone.
+pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), StageError> {
     let (dir, name, kind) = backbone(ctx, encode::TEXT_BACKBONES, encode::ENCODE_TEXT)?;
-    let c = common(ctx)?;
-    let pooling_name = ctx.str_param("pooling")?;
-    let pooling = TextPooling::parse(pooling_name).ok_or("parameter `pooling`")?;
-    let max_length = ctx.i64_param("max_length")? as usize;
-    let column = ctx.str_param("text_column")?;
-    let records = records_path(ctx)?;
-    let mut cols = read_string_columns(&records, &["key", "split", column])?;
-    let (texts, splits, keys) = (
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-    );
-    let range = c.shard.range(keys.len());
+    let c = common(&p.run)?;
+    let pooling_name = p.pooling.name();
+    let pooling = match p.pooling {
+        kinds::encode_text::TextPooling::Pooler => TextPooling::Pooler,
+        kinds::encode_text::TextPooling::Cls => TextPooling::Cls,
+        kinds::encode_text::TextPooling::Mean => TextPooling::Mean,
+        kinds::encode_text::TextPooling::Tokens => TextPooling::Tokens,
+    };
+    let max_length = p.max_length as usize;
+    let column = p.text_column.as_str();
+    let rows = Rows::read(ctx, column, c.shard)?;
     let enc = TextEncoder::load(dir, max_length, c.device, c.precision)?;
     if pooling == TextPooling::Pooler && !enc.model.has_pooler() {
         return Err(Error::Invalid(format!(
@@ -117,70 +183,43 @@ fn encode_text(ctx: &StageContext) -> Result<(), StageError> {
         enc.dim(),
         device_name(c.device),
         c.precision_name,
-        range.len(),
-        keys.len(),
+        rows.range.len(),
+        rows.keys.len(),
         c.shard
     ));
     let tokens = pooling == TextPooling::Tokens;
     let meta = TableMeta {
-        table: if tokens { "tokens" } else { "embeddings" }.into(),
         backbone: name,
         backbone_kind: kind,
-        dim: enc.dim() as usize,
-        tokens: tokens.then_some(max_length),
         pooling: pooling_name.to_string(),
         preprocessing: serde_json::json!({
             "text_column": column, "max_length": max_length, "truncation": true,
             "padding": "per batch, masked", "model_type": enc.model.config.model_type,
         })
         .to_string(),
-        precision: c.precision_name.clone(),
-        shard: c.shard.to_string(),
-        row_start: range.start,
-        row_end: range.end,
-        rows_total: keys.len(),
+        ..c.meta(&rows, enc.dim() as usize, tokens.then_some(max_length))
     };
-    let file = if tokens {
-        encode::TOKENS_FILE
-    } else {
-        encode::EMBEDDINGS_FILE
-    };
-    let opts = LoopOptions::new(c.batch_size, ctx.threads(), "texts", c.device);
-    let items = Items {
-        keys: &keys[range.clone()],
-        splits: Some(&splits[range.clone()]),
-        values: &texts[range],
-    };
-    let n = encode_texts(
-        &enc,
-        pooling,
-        items,
-        &ctx.out_dir().join(file),
-        &meta,
-        &opts,
-        ctx,
-    )?;
-    ctx.log(format!("wrote {n} rows to {file}"));
-    Ok(())
+    let opts = c.loop_options(ctx, "texts");
+    write_table(ctx, tokens, |path| {
+        let items = rows.items(rows.values());
+        encode_texts(&enc, pooling, items, path, &meta, &opts, ctx)
+    })
 }
 
-fn encode_image(ctx: &StageContext) -> Result<(), StageError> {
+/// `encode-image`: the records' images through a DINOv2 or ResNet-AE backbone.
+pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), StageError> {
     let (dir, name, kind) = backbone(ctx, encode::IMAGE_BACKBONES, encode::ENCODE_IMAGE)?;
-    let c = common(ctx)?;
+    let c = common(&p.run)?;
     let raw = ctx.input("raw")?.path.clone();
-    let resize = ctx.i64_param("resize")? as u32;
-    let crop = ctx.i64_param("image_size")? as u32;
-    let normalize = Normalize::parse(ctx.str_param("normalize")?).ok_or("parameter `normalize`")?;
-    let records = records_path(ctx)?;
-    let mut cols = read_string_columns(&records, &["key", "split", "path"])?;
-    let (paths, splits, keys) = (
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-    );
-    let range = c.shard.range(keys.len());
+    let resize = p.resize as u32;
+    let crop = p.image_size as u32;
+    let normalize = match p.normalize {
+        kinds::encode_image::Normalize::Imagenet => Normalize::Imagenet,
+        kinds::encode_image::Normalize::Half => Normalize::Half,
+    };
+    let rows = Rows::read(ctx, "path", c.shard)?;
     let model = VisionModel::load(dir, &kind, c.device, c.precision)?;
-    let pooling = model.resolve_pooling(ctx.str_param("pooling")?)?;
+    let pooling = model.resolve_pooling(p.pooling.name())?;
     let pre = match kind.as_str() {
         "dinov2" => Preprocess::Dinov2 {
             resize,
@@ -201,48 +240,23 @@ fn encode_image(ctx: &StageContext) -> Result<(), StageError> {
         model.dim(),
         device_name(c.device),
         c.precision_name,
-        range.len(),
-        keys.len(),
+        rows.range.len(),
+        rows.keys.len(),
         c.shard,
         pooling.name(),
         pre.describe()
     ));
     let meta = TableMeta {
-        table: if tokens { "tokens" } else { "embeddings" }.into(),
         backbone: name,
         backbone_kind: kind,
-        dim: model.dim(),
-        tokens: n_tokens,
         pooling: pooling.name().to_string(),
         preprocessing: pre.describe().to_string(),
-        precision: c.precision_name.clone(),
-        shard: c.shard.to_string(),
-        row_start: range.start,
-        row_end: range.end,
-        rows_total: keys.len(),
+        ..c.meta(&rows, model.dim(), n_tokens)
     };
-    let files: Vec<PathBuf> = paths[range.clone()].iter().map(|p| raw.join(p)).collect();
-    let file = if tokens {
-        encode::TOKENS_FILE
-    } else {
-        encode::EMBEDDINGS_FILE
-    };
-    let opts = LoopOptions::new(c.batch_size, ctx.threads(), "images", c.device);
-    let items = Items {
-        keys: &keys[range.clone()],
-        splits: Some(&splits[range]),
-        values: &files,
-    };
-    let n = encode_images(
-        &model,
-        pooling,
-        &pre,
-        items,
-        &ctx.out_dir().join(file),
-        &meta,
-        &opts,
-        ctx,
-    )?;
-    ctx.log(format!("wrote {n} rows to {file}"));
-    Ok(())
+    let files: Vec<PathBuf> = rows.values().iter().map(|p| raw.join(p)).collect();
+    let opts = c.loop_options(ctx, "images");
+    write_table(ctx, tokens, |path| {
+        let items = rows.items(&files);
+        encode_images(&model, pooling, &pre, items, path, &meta, &opts, ctx)
+    })
 }

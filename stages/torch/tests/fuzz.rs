@@ -763,7 +763,7 @@ fn worker_seeds(_: &Workspace) -> Vec<Vec<u8>> {
         br#"{"progress":{"done":3,"total":10,"unit":"images"}}"#.to_vec(),
         br#"{"error":"boom"}"#.to_vec(),
         format!(
-            r#"{{"protocol":2,"kind":"encode-image","instance":"enc[vision=a]","key":"{key}","params":{{"batch_size":8,"precision":"fp32","shard":"0/1","x":[1.5,-0.0,"s",{{"a":true}}]}},"inputs":{{"records":[{{"path":"/tmp/r","origin":{{"type":"stage","kind":"ingest","instance":"ingest","key":"{key}"}}}}],"backbone":[{{"path":"/b","origin":{{"type":"external","group":"backbones","name":"b","kind":"dinov2","params":{{}}}}}}]}},"out_dir":"/tmp/o","threads":2,"resume_dir":"/tmp/r","merge":false}}"#
+            r#"{{"protocol":3,"kind":"encode-image","instance":"enc[vision=a]","key":"{key}","params":{{"batch_size":8,"precision":"fp32","shard":"0/1","x":[1.5,-0.0,"s",{{"a":true}}]}},"inputs":{{"records":[{{"path":"/tmp/r","origin":{{"Stage":{{"kind":"ingest","instance":"ingest","key":"{key}"}}}}}}],"backbone":[{{"path":"/b","origin":{{"External":{{"group":"backbones","name":"b","kind":"dinov2","params":{{}}}}}}}}]}},"out_dir":"/tmp/o","threads":2,"resume_dir":"/tmp/r","merge":false}}"#
         )
         .into_bytes(),
     ]
@@ -782,12 +782,11 @@ fn run_worker_json(_: &Workspace, input: &[u8]) -> Result<(), String> {
     use stages::worker::{Job, WorkerMessage};
     let line = String::from_utf8_lossy(input);
     let msg = serde_json::from_str::<WorkerMessage>(&line).map_err(|e| e.to_string());
-    let job = Job::read(input).and_then(|job| {
+    let job = Job::read(input).map(|job| {
         job.into_context(
             Arc::new(NullSink),
             Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        )
-        .map(|_| ())
+        );
     });
     match (msg, job) {
         (Ok(_), _) | (_, Ok(_)) => Ok(()),

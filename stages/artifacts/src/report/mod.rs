@@ -174,11 +174,7 @@ pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
     let mut runs = Vec::new();
     let mut curves = Vec::new();
     for (i, a) in ctx.inputs("pretraining").iter().enumerate() {
-        let instance = match &a.origin {
-            InputOrigin::Stage { instance, .. } => instance.clone(),
-            InputOrigin::External { name, .. } => name.clone(),
-        };
-        runs.push(PretrainSummary::read(&a.path, &instance)?);
+        runs.push(PretrainSummary::read(&a.path, a.name())?);
         let curve = a.path.join(TRAINING_CURVE);
         if curve.is_file() {
             let name = format!("pretraining-{i}.png");

@@ -1,0 +1,56 @@
+//! `classify`: a classification head (RSNA: AUROC; COVIDx: accuracy) trained and tested on
+//! cached image features, through the frozen adaptor or without it
+//! (`torch_stages::evaluate::classify` in the worker).
+
+use pipeline::{InputAccepts, InputSpec};
+
+use super::StageKind;
+use crate::encode::ENCODE_IMAGE;
+use crate::evaluate::{Training, CLASSIFY};
+use crate::pretrain::TRAIN_ADAPTOR;
+
+crate::choice! {
+    /// The classification head.
+    pub enum Head { Mlp = "mlp", Linear = "linear" }
+}
+
+crate::stage_params! {
+    /// The parameters of `classify`.
+    pub struct ClassifyParams {
+        head: Head = Head::Mlp;
+            "mlp (the original SSLEvaluator: 394,753 parameters for 1 class over 768 inputs) or \
+             linear (MGCA's linear probe)",
+    }
+    with training: Training = Training::BASE;
+}
+
+pub struct Classify;
+
+impl StageKind for Classify {
+    const KIND: &'static str = CLASSIFY;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "Trains and tests a classification head (RSNA: AUROC; COVIDx: accuracy) on cached image features, through the frozen adaptor or without it";
+    type Params = ClassifyParams;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![
+            InputSpec::one(
+                "features",
+                InputAccepts::Stage(&[ENCODE_IMAGE]),
+                "the downstream dataset's image embedding table (pooled)",
+            ),
+            InputSpec::one(
+                "records",
+                InputAccepts::Stage(&["ingest"]),
+                "the same dataset's records table: labels (`target` for RSNA, `label` for COVIDx)",
+            ),
+            InputSpec::one(
+                "adaptor",
+                InputAccepts::Stage(&[TRAIN_ADAPTOR]),
+                "the pre-trained adaptor whose frozen image path maps the features (absent: the \
+                 no-adaptor ablation, backbone features straight into the head)",
+            )
+            .optional(),
+        ]
+    }
+}

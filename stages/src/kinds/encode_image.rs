@@ -1,0 +1,69 @@
+//! `encode-image`: a records table's images through a frozen DINOv2 or ResNet-AE backbone into an
+//! embedding table (`torch_stages::stages_impl::encode_image` in the worker).
+
+use pipeline::{InputAccepts, InputSpec};
+
+use super::params::int_in;
+use super::StageKind;
+use crate::encode::{EncodeRun, ENCODE_IMAGE, SHARDING};
+
+crate::choice! {
+    /// `auto`: the original's output per backbone (DINOv2: `cls`; ResNet-AE: `mean`).
+    pub enum ImagePooling { Auto = "auto", Cls = "cls", Mean = "mean", Tokens = "tokens" }
+}
+
+crate::choice! {
+    /// DINOv2 input normalisation.
+    pub enum Normalize { Imagenet = "imagenet", Half = "half" }
+}
+
+crate::stage_params! {
+    /// The parameters of `encode-image`.
+    pub struct EncodeImageParams {
+        pooling: ImagePooling = ImagePooling::Auto;
+            "auto (DINOv2: cls; ResNet-AE: mean, as the original), cls, mean of patch tokens or \
+             latent positions, or tokens (written to tokens.parquet)",
+        normalize: Normalize = Normalize::Imagenet;
+            "DINOv2 input normalisation: imagenet (what DINOv2 was trained with) or half (the \
+             original's mean/std 0.5)",
+        resize: i64 = 256, check int_in(1, 16384);
+            "the longer side is resized to this, then zero-padded to a square (MGCA's resize_img)",
+        image_size: i64 = 224, check int_in(1, 16384);
+            "center crop (DINOv2) or final resize (ResNet-AE) to this many pixels",
+    }
+    with run: EncodeRun = EncodeRun::DEFAULT;
+}
+
+pub struct EncodeImage;
+
+impl StageKind for EncodeImage {
+    const KIND: &'static str = ENCODE_IMAGE;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "Encodes a records table's images with a frozen DINOv2 or ResNet-AE backbone into an embedding table";
+    const SHARDING: Option<pipeline::Sharding> = Some(SHARDING);
+    type Params = EncodeImageParams;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![
+            InputSpec::one(
+                "records",
+                InputAccepts::Stage(&["ingest"]),
+                "the records table (its `path` column)",
+            ),
+            super::raw_images_input(),
+            InputSpec::one(
+                "backbone",
+                InputAccepts::Backbone,
+                "a DINOv2 (kind dinov2) or ResNet-AE (kind resnet-ae) folder",
+            ),
+        ]
+    }
+}
+
+/// Joins the shard tables into the table an unsharded run writes, in this process (tables only).
+pub fn merge(
+    p: &EncodeImageParams,
+    ctx: &pipeline::StageContext,
+) -> Result<(), pipeline::StageError> {
+    artifacts::merge::merge_tables(ENCODE_IMAGE, p.run.batch_size, ctx)
+}

@@ -1,0 +1,44 @@
+//! `report`: every evaluation result of the manifest into `results.parquet`, `results.md` and
+//! plots. No parameters. It needs no libtorch, so it runs in the runner's process
+//! (`artifacts::report`).
+
+use pipeline::{InputAccepts, InputSpec, StageContext, StageError};
+
+use super::StageKind;
+use crate::evaluate::{CLASSIFY, REPORT, SEGMENT};
+use crate::pretrain::TRAIN_ADAPTOR;
+
+crate::stage_params! {
+    /// `report` takes no parameters.
+    pub struct ReportParams {}
+}
+
+pub struct Report;
+
+impl StageKind for Report {
+    const KIND: &'static str = REPORT;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "Gathers every evaluation into results.parquet, results.md (the original's table shape, published numbers beside) and plots";
+    type Params = ReportParams;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![
+            InputSpec::many(
+                "results",
+                InputAccepts::Stage(&[CLASSIFY, SEGMENT]),
+                "evaluation results (e.g. `classify[*]`, `segment[*]`)",
+            ),
+            InputSpec::many(
+                "pretraining",
+                InputAccepts::Stage(&[TRAIN_ADAPTOR]),
+                "pre-training runs whose training curves the report shows",
+            )
+            .optional(),
+        ]
+    }
+}
+
+/// Runs the report in this process.
+pub fn run(_: &ReportParams, ctx: &StageContext) -> Result<(), StageError> {
+    artifacts::report::run_stage(ctx)
+}

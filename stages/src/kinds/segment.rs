@@ -1,0 +1,81 @@
+//! `segment`: a segmentation decoder (SIIM, RSNA boxes) trained and tested over a frozen backbone
+//! and adaptor (`torch_stages::evaluate::segment` in the worker).
+
+use pipeline::{InputAccepts, InputSpec};
+
+use super::params::non_negative;
+use super::StageKind;
+use crate::evaluate::{Training, SEGMENT};
+use crate::pretrain::TRAIN_ADAPTOR;
+
+crate::choice! {
+    /// The decoder; `auto`: unet for a ResNet-AE backbone, vit for DINOv2.
+    pub enum Decoder { Auto = "auto", Unet = "unet", Vit = "vit" }
+}
+
+crate::choice! {
+    /// The Dice term of the loss.
+    pub enum DiceLoss { Modified = "modified", Original = "original" }
+}
+
+/// 0 (the original's size per dataset) or a multiple of 32 the decoders can take.
+fn crop_size(c: &i64) -> Result<(), String> {
+    if *c == 0 || (*c >= 32 && c % 32 == 0) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the decoders need a multiple of 32 (224, 448, 896), or 0 for the original's size \
+             per dataset, got {c}"
+        ))
+    }
+}
+
+crate::stage_params! {
+    /// The parameters of `segment`.
+    pub struct SegmentParams {
+        decoder: Decoder = Decoder::Auto;
+            "auto (unet for a ResNet-AE backbone, vit for DINOv2), unet or vit",
+        crop: i64 = 0, check crop_size; "input size in pixels; 0: the original's, 896 for SIIM and 224 for RSNA",
+        alpha: f64 = 10.0, check non_negative; "loss = alpha · focal + Dice (the original's default 10)",
+        dice_loss: DiceLoss = DiceLoss::Modified;
+            "modified (per image, squared terms) or original (MGCA's −log over the batch); \
+             both on probabilities",
+    }
+    with training: Training = Training {
+        epochs: 50,
+        batch_size: 4,
+        patience: 10,
+        ..Training::BASE
+    };
+}
+
+pub struct Segment;
+
+impl StageKind for Segment {
+    const KIND: &'static str = SEGMENT;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "Trains and tests a segmentation decoder (SIIM, RSNA boxes) over a frozen backbone and adaptor: Dice, positive-only Dice, empty share";
+    type Params = SegmentParams;
+
+    fn inputs() -> Vec<InputSpec> {
+        vec![
+            InputSpec::one(
+                "records",
+                InputAccepts::Stage(&["ingest"]),
+                "a SIIM or RSNA records table (RLE masks or boxes)",
+            ),
+            super::raw_images_input(),
+            InputSpec::one(
+                "backbone",
+                InputAccepts::Backbone,
+                "the frozen vision backbone (kind dinov2 or resnet-ae)",
+            ),
+            InputSpec::one(
+                "adaptor",
+                InputAccepts::Stage(&[TRAIN_ADAPTOR]),
+                "the pre-trained adaptor (absent: the no-adaptor ablation)",
+            )
+            .optional(),
+        ]
+    }
+}

@@ -1,0 +1,71 @@
+//! The worker's half of the stage registry: how each kind that needs libtorch runs, one line per
+//! kind, keyed by its declaration in `stages::kinds` (where the runner's half lists the same kinds
+//! as `Entry::Worker`). `run-stage` finds a job's kind here and runs it with the parameters read
+//! into the kind's struct. Merges of shards never come here: they are tables only, and the runner
+//! does them in its own process.
+
+use pipeline::{StageContext, StageError};
+use stages::kinds::{
+    classify::Classify, encode_image::EncodeImage, encode_text::EncodeText, segment::Segment,
+    train_adaptor::TrainAdaptor,
+};
+use stages::Implementation;
+
+use crate::{evaluate, pretrain, stages_impl};
+
+/// Every kind this worker runs.
+pub fn implementations() -> Vec<Implementation> {
+    vec![
+        Implementation::of::<EncodeText>(stages_impl::encode_text),
+        Implementation::of::<EncodeImage>(stages_impl::encode_image),
+        Implementation::of::<TrainAdaptor>(pretrain::run),
+        Implementation::of::<Classify>(evaluate::classify),
+        Implementation::of::<Segment>(evaluate::segment),
+    ]
+}
+
+/// The implementation of `kind`.
+pub fn find(kind: &str) -> Result<Implementation, StageError> {
+    let all = implementations();
+    match all.iter().position(|i| i.kind() == kind) {
+        Some(at) => Ok(all[at].clone()),
+        None => Err(format!(
+            "the torch worker does not know stage kind `{kind}` (it runs: {})",
+            all.iter().map(|i| i.kind()).collect::<Vec<_>>().join(", ")
+        )
+        .into()),
+    }
+}
+
+/// Runs (or, for a merge job, merges) one instance of `kind` in this process.
+pub fn run(kind: &str, merge: bool, ctx: &StageContext) -> Result<(), StageError> {
+    let imp = find(kind)?;
+    if merge {
+        imp.merge(ctx)
+    } else {
+        imp.run(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two halves of the registry agree: the worker implements exactly the kinds the runner
+    /// sends it, and merges exactly the sharded ones.
+    #[test]
+    fn the_worker_implements_every_worker_kind() {
+        let runner: Vec<&str> = stages::kinds::worker_kinds()
+            .iter()
+            .map(|d| d.kind)
+            .collect();
+        let worker: Vec<&str> = implementations().iter().map(|i| i.kind()).collect();
+        assert_eq!(runner, worker);
+        // Merges of shards run in the runner's process (tables only), never here.
+        assert!(implementations().iter().all(|i| !i.has_merge()));
+        assert!(find("synth")
+            .unwrap_err()
+            .to_string()
+            .contains("encode-text, "));
+    }
+}
