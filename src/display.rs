@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pipeline::executor::{Outcome, RunEvent};
 use pipeline::ProgressSink;
+use pipeline::{Outcome, RunEvent};
 
 pub struct Display {
     multi: MultiProgress,

@@ -36,7 +36,7 @@ def mix(z):
 
 
 def derive_seed(seed, tag, index):
-    """adaptor_train::rng::derive_seed: FNV-1a over the tag, then two rounds of mixing."""
+    """train::rng::derive_seed: FNV-1a over the tag, then two rounds of mixing."""
     h = 0xCBF29CE484222325
     for b in tag.encode():
         h = ((h ^ b) * 0x100000001B3) & M64

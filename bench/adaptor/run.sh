@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 source scripts/env.sh
 threads="${1:-2}" steps="${2:-10}" repeats="${3:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-train}"
-cargo build --release -q -p adaptor-train --example bench_train
+cargo build --release -q -p train --example bench_train
 bin="$CARGO_TARGET_DIR/release/examples/bench_train"
 out="bench/adaptor/results-threads$threads.jsonl"
 : > "$out"

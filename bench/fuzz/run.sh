@@ -7,7 +7,7 @@
 #   bench/fuzz/run.sh 60            # an hour
 #   SEED=7 bench/fuzz/run.sh 10     # another mutation stream
 #
-# The binary is the dev-profile test binary (the image codecs, adaptor-stages and adaptor-torch
+# The binary is the dev-profile test binary (the image codecs, stages and adaptor-torch
 # are optimised in dev builds; see Cargo.toml), copied aside so a rebuild cannot replace it
 # mid-run. Run it under `nice -n 19` on a shared machine.
 set -euo pipefail

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 source scripts/env.sh
 threads="${1:-1}" steps="${2:-50}" repeats="${3:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release -q -p adaptor-train --example bench_heads
+cargo build --release -q -p train --example bench_heads
 bin="$CARGO_TARGET_DIR/release/examples/bench_heads"
 out="bench/heads/results-threads$threads.jsonl"
 : > "$out"

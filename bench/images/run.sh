@@ -9,7 +9,7 @@ target="${CARGO_TARGET_DIR:-/work/target-stages}"
 imsize="${IMSIZE:-256}"
 rounds="${ROUNDS:-2}"
 cd "$root"
-CARGO_TARGET_DIR="$target" cargo build --release -q -p adaptor-stages --example bench_images
+CARGO_TARGET_DIR="$target" cargo build --release -q -p stages --example bench_images
 bin="$target/release/examples/bench_images"
 if [ ! -d "$dir/jpeg" ]; then
   "$bin" gen "$dir" "${N_JPEG:-16}" "${N_DICOM:-48}"

@@ -21,13 +21,14 @@ pub mod store;
 pub mod value;
 
 pub use error::{Error, ManifestError, Result};
-pub use executor::{Outcome, Resolved, RunEvent, RunOptions, RunReport, State};
+pub use executor::{Resolved, RunOptions, RunReport, State};
 pub use fingerprint::FingerprintCache;
 pub use key::{KeyRecipe, StageKey};
-pub use plan::{Plan, StoreUrl};
+pub use plan::Plan;
 pub use stage::{
-    InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, ParamSpec, ParamType,
-    ProgressSink, Sharding, Stage, StageContext, StageError, StageRegistry, SHARDS_SLOT,
+    InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, Outcome, ParamError,
+    ParamSpec, ParamType, ProgressSink, RunEvent, Sharding, Stage, StageContext, StageError,
+    StageRegistry, SHARDS_SLOT,
 };
-pub use store::{Store, StoreSettings};
+pub use store::{Store, StoreSettings, StoreUrl};
 pub use value::{Params, Value};

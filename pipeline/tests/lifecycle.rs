@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::write;
-use pipeline::executor::{states, Outcome, Resolved, RunEvent, RunOptions, RunReport, State};
+use pipeline::executor::{states, Resolved, RunOptions, RunReport, State};
 use pipeline::{NoProgress, Plan, ProgressSink, StageRegistry, Store};
+use pipeline::{Outcome, RunEvent};
 
 fn registry() -> StageRegistry {
     let mut reg = common::registry(1).reg;

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{registry, sharded_registry, write, Fixture};
-use pipeline::executor::{resolve, run, states, Outcome, Resolved, RunOptions, State};
+use pipeline::executor::{resolve, run, states, Resolved, RunOptions, State};
+use pipeline::Outcome;
 use pipeline::{FingerprintCache, NoProgress, Plan, Store, StoreSettings, StoreUrl};
 
 const GRID: &str = r#"

@@ -10,9 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use common::{registry, write, Fixture};
-use pipeline::executor::{resolve, run, states, Outcome, RunOptions, State};
+use pipeline::executor::{resolve, run, states, RunOptions, State};
 use pipeline::lease::{self, Acquired, LeaseState};
 use pipeline::store::{Lease, Record};
+use pipeline::Outcome;
 use pipeline::{
     FingerprintCache, NoProgress, Plan, Resolved, StageKey, Store, StoreSettings, StoreUrl,
 };
@@ -441,7 +442,7 @@ fn gc_deletes_only_what_the_store_owns() {
     write(&root, &format!("_jobs/echo/{orphan}.json"), &job("4242"));
     // Staging: another host's fresh folder (kept), this host's dead runner's folder (deleted).
     let owner = |host_id: String, pid: u32| {
-        serde_json::to_string(&pipeline::ops::StagingOwner {
+        serde_json::to_string(&pipeline::store::StagingOwner {
             host_id,
             pid,
             kind: "echo".into(),

@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use pipeline::executor::{self, Outcome, RunOptions};
+use pipeline::executor::{self, RunOptions};
+use pipeline::Outcome;
 
 use super::{hostname, Context};
 use crate::cli::ExecSettings;

@@ -27,12 +27,15 @@ pub fn gc(
     // Asked once, and only if there are job records: can Slurm be asked at all?
     let slurm = OnceCell::new();
     let job_alive = |id: &str| -> Option<bool> {
-        if !*slurm.get_or_init(pipeline::slurm::reachable) {
+        if !*slurm.get_or_init(pipeline::executor::jobs::reachable) {
             return None;
         }
-        pipeline::slurm::job_states(&[id.to_string()])
+        pipeline::executor::jobs::job_states(&[id.to_string()])
             .ok()
-            .map(|st| st.get(id).is_some_and(|s| pipeline::slurm::is_active(s)))
+            .map(|st| {
+                st.get(id)
+                    .is_some_and(|s| pipeline::executor::jobs::is_active(s))
+            })
     };
     let scope = pipeline::ops::GcScope {
         kinds: &kinds,

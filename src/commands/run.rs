@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use pipeline::executor::{self, Outcome, RunOptions};
+use pipeline::executor::{self, RunOptions};
+use pipeline::Outcome;
 use pipeline::StoreUrl;
 
 use super::{hostname, Context};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use pipeline::executor::{Outcome, State};
+use pipeline::executor::State;
+use pipeline::Outcome;
 use pipeline::{StageKey, StoreUrl};
 
 use super::{counts, display_path};

@@ -1,7 +1,7 @@
 //! What the downstream kinds (reference D: `classify`, `segment`, `report`) share: their names,
 //! the result file, and the training settings of a head or decoder ([`Training`]). Each kind's
 //! declaration is in [`crate::kinds`]; they run in the `adaptor-torch` worker
-//! (`torch_stages::evaluate`, `torch_stages::report`).
+//! (`adaptor_torch::evaluate`); `report` runs in the runner's process (`artifacts::report`).
 
 use crate::kinds::classify::{Classify, Head};
 use crate::kinds::params::{int_in, non_negative, positive_up_to};
@@ -13,7 +13,7 @@ pub const CLASSIFY: &str = "classify";
 pub const SEGMENT: &str = "segment";
 pub const REPORT: &str = "report";
 
-/// Written by `classify` and `segment`: `torch_stages::report::EvalResult` as JSON.
+/// Written by `classify` and `segment`: `artifacts::report::EvalResult` as JSON.
 pub const RESULT_FILE: &str = "result.json";
 
 pub const HEADS: &[&str] = Head::NAMES;

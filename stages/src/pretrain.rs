@@ -1,13 +1,13 @@
 //! Names the `train-adaptor` kind shares with its readers (the downstream stages, the report).
 //! Its declaration is [`crate::kinds::train_adaptor`]; it runs in the `adaptor-torch` worker
-//! (`torch_stages::pretrain`).
+//! (`adaptor_torch::pretrain`).
 
 use crate::kinds::train_adaptor::{TrainAdaptor, Variant};
 use crate::kinds::Declaration;
 
 pub const TRAIN_ADAPTOR: &str = "train-adaptor";
 
-/// What the stage writes beside `adaptor_train`'s own files: which tables it trained on.
+/// What the stage writes beside `train`'s own files: which tables it trained on.
 pub const PROVENANCE_FILE: &str = "provenance.json";
 
 pub const VARIANTS: &[&str] = Variant::NAMES;

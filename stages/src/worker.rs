@@ -11,19 +11,16 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::kinds::RunFn;
 use pipeline::process::{self, Stream};
+use pipeline::protocol::{Job, WorkerMessage};
 use pipeline::stage::ParamError;
 use pipeline::{InputSpec, ParamSpec, Params, Sharding, Stage, StageContext, StageError};
 
-pub use pipeline::protocol::{Job, JobInput, JsonLinesSink, WorkerMessage, PROTOCOL};
+use crate::kinds::{Declaration, RunFn};
 
-/// A kind's declaration (the name it had before [`crate::kinds`]).
-pub type StageDecl = crate::kinds::Declaration;
-
-/// A stage whose `run` (and `merge`, when it can be sharded) is delegated to the worker binary.
+/// A stage whose `run` is delegated to the worker binary (a merge of its shards runs here).
 pub struct WorkerStage {
-    decl: StageDecl,
+    decl: Declaration,
     worker: PathBuf,
     /// The merge of shards, run in this process ([`crate::kinds::Entry::Worker`]).
     merge_here: Option<RunFn>,
@@ -31,7 +28,7 @@ pub struct WorkerStage {
 
 impl WorkerStage {
     /// The kind `decl`, run by `worker`; a sharded kind's merge is given by [`Self::merging_here`].
-    pub fn new(decl: StageDecl, worker: impl Into<PathBuf>) -> Self {
+    pub fn new(decl: Declaration, worker: impl Into<PathBuf>) -> Self {
         WorkerStage {
             decl,
             worker: worker.into(),
@@ -85,15 +82,7 @@ impl Stage for WorkerStage {
     }
 
     fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
-        match &self.merge_here {
-            Some(merge) => merge(ctx),
-            None => Err(format!(
-                "{}: stage kind `{}` cannot merge shards",
-                ctx.instance(),
-                self.decl.kind
-            )
-            .into()),
-        }
+        crate::kinds::merge_with(self.merge_here.as_ref(), self.decl.kind, ctx)
     }
 }
 

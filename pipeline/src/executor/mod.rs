@@ -22,9 +22,8 @@ mod local;
 mod resolve;
 mod state;
 
-pub use crate::lease::now_unix;
-pub use crate::stage::{Outcome, RunEvent};
-pub use crate::store::RESERVED;
+use crate::stage::{Outcome, RunEvent};
+
 pub use leases::LEASE_SECS;
 pub use local::run;
 pub use local::LocalPool;

@@ -5,7 +5,6 @@ mod explain;
 mod gc;
 mod verify;
 
-pub use crate::store::StagingOwner;
 pub use explain::{explain, format_unix};
 pub use gc::{gc, GcReport, GcScope, BOOKKEEPING};
 pub use verify::{all_artifacts, verify, Verified};

@@ -20,7 +20,8 @@ mod references;
 mod sections;
 mod tree;
 
-pub use crate::store::StoreUrl;
+use crate::store::StoreUrl;
+
 pub use cluster::{ExecutorSpec, SlurmResources, SlurmSpec};
 pub use matrix::render;
 

@@ -17,17 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::executor::jobs::{job_targets, slurm_cmd};
-use crate::executor::{
-    execute, report, Executor, Outcome, Resolved, Run, RunEvent, RunOptions, RunReport,
-};
+use crate::executor::jobs::{is_active, job_path, job_states, job_targets, slurm_cmd};
+use crate::executor::{execute, report, Executor, Resolved, Run, RunOptions, RunReport};
 use crate::plan::{Part, Plan, SlurmResources};
 use crate::stage::ProgressSink;
+use crate::stage::{Outcome, RunEvent};
 use crate::store::Store;
 
 mod submit;
-
-pub use crate::executor::jobs::{is_active, job_path, job_states, live_jobs, reachable, JobRecord};
 
 use submit::SlurmRun;
 

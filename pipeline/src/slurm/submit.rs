@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::executor::jobs::{is_active, job_path, job_states, slurm_cmd, JobRecord};
-use crate::executor::{now_unix, FailureRecord, Outcome, Resolved, Run, RunOptions};
+use crate::executor::{FailureRecord, Resolved, Run, RunOptions};
 use crate::key::StageKey;
+use crate::lease::now_unix;
 use crate::plan::{Part, Plan};
 use crate::stage::Limits;
+use crate::stage::Outcome;
 use crate::store::{ArtifactManifest, Store};
 
 use super::SlurmOptions;

@@ -1,6 +1,6 @@
 //! Names the artifacts of other stages are read by here. They are the same strings as the
 //! constants of the stage declarations (`stages::encode`, `stages::ingest`, `stages::pretrain`,
-//! `adaptor_train::train`); a test of `adaptor-torch` checks that they agree.
+//! `train::pretrain`); a test of `adaptor-torch` checks that they agree.
 
 /// The encode stage kinds, whose write windows differ ([`crate::table::write_window`]).
 pub const ENCODE_TEXT: &str = "encode-text";

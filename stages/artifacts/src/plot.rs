@@ -1,5 +1,5 @@
 //! The plotting scaffolding every PNG of the workspace shares (the report's task plots, the
-//! training curves of adaptor-train, segmentation's `curve.png`): plotters on a raw RGB buffer,
+//! training curves of train, segmentation's `curve.png`): plotters on a raw RGB buffer,
 //! text in the embedded DejaVu Sans Mono (`assets/DejaVuSansMono.ttf`, Bitstream Vera licence,
 //! `assets/DejaVuSansMono.LICENSE`), PNG written with `png`; panels, lines, markers and legends
 //! in one style.

@@ -1,6 +1,6 @@
 //! `classify`: a classification head (RSNA: AUROC; COVIDx: accuracy) trained and tested on
 //! cached image features, through the frozen adaptor or without it
-//! (`torch_stages::evaluate::classify` in the worker).
+//! (`adaptor_torch::evaluate::classify` in the worker).
 
 use pipeline::{InputAccepts, InputSpec};
 

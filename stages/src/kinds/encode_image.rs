@@ -1,5 +1,5 @@
 //! `encode-image`: a records table's images through a frozen DINOv2 or ResNet-AE backbone into an
-//! embedding table (`torch_stages::stages_impl::encode_image` in the worker).
+//! embedding table (`adaptor_torch::encode::encode_image` in the worker).
 
 use pipeline::{InputAccepts, InputSpec};
 

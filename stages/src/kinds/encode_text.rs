@@ -1,5 +1,5 @@
 //! `encode-text`: a records table's texts through a frozen BERT-family backbone into an embedding
-//! table (`torch_stages::stages_impl::encode_text` in the worker).
+//! table (`adaptor_torch::encode::encode_text` in the worker).
 
 use pipeline::{InputAccepts, InputSpec};
 

@@ -5,7 +5,7 @@
 //! - in process: an [`Implementation`] (a typed `run`, and `merge` for a sharded kind) in a
 //!   tch-free crate (`synth`, `ingest`);
 //! - in the libtorch worker (`adaptor-torch run-stage`, see [`crate::worker`]): the worker keeps
-//!   the same kind of [`Implementation`] table on its side (`torch_stages::kinds`).
+//!   the same kind of [`Implementation`] table on its side (`adaptor_torch::kinds`).
 //!
 //! Adding a kind: a module here with its parameter struct ([`stage_params!`](crate::stage_params))
 //! and a `StageKind` impl, a line in [`registry`], and for a worker kind its implementation and a
@@ -168,15 +168,24 @@ impl Implementation {
     }
 
     pub fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
-        match &self.merge {
-            Some(merge) => merge(ctx),
-            None => Err(format!(
-                "{}: stage kind `{}` cannot merge shards",
-                ctx.instance(),
-                self.decl.kind
-            )
-            .into()),
-        }
+        merge_with(self.merge.as_ref(), self.decl.kind, ctx)
+    }
+}
+
+/// Runs `merge` on `ctx`, or says that the kind has none (a merge instance of a kind that
+/// cannot be sharded: the planner never makes one, a hand-written job might).
+pub(crate) fn merge_with(
+    merge: Option<&RunFn>,
+    kind: &str,
+    ctx: &StageContext,
+) -> Result<(), StageError> {
+    match merge {
+        Some(merge) => merge(ctx),
+        None => Err(format!(
+            "{}: stage kind `{kind}` cannot merge shards",
+            ctx.instance()
+        )
+        .into()),
     }
 }
 
@@ -185,7 +194,7 @@ impl Implementation {
 pub enum Entry {
     /// In the runner's process.
     InProcess(Implementation),
-    /// In the libtorch worker, which implements it (`torch_stages::kinds::implementations`). A
+    /// In the libtorch worker, which implements it (`adaptor_torch::kinds::implementations`). A
     /// sharded kind's merge reads and writes tables only, so it runs in the runner's process
     /// (`merge_here`), without starting the worker.
     Worker {

@@ -1,5 +1,5 @@
 //! `segment`: a segmentation decoder (SIIM, RSNA boxes) trained and tested over a frozen backbone
-//! and adaptor (`torch_stages::evaluate::segment` in the worker).
+//! and adaptor (`adaptor_torch::evaluate::segment` in the worker).
 
 use pipeline::{InputAccepts, InputSpec};
 
@@ -53,7 +53,10 @@ pub struct Segment;
 
 impl StageKind for Segment {
     const KIND: &'static str = SEGMENT;
-    const VERSION: u32 = 1;
+    // 2: the labelled count of a fraction rounds half to even (`train::rng::labelled_count`, the
+    // heads' rule); version 1 rounded half away from zero, so an odd training split at a fraction
+    // of 0.5 kept one image more.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "Trains and tests a segmentation decoder (SIIM, RSNA boxes) over a frozen backbone and adaptor: Dice, positive-only Dice, empty share";
     type Params = SegmentParams;
 

@@ -1,6 +1,6 @@
 //! `train-adaptor`: the Adaptor (reference section A) trained contrastively on a pair of
 //! key-aligned embedding tables, writing its checkpoint, metrics and curve
-//! (`torch_stages::pretrain::run` in the worker, over `adaptor_train::train_resumable`).
+//! (`adaptor_torch::pretrain::run` in the worker, over `train::fit_resumable`).
 
 use pipeline::{InputAccepts, InputSpec};
 

@@ -12,8 +12,8 @@ use crate::encoder::{
 use crate::error::{Error, Result};
 use crate::preprocess::{Normalize, Preprocess};
 use crate::resnet_ae::ResNetAeEncoder;
-use crate::table::TableMeta;
 use crate::weights::{find_weight_files, read_file, Weights};
+use artifacts::table::TableMeta;
 
 /// Settings of `embed text`.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use crate::dinov2::Dinov2Model;
 use crate::error::{Error, Result};
 use crate::preprocess::Preprocess;
 use crate::resnet_ae::ResNetAeEncoder;
-use crate::table::{EmbeddingWriter, TableMeta};
+use artifacts::table::{EmbeddingWriter, TableMeta};
 
 /// Where the encode loops report: a stage context, or the terminal of `adaptor embed`.
 pub trait Reporter: Sync {
@@ -214,7 +214,7 @@ pub struct Items<'a, T> {
 
 // The write windows are shared with the merge of shards (`artifacts::table`), which must write
 // the same windows to reproduce an unsharded file byte for byte.
-pub use artifacts::table::write_window;
+use artifacts::table::write_window;
 
 /// Encodes texts into `out` (a pooled table, or a token table padded to `max_length`).
 pub fn encode_texts(
@@ -231,7 +231,7 @@ pub fn encode_texts(
     let max_len = enc.tokenizer.max_length();
     let tokens = pooling == TextPooling::Tokens;
     let bs = opts.batch_size.max(1);
-    let window = write_window(crate::encode::ENCODE_TEXT, bs, tokens);
+    let window = write_window(stages::encode::ENCODE_TEXT, bs, tokens);
     let rows = items.keys.len();
     // The producer thread only touches the tokenizer (the model's tensors stay on this thread).
     let tokenizer = &enc.tokenizer;
@@ -479,7 +479,7 @@ pub fn encode_images(
     pipelined(
         items.keys.len(),
         write_window(
-            crate::encode::ENCODE_IMAGE,
+            stages::encode::ENCODE_IMAGE,
             opts.batch_size,
             n_tokens.is_some(),
         ),

@@ -51,7 +51,7 @@ pub enum Error {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 
-    /// The adaptor (adaptor-train's model, loss or checkpoint) failed; its own error names the
+    /// The adaptor (train's model, loss or checkpoint) failed; its own error names the
     /// file or tensor.
     #[error("adaptor: {0}")]
     Adaptor(#[from] train::Error),

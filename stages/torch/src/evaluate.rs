@@ -1,5 +1,5 @@
 //! The `classify` and `segment` stages as the worker runs them (declarations:
-//! `stages::evaluate`): inputs resolved from the stage context into `adaptor_train::train_head`
+//! `stages::evaluate`): inputs resolved from the stage context into `train::train_head`
 //! and `segment::train_segmenter`, and a `result.json` ([`EvalResult`]) the report reads.
 
 use std::fs::File;
@@ -17,9 +17,9 @@ use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
 
 use crate::encoder::{device_name, torch_device};
 use crate::pretrain::{input_name, read_whole, split_rows, table_file};
-use crate::report::{EvalResult, RESULT_FILE};
 use crate::segment::{train_segmenter, DiceTerm, SegConfig, SegData};
-use crate::table::{read_string_columns, EmbeddingTable};
+use artifacts::report::{EvalResult, RESULT_FILE};
+use artifacts::table::{read_string_columns, EmbeddingTable};
 use stages::evaluate::AdaptorInit;
 use stages::ingest::RECORDS;
 use stages::kinds::classify::{ClassifyParams, Head};
@@ -116,7 +116,7 @@ fn frozen_adaptor(
             None
         });
     };
-    let path = a.path.join(train::train::BEST_CHECKPOINT);
+    let path = a.path.join(train::pretrain::BEST_CHECKPOINT);
     // The configuration alone (`adaptor.json`); the weights are read only when they are used.
     let info_path = train::model::config_path(&path);
     let info: CheckpointInfo = std::fs::read(&info_path)

@@ -11,13 +11,13 @@ use stages::kinds::{
 };
 use stages::Implementation;
 
-use crate::{evaluate, pretrain, stages_impl};
+use crate::{encode, evaluate, pretrain};
 
 /// Every kind this worker runs.
 pub fn implementations() -> Vec<Implementation> {
     vec![
-        Implementation::of::<EncodeText>(stages_impl::encode_text),
-        Implementation::of::<EncodeImage>(stages_impl::encode_image),
+        Implementation::of::<EncodeText>(encode::encode_text),
+        Implementation::of::<EncodeImage>(encode::encode_image),
         Implementation::of::<TrainAdaptor>(pretrain::run),
         Implementation::of::<Classify>(evaluate::classify),
         Implementation::of::<Segment>(evaluate::segment),

@@ -9,6 +9,7 @@
 pub mod adhoc;
 pub mod bert;
 pub mod dinov2;
+pub mod encode;
 pub mod encoder;
 pub mod error;
 pub mod evaluate;
@@ -19,16 +20,7 @@ pub mod preprocess;
 pub mod pretrain;
 pub mod resnet_ae;
 pub mod segment;
-pub mod stages_impl;
 pub mod weights;
-
-// The declarations and the worker protocol live in the `stages` crate (no tch), so that the
-// `adaptor` binary can plan, key and start these stages without loading libtorch.
-pub use stages::{encode, worker};
-
-// The table layer, the merge of encode shards and the report need no libtorch: they live in the
-// `artifacts` crate (which the `adaptor` binary runs in process). Their old paths stay valid here.
-pub use artifacts::{merge, report, table};
 
 pub use error::{Error, Result};
 
@@ -45,8 +37,8 @@ mod tests {
             (f::EMBEDDINGS_FILE, stages::encode::EMBEDDINGS_FILE),
             (f::TOKENS_FILE, stages::encode::TOKENS_FILE),
             (f::PROVENANCE_FILE, stages::pretrain::PROVENANCE_FILE),
-            (f::PRETRAIN_REPORT, train::train::REPORT),
-            (f::TRAINING_CURVE, train::train::CURVE),
+            (f::PRETRAIN_REPORT, train::pretrain::REPORT),
+            (f::TRAINING_CURVE, train::pretrain::CURVE),
             (f::RESULT_FILE, stages::evaluate::RESULT_FILE),
         ];
         for (ours, theirs) in pairs {

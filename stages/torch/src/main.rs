@@ -10,12 +10,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
+use adaptor_torch::adhoc::{self, EmbedImage, EmbedText};
+use adaptor_torch::bert::TextPooling;
+use adaptor_torch::encoder::{pick_device, pick_precision, Reporter};
+use adaptor_torch::preprocess::Normalize;
 use clap::{Parser, Subcommand};
-use torch_stages::adhoc::{self, EmbedImage, EmbedText};
-use torch_stages::bert::TextPooling;
-use torch_stages::encoder::{pick_device, pick_precision, Reporter};
-use torch_stages::preprocess::Normalize;
-use torch_stages::worker::{Job, JsonLinesSink, WorkerMessage};
+use pipeline::protocol::{Job, JsonLinesSink, WorkerMessage};
 
 #[derive(Parser)]
 #[command(
@@ -71,7 +71,7 @@ impl RunArgs {
     /// parser), with libtorch's threads set: (threads, device, precision).
     fn apply(&self) -> Result<(usize, tch::Device, tch::Kind), String> {
         let t = threads(self.threads);
-        torch_stages::stages_impl::set_threads(t);
+        adaptor_torch::encode::set_threads(t);
         let device = pick_device(&self.device).map_err(|e| e.to_string())?;
         let precision = pick_precision(&self.precision).map_err(|e| e.to_string())?;
         Ok((t, device, precision))
@@ -254,9 +254,9 @@ fn run_stage() -> ExitCode {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             let job = Job::read(std::io::stdin().lock())?;
             let (kind, merge) = (job.kind.clone(), job.merge);
-            torch_stages::stages_impl::set_threads(job.threads);
+            adaptor_torch::encode::set_threads(job.threads);
             let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)));
-            torch_stages::kinds::run(&kind, merge, &ctx).map_err(|e| e.to_string())
+            adaptor_torch::kinds::run(&kind, merge, &ctx).map_err(|e| e.to_string())
         }));
     let err = match result {
         Ok(Ok(())) => return ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! The inference side of the layers the backbones share: loading adaptor-train's [`Linear`] and
+//! The inference side of the layers the backbones share: loading train's [`Linear`] and
 //! [`LayerNorm`] (one definition for training and inference) from shape-checked [`Weights`], and
 //! the activations transformers' configs name.
 

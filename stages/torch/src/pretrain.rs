@@ -1,5 +1,5 @@
 //! The `train-adaptor` stage as the worker runs it: two key-aligned embedding tables (image and
-//! text, over the same records) into `adaptor_train`'s resumable training, split by the tables'
+//! text, over the same records) into `train`'s resumable training, split by the tables'
 //! `split` column (train / valid). Declaration: `stages::pretrain`.
 
 use std::collections::BTreeMap;
@@ -14,9 +14,9 @@ use train::{
     AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, Precision, StepMetrics, TrainConfig,
 };
 
-use crate::encode::{EMBEDDINGS_FILE, TOKENS_FILE};
 use crate::encoder::{device_name, torch_device};
-use crate::table::{EmbeddingTable, TableMeta};
+use artifacts::table::{EmbeddingTable, TableMeta};
+use stages::encode::{EMBEDDINGS_FILE, TOKENS_FILE};
 use stages::pretrain::PROVENANCE_FILE;
 
 /// The embedding table inside an encode artifact (`embeddings.parquet` or `tokens.parquet`).
@@ -300,7 +300,7 @@ pub fn run(p: &TrainAdaptorParams, ctx: &StageContext) -> Result<(), StageError>
         ctx,
         total_steps: steps_per_epoch * cfg.epochs as u64,
     };
-    let report = train::train_resumable(&cfg, &train, &valid, out, &resume, &mut observer)?;
+    let report = train::fit_resumable(&cfg, &train, &valid, out, &resume, &mut observer)?;
     ctx.check_cancelled()?;
 
     let provenance = Provenance {

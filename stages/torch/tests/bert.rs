@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 
+use adaptor_torch::bert::{TextEncoder, TextPooling};
 use common::*;
 use tch::{Device, Kind, Tensor};
-use torch_stages::bert::{TextEncoder, TextPooling};
 
 fn texts() -> Vec<String> {
     let path = fixtures().join("bert-texts.json");

@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use artifacts::table::EmbeddingTable;
 use common::*;
-use torch_stages::table::EmbeddingTable;
 
 fn run(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_adaptor-torch"))

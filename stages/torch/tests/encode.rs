@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use artifacts::table::{read_aligned, read_string_columns, EmbeddingTable};
 use common::*;
 use pipeline::{
     InputArtifact, InputOrigin, Params, ProgressSink, Stage, StageContext, StageKey, Value,
 };
+use stages::encode::{self, EMBEDDINGS_FILE, TOKENS_FILE};
 use stages::ingest::{self, DatasetKind, IngestOptions, Verify};
-use torch_stages::encode::{self, EMBEDDINGS_FILE, TOKENS_FILE};
-use torch_stages::table::{read_aligned, read_string_columns, EmbeddingTable};
-use torch_stages::worker::WorkerStage;
+use stages::worker::WorkerStage;
 
 /// A synthetic MIMIC-CXR folder and its ingest output, made once per test binary.
 struct Dataset {
@@ -87,7 +87,7 @@ fn backbone(name: &str, kind: &str, path: &Path) -> InputArtifact {
 }
 
 fn context(
-    decl: &torch_stages::worker::StageDecl,
+    decl: &stages::kinds::Declaration,
     overrides: &[(&str, Value)],
     backbone: InputArtifact,
     out: &Path,
@@ -142,7 +142,7 @@ fn context(
 }
 
 fn run_local(
-    decl: &torch_stages::worker::StageDecl,
+    decl: &stages::kinds::Declaration,
     overrides: &[(&str, Value)],
     bb: InputArtifact,
     out: &Path,
@@ -155,7 +155,7 @@ fn run_local(
         Arc::new(Collect::default()),
         Arc::new(AtomicBool::new(false)),
     );
-    torch_stages::stages_impl::run(decl.kind, &ctx).map_err(|e| e.to_string())
+    adaptor_torch::kinds::run(decl.kind, false, &ctx).map_err(|e| e.to_string())
 }
 
 fn bert() -> InputArtifact {
@@ -196,7 +196,7 @@ fn encode_text_writes_an_aligned_table_equal_to_the_encoder() {
     let cols = read_string_columns(&records_path(), &["split", "caption"]).unwrap();
     assert_eq!(t.splits.as_ref().unwrap(), &cols[0]);
     // Row i is the encoder's output for caption i.
-    let enc = torch_stages::bert::TextEncoder::load(
+    let enc = adaptor_torch::bert::TextEncoder::load(
         &fixtures().join("bert-safetensors"),
         112,
         tch::Device::Cpu,
@@ -206,7 +206,7 @@ fn encode_text_writes_an_aligned_table_equal_to_the_encoder() {
     let (one, _) = enc
         .embed(
             &[cols[1][3].as_str()],
-            torch_stages::bert::TextPooling::Pooler,
+            adaptor_torch::bert::TextPooling::Pooler,
         )
         .unwrap();
     let row = tch::Tensor::from_slice(t.row(3));
@@ -358,7 +358,7 @@ fn encode_image_with_dinov2_and_resnet_ae() {
 
     // ResNet-AE from the converted fixture: the mean-pooled latent.
     let ae = tmp.path().join("ae-backbone");
-    torch_stages::adhoc::convert_resnet_ae(&fixtures().join("resnet-ae/state-dict.pt"), &ae)
+    adaptor_torch::adhoc::convert_resnet_ae(&fixtures().join("resnet-ae/state-dict.pt"), &ae)
         .unwrap();
     let out = tmp.path().join("ae");
     run_local(
@@ -566,8 +566,8 @@ fn a_missing_worker_binary_is_named() {
 #[test]
 fn overlapped_and_sequential_loops_write_the_same_table() {
     // The overlapped loop is what runs on a GPU; on the CPU the sequential one does. Same bytes.
-    use torch_stages::encoder::{encode_images, Items, LoopOptions, VisionModel};
-    use torch_stages::preprocess::{Normalize, Preprocess};
+    use adaptor_torch::encoder::{encode_images, Items, LoopOptions, VisionModel};
+    use adaptor_torch::preprocess::{Normalize, Preprocess};
     let tmp = tempfile::tempdir().unwrap();
     let model = VisionModel::load(
         &fixtures().join("dinov2"),
@@ -589,7 +589,7 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
         .map(|p| dataset().raw.join(p))
         .collect();
     let keys = cols.pop().unwrap();
-    let meta = torch_stages::table::TableMeta {
+    let meta = artifacts::table::TableMeta {
         table: "embeddings".into(),
         backbone: "d".into(),
         backbone_kind: "dinov2".into(),
@@ -623,7 +623,7 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
 
 struct NoReport;
 
-impl torch_stages::encoder::Reporter for NoReport {
+impl adaptor_torch::encoder::Reporter for NoReport {
     fn log(&self, _: &str) {}
     fn progress(&self, _: u64, _: u64, _: &str) {}
 }

@@ -604,7 +604,7 @@ fn pickle_seeds(_: &Workspace) -> Vec<Vec<u8>> {
 fn run_pickle(w: &Workspace, input: &[u8]) -> Result<(), String> {
     let path = w.file("checkpoint.pt");
     std::fs::write(&path, input).unwrap();
-    torch_stages::pickle::load(&path)
+    adaptor_torch::pickle::load(&path)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -779,7 +779,7 @@ impl pipeline::ProgressSink for NullSink {
 /// The two JSON readers of the protocol: the runner parsing a worker's stdout line, and the
 /// worker reading its job (then building its stage context from it).
 fn run_worker_json(_: &Workspace, input: &[u8]) -> Result<(), String> {
-    use stages::worker::{Job, WorkerMessage};
+    use pipeline::protocol::{Job, WorkerMessage};
     let line = String::from_utf8_lossy(input);
     let msg = serde_json::from_str::<WorkerMessage>(&line).map_err(|e| e.to_string());
     let job = Job::read(input).map(|job| {

@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use adaptor_torch::encoder::Reporter;
+use adaptor_torch::segment::{
+    train_segmenter, Decoder, DiceTerm, SegConfig, SegData, SegLoss, UNetShape, VitShape,
+};
 use common::*;
 use serde_json::Value;
 use stages::ingest::{self, DatasetKind, IngestOptions};
 use stages::synth;
 use tch::{Device, Kind, Tensor};
-use torch_stages::encoder::Reporter;
-use torch_stages::segment::{
-    train_segmenter, Decoder, DiceTerm, SegConfig, SegData, SegLoss, UNetShape, VitShape,
-};
 use train::rng::{derive_seed, uniform_values};
 use train::{Adaptor, AdaptorConfig, CheckpointInfo};
 
@@ -238,7 +238,7 @@ fn vit_decoder_learns_on_a_synthetic_rsna_miniature() {
 }
 
 #[test]
-fn unet_with_an_adaptor_trains_on_a_synthetic_siim_miniature() {
+fn unet_with_an_trains_on_a_synthetic_siim_miniature() {
     let tmp = tempfile::tempdir().unwrap();
     let (records, raw) = miniature(tmp.path(), DatasetKind::Siim, 24);
     let data = SegData::load(&records, &raw, "siim", 224, 0.5, 1).unwrap();

@@ -6,12 +6,12 @@ mod common;
 
 use std::path::Path;
 
+use adaptor_torch::dinov2::Dinov2Model;
+use adaptor_torch::preprocess::{Normalize, Preprocess};
+use adaptor_torch::resnet_ae::ResNetAeEncoder;
 use common::*;
 use stages::images;
 use tch::{Device, Kind, Tensor};
-use torch_stages::dinov2::Dinov2Model;
-use torch_stages::preprocess::{Normalize, Preprocess};
-use torch_stages::resnet_ae::ResNetAeEncoder;
 
 /// Error budget of the DINOv2 fixture model (12 pre-norm blocks would be the real one; the fixture
 /// has the real layer types at a small width): float32 reductions over at most a few hundred terms

@@ -8,12 +8,12 @@
 
 mod common;
 
-use adaptor_train::heads::decays;
-use adaptor_train::optim::AdamW;
-use adaptor_train::rng::{permutation, uniform_values};
-use adaptor_train::{ClassificationHead, HeadKind};
 use common::{rss_mib, time_steps, Args};
 use tch::Tensor;
+use train::heads::decays;
+use train::optim::AdamW;
+use train::rng::{permutation, uniform_values};
+use train::{ClassificationHead, HeadKind};
 
 fn main() {
     let args = Args::from_env();

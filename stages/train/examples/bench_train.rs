@@ -5,11 +5,11 @@
 //! `bench_train [--batch 1024] [--dim 768] [--steps 10] [--warmup 2] [--threads 2]
 //!  [--full-attention] [--device cpu|cuda] [--bf16]`
 
-use adaptor_train::optim::{AdamW, DecayPolicy, LinearSchedule};
-use adaptor_train::rng::{permutation, uniform_values};
-use adaptor_train::{Adaptor, AdaptorConfig, InMemoryPairs, Mode, PairSource};
 use common::{rss_mib, time_steps, Args};
 use tch::Tensor;
+use train::optim::{AdamW, DecayPolicy, LinearSchedule};
+use train::rng::{permutation, uniform_values};
+use train::{Adaptor, AdaptorConfig, InMemoryPairs, Mode, PairSource};
 
 mod common;
 
@@ -25,9 +25,9 @@ fn main() {
     let full_attention = args.flag("--full-attention");
     let device = args.device("bench_train");
     let precision = if args.flag("--bf16") {
-        adaptor_train::Precision::Bf16
+        train::Precision::Bf16
     } else {
-        adaptor_train::Precision::Fp32
+        train::Precision::Fp32
     };
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
@@ -68,7 +68,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "impl": if full_attention { "rust-tch (full attention)" } else { "rust-tch" },
-            "device": format!("{device:?}"), "bf16": precision == adaptor_train::Precision::Bf16,
+            "device": format!("{device:?}"), "bf16": precision == train::Precision::Bf16,
             "batch": batch, "dim": dim, "threads": threads, "steps": steps,
             "steps_per_s": steps as f64 / total,
             "step_s_min": timing.min(),

@@ -1,15 +1,13 @@
 //! Trains a classification head on synthetic features (a class-dependent shift plus uniform
 //! noise) and leaves every output in a folder, to look at:
 //!
-//! `cargo run -p adaptor-train --example head_synthetic -- OUT_DIR [mlp|linear] [classes] [fraction]`
+//! `cargo run -p train --example head_synthetic -- OUT_DIR [mlp|linear] [classes] [fraction]`
 
 use std::ops::ControlFlow;
 
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{
-    train_head, HeadConfig, HeadData, HeadEpoch, HeadKind, HeadObserver, HeadSplit,
-};
 use tch::Tensor;
+use train::rng::uniform_values;
+use train::{train_head, HeadConfig, HeadData, HeadEpoch, HeadKind, HeadObserver, HeadSplit};
 
 fn split(n: usize, dim: i64, classes: i64, seed: u64) -> HeadSplit {
     let k = classes.max(2);

@@ -1,12 +1,12 @@
 //! Trains the original Adaptor on synthetic pooled pairs with a shared latent cause
 //! (image = A·z + noise, text = B·z + noise) and leaves every output in a folder, to look at:
 //!
-//! `cargo run -p adaptor-train --example train_synthetic -- OUT_DIR [epochs] [noise]`
+//! `cargo run -p train --example train_synthetic -- OUT_DIR [epochs] [noise]`
 
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{fit, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, TrainConfig};
 use std::ops::ControlFlow;
 use tch::Tensor;
+use train::rng::uniform_values;
+use train::{fit, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, TrainConfig};
 
 fn latent_pairs(n: i64, dv: i64, dt: i64, noise: f64, seed: u64) -> InMemoryPairs {
     let latent = 16;

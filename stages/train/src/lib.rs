@@ -38,8 +38,3 @@ pub use model::{Adaptor, CheckpointInfo, Forward};
 pub use nn::Mode;
 pub use original::ImageOnly;
 pub use pretrain::{fit, fit_resumable, Observer, Silent, StopReason, TrainReport};
-
-// The old names (`train::train::BEST_CHECKPOINT`, `train::train_resumable`), still used by
-// adaptor-torch's evaluate.rs, report.rs and pretrain.rs; remove once those say `pretrain`/`fit`.
-pub use pretrain as train;
-pub use pretrain::fit_resumable as train_resumable;

@@ -10,9 +10,6 @@ use plotters::prelude::*;
 use crate::error::Result;
 use crate::metrics::{EpochMetrics, Recall, StepMetrics};
 
-// Other plots of the workspace used these from here.
-pub use artifacts::plot::{register_embedded_font, write_png};
-
 const W: u32 = CURVE_SIZE.0;
 
 /// Writes `path` (PNG). `steps_per_epoch` puts per-step points on the epoch axis; `initial`

@@ -1,12 +1,12 @@
 //! The fusion variant: parameter budget, shapes, masking, and information flow across modalities.
 
-use adaptor_train::fusion::FusionAdaptor;
-use adaptor_train::model::Model;
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{
+use tch::{Device, Kind, Tensor};
+use train::fusion::FusionAdaptor;
+use train::model::Model;
+use train::rng::uniform_values;
+use train::{
     fit, Adaptor, AdaptorConfig, Batch, InMemoryPairs, Mode, Silent, StopReason, TrainConfig,
 };
-use tch::{Device, Kind, Tensor};
 
 fn rand(shape: &[i64], seed: u64) -> Tensor {
     let n: i64 = shape.iter().product();
@@ -224,7 +224,7 @@ fn the_fusion_variant_trains_on_token_pairs() {
     let model = AdaptorConfig {
         vision_dim: dv,
         text_dim: 40,
-        fusion: adaptor_train::FusionConfig {
+        fusion: train::FusionConfig {
             d_model: 32,
             heads: 4,
             ff: 64,

@@ -8,23 +8,21 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use adaptor_train::finetune::{
-    HEAD_CHECKPOINT, HEAD_CURVE, HEAD_EPOCH_METRICS, HEAD_REPORT, PREDICTIONS,
-};
-use adaptor_train::heads::decays;
-use adaptor_train::optim::AdamW;
-use adaptor_train::params::read_safetensors;
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{
-    train_head, ClassificationHead, HeadConfig, HeadData, HeadEpoch, HeadKind, HeadObserver,
-    HeadReport, HeadSplit, Silent, StopReason,
-};
 use common::parity::{
     assert_all_within, assert_detects, compare, compare_scalar, fixture_machine, perturb,
     Comparison, Tol,
 };
 use common::{python, repo_root};
 use tch::{Device, Tensor};
+use train::finetune::{HEAD_CHECKPOINT, HEAD_CURVE, HEAD_EPOCH_METRICS, HEAD_REPORT, PREDICTIONS};
+use train::heads::decays;
+use train::optim::AdamW;
+use train::params::read_safetensors;
+use train::rng::uniform_values;
+use train::{
+    train_head, ClassificationHead, HeadConfig, HeadData, HeadEpoch, HeadKind, HeadObserver,
+    HeadReport, HeadSplit, Silent, StopReason,
+};
 
 /// Error budget of the heads: one or two float32 matmuls over 16–24 terms and a softmax or
 /// sigmoid loss, then one AdamW step. Another kernel order costs a few units of 6e-8 relative;
@@ -95,7 +93,7 @@ fn head_comparisons(perturb_first: bool) -> (Vec<Comparison>, serde_json::Value)
         let mut opt = AdamW::with_decay(head.params(), (0.9, 0.999), 1e-8, wd, decays);
         opt.zero_grad();
         // Other tests in this process train (and draw dropout masks) concurrently.
-        let _rng = adaptor_train::pretrain::torch_rng_lock();
+        let _rng = train::pretrain::torch_rng_lock();
         tch::manual_seed(dropout_seed);
         let loss = head.loss(&head.forward(&x, true), &y);
         loss.backward();
@@ -387,7 +385,7 @@ fn original_schedule_and_decay_run_and_one_example_is_refused_by_the_mlp() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = HeadConfig {
         epochs: 3,
-        schedule: adaptor_train::HeadSchedule::OriginalPerEpochRestarts,
+        schedule: train::HeadSchedule::OriginalPerEpochRestarts,
         original_weight_decay: true,
         ..small(HeadKind::Mlp, 1)
     };

@@ -3,9 +3,9 @@
 //! on the validation split ends far above chance. The real-data version (synthetic MIMIC-CXR
 //! miniature, real MiniLM, a small vision encoder) needs the encode stages; see docs/adaptor.md.
 
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{fit, AdaptorConfig, InMemoryPairs, Silent, StopReason, TrainConfig};
 use tch::{Kind, Tensor};
+use train::rng::uniform_values;
+use train::{fit, AdaptorConfig, InMemoryPairs, Silent, StopReason, TrainConfig};
 
 fn latent_pairs(n: i64, dv: i64, dt: i64, latent: i64, seed: u64) -> InMemoryPairs {
     // The mixing matrices are shared by every split (fixed seeds); z and the noise are not.

@@ -6,12 +6,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use adaptor_train::optim::{AdamW, DecayPolicy};
-use adaptor_train::params::{read_safetensors, write_safetensors};
-use adaptor_train::{Adaptor, AdaptorConfig, Batch, CheckpointInfo, ImageOnly, Mode};
 use common::parity::{assert_detects, compare, compare_scalar, perturb, Comparison, Tol};
 use common::{max_abs_diff, perturb_first, python, Fixture};
 use tch::{Device, Kind, Tensor};
+use train::optim::{AdamW, DecayPolicy};
+use train::params::{read_safetensors, write_safetensors};
+use train::{Adaptor, AdaptorConfig, Batch, CheckpointInfo, ImageOnly, Mode};
 
 /// Error budget of the adaptor's forward and backward pass: two post-norm transformer layers of
 /// width 768 (matmuls over 512–2048 terms) and embeddings of magnitude below 1. Another kernel
@@ -508,7 +508,7 @@ fn bf16_forward_is_close_to_fp32() {
     let m = f.model();
     let batch = f.pooled();
     let mode = Mode {
-        precision: adaptor_train::Precision::Bf16,
+        precision: train::Precision::Bf16,
         ..Mode::EVAL
     };
     let out = tch::no_grad(|| m.forward(&batch, mode)).unwrap();

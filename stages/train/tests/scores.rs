@@ -3,11 +3,11 @@
 
 mod common;
 
-use adaptor_train::scores::{
+use serde_json::Value;
+use train::scores::{
     accuracy, argmax_predictions, binary_auroc, binary_predictions, classification_scores,
     macro_f1, one_vs_rest_auroc,
 };
-use serde_json::Value;
 
 fn close(name: &str, what: &str, got: Option<f64>, want: &Value) {
     match (got, want.as_f64()) {

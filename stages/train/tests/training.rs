@@ -4,16 +4,16 @@ use std::fs;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use adaptor_train::pretrain::{
+use tch::{Device, Tensor};
+use train::pretrain::{
     BEST_CHECKPOINT, CURVE, EPOCH_METRICS, LAST_CHECKPOINT, REPORT, RESUME_DIR, RETRIEVAL,
     STEP_METRICS,
 };
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{
+use train::rng::uniform_values;
+use train::{
     fit, Adaptor, AdaptorConfig, EpochMetrics, InMemoryPairs, Observer, Silent, StepMetrics,
     StopReason, TrainConfig,
 };
-use tch::{Device, Tensor};
 
 /// Random pooled pairs (not learnable; enough to exercise the loop).
 fn pairs(n: usize, dv: i64, dt: i64, seed: u64) -> InMemoryPairs {

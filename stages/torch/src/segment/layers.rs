@@ -106,7 +106,7 @@ impl DecoderState {
             .filter(|(n, _)| !is_buffer(n))
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
-        // adaptor-train's error names `origin` and the tensor.
+        // train's error names `origin` and the tensor.
         self.params.load(&params, origin)?;
         tch::no_grad(|| {
             for (name, dst) in &self.buffers {

@@ -261,7 +261,7 @@ pub fn train_segmenter(
     let backbone = SegBackbone::load(&cfg.backbone_dir, &cfg.backbone, normalize, device)?;
     let adaptor = match &cfg.adaptor {
         Some(p) => Some(
-            // adaptor-train's errors name the file (`adaptor: <path>: ...`).
+            // train's errors name the file (`adaptor: <path>: ...`).
             Adaptor::from_checkpoint(p, device)?.0,
         ),
         None => None,

@@ -67,7 +67,7 @@ pub fn assert_encoder_parity(what: &str, got: &Tensor, want: &Tensor, tol: Tol) 
 /// by [`PERTURBATION`]: every weight goes into one `model.safetensors`, the other files (config,
 /// tokenizer) are copied.
 pub fn perturbed_copy(dir: &Path, name: &str) -> tempfile::TempDir {
-    let files = torch_stages::weights::find_weight_files(dir).unwrap();
+    let files = adaptor_torch::weights::find_weight_files(dir).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
@@ -78,7 +78,7 @@ pub fn perturbed_copy(dir: &Path, name: &str) -> tempfile::TempDir {
     }
     let tensors: Vec<(String, Tensor)> = files
         .iter()
-        .flat_map(|f| torch_stages::weights::read_file(f).unwrap())
+        .flat_map(|f| adaptor_torch::weights::read_file(f).unwrap())
         .collect();
     let (_, t) = tensors
         .iter()

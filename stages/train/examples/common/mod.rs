@@ -29,7 +29,7 @@ impl Args {
     pub fn device(&self, program: &str) -> Device {
         let device = self
             .value("--device")
-            .map(|d| adaptor_train::config::parse_device(d).expect("cpu, cuda or cuda:N"))
+            .map(|d| train::config::parse_device(d).expect("cpu, cuda or cuda:N"))
             .unwrap_or(Device::Cpu);
         if device.is_cuda() && !tch::Cuda::is_available() {
             eprintln!("{program}: --device {device:?} but CUDA is not available");

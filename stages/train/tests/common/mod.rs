@@ -6,10 +6,10 @@ pub mod parity;
 
 use std::path::PathBuf;
 
-use adaptor_train::params::read_safetensors;
-use adaptor_train::rng::uniform_values;
-use adaptor_train::{Adaptor, AdaptorConfig, Batch};
 use tch::{Device, Tensor};
+use train::params::read_safetensors;
+use train::rng::uniform_values;
+use train::{Adaptor, AdaptorConfig, Batch};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -12,7 +12,7 @@
 //! perturbed by [`PERTURBATION`] to show that the budget still catches a real bug
 //! ([`assert_detects`]).
 //!
-//! Shared by the test suites of `adaptor-train` and `adaptor-torch` (the latter includes this file
+//! Shared by the test suites of `train` and `adaptor-torch` (the latter includes this file
 //! by path), so it lives in test code, not in a library.
 #![allow(dead_code)]
 

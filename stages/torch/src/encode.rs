@@ -1,30 +1,24 @@
-//! The torch stages' `run`, as the worker executes them: a [`StageContext`] (rebuilt from the
-//! runner's job) to the encode loops. Declarations (parameters, inputs, checks) are shared with
-//! the runner through `crate::encode`.
+//! The runs of the two encode kinds (`encode-text`, `encode-image`) as the worker executes them: a
+//! [`StageContext`] (rebuilt from the runner's job) and the kind's typed parameters to the encode
+//! loops. Their declarations are the runner's, in `stages::kinds`; what they share, `stages::encode`.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use pipeline::{StageContext, StageError};
-use stages::encode::EncodeRun;
+use stages::encode::{self, EncodeRun, Shard};
 use stages::kinds;
 use stages::kinds::encode_image::EncodeImageParams;
 use stages::kinds::encode_text::EncodeTextParams;
 
 use crate::bert::{TextEncoder, TextPooling};
-use crate::encode::{self, Shard};
 use crate::encoder::{
     device_name, encode_images, encode_texts, torch_device, torch_precision, Items, LoopOptions,
     VisionModel,
 };
 use crate::error::Error;
 use crate::preprocess::{Normalize, Preprocess};
-use crate::table::{read_string_columns, TableMeta};
-
-/// Runs the stage `kind` in this process (the worker's registry, [`crate::kinds`]).
-pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
-    crate::kinds::find(kind)?.run(ctx)
-}
+use artifacts::table::{read_string_columns, TableMeta};
 
 /// Sets libtorch's CPU threads for this process.
 pub fn set_threads(threads: usize) {
