@@ -165,10 +165,14 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
     let rows = Rows::read(ctx, column, c.shard)?;
     let enc = TextEncoder::load(dir, max_length, c.device, c.precision)?;
     if pooling == TextPooling::Pooler && !enc.model.has_pooler() {
-        return Err(Error::Invalid(format!(
-            "pooling `pooler`: {} has no pooler weights (pooler.dense.*); use cls or mean",
-            dir.display()
-        ))
+        return Err(Error::parameter(
+            "pooling",
+            "`pooler`:",
+            format!(
+                "{} has no pooler weights (pooler.dense.*); use cls or mean",
+                dir.display()
+            ),
+        )
         .into());
     }
     ctx.log(format!(

@@ -92,10 +92,6 @@ pub enum Error {
     #[error("{what}: {message}")]
     Runtime { what: String, message: String },
 
-    /// Catch-all still used by the table, report and stage glue (being replaced).
-    #[error("{0}")]
-    Invalid(String),
-
     #[error("cancelled")]
     Cancelled,
 }
