@@ -151,15 +151,28 @@ pub fn non_negative(v: &f64) -> Result<(), String> {
 
 /// Declares a kind's parameter struct and implements [`ParamSet`] for it:
 ///
-/// ```ignore
-/// stage_params! {
-///     /// Parameters of `synth`.
-///     pub struct SynthParams {
-///         dataset: SynthDataset; "which dataset's layout to write",          // required
+/// ```
+/// use pipeline::{ParamType, Params, Value};
+/// use stages::kinds::params::{int_in, ParamSet};
+///
+/// stages::stage_params! {
+///     /// Parameters of an example kind.
+///     pub struct ExampleParams {
+///         dataset: String; "which dataset's layout to write",              // required
 ///         n: i64 = 200, check int_in(1, 1_000_000); "studies or images",
 ///     }
-///     with training: Training = Training { .. };                            // optional group
 /// }
+/// // A group shared with other kinds comes last: `with training: Training = Training::BASE;`.
+///
+/// let specs = ExampleParams::specs();
+/// assert_eq!((specs[0].name, specs[0].default.clone()), ("dataset", None));
+/// assert_eq!((specs[1].ty.clone(), specs[1].default.clone()), (ParamType::Int, Some(Value::Int(200))));
+///
+/// let mut params = Params::new();
+/// params.insert("dataset".into(), Value::Str("rsna".into()));
+/// params.insert("n".into(), Value::Int(0));
+/// let e = ExampleParams::validate(&params).unwrap_err();
+/// assert_eq!(e.key.as_deref(), Some("n"));
 /// ```
 ///
 /// Fields keep their order in `adaptor stages` and error messages; a group comes last.
