@@ -15,15 +15,14 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::key::StageKey;
-use crate::stage::{
-    InputArtifact, InputOrigin, InputSpec, ProgressSink, StageContext, SHARDS_SLOT,
-};
+use crate::stage::{InputArtifact, InputOrigin, InputSpec, ProgressSink, StageContext};
 use crate::value::Params;
 
 /// Version of the job and message formats. The runner and the worker must be built from the same
 /// tree; a mismatch is refused with a message saying so. 2: jobs say whether they merge shards.
 /// 3: an input's origin is [`InputOrigin`] itself (`{"Stage": {...}}`), keys are checked on read.
-pub const PROTOCOL: u32 = 3;
+/// 4: no merge jobs (merges of shards are tables only; the runner does them in its own process).
+pub const PROTOCOL: u32 = 4;
 
 /// One stage instance for the worker: everything its `StageContext` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,10 +41,6 @@ pub struct Job {
     /// [`StageContext::resume_dir`], when the runner gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_dir: Option<PathBuf>,
-    /// Merge the shards bound to [`SHARDS_SLOT`] instead of running the stage
-    /// ([`crate::Stage::merge`]).
-    #[serde(default)]
-    pub merge: bool,
 }
 
 /// One input artifact of a job: where it is and where it came from.
@@ -58,22 +53,9 @@ pub struct JobInput {
 impl Job {
     /// The job for `ctx`, with the inputs of the declared `slots`.
     pub fn from_context(kind: &str, ctx: &StageContext, slots: &[InputSpec]) -> Job {
-        Self::with_slots(kind, ctx, slots.iter().map(|s| s.name), false)
-    }
-
-    /// The merge job for `ctx`: the declared `slots` and the shards ([`SHARDS_SLOT`]).
-    pub fn merge_from_context(kind: &str, ctx: &StageContext, slots: &[InputSpec]) -> Job {
-        let names = slots.iter().map(|s| s.name).chain([SHARDS_SLOT]);
-        Self::with_slots(kind, ctx, names, true)
-    }
-
-    fn with_slots<'a>(
-        kind: &str,
-        ctx: &StageContext,
-        slots: impl Iterator<Item = &'a str>,
-        merge: bool,
-    ) -> Job {
         let inputs = slots
+            .iter()
+            .map(|s| s.name)
             .map(|name| {
                 let arts = ctx
                     .inputs(name)
@@ -96,7 +78,6 @@ impl Job {
             out_dir: ctx.out_dir().to_path_buf(),
             threads: ctx.threads(),
             resume_dir: ctx.resume_dir().map(Path::to_path_buf),
-            merge,
         }
     }
 
@@ -256,7 +237,6 @@ mod tests {
             out_dir: "/out".into(),
             threads: 2,
             resume_dir: None,
-            merge: false,
         }
     }
 
@@ -266,7 +246,10 @@ mod tests {
         assert_eq!(Job::read(text.as_bytes()).unwrap(), job());
         let old = text.replace(&format!("\"protocol\":{PROTOCOL}"), "\"protocol\":2");
         let err = Job::read(old.as_bytes()).unwrap_err();
-        assert!(err.contains("protocol 2, this worker 3"), "{err}");
+        assert!(
+            err.contains(&format!("protocol 2, this worker {PROTOCOL}")),
+            "{err}"
+        );
         let bad_key = text.replace(&"ab".repeat(32), "not-a-key");
         assert!(Job::read(bad_key.as_bytes()).is_err());
     }

@@ -37,14 +37,9 @@ pub fn find(kind: &str) -> Result<Implementation, StageError> {
     }
 }
 
-/// Runs (or, for a merge job, merges) one instance of `kind` in this process.
-pub fn run(kind: &str, merge: bool, ctx: &StageContext) -> Result<(), StageError> {
-    let imp = find(kind)?;
-    if merge {
-        imp.merge(ctx)
-    } else {
-        imp.run(ctx)
-    }
+/// Runs one instance of `kind` in this process.
+pub fn run(kind: &str, ctx: &StageContext) -> Result<(), StageError> {
+    find(kind)?.run(ctx)
 }
 
 #[cfg(test)]

@@ -253,10 +253,10 @@ fn run_stage() -> ExitCode {
     let result =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             let job = Job::read(std::io::stdin().lock())?;
-            let (kind, merge) = (job.kind.clone(), job.merge);
+            let kind = job.kind.clone();
             adaptor_torch::encode::set_threads(job.threads);
             let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)));
-            adaptor_torch::kinds::run(&kind, merge, &ctx).map_err(|e| e.to_string())
+            adaptor_torch::kinds::run(&kind, &ctx).map_err(|e| e.to_string())
         }));
     let err = match result {
         Ok(Ok(())) => return ExitCode::SUCCESS,

@@ -155,7 +155,7 @@ fn run_local(
         Arc::new(Collect::default()),
         Arc::new(AtomicBool::new(false)),
     );
-    adaptor_torch::kinds::run(decl.kind, false, &ctx).map_err(|e| e.to_string())
+    adaptor_torch::kinds::run(decl.kind, &ctx).map_err(|e| e.to_string())
 }
 
 fn bert() -> InputArtifact {

@@ -763,7 +763,7 @@ fn worker_seeds(_: &Workspace) -> Vec<Vec<u8>> {
         br#"{"progress":{"done":3,"total":10,"unit":"images"}}"#.to_vec(),
         br#"{"error":"boom"}"#.to_vec(),
         format!(
-            r#"{{"protocol":3,"kind":"encode-image","instance":"enc[vision=a]","key":"{key}","params":{{"batch_size":8,"precision":"fp32","shard":"0/1","x":[1.5,-0.0,"s",{{"a":true}}]}},"inputs":{{"records":[{{"path":"/tmp/r","origin":{{"Stage":{{"kind":"ingest","instance":"ingest","key":"{key}"}}}}}}],"backbone":[{{"path":"/b","origin":{{"External":{{"group":"backbones","name":"b","kind":"dinov2","params":{{}}}}}}}}]}},"out_dir":"/tmp/o","threads":2,"resume_dir":"/tmp/r","merge":false}}"#
+            r#"{{"protocol":4,"kind":"encode-image","instance":"enc[vision=a]","key":"{key}","params":{{"batch_size":8,"precision":"fp32","shard":"0/1","x":[1.5,-0.0,"s",{{"a":true}}]}},"inputs":{{"records":[{{"path":"/tmp/r","origin":{{"Stage":{{"kind":"ingest","instance":"ingest","key":"{key}"}}}}}}],"backbone":[{{"path":"/b","origin":{{"External":{{"group":"backbones","name":"b","kind":"dinov2","params":{{}}}}}}}}]}},"out_dir":"/tmp/o","threads":2,"resume_dir":"/tmp/r"}}"#
         )
         .into_bytes(),
     ]
