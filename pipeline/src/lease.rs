@@ -150,7 +150,8 @@ pub enum Acquired {
     Complete,
 }
 
-fn bytes_of(lease: &Lease) -> Bytes {
+/// The bytes of a lease record as the runner writes them.
+pub fn record_bytes(lease: &Lease) -> Bytes {
     Bytes::from(serde_json::to_vec_pretty(lease).expect("serialisable"))
 }
 
@@ -179,7 +180,7 @@ pub fn acquire(
             return Ok(Acquired::Complete);
         }
         lease.heartbeat_unix = now_unix();
-        let mut version = store.create_versioned(&path, bytes_of(&lease))?;
+        let mut version = store.create_versioned(&path, record_bytes(&lease))?;
         if version.is_none() {
             let record = store.get_record::<Lease>(&path)?;
             let current = match &record {
@@ -188,7 +189,7 @@ pub fn acquire(
             };
             match judge(&record, store.now()?, lease_secs) {
                 LeaseState::Free | LeaseState::Stale { .. } => {
-                    version = store.put_if_version(&path, bytes_of(&lease), &current)?;
+                    version = store.put_if_version(&path, record_bytes(&lease), &current)?;
                 }
                 LeaseState::Live { owner, .. } => {
                     if !announced {
@@ -239,12 +240,33 @@ pub fn acquire(
 /// over by another runner, or not confirmed for 3/4 of the lease timeout (then another runner
 /// may already judge it stale).
 pub fn refresh(store: &Store, held: &mut HeldLease, lease_secs: f64) -> bool {
+    refresh_at(store, held, now_unix(), lease_secs)
+}
+
+/// [`refresh`] with the heartbeat time given. A failed condition is read back before the lease
+/// is given up: when a request's first attempt landed but its answer was lost, the client's retry
+/// fails its condition against our own write, and the record then holds exactly the heartbeat we
+/// sent, so the lease is still ours (the rule the manifest create follows, docs/store.md).
+pub fn refresh_at(
+    store: &Store,
+    held: &mut HeldLease,
+    heartbeat_unix: f64,
+    lease_secs: f64,
+) -> bool {
     if held.is_lost() {
         return false;
     }
     let mut next = held.lease.clone();
-    next.heartbeat_unix = now_unix();
-    match store.put_if_version(&held.path, bytes_of(&next), &held.version) {
+    next.heartbeat_unix = heartbeat_unix;
+    let bytes = record_bytes(&next);
+    let written = match store.put_if_version(&held.path, bytes.clone(), &held.version) {
+        Ok(None) => match store.get_versioned(&held.path) {
+            Ok(Some((found, version, _))) if found == bytes => Ok(Some(version)),
+            _ => Ok(None),
+        },
+        other => other,
+    };
+    match written {
         Ok(Some(v)) => {
             held.version = v;
             held.lease = next;
@@ -276,6 +298,6 @@ pub fn release(store: &Store, held: &mut HeldLease) -> Result<()> {
     }
     let mut mark = held.lease.clone();
     mark.released = true;
-    store.put_if_version(&held.path, bytes_of(&mark), &held.version)?;
+    store.put_if_version(&held.path, record_bytes(&mark), &held.version)?;
     Ok(())
 }

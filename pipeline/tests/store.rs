@@ -376,6 +376,62 @@ fn a_lease_taken_over_is_lost_by_its_old_owner_in_memory() {
     fenced_takeover(&env.store(&StoreUrl::Memory));
 }
 
+/// A heartbeat whose first attempt landed but whose answer was lost: the client's retry fails its
+/// condition against the runner's own write. The runner reads the record back, finds exactly the
+/// heartbeat it sent, and keeps the lease; had another runner written, it gives the lease up.
+fn heartbeat_answer_lost(store: &Store) {
+    let key = StageKey::parse(&"cd".repeat(32)).unwrap();
+    let never = AtomicBool::new(false);
+    let mut held = held(
+        lease::acquire(
+            store,
+            "echo",
+            &key,
+            &template("me"),
+            60.0,
+            &mut |_| {},
+            &never,
+        )
+        .unwrap(),
+    );
+    let ours: Lease = store.get_json(&held.path).unwrap().unwrap();
+    // The first attempt of the heartbeat at t = 1000.5 landed; its answer never came back.
+    let landed = Lease {
+        heartbeat_unix: 1000.5,
+        ..ours.clone()
+    };
+    store
+        .put(&held.path, lease::record_bytes(&landed), false)
+        .unwrap();
+    assert!(lease::refresh_at(store, &mut held, 1000.5, 60.0));
+    assert!(!held.is_lost());
+    // The version read back is the one held now: the next heartbeat is an ordinary one.
+    assert!(lease::refresh(store, &mut held, 60.0));
+
+    // Another runner's write in between: the lease is lost, whatever the heartbeat.
+    let theirs = Lease {
+        heartbeat_unix: 2000.0,
+        ..template("other")
+    };
+    store
+        .put(&held.path, lease::record_bytes(&theirs), false)
+        .unwrap();
+    assert!(!lease::refresh_at(store, &mut held, 2000.0, 60.0));
+    assert!(held.is_lost());
+}
+
+#[test]
+fn a_heartbeat_whose_answer_was_lost_keeps_the_lease_locally() {
+    let env = Env::new(CHAIN);
+    heartbeat_answer_lost(&env.store(&env.local()));
+}
+
+#[test]
+fn a_heartbeat_whose_answer_was_lost_keeps_the_lease_in_memory() {
+    let env = Env::new(CHAIN);
+    heartbeat_answer_lost(&env.store(&StoreUrl::Memory));
+}
+
 #[test]
 fn a_lease_of_a_dead_process_on_this_host_is_stale_at_once() {
     let env = Env::new(CHAIN);
