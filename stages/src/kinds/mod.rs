@@ -119,7 +119,6 @@ pub(crate) type RunFn = Arc<dyn Fn(&StageContext) -> Result<(), StageError> + Se
 pub struct Implementation {
     pub decl: Declaration,
     run: RunFn,
-    merge: Option<RunFn>,
 }
 
 /// A typed stage function: the kind's parameters, then the context.
@@ -133,7 +132,6 @@ impl std::fmt::Debug for Implementation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Implementation")
             .field("kind", &self.decl.kind)
-            .field("merge", &self.merge.is_some())
             .finish()
     }
 }
@@ -143,15 +141,6 @@ impl Implementation {
         Implementation {
             decl: Declaration::of::<K>(),
             run: typed::<K>(run),
-            merge: None,
-        }
-    }
-
-    /// A sharded kind: `merge` builds the whole artifact from the shards (see [`Sharding`]).
-    pub fn sharded<K: StageKind>(run: Run<K>, merge: Run<K>) -> Implementation {
-        Implementation {
-            merge: Some(typed::<K>(merge)),
-            ..Implementation::of::<K>(run)
         }
     }
 
@@ -159,16 +148,8 @@ impl Implementation {
         self.decl.kind
     }
 
-    pub fn has_merge(&self) -> bool {
-        self.merge.is_some()
-    }
-
     pub fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         (self.run)(ctx)
-    }
-
-    pub fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
-        merge_with(self.merge.as_ref(), self.decl.kind, ctx)
     }
 }
 
@@ -313,7 +294,9 @@ impl Stage for InProcessStage {
     }
 
     fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {
-        self.0.merge(ctx)
+        // No in-process kind is sharded today; a sharded kind's merge is an `Entry::Worker`'s
+        // `merge_here`.
+        merge_with(None, self.0.decl.kind, ctx)
     }
 }
 
@@ -328,7 +311,7 @@ mod tests {
             assert!(seen.insert(e.decl().kind), "{} twice", e.decl().kind);
             // A sharded kind has a merge, wherever it runs; the merge runs in this process.
             let merges = match &e {
-                Entry::InProcess(i) => i.has_merge(),
+                Entry::InProcess(_) => false,
                 Entry::Worker { merge_here, .. } => merge_here.is_some(),
             };
             assert_eq!(e.decl().sharding.is_some(), merges, "{}", e.decl().kind);

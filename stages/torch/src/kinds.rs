@@ -47,7 +47,7 @@ mod tests {
     use super::*;
 
     /// The two halves of the registry agree: the worker implements exactly the kinds the runner
-    /// sends it, and merges exactly the sharded ones.
+    /// sends it (merges of shards are the runner's, in process).
     #[test]
     fn the_worker_implements_every_worker_kind() {
         let runner: Vec<&str> = stages::kinds::worker_kinds()
@@ -56,8 +56,6 @@ mod tests {
             .collect();
         let worker: Vec<&str> = implementations().iter().map(|i| i.kind()).collect();
         assert_eq!(runner, worker);
-        // Merges of shards run in the runner's process (tables only), never here.
-        assert!(implementations().iter().all(|i| !i.has_merge()));
         assert!(find("synth")
             .unwrap_err()
             .to_string()
