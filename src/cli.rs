@@ -1,18 +1,23 @@
 //! The command line in two stages, as ripgrep does: the raw `clap` arguments ([`Cli`]), then
 //! [`Settings`], validated once (flags, the environment variables this binary honours, the
 //! machine's CPU count), so that the commands never parse or second-guess their input again.
+//! `embed`'s options are in [`embed`].
 
-use std::ffi::OsString;
+mod embed;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use clap_complete::Shell;
 use pipeline::executor;
 use pipeline::store::StoreSettings;
 use pipeline::{Plan, StoreUrl};
 use stages::images::DecodeLimits;
 use stages::ingest::Verify;
 use stages::synth::SynthDataset;
+
+pub use embed::EmbedCommand;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +31,8 @@ use stages::synth::SynthDataset;
                   Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, \
                   AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores (ADAPTOR_S3_RETRIES: \
                   retries per request, default 10); ADAPTOR_CACHE_DIR \
-                  overrides the local cache folder (default ~/.cache/adaptor)."
+                  overrides the local cache folder (default ~/.cache/adaptor).",
+    after_help = crate::exit::EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -97,6 +103,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Exit 1 unless every instance is up to date (for CI).
+        #[arg(long)]
+        exit_code: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -115,6 +124,9 @@ enum Command {
         /// List what would be deleted, delete nothing.
         #[arg(short = 'n', long)]
         dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -129,24 +141,37 @@ enum Command {
         /// rebuilds it.
         #[arg(long)]
         quarantine: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArg,
     },
     /// Show an artifact: by key (or a unique prefix of one) or by the path of its folder.
     Show {
         target: String,
+        /// Machine-readable output: the artifact's `_manifest.json` and where it is.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArg,
     },
     /// List the stage kinds this binary knows, with their parameters and inputs.
-    Stages,
-    /// Embed texts or images with a frozen backbone into a Parquet table (runs `adaptor-torch
-    /// embed`): `adaptor embed text --backbone DIR [--pooling pooler|cls|mean] --input FILE
-    /// --output OUT.parquet`, `adaptor embed image --backbone DIR [--normalize imagenet|half]
-    /// --input IMG... --output OUT.parquet`.
+    Stages {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embed texts or images with a frozen backbone into a Parquet table (the encode stages' code
+    /// on files, run by the libtorch worker `adaptor-torch`).
     Embed {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-        args: Vec<OsString>,
+        #[command(subcommand)]
+        what: embed::EmbedCommand,
+    },
+    /// Print a completion script for a shell: `adaptor completions bash > ~/.local/share/bash-completion/completions/adaptor`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
     },
     /// Write a synthetic miniature of a dataset in its exact raw layout (chest-X-ray-like images
     /// whose findings are visible in the pixels and stated in reports and labels).
@@ -211,6 +236,7 @@ pub enum CommandSettings {
     Status {
         manifest: PathBuf,
         json: bool,
+        exit_code: bool,
         store: StoreChoice,
     },
     Explain {
@@ -221,22 +247,26 @@ pub enum CommandSettings {
     Gc {
         manifests: Vec<PathBuf>,
         dry_run: bool,
+        json: bool,
         store: StoreChoice,
     },
     Verify {
         manifests: Vec<PathBuf>,
         all: bool,
         quarantine: bool,
+        json: bool,
         store: StoreChoice,
     },
     Show {
         target: String,
+        json: bool,
         store: StoreChoice,
     },
-    Stages,
-    Embed {
-        args: Vec<OsString>,
+    Stages {
+        json: bool,
     },
+    Embed(EmbedCommand),
+    Completions(Shell),
     Synth(SynthSettings),
     Ingest(IngestSettings),
 }
@@ -401,10 +431,12 @@ impl CommandSettings {
             Command::Status {
                 manifest,
                 json,
+                exit_code,
                 store,
             } => CommandSettings::Status {
                 manifest,
                 json,
+                exit_code,
                 store: StoreChoice::new(&store)?,
             },
             Command::Explain {
@@ -419,16 +451,19 @@ impl CommandSettings {
             Command::Gc {
                 manifests,
                 dry_run,
+                json,
                 store,
             } => CommandSettings::Gc {
                 manifests,
                 dry_run,
+                json,
                 store: StoreChoice::new(&store)?,
             },
             Command::Verify {
                 manifests,
                 all,
                 quarantine,
+                json,
                 store,
             } => {
                 if manifests.is_empty() && !all {
@@ -438,15 +473,22 @@ impl CommandSettings {
                     manifests,
                     all,
                     quarantine,
+                    json,
                     store: StoreChoice::new(&store)?,
                 }
             }
-            Command::Show { target, store } => CommandSettings::Show {
+            Command::Show {
                 target,
+                json,
+                store,
+            } => CommandSettings::Show {
+                target,
+                json,
                 store: StoreChoice::new(&store)?,
             },
-            Command::Stages => CommandSettings::Stages,
-            Command::Embed { args } => CommandSettings::Embed { args },
+            Command::Stages { json } => CommandSettings::Stages { json },
+            Command::Embed { what } => CommandSettings::Embed(what),
+            Command::Completions { shell } => CommandSettings::Completions(shell),
             Command::Synth {
                 dataset,
                 out,

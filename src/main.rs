@@ -1,15 +1,12 @@
 //! `adaptor`: the command line. Parses arguments and the environment into settings (`cli`), runs
 //! one command (`commands`), renders what a person reads (`render`, `display`) and sets the exit
-//! code; everything else happens in the `pipeline` and `stages` libraries.
-//!
-//! Exit codes: 0 success; 1 a run or `exec` with a failed, not-run or cancelled stage, or
-//! `verify` with a bad artifact; 2 an error that stopped the command (a bad manifest, flag,
-//! environment variable or store; clap's usage errors too); 130 a second Ctrl-C during `run`;
-//! `embed` passes on the worker's code (1 when a signal killed it).
+//! code (`exit`: what each code means, and the one mapping from errors to codes); everything else
+//! happens in the `pipeline` and `stages` libraries.
 
 mod cli;
 mod commands;
 mod display;
+mod exit;
 mod render;
 
 use std::process::ExitCode;
@@ -22,7 +19,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            exit::Exit::of_error(&e).into()
         }
     }
 }

@@ -32,7 +32,8 @@ impl std::error::Error for ManifestError {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    /// Transparent: the manifest error is the whole message, not a cause printed twice.
+    #[error(transparent)]
     Manifest(#[from] ManifestError),
 
     #[error("store {url}: {message}")]
@@ -125,7 +126,47 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What kind of problem an [`Error`] is, for a caller that must tell them apart (the binary's
+/// exit codes): the caller's input, the store or the scheduler under it, or a build that stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The manifest, an external input it names (a dataset folder that cannot be read), or what
+    /// the caller asked for (an instance that does not exist).
+    Input,
+    /// The artifact store: unreachable, refused, a request that kept failing, a record or
+    /// artifact in it that does not read back, local file system errors under it.
+    Store,
+    /// The cluster scheduler (Slurm): not installed, or a command of it that failed.
+    Scheduler,
+    /// A build that did not finish: cancelled while waiting, or its upstream not complete.
+    Build,
+}
+
 impl Error {
+    /// Which kind of problem this is; an error wrapping another takes the outer one's class (an
+    /// unreadable file under a dataset folder is the input's problem, not the store's).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Manifest(_)
+            | Error::NoSuchInstance { .. }
+            | Error::Fingerprint { .. }
+            | Error::NotRegularFile { .. }
+            | Error::NestedTooDeep { .. } => ErrorClass::Input,
+            Error::Store { .. }
+            | Error::ObjectStore { .. }
+            | Error::Io { .. }
+            | Error::Artifact { .. }
+            | Error::StoreRuntime(_)
+            | Error::NoConditionalDelete { .. }
+            | Error::Request(_)
+            | Error::Upload { .. } => ErrorClass::Store,
+            Error::SlurmUnavailable { .. } | Error::SlurmFailed { .. } | Error::NoJobId { .. } => {
+                ErrorClass::Scheduler
+            }
+            Error::CancelledWaiting { .. } | Error::UpstreamIncomplete { .. } => ErrorClass::Build,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -20,7 +20,7 @@ pub mod stage;
 pub mod store;
 pub mod value;
 
-pub use error::{Error, ManifestError, Result};
+pub use error::{Error, ErrorClass, ManifestError, Result};
 pub use executor::{Resolved, RunOptions, RunReport, State};
 pub use fingerprint::FingerprintCache;
 pub use key::{KeyRecipe, StageKey};

@@ -1,18 +1,19 @@
-//! `adaptor embed`: texts or images through a frozen backbone into a Parquet table, by the
-//! libtorch worker (`adaptor-torch embed`), whose exit code this passes on.
+//! `adaptor embed`: texts or images through a frozen backbone into a Parquet table. The options
+//! are validated here (`cli::embed`); the libtorch worker (`adaptor-torch embed`) does the work,
+//! and its failure (or death by a signal) is the command's failure (exit 1).
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 
 use super::Context;
+use crate::cli::EmbedCommand;
+use crate::exit::Exit;
 
-pub fn embed(cx: &Context, args: &[OsString]) -> Result<ExitCode> {
+pub fn embed(cx: &Context, what: &EmbedCommand) -> Result<ExitCode> {
     let worker = &cx.settings.torch_worker;
     let status = std::process::Command::new(worker)
-        .arg("embed")
-        .args(args)
+        .args(what.worker_args())
         .status()
         .map_err(|e| {
             anyhow!(
@@ -20,15 +21,16 @@ pub fn embed(cx: &Context, args: &[OsString]) -> Result<ExitCode> {
                 worker.display()
             )
         })?;
+    if status.success() {
+        return Ok(Exit::Done.into());
+    }
     if status.code().is_none() {
-        // Killed by a signal: say which; the exit code is then 1.
+        // Killed by a signal: say which (the worker said nothing).
         eprintln!(
             "error: {} {}",
             worker.display(),
             pipeline::process::describe_exit(&status)
         );
     }
-    Ok(ExitCode::from(
-        status.code().unwrap_or(1).clamp(0, 255) as u8
-    ))
+    Ok(Exit::Failed.into())
 }

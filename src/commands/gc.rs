@@ -17,6 +17,7 @@ pub fn gc(
     cx: &Context,
     manifests: &[PathBuf],
     dry_run: bool,
+    json: bool,
     store: &StoreChoice,
 ) -> Result<ExitCode> {
     let (artifacts, first_plan) = cx.artifacts_of(manifests)?;
@@ -45,6 +46,10 @@ pub fn gc(
     };
     let report = pipeline::ops::gc(&store, &scope, dry_run)?;
     cx.print_warnings(&store);
-    print!("{}", render::render_gc(&report, dry_run, &url));
+    if json {
+        print!("{}", render::render_gc_json(&report, dry_run, &url));
+    } else {
+        print!("{}", render::render_gc(&report, dry_run, &url));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! libraries, prints what a `render_*` function makes of it and returns the exit code; what the
 //! commands share (the stage registry, opening stores, loading manifests) is here.
 
+mod completions;
 mod embed;
 mod exec;
 mod explain;
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result};
 use pipeline::{FingerprintCache, Plan, StageKey, StageRegistry, Store, StoreUrl};
 
 use crate::cli::{CommandSettings, Settings};
@@ -38,8 +39,9 @@ pub fn dispatch(settings: &Settings) -> Result<ExitCode> {
         CommandSettings::Status {
             manifest,
             json,
+            exit_code,
             store,
-        } => status::status(&cx, manifest, *json, store),
+        } => status::status(&cx, manifest, *json, *exit_code, store),
         CommandSettings::Explain {
             manifest,
             stage,
@@ -48,17 +50,24 @@ pub fn dispatch(settings: &Settings) -> Result<ExitCode> {
         CommandSettings::Gc {
             manifests,
             dry_run,
+            json,
             store,
-        } => gc::gc(&cx, manifests, *dry_run, store),
+        } => gc::gc(&cx, manifests, *dry_run, *json, store),
         CommandSettings::Verify {
             manifests,
             all,
             quarantine,
+            json,
             store,
-        } => verify::verify(&cx, manifests, *all, *quarantine, store),
-        CommandSettings::Show { target, store } => show::show(&cx, target, store),
-        CommandSettings::Stages => stages::stages(&cx),
-        CommandSettings::Embed { args } => embed::embed(&cx, args),
+        } => verify::verify(&cx, manifests, *all, *quarantine, *json, store),
+        CommandSettings::Show {
+            target,
+            json,
+            store,
+        } => show::show(&cx, target, *json, store),
+        CommandSettings::Stages { json } => stages::stages(&cx, *json),
+        CommandSettings::Embed(what) => embed::embed(&cx, what),
+        CommandSettings::Completions(shell) => completions::completions(*shell),
         CommandSettings::Synth(synth) => synth::synth(&cx, synth),
         CommandSettings::Ingest(ingest) => ingest::ingest(&cx, ingest),
     }
@@ -90,8 +99,8 @@ impl Context<'_> {
     }
 
     fn load_plan(&self, path: &Path) -> Result<Plan> {
-        // Manifest errors already say file:line:col: key: what.
-        pipeline::plan::load(path, &self.reg).map_err(|e| anyhow!("{e}"))
+        // Manifest errors already say file:line:col: key: what; kept typed for the exit code.
+        Ok(pipeline::plan::load(path, &self.reg)?)
     }
 
     /// The manifest's instances with their keys (`verify`: rehash external inputs).

@@ -12,21 +12,29 @@ use super::Context;
 use crate::cli::StoreChoice;
 use crate::render;
 
-pub fn show(cx: &Context, target: &str, store: &StoreChoice) -> Result<ExitCode> {
+pub fn show(cx: &Context, target: &str, json: bool, store: &StoreChoice) -> Result<ExitCode> {
     let url = store.url(None);
-    let (manifest, log) = find_artifact(cx, target, &url)?;
+    let (manifest, log, location) = find_artifact(cx, target, &url)?;
     let log = log.filter(|_| cx.settings.verbose);
-    print!("{}", render::render_show(&manifest, log.as_deref()));
+    if json {
+        print!(
+            "{}",
+            render::render_show_json(&manifest, &location, log.as_deref())
+        );
+    } else {
+        print!("{}", render::render_show(&manifest, log.as_deref()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The artifact's `_manifest.json` and its `_log.txt` (when there is one): by folder path, by
-/// full key, or by a unique key prefix (6+ hex digits) in the store at `url`.
+/// The artifact's `_manifest.json`, its `_log.txt` (when there is one) and where its folder is
+/// (a path, or a URL on a remote store): by folder path, by full key, or by a unique key prefix
+/// (6+ hex digits) in the store at `url`.
 fn find_artifact(
     cx: &Context,
     target: &str,
     url: &StoreUrl,
-) -> Result<(ArtifactManifest, Option<String>)> {
+) -> Result<(ArtifactManifest, Option<String>, String)> {
     let as_path = Path::new(target);
     if as_path.exists() {
         let dir = if as_path.is_file() {
@@ -43,7 +51,8 @@ fn find_artifact(
         let m: ArtifactManifest = serde_json::from_str(&text)
             .with_context(|| format!("{}/_manifest.json", dir.display()))?;
         let log = std::fs::read_to_string(dir.join("_log.txt")).ok();
-        return Ok((m, log));
+        let location = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        return Ok((m, log, location.display().to_string()));
     }
     if target.len() < 6 || !target.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("`{target}` is neither an artifact folder nor a key (6 or more hex digits)");
@@ -73,7 +82,8 @@ fn find_artifact(
             let log = store
                 .get(&m.file_rel("_log.txt"))?
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
-            Ok((m, log))
+            let location = render::display_path(url, &Store::artifact_dir(kind, &key));
+            Ok((m, log, location))
         }
         many => bail!(
             "key prefix {target} is ambiguous: {}",

@@ -1,4 +1,5 @@
-//! `adaptor stages`: the stage kinds this binary knows, described from the registry.
+//! `adaptor stages`: the stage kinds this binary knows, described from the registry (`--json`
+//! for machines).
 
 use std::process::ExitCode;
 
@@ -7,11 +8,13 @@ use anyhow::Result;
 use super::Context;
 use crate::render::{self, StageDoc};
 
-pub fn stages(cx: &Context) -> Result<ExitCode> {
+pub fn stages(cx: &Context, json: bool) -> Result<ExitCode> {
     let docs: Vec<StageDoc> = cx.reg.iter().map(|s| StageDoc::of(s.as_ref())).collect();
-    print!(
-        "{}",
-        render::render_stages(&docs, pipeline::stage::RUNNER_PARAMS)
-    );
+    let render = if json {
+        render::render_stages_json
+    } else {
+        render::render_stages
+    };
+    print!("{}", render(&docs, pipeline::stage::RUNNER_PARAMS));
     Ok(ExitCode::SUCCESS)
 }

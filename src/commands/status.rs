@@ -9,9 +9,17 @@ use pipeline::executor;
 
 use super::Context;
 use crate::cli::StoreChoice;
+use crate::exit::Exit;
 use crate::render::{self, StatusRow};
 
-pub fn status(cx: &Context, manifest: &Path, json: bool, store: &StoreChoice) -> Result<ExitCode> {
+/// With `exit_code`, exits 1 unless every instance is up to date.
+pub fn status(
+    cx: &Context,
+    manifest: &Path,
+    json: bool,
+    exit_code: bool,
+    store: &StoreChoice,
+) -> Result<ExitCode> {
     let plan = cx.load_plan(manifest)?;
     let url = store.url(Some(&plan));
     let store = cx.read_store(&url)?;
@@ -35,5 +43,11 @@ pub fn status(cx: &Context, manifest: &Path, json: bool, store: &StoreChoice) ->
     } else {
         print!("{}", render::render_status(&rows));
     }
-    Ok(ExitCode::SUCCESS)
+    let all_up_to_date = states.iter().all(|s| *s == executor::State::UpToDate);
+    Ok(if exit_code && !all_up_to_date {
+        Exit::Failed
+    } else {
+        Exit::Done
+    }
+    .into())
 }

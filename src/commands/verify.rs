@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use super::Context;
 use crate::cli::StoreChoice;
+use crate::exit::Exit;
 use crate::render;
 
 pub fn verify(
@@ -15,6 +16,7 @@ pub fn verify(
     manifests: &[PathBuf],
     all: bool,
     quarantine: bool,
+    json: bool,
     store: &StoreChoice,
 ) -> Result<ExitCode> {
     let (mut items, first_plan) = cx.artifacts_of(manifests)?;
@@ -31,10 +33,15 @@ pub fn verify(
     items.dedup();
     let checked = pipeline::ops::verify(&store, &items, quarantine)?;
     cx.print_warnings(&store);
-    print!("{}", render::render_verify(&checked, &url));
-    Ok(if render::bad_artifacts(&checked) == 0 {
-        ExitCode::SUCCESS
+    if json {
+        print!("{}", render::render_verify_json(&checked, &url));
     } else {
-        ExitCode::from(1)
-    })
+        print!("{}", render::render_verify(&checked, &url));
+    }
+    Ok(if render::bad_artifacts(&checked) == 0 {
+        Exit::Done
+    } else {
+        Exit::Failed
+    }
+    .into())
 }

@@ -3,12 +3,14 @@
 //! function and print what it returns; each function has an insta snapshot test beside it.
 
 mod artifact;
+mod json;
 mod run;
 mod stages;
 mod status;
 mod store;
 
 pub use artifact::render_show;
+pub use json::{render_gc_json, render_show_json, render_stages_json, render_verify_json};
 pub use run::{
     render_dry_run, render_exec_failure, render_failures, render_ingest_skipped,
     render_run_summary, render_synth_summary, render_unverified_inputs, PlannedInstance,

@@ -22,6 +22,8 @@ pub struct ParamDoc {
     pub ty: String,
     /// The default as written in a manifest; `None`: required.
     pub default: Option<String>,
+    /// The same default as a JSON value (`stages --json`).
+    pub default_json: Option<serde_json::Value>,
     pub doc: String,
 }
 
@@ -45,6 +47,10 @@ impl StageDoc {
                     name: p.name.to_string(),
                     ty: p.ty.describe(),
                     default: p.default.as_ref().map(|d| d.to_string()),
+                    default_json: p
+                        .default
+                        .as_ref()
+                        .map(|d| serde_json::to_value(d).expect("parameter values serialise")),
                     doc: p.doc.to_string(),
                 })
                 .collect(),
@@ -113,6 +119,7 @@ mod tests {
             name: name.into(),
             ty: ty.into(),
             default: default.map(str::to_string),
+            default_json: default.map(|d| serde_json::from_str(d).expect("JSON in the fixture")),
             doc: doc.into(),
         }
     }
