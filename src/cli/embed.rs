@@ -89,7 +89,8 @@ pub struct EmbedRun {
     pub threads: Option<u32>,
 }
 
-/// The description of the `encode-text` parameter `name` (one text for both places it shows).
+/// The description of the `encode-text` parameter `name`: one text for `adaptor stages` and here
+/// (kept as the stage writes it: most start with a value name, which stays lower case).
 fn text_doc(name: &str) -> &'static str {
     param_doc(&encode::TEXT, name)
 }
