@@ -56,7 +56,8 @@ fn ingest_of_a_png_claiming_65535_squared_rgba16_fails_cleanly_naming_it() {
     let args = ingest_args(&raw);
     // Before the decode limits this aborted with exit 134 on a failed 34 GB allocation.
     let out = adaptor(tmp.path(), &args, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Exit 1: the work (ingesting this dataset) failed on its input, not the command line.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = text(&out);
     assert!(
         err.contains(&format!(
@@ -92,7 +93,7 @@ fn decode_limits_are_overridden_from_the_environment() {
     std::fs::copy(&other, &image).unwrap();
     let args = ingest_args(&raw);
     let out = adaptor(tmp.path(), &args, &[("ADAPTOR_MAX_IMAGE_PIXELS", "1000")]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("over the decode limit of 1000 pixels"),
         "{}",
