@@ -62,38 +62,8 @@ pub fn render_show(m: &ArtifactManifest, log: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::manifest;
     use super::*;
-
-    /// A `_manifest.json` as a stage writes it, with fixed keys and times.
-    fn manifest(params: &str) -> ArtifactManifest {
-        let text = format!(
-            r#"{{
-  "format": 1,
-  "key": "{key}",
-  "kind": "command",
-  "version": 1,
-  "instance": "b[seed=1]",
-  "manifest": "m.toml",
-  "params": {params},
-  "inputs": {{
-    "deps": [{{"reference": "a", "key": "{upstream}"}}],
-    "extra": [{{"reference": "datasets.raw", "key": "short"}}]
-  }},
-  "files": [
-    {{"path": "o", "bytes": 14, "blake3": "{blake3}"}},
-    {{"path": "tables/embeddings.parquet", "bytes": 5242880, "blake3": "{blake3}"}}
-  ],
-  "started_unix": 1767225600.25,
-  "seconds": 1.5,
-  "tool": "adaptor 0.1.0",
-  "host": "node7"
-}}"#,
-            key = "1".repeat(64),
-            upstream = "a".repeat(64),
-            blake3 = "f".repeat(64),
-        );
-        serde_json::from_str(&text).expect("a valid _manifest.json")
-    }
 
     #[test]
     fn show() {

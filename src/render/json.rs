@@ -122,3 +122,59 @@ pub fn render_stages_json(stages: &[StageDoc], runner_params: &[(&str, &str)]) -
         .collect();
     pretty(&json!({"stages": stages, "runner_params": runner}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{gc_report, local_store, manifest, s3_store, verified};
+    use super::super::stages::{InputDoc, ParamDoc};
+    use super::*;
+
+    #[test]
+    fn show_json() {
+        let m = manifest(r#"{"run": "cat $IN_DEPS/notes.txt > $OUT/o", "vars": {"seed": 1}}"#);
+        let location = format!("/data/artifacts/command/{}", "1".repeat(64));
+        insta::assert_snapshot!(render_show_json(&m, &location, Some("wrote o")));
+    }
+
+    #[test]
+    fn gc_json() {
+        insta::assert_snapshot!(render_gc_json(&gc_report(), true, &s3_store()));
+    }
+
+    #[test]
+    fn verify_json() {
+        insta::assert_snapshot!(render_verify_json(&verified(), &local_store()));
+    }
+
+    #[test]
+    fn stages_json() {
+        let stages = [StageDoc {
+            kind: "encode-text".into(),
+            version: 1,
+            about: "embed texts".into(),
+            params: vec![
+                ParamDoc {
+                    name: "batch_size".into(),
+                    ty: "integer".into(),
+                    default: Some("64".into()),
+                    default_json: Some(64.into()),
+                    doc: "items per forward pass".into(),
+                },
+                ParamDoc {
+                    name: "shard".into(),
+                    ty: "string".into(),
+                    default: None,
+                    default_json: None,
+                    doc: "i/n".into(),
+                },
+            ],
+            inputs: vec![InputDoc {
+                name: "records".into(),
+                required: true,
+                doc: "a records table".into(),
+            }],
+            sharding: Some(("shard".into(), "concatenates the tables".into())),
+        }];
+        insta::assert_snapshot!(render_stages_json(&stages, &[("timeout", "a time limit")]));
+    }
+}

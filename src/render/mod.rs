@@ -57,7 +57,8 @@ fn first_line(s: &str) -> &str {
 /// Fixed inputs for the snapshot tests.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use pipeline::store::BadFile;
+    use pipeline::ops::{GcReport, Verified};
+    use pipeline::store::{ArtifactManifest, BadFile, VerifyReport};
     use pipeline::{StageKey, StoreUrl};
 
     /// A key made of one repeated hex digit, so snapshots show which key is which.
@@ -82,6 +83,77 @@ pub(crate) mod fixtures {
             location: format!("encode/{}/{path}", "e".repeat(64)),
             problem: problem.into(),
         }
+    }
+
+    /// A `_manifest.json` as a stage writes it, with fixed keys and times.
+    pub fn manifest(params: &str) -> ArtifactManifest {
+        let text = format!(
+            r#"{{
+  "format": 1,
+  "key": "{key}",
+  "kind": "command",
+  "version": 1,
+  "instance": "b[seed=1]",
+  "manifest": "m.toml",
+  "params": {params},
+  "inputs": {{
+    "deps": [{{"reference": "a", "key": "{upstream}"}}],
+    "extra": [{{"reference": "datasets.raw", "key": "short"}}]
+  }},
+  "files": [
+    {{"path": "o", "bytes": 14, "blake3": "{blake3}"}},
+    {{"path": "tables/embeddings.parquet", "bytes": 5242880, "blake3": "{blake3}"}}
+  ],
+  "started_unix": 1767225600.25,
+  "seconds": 1.5,
+  "tool": "adaptor 0.1.0",
+  "host": "node7"
+}}"#,
+            key = "1".repeat(64),
+            upstream = "a".repeat(64),
+            blake3 = "f".repeat(64),
+        );
+        serde_json::from_str(&text).expect("a valid _manifest.json")
+    }
+
+    pub fn gc_report() -> GcReport {
+        GcReport {
+            deleted: vec![
+                (format!("command/{}/", "1".repeat(64)), 20 << 20),
+                ("_staging/5f3a/".into(), 512),
+            ],
+            kept: 3,
+            skipped: vec![("notes/".into(), "not a stage kind this binary knows".into())],
+        }
+    }
+
+    /// A good artifact, and a bad one that was quarantined.
+    pub fn verified() -> Vec<Verified> {
+        vec![
+            Verified {
+                kind: "ingest".into(),
+                key: key('0'),
+                report: VerifyReport {
+                    files: 3,
+                    bytes: 4096,
+                    bad: vec![],
+                },
+                quarantined: None,
+            },
+            Verified {
+                kind: "encode".into(),
+                key: key('e'),
+                report: VerifyReport {
+                    files: 2,
+                    bytes: 3 << 20,
+                    bad: vec![
+                        bad_file("text.parquet", "blake3 differs from _manifest.json"),
+                        bad_file("image.parquet", "missing"),
+                    ],
+                },
+                quarantined: Some(format!("_quarantine/encode/{}", "e".repeat(64))),
+            },
+        ]
     }
 }
 

@@ -72,20 +72,8 @@ pub fn bad_artifacts(checked: &[Verified]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{bad_file, key, local_store, s3_store};
+    use super::super::fixtures::{gc_report, local_store, s3_store, verified};
     use super::*;
-    use pipeline::store::VerifyReport;
-
-    fn gc_report() -> GcReport {
-        GcReport {
-            deleted: vec![
-                (format!("command/{}/", "1".repeat(64)), 20 << 20),
-                ("_staging/5f3a/".into(), 512),
-            ],
-            kept: 3,
-            skipped: vec![("notes/".into(), "not a stage kind this binary knows".into())],
-        }
-    }
 
     #[test]
     fn gc() {
@@ -109,31 +97,7 @@ mod tests {
 
     #[test]
     fn verify_with_a_bad_and_a_quarantined_artifact() {
-        let checked = vec![
-            Verified {
-                kind: "ingest".into(),
-                key: key('0'),
-                report: VerifyReport {
-                    files: 3,
-                    bytes: 4096,
-                    bad: vec![],
-                },
-                quarantined: None,
-            },
-            Verified {
-                kind: "encode".into(),
-                key: key('e'),
-                report: VerifyReport {
-                    files: 2,
-                    bytes: 3 << 20,
-                    bad: vec![
-                        bad_file("text.parquet", "blake3 differs from _manifest.json"),
-                        bad_file("image.parquet", "missing"),
-                    ],
-                },
-                quarantined: Some(format!("_quarantine/encode/{}", "e".repeat(64))),
-            },
-        ];
+        let checked = verified();
         assert_eq!(bad_artifacts(&checked), 1);
         insta::assert_snapshot!(render_verify(&checked, &local_store()));
     }
