@@ -26,13 +26,13 @@ pub enum Exit {
 /// The table `adaptor --help` ends with (docs/running.md has the same).
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  done (status --exit-code: every instance up to date)
-  1  a stage failed or was cancelled (run, exec, ingest, synth, embed); verify: a bad artifact;
-     status --exit-code: an instance is stale, missing, failed, running or corrupt
-  2  usage or manifest error: a bad flag or environment variable, a manifest that does not
-     parse or plan, an input folder it names that cannot be read, an unknown instance or key
-  3  store or network error: the store unreachable, refusing (permissions) or holding a record
-     that does not read back; the Slurm scheduler unavailable or failing
+  0    done (status --exit-code: every instance up to date)
+  1    a stage failed or was cancelled (run, exec, ingest, synth, embed); verify: a bad
+       artifact; status --exit-code: an instance not up to date
+  2    usage or manifest error: a bad flag or environment variable, a manifest that does not
+       parse or plan, an input folder it names that cannot be read, an unknown instance or key
+  3    store or network error: the store unreachable, refusing (permissions) or holding a
+       record that does not read back; the Slurm scheduler unavailable or failing
   130  a second Ctrl-C during run";
 
 impl Exit {
@@ -75,6 +75,24 @@ impl Exit {
             _ => Exit::Failed,
         }
     }
+}
+
+/// The message of an error that stopped a command: its chain of causes joined by `: `, leaving
+/// out a cause whose text is already in the message (an error that prints its source, as
+/// object_store's do, would otherwise print it once more per level).
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 impl From<Exit> for ExitCode {
@@ -132,5 +150,28 @@ mod tests {
         assert_eq!(code(anyhow::anyhow!("--store: unsupported scheme")), 2);
         let io: Result<(), std::io::Error> = Err(std::io::ErrorKind::NotFound.into());
         assert_eq!(code(io.context("out").unwrap_err()), 2);
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        /// An error that prints its source and also returns it as its source.
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "store s3://b/p: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = std::io::Error::other("connection refused");
+        let e = anyhow::Error::from(Outer(inner)).context("cannot open store s3://b/p");
+        assert_eq!(
+            error_message(&e),
+            "cannot open store s3://b/p: store s3://b/p: connection refused"
+        );
     }
 }

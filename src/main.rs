@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match cli::Settings::from_cli(cli).and_then(|settings| commands::dispatch(&settings)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exit::error_message(&e));
             exit::Exit::of_error(&e).into()
         }
     }

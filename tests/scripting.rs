@@ -89,7 +89,7 @@ fn each_exit_code_end_to_end() {
     // The table is in --help.
     let help = case.ok(&["--help"]);
     assert!(
-        help.contains("Exit codes:") && help.contains("3  store or network error"),
+        help.contains("Exit codes:") && help.contains("3    store or network error"),
         "{help}"
     );
 }
