@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use artifacts::report::Split;
 use clap::{Args, Parser, Subcommand};
 use pipeline::executor;
 use pipeline::store::StoreSettings;
@@ -100,11 +101,57 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Why a stage instance would re-run: which parameter, input or stage version changed.
+    /// Why a stage instance would re-run: which parameter, input or stage version changed since
+    /// its last build (from this manifest, else from any manifest, named) or against --against.
     Explain {
         manifest: PathBuf,
         /// Instance name (`train[vision=dinov2-s]`), or a stage name with a single instance.
         stage: String,
+        /// Compare with the instance of the same name in this manifest instead of the last build.
+        #[arg(long, value_name = "OTHER_MANIFEST")]
+        against: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// The experiment's results tables: rows vision backbone and text encoder (or ablation),
+    /// columns label fractions, cells mean ± std over seeds (n), the published number beside;
+    /// the same numbers as the report's results.md.
+    Results {
+        manifest: PathBuf,
+        /// Only the tables of this dataset, task or head (`rsna`, `classification`, `mlp`), or
+        /// one table by its name (`rsna-classification-mlp`).
+        #[arg(long, value_name = "TASK")]
+        task: Option<String>,
+        /// This metric (a key of result.json's `test`/`valid`: `auroc`, `macro_f1`, `dice`...)
+        /// instead of each table's headline metric.
+        #[arg(long, value_name = "METRIC")]
+        metric: Option<String>,
+        /// The split the metric is read from.
+        #[arg(long, default_value = "test", value_parser = ["test", "valid"])]
+        split: String,
+        /// Machine-readable output (metrics as in result.json, 0..1).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// One CSV line per cell (metrics as in result.json, 0..1).
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Compare two manifests (or one manifest in two stores): which instances differ and by
+    /// which parameters or inputs, and their metrics side by side where both are built.
+    Diff {
+        manifest_a: PathBuf,
+        manifest_b: PathBuf,
+        /// B's store, when it is not A's (default: --store, else B's own [store]).
+        #[arg(long, value_name = "URL")]
+        store_b: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -216,8 +263,12 @@ pub enum CommandSettings {
     Explain {
         manifest: PathBuf,
         stage: String,
+        against: Option<PathBuf>,
+        json: bool,
         store: StoreChoice,
     },
+    Results(ResultsSettings),
+    Diff(DiffSettings),
     Gc {
         manifests: Vec<PathBuf>,
         dry_run: bool,
@@ -239,6 +290,43 @@ pub enum CommandSettings {
     },
     Synth(SynthSettings),
     Ingest(IngestSettings),
+}
+
+/// How a command that can speak to machines writes its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Human,
+    Json,
+    Csv,
+}
+
+impl OutputFormat {
+    fn of(json: bool, csv: bool) -> OutputFormat {
+        match (json, csv) {
+            (true, _) => OutputFormat::Json,
+            (_, true) => OutputFormat::Csv,
+            _ => OutputFormat::Human,
+        }
+    }
+}
+
+pub struct ResultsSettings {
+    pub manifest: PathBuf,
+    pub task: Option<String>,
+    pub metric: Option<String>,
+    pub split: Split,
+    pub format: OutputFormat,
+    pub store: StoreChoice,
+}
+
+pub struct DiffSettings {
+    pub manifest_a: PathBuf,
+    pub manifest_b: PathBuf,
+    pub json: bool,
+    /// A's store: `--store`, else A's [store], else ./artifacts.
+    pub store_a: StoreChoice,
+    /// B's store: `--store-b`, else `--store`, else B's [store], else ./artifacts.
+    pub store_b: StoreChoice,
 }
 
 /// Where stages run.
@@ -410,12 +498,55 @@ impl CommandSettings {
             Command::Explain {
                 manifest,
                 stage,
+                against,
+                json,
                 store,
             } => CommandSettings::Explain {
                 manifest,
                 stage,
+                against,
+                json,
                 store: StoreChoice::new(&store)?,
             },
+            Command::Results {
+                manifest,
+                task,
+                metric,
+                split,
+                json,
+                csv,
+                store,
+            } => CommandSettings::Results(ResultsSettings {
+                manifest,
+                task,
+                metric,
+                split: match split.as_str() {
+                    "valid" => Split::Valid,
+                    _ => Split::Test,
+                },
+                format: OutputFormat::of(json, csv),
+                store: StoreChoice::new(&store)?,
+            }),
+            Command::Diff {
+                manifest_a,
+                manifest_b,
+                store_b,
+                json,
+                store,
+            } => {
+                let store_b = StoreArg {
+                    store: store_b.or_else(|| store.store.clone()),
+                };
+                CommandSettings::Diff(DiffSettings {
+                    manifest_a,
+                    manifest_b,
+                    json,
+                    store_a: StoreChoice::new(&store)?,
+                    store_b: StoreChoice::new(&store_b).map_err(|e| {
+                        anyhow!("{}", e.to_string().replace("--store", "--store-b"))
+                    })?,
+                })
+            }
             Command::Gc {
                 manifests,
                 dry_run,

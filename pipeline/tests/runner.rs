@@ -3,6 +3,7 @@
 
 mod common;
 
+use pipeline::ops::Against;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -377,7 +378,16 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     env.edit("seed = 1", "seed = 2");
     let (plan, resolved) = env.planned();
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
-    let lines = pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), idx).unwrap();
+    let lines = pipeline::ops::explain(
+        &plan,
+        &resolved,
+        &store,
+        &env.cache(),
+        idx,
+        &Against::LastBuild,
+    )
+    .unwrap()
+    .lines;
     let text: Vec<String> = lines
         .iter()
         .map(|l| {
@@ -399,10 +409,17 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     );
     assert!(text.contains("parameter `seed` changed: 1 -> 2"), "{text}");
     let up = plan.instance("ingest").unwrap();
-    assert!(
-        pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), up).unwrap()[1]
-            .starts_with("up to date")
-    );
+    assert!(pipeline::ops::explain(
+        &plan,
+        &resolved,
+        &store,
+        &env.cache(),
+        up,
+        &Against::LastBuild
+    )
+    .unwrap()
+    .lines[1]
+        .starts_with("up to date"));
 }
 
 #[test]
