@@ -34,10 +34,6 @@ fn metric(name: &str, v: f64) -> String {
     }
 }
 
-fn short(k: &str) -> &str {
-    &k[..12.min(k.len())]
-}
-
 /// What differs in one instance's own recipe (not through its inputs), as `lr 0.001 -> 0.002`.
 fn own_changes(c: &InstanceDiff) -> Vec<String> {
     let mut out = Vec::new();
@@ -159,7 +155,7 @@ pub fn render_diff_json(v: &DiffView) -> String {
                 })).collect::<Vec<_>>(),
                 "inputs": c.inputs.iter().map(|i| serde_json::json!({
                     "slot": i.slot, "reference": i.reference,
-                    "from": i.from.as_deref().map(short), "to": i.to.as_deref().map(short),
+                    "from": i.from, "to": i.to,
                 })).collect::<Vec<_>>(),
             });
             if let Some((a, b)) = v.metrics.get(&c.instance) {
@@ -174,4 +170,76 @@ pub fn render_diff_json(v: &DiffView) -> String {
         "same": d.same, "only_a": d.only_a, "only_b": d.only_b, "changed": changed,
     });
     serde_json::to_string_pretty(&doc).expect("serialisable") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::key;
+    use super::*;
+    use pipeline::ops::{InputChange, ParamChange};
+
+    #[test]
+    fn params_and_metrics_diff() {
+        let d = PlanDiff {
+            only_a: vec![],
+            only_b: vec!["classify[fraction=0.5,seed=0]".into()],
+            same: vec!["ingest".into(), "pretrain".into()],
+            changed: vec![
+                InstanceDiff {
+                    instance: "classify[fraction=1.0,seed=0]".into(),
+                    kind: "classify".into(),
+                    key_a: key('a'),
+                    key_b: key('b'),
+                    version: None,
+                    params: vec![ParamChange {
+                        name: "lr".into(),
+                        from: Some("0.001".into()),
+                        to: Some("0.002".into()),
+                    }],
+                    inputs: vec![],
+                },
+                InstanceDiff {
+                    instance: "report".into(),
+                    kind: "report".into(),
+                    key_a: key('c'),
+                    key_b: key('d'),
+                    version: None,
+                    params: vec![],
+                    inputs: vec![InputChange {
+                        slot: "results".into(),
+                        reference: "classify[fraction=1.0,seed=0]".into(),
+                        from: Some("a".repeat(64)),
+                        to: Some("b".repeat(64)),
+                    }],
+                },
+            ],
+        };
+        let test = |auroc: f64, loss: f64| {
+            Some(
+                [("auroc".to_string(), auroc), ("loss".to_string(), loss)]
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        let metrics: BTreeMap<String, MetricPair> = [(
+            "classify[fraction=1.0,seed=0]".to_string(),
+            (test(0.81, 0.52), test(0.835, 0.49)),
+        )]
+        .into_iter()
+        .collect();
+        let view = DiffView {
+            a: DiffSide {
+                manifest: "demo.toml".into(),
+                store: "/data/artifacts".into(),
+            },
+            b: DiffSide {
+                manifest: "demo-lr.toml".into(),
+                store: "/data/artifacts".into(),
+            },
+            diff: &d,
+            metrics: &metrics,
+        };
+        insta::assert_snapshot!("diff_human", render_diff(&view));
+        insta::assert_snapshot!("diff_json", render_diff_json(&view));
+    }
 }

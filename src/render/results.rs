@@ -181,3 +181,71 @@ pub fn render_results_csv(v: &ResultsView) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use artifacts::report::Split;
+
+    fn cell(
+        row: &str,
+        vision: &str,
+        fraction: f64,
+        values: &[f64],
+        published: Option<f64>,
+    ) -> ResultCell {
+        let (mean, std) = artifacts::report::mean_std(values);
+        ResultCell {
+            row: row.into(),
+            vision: vision.into(),
+            fraction,
+            values: values.to_vec(),
+            mean,
+            std,
+            published,
+        }
+    }
+
+    fn tables() -> Vec<ResultTable> {
+        vec![ResultTable {
+            dataset: "rsna".into(),
+            task: "classification".into(),
+            metric: "auroc".into(),
+            head: "mlp".into(),
+            title: "RSNA Pneumonia classification, AUROC (mlp head)".into(),
+            stem: "rsna-classification-mlp".into(),
+            split: Split::Test,
+            cells: vec![
+                cell("bert", "dinov2-s", 0.01, &[0.80, 0.82, 0.84], Some(81.3)),
+                cell("bert", "dinov2-s", 1.0, &[0.86, 0.87, 0.88], Some(86.1)),
+                cell(
+                    "no adaptor (backbone → head)",
+                    "dinov2-s",
+                    1.0,
+                    &[0.8],
+                    None,
+                ),
+                cell("random-init adaptor", "dinov2-s", 0.01, &[0.7, 0.72], None),
+            ],
+        }]
+    }
+
+    #[test]
+    fn results_table_json_and_csv() {
+        let tables = tables();
+        let missing = vec!["classify[fraction=0.1,seed=0]".to_string()];
+        let view = ResultsView {
+            manifest: "demo.toml",
+            store: "/data/artifacts",
+            tables: &tables,
+            evaluations: 10,
+            missing: &missing,
+        };
+        insta::assert_snapshot!("results_human", render_results(&view));
+        insta::assert_snapshot!("results_csv", render_results_csv(&view));
+        let json: serde_json::Value = serde_json::from_str(&render_results_json(&view)).unwrap();
+        assert_eq!(json["tables"][0]["cells"][1]["published"], 0.861);
+        assert_eq!(json["tables"][0]["cells"][0]["n"], 3);
+        assert_eq!(json["missing"][0], "classify[fraction=0.1,seed=0]");
+    }
+}

@@ -259,6 +259,58 @@ mod tests {
     }
 
     #[test]
+    fn status_of_a_copied_manifest_names_the_other_manifest() {
+        let stale = State::Stale {
+            previous: key('a'),
+            from: Some("demo.toml".into()),
+        };
+        let k = key('b');
+        let rows = [StatusRow {
+            instance: "classify[fraction=1.0,seed=0]",
+            kind: "classify",
+            key: &k,
+            state: &stale,
+        }];
+        insta::assert_snapshot!(render_status(&rows));
+        let json: serde_json::Value =
+            serde_json::from_str(&render_status_json(&rows, &local_store())).unwrap();
+        assert_eq!(json[0]["previous_manifest"], "demo.toml");
+    }
+
+    #[test]
+    fn explain_json() {
+        use pipeline::ops::{Baseline, Change, ParamChange};
+        let x = Explanation {
+            instance: "classify[fraction=1.0,seed=0]".into(),
+            kind: "classify".into(),
+            key: key('b'),
+            verdict: "changed",
+            baseline: Some(Baseline {
+                manifest: "demo.toml".into(),
+                same_manifest: false,
+                key: key('a'),
+                unix: Some(1_795_000_000.0),
+            }),
+            changes: vec![Change {
+                depth: 1,
+                instance: "classify[fraction=1.0,seed=0]".into(),
+                what: ChangeKind::Parameter(ParamChange {
+                    name: "lr".into(),
+                    from: Some("0.001".into()),
+                    to: Some("0.002".into()),
+                }),
+                text: "parameter `lr` changed: 0.001 -> 0.002".into(),
+            }],
+            lines: vec![
+                "classify[fraction=1.0,seed=0] (classify) key bbbbbbbbbbbb".into(),
+                "would run: never built from this manifest in this store; the last build of `classify[fraction=1.0,seed=0]` was from demo.toml (2026-11-18 11:06:40 UTC, key aaaaaaaaaaaa), and its key differs:".into(),
+                "  parameter `lr` changed: 0.001 -> 0.002".into(),
+            ],
+        };
+        insta::assert_snapshot!(render_explain_json(&x));
+    }
+
+    #[test]
     fn explain() {
         let lines = [
             "b[seed=1] (command) key 111111111111".to_string(),
