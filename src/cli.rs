@@ -101,8 +101,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Why a stage instance would re-run: which parameter, input or stage version changed since
-    /// its last build (from this manifest, else from any manifest, named) or against --against.
+    /// Why a stage instance would re-run: which parameter, input or stage version changed.
+    ///
+    /// Compared with the instance's last build from this manifest, else with the last build of
+    /// the same instance name from any manifest in the store (a copied or renamed manifest; the
+    /// output names it), or with the instance of the same name in --against OTHER_MANIFEST.
     Explain {
         manifest: PathBuf,
         /// Instance name (`train[vision=dinov2-s]`), or a stage name with a single instance.
@@ -116,9 +119,12 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// The experiment's results tables: rows vision backbone and text encoder (or ablation),
-    /// columns label fractions, cells mean ± std over seeds (n), the published number beside;
-    /// the same numbers as the report's results.md.
+    /// The experiment's results tables (the numbers of the report's results.md).
+    ///
+    /// One table per task: rows vision backbone and text encoder (or ablation), columns label
+    /// fractions, cells mean ± std over seeds (n), the original's published number beside where
+    /// the backbone names match. Read from each evaluation's result.json in the store; the
+    /// evaluations not built yet are named.
     Results {
         manifest: PathBuf,
         /// Only the tables of this dataset, task or head (`rsna`, `classification`, `mlp`), or
@@ -141,8 +147,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Compare two manifests (or one manifest in two stores): which instances differ and by
-    /// which parameters or inputs, and their metrics side by side where both are built.
+    /// Compare two manifests (or two stores): parameters, inputs and metrics that differ.
+    ///
+    /// Which instances differ and by which parameters or inputs (params diff), and the test
+    /// metrics of the evaluations among them side by side with the change, where both are built
+    /// (metrics diff).
     Diff {
         manifest_a: PathBuf,
         manifest_b: PathBuf,

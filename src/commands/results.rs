@@ -42,9 +42,7 @@ pub fn results(cx: &Context, s: &ResultsSettings) -> Result<ExitCode> {
     if let Some(t) = &s.task {
         let all: Vec<String> = tables.iter().map(|t| t.stem.clone()).collect();
         tables.retain(|table| {
-            [&table.dataset, &table.task, &table.head, &table.stem]
-                .iter()
-                .any(|x| *x == t)
+            [&table.dataset, &table.task, &table.head, &table.stem].contains(&t)
                 || table.stem.starts_with(&format!("{t}-"))
         });
         if tables.is_empty() {
