@@ -3,7 +3,6 @@
 
 mod common;
 
-use pipeline::ops::Against;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +10,7 @@ use std::sync::Arc;
 
 use common::{registry, sharded_registry, write, Fixture};
 use pipeline::executor::{resolve, run, states, Resolved, RunOptions, State};
+use pipeline::ops::Against;
 use pipeline::Outcome;
 use pipeline::{FingerprintCache, NoProgress, Plan, Store, StoreSettings, StoreUrl};
 
@@ -370,6 +370,25 @@ fn gc_keeps_what_the_manifest_references() {
     assert!(gc(&store, &referenced, false).deleted.is_empty());
 }
 
+/// `explain` of instance `idx` against its last build.
+fn explain_last_build(
+    env: &Env,
+    plan: &Plan,
+    resolved: &Resolved,
+    store: &Store,
+    idx: usize,
+) -> pipeline::ops::Explanation {
+    pipeline::ops::explain(
+        plan,
+        resolved,
+        store,
+        &env.cache(),
+        idx,
+        &Against::LastBuild,
+    )
+    .unwrap()
+}
+
 #[test]
 fn explain_names_the_changed_parameter_through_the_dag() {
     let env = Env::new(GRID);
@@ -378,16 +397,7 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     env.edit("seed = 1", "seed = 2");
     let (plan, resolved) = env.planned();
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
-    let lines = pipeline::ops::explain(
-        &plan,
-        &resolved,
-        &store,
-        &env.cache(),
-        idx,
-        &Against::LastBuild,
-    )
-    .unwrap()
-    .lines;
+    let lines = explain_last_build(&env, &plan, &resolved, &store, idx).lines;
     let text: Vec<String> = lines
         .iter()
         .map(|l| {
@@ -409,17 +419,9 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     );
     assert!(text.contains("parameter `seed` changed: 1 -> 2"), "{text}");
     let up = plan.instance("ingest").unwrap();
-    assert!(pipeline::ops::explain(
-        &plan,
-        &resolved,
-        &store,
-        &env.cache(),
-        up,
-        &Against::LastBuild
-    )
-    .unwrap()
-    .lines[1]
-        .starts_with("up to date"));
+    assert!(
+        explain_last_build(&env, &plan, &resolved, &store, up).lines[1].starts_with("up to date")
+    );
 }
 
 #[test]
@@ -507,15 +509,7 @@ fn a_copied_manifest_is_compared_with_the_last_build_from_any_manifest() {
     }
 
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
-    let x = pipeline::ops::explain(
-        &plan,
-        &resolved,
-        &store,
-        &env.cache(),
-        idx,
-        &Against::LastBuild,
-    )
-    .unwrap();
+    let x = explain_last_build(&env, &plan, &resolved, &store, idx);
     assert_eq!(x.verdict, "changed");
     let baseline = x.baseline.as_ref().unwrap();
     assert_eq!(
@@ -540,15 +534,7 @@ fn a_copied_manifest_is_compared_with_the_last_build_from_any_manifest() {
         (Some("1"), Some("2"))
     );
     let extra = plan.instance("extra").unwrap();
-    let none = pipeline::ops::explain(
-        &plan,
-        &resolved,
-        &store,
-        &env.cache(),
-        extra,
-        &Against::LastBuild,
-    )
-    .unwrap();
+    let none = explain_last_build(&env, &plan, &resolved, &store, extra);
     assert_eq!(none.verdict, "never-built");
 
     // --against: the other plan's instance of the same name, compared without the store.

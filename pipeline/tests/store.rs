@@ -4,7 +4,6 @@
 
 mod common;
 
-use pipeline::ops::Against;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -13,6 +12,7 @@ use std::sync::Arc;
 use common::{registry, write, Fixture};
 use pipeline::executor::{resolve, run, states, RunOptions, State};
 use pipeline::lease::{self, Acquired, LeaseState};
+use pipeline::ops::Against;
 use pipeline::store::{Lease, Record};
 use pipeline::Outcome;
 use pipeline::{

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::executor::Resolved;
 use crate::key::{KeyRecipe, StageKey};
-use crate::plan::{InputRef, Plan};
+use crate::plan::{InputRef, Instance, Plan};
 
 /// One parameter that differs between two recipes (values as the manifest would spell them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,64 @@ pub struct InputChange {
     pub reference: String,
     pub from: Option<String>,
     pub to: Option<String>,
+}
+
+/// One input binding that differs between an old and a new recipe of the same instance.
+pub(crate) enum Rebinding<'r> {
+    /// The slot binds another number of artifacts (or the plan binds another number than the
+    /// recipe holds).
+    Count {
+        slot: &'r str,
+        before: usize,
+        after: usize,
+    },
+    /// The `n`-th binding of `slot` (`reference` in the new plan) has another key or digest.
+    Key {
+        slot: &'r str,
+        n: usize,
+        reference: InputRef,
+        before: &'r str,
+        after: &'r str,
+    },
+}
+
+/// The bindings of `inst` whose keys differ between `old` and `new` (its recipe), slot by slot.
+pub(crate) fn rebindings<'r>(
+    old: &'r KeyRecipe,
+    new: &'r KeyRecipe,
+    inst: &Instance,
+) -> Vec<Rebinding<'r>> {
+    let mut out = Vec::new();
+    static EMPTY: Vec<String> = Vec::new();
+    let slots: BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
+    for slot in slots {
+        let before = old.inputs.get(slot).unwrap_or(&EMPTY);
+        let after = new.inputs.get(slot).unwrap_or(&EMPTY);
+        if before == after {
+            continue;
+        }
+        let refs = inst.inputs.get(slot).map(Vec::as_slice).unwrap_or_default();
+        if before.len() != after.len() || refs.len() != after.len() {
+            out.push(Rebinding::Count {
+                slot,
+                before: before.len(),
+                after: after.len(),
+            });
+            continue;
+        }
+        for (n, ((x, y), r)) in before.iter().zip(after).zip(refs).enumerate() {
+            if x != y {
+                out.push(Rebinding::Key {
+                    slot,
+                    n,
+                    reference: *r,
+                    before: x,
+                    after: y,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// An instance in both plans whose key differs.
@@ -108,38 +166,36 @@ pub fn instance_diff(
 ) -> InstanceDiff {
     let inst = &b.instances[i];
     let new = &rb.recipes[i];
-    let mut inputs = Vec::new();
-    let slots: BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
-    for slot in slots {
-        let before = old.inputs.get(slot).cloned().unwrap_or_default();
-        let after = new.inputs.get(slot).cloned().unwrap_or_default();
-        if before == after {
-            continue;
-        }
-        let refs = inst.inputs.get(slot).cloned().unwrap_or_default();
-        if before.len() != after.len() || refs.len() != after.len() {
-            inputs.push(InputChange {
-                slot: slot.clone(),
-                reference: format!("{} artifact(s), was {}", after.len(), before.len()),
+    let inputs = rebindings(old, new, inst)
+        .into_iter()
+        .map(|r| match r {
+            Rebinding::Count {
+                slot,
+                before,
+                after,
+            } => InputChange {
+                slot: slot.to_string(),
+                reference: format!("{after} artifact(s), was {before}"),
                 from: None,
                 to: None,
-            });
-            continue;
-        }
-        for ((x, y), r) in before.iter().zip(&after).zip(&refs) {
-            if x != y {
-                inputs.push(InputChange {
-                    slot: slot.clone(),
-                    reference: match r {
-                        InputRef::External(e) => b.externals[*e].reference(),
-                        InputRef::Stage(s) => b.instances[*s].name.clone(),
-                    },
-                    from: Some(x.clone()),
-                    to: Some(y.clone()),
-                });
-            }
-        }
-    }
+            },
+            Rebinding::Key {
+                slot,
+                reference,
+                before,
+                after,
+                ..
+            } => InputChange {
+                slot: slot.to_string(),
+                reference: match reference {
+                    InputRef::External(e) => b.externals[e].reference(),
+                    InputRef::Stage(s) => b.instances[s].name.clone(),
+                },
+                from: Some(before.to_string()),
+                to: Some(after.to_string()),
+            },
+        })
+        .collect();
     InstanceDiff {
         instance: inst.name.clone(),
         kind: inst.kind.clone(),

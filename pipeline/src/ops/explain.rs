@@ -1,9 +1,9 @@
 //! `explain`: why an instance would (or would not) run, as lines for a person: its state, and
 //! what changed since the key it was last built under (parameters, inputs, files, version).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::compare::{param_changes, ParamChange};
+use super::compare::{param_changes, rebindings, ParamChange, Rebinding};
 use crate::error::Result;
 use crate::executor::{Resolved, LEASE_SECS};
 use crate::fingerprint::FingerprintCache;
@@ -156,15 +156,7 @@ pub fn explain(
             r_other.keys[j].short()
         ));
         let old = Old::plan(other, r_other);
-        let mut d = Diff {
-            plan,
-            resolved,
-            old: &old,
-            cache,
-            x: &mut x,
-            seen: HashSet::new(),
-        };
-        d.diff(idx, &r_other.keys[j], 1)?;
+        Diff::start(plan, resolved, &old, cache, &mut x).diff(idx, &r_other.keys[j], 1)?;
         return Ok(x);
     }
     if let Some(m) = store.get_json::<ArtifactManifest>(&Store::manifest_path(&inst.kind, key))? {
@@ -266,16 +258,7 @@ pub fn explain(
             entry.key.short()
         )
     });
-    let old = Old::Store(store);
-    let mut d = Diff {
-        plan,
-        resolved,
-        old: &old,
-        cache,
-        x: &mut x,
-        seen: HashSet::new(),
-    };
-    d.diff(idx, &entry.key, 1)?;
+    Diff::start(plan, resolved, &Old::Store(store), cache, &mut x).diff(idx, &entry.key, 1)?;
     Ok(x)
 }
 
@@ -365,7 +348,24 @@ struct Diff<'a, 'x> {
     seen: HashSet<usize>,
 }
 
-impl Diff<'_, '_> {
+impl<'a, 'x> Diff<'a, 'x> {
+    fn start(
+        plan: &'a Plan,
+        resolved: &'a Resolved,
+        old: &'a Old<'a>,
+        cache: &'a FingerprintCache,
+        x: &'x mut Explanation,
+    ) -> Self {
+        Diff {
+            plan,
+            resolved,
+            old,
+            cache,
+            x,
+            seen: HashSet::new(),
+        }
+    }
+
     fn push(&mut self, depth: usize, idx: usize, what: ChangeKind, text: String) {
         self.x.lines.push(format!("{}{text}", "  ".repeat(depth)));
         self.x.changes.push(Change {
@@ -409,87 +409,93 @@ impl Diff<'_, '_> {
             };
             self.push(depth, idx, ChangeKind::Parameter(c), text);
         }
-        let slots: BTreeSet<&String> = old.inputs.keys().chain(new.inputs.keys()).collect();
-        for slot in slots {
-            let before = old.inputs.get(slot).cloned().unwrap_or_default();
-            let after = new.inputs.get(slot).cloned().unwrap_or_default();
-            if before == after {
-                continue;
-            }
-            let input = || ChangeKind::Input { slot: slot.clone() };
-            let refs = inst.inputs.get(slot).cloned().unwrap_or_default();
-            if before.len() != after.len() || refs.len() != after.len() {
-                let text = format!(
-                    "input `{slot}` now binds {} artifact(s), was {}",
-                    after.len(),
-                    before.len()
-                );
-                self.push(depth, idx, input(), text);
-                continue;
-            }
-            let old_records = old_contents.get(slot).cloned().unwrap_or_default();
-            for (n, ((b, a), r)) in before.iter().zip(&after).zip(&refs).enumerate() {
-                if b == a {
+        for r in rebindings(&old, new, inst) {
+            let (slot, n, reference, b) = match r {
+                Rebinding::Count {
+                    slot,
+                    before,
+                    after,
+                } => {
+                    let text =
+                        format!("input `{slot}` now binds {after} artifact(s), was {before}");
+                    let what = ChangeKind::Input {
+                        slot: slot.to_string(),
+                    };
+                    self.push(depth, idx, what, text);
                     continue;
                 }
-                match r {
-                    InputRef::External(e) => {
-                        let ext = &self.plan.externals[*e];
-                        let fp = &self.resolved.externals[*e];
-                        let old_content = old_records.get(n).cloned().flatten();
-                        match old_content {
-                            Some(old) if old == fp.digest => {
-                                let text = format!(
-                                    "input `{slot}` ({}): its kind or parameters changed, not its files",
-                                    ext.reference()
-                                );
-                                self.push(depth, idx, input(), text);
-                            }
-                            Some(old) => {
-                                let text = format!(
-                                    "input `{slot}` ({}, {}): files changed ({} files, {} bytes now)",
-                                    ext.reference(),
-                                    ext.path.display(),
-                                    fp.files,
-                                    fp.bytes
-                                );
-                                self.push(depth, idx, input(), text);
-                                if let Some(changes) = self.cache.changes_since(&ext.path, &old) {
-                                    let pad = "  ".repeat(depth);
-                                    for c in changes.iter().take(10) {
-                                        self.x.lines.push(format!("{pad}  {c}"));
-                                    }
-                                    if changes.len() > 10 {
-                                        self.x.lines.push(format!(
-                                            "{pad}  ... and {} more",
-                                            changes.len() - 10
-                                        ));
-                                    }
+                Rebinding::Key {
+                    slot,
+                    n,
+                    reference,
+                    before,
+                    ..
+                } => (slot, n, reference, before),
+            };
+            let input = || ChangeKind::Input {
+                slot: slot.to_string(),
+            };
+            match reference {
+                InputRef::External(e) => {
+                    let ext = &self.plan.externals[e];
+                    let fp = &self.resolved.externals[e];
+                    let old_content = old_contents
+                        .get(slot)
+                        .and_then(|c| c.get(n))
+                        .cloned()
+                        .flatten();
+                    match old_content {
+                        Some(old) if old == fp.digest => {
+                            let text = format!(
+                                "input `{slot}` ({}): its kind or parameters changed, not its files",
+                                ext.reference()
+                            );
+                            self.push(depth, idx, input(), text);
+                        }
+                        Some(old) => {
+                            let text = format!(
+                                "input `{slot}` ({}, {}): files changed ({} files, {} bytes now)",
+                                ext.reference(),
+                                ext.path.display(),
+                                fp.files,
+                                fp.bytes
+                            );
+                            self.push(depth, idx, input(), text);
+                            if let Some(changes) = self.cache.changes_since(&ext.path, &old) {
+                                let pad = "  ".repeat(depth);
+                                for c in changes.iter().take(10) {
+                                    self.x.lines.push(format!("{pad}  {c}"));
+                                }
+                                if changes.len() > 10 {
+                                    self.x.lines.push(format!(
+                                        "{pad}  ... and {} more",
+                                        changes.len() - 10
+                                    ));
                                 }
                             }
-                            None => {
-                                let text = format!(
-                                    "input `{slot}` ({}, {}): content, kind or parameters changed",
-                                    ext.reference(),
-                                    ext.path.display()
-                                );
-                                self.push(depth, idx, input(), text);
-                            }
+                        }
+                        None => {
+                            let text = format!(
+                                "input `{slot}` ({}, {}): content, kind or parameters changed",
+                                ext.reference(),
+                                ext.path.display()
+                            );
+                            self.push(depth, idx, input(), text);
                         }
                     }
-                    InputRef::Stage(s) => {
-                        let up = &self.plan.instances[*s];
-                        let text = format!(
-                            "input `{slot}` ({}) changed: key {} -> {}",
-                            up.name,
-                            &b[..12.min(b.len())],
-                            self.resolved.keys[*s].short()
-                        );
-                        self.push(depth, idx, input(), text);
-                        if self.seen.insert(*s) {
-                            if let Some(old_up) = StageKey::parse(b) {
-                                self.diff(*s, &old_up, depth + 1)?;
-                            }
+                }
+                InputRef::Stage(s) => {
+                    let up = &self.plan.instances[s];
+                    let text = format!(
+                        "input `{slot}` ({}) changed: key {} -> {}",
+                        up.name,
+                        &b[..12.min(b.len())],
+                        self.resolved.keys[s].short()
+                    );
+                    self.push(depth, idx, input(), text);
+                    if self.seen.insert(s) {
+                        if let Some(old_up) = StageKey::parse(b) {
+                            self.diff(s, &old_up, depth + 1)?;
                         }
                     }
                 }
