@@ -322,6 +322,37 @@ fn results_are_the_reports_numbers() {
     );
 }
 
+/// The same command on an S3 store (a real S3-compatible server): the evaluations' records copied
+/// there as they are (a local artifact's `_manifest.json` names no attempt folder, so its files
+/// sit where an S3 reader looks for them), and the same tables come back.
+#[test]
+fn results_from_an_s3_store_are_the_same() {
+    let local = json(&["results", "m.toml", "--json"]);
+    let moto = common::moto::start("lab");
+    let classify = built().join("artifacts/classify");
+    for entry in std::fs::read_dir(&classify).unwrap().flatten() {
+        let key = entry.file_name().into_string().unwrap();
+        for file in ["_manifest.json", "result.json"] {
+            let body = std::fs::read(entry.path().join(file)).unwrap();
+            let path = format!("/lab/runs/classify/{key}/{file}");
+            let (status, _) = common::moto::http_bytes(moto.port, "PUT", &path, &body);
+            assert_eq!(status, 200, "PUT {path}");
+        }
+    }
+    let out = adaptor(
+        built(),
+        &["results", "m.toml", "--store", "s3://lab/runs", "--json"],
+    )
+    .envs(moto.env())
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut remote: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(remote["store"], "s3://lab/runs");
+    remote["store"] = local["store"].clone();
+    assert_eq!(remote, local);
+}
+
 #[test]
 fn results_on_another_split_metric_and_task() {
     let doc = json(&[
