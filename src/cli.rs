@@ -6,7 +6,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use artifacts::report::Split;
 use clap::{Args, Parser, Subcommand};
 use pipeline::executor;
 use pipeline::store::StoreSettings;
@@ -14,6 +13,9 @@ use pipeline::{Plan, StoreUrl};
 use stages::images::DecodeLimits;
 use stages::ingest::Verify;
 use stages::synth::SynthDataset;
+
+mod results;
+pub use results::{DiffSettings, OutputFormat, ResultsSettings};
 
 #[derive(Parser)]
 #[command(
@@ -125,45 +127,13 @@ enum Command {
     /// fractions, cells mean ± std over seeds (n), the original's published number beside where
     /// the backbone names match. Read from each evaluation's result.json in the store; the
     /// evaluations not built yet are named.
-    Results {
-        manifest: PathBuf,
-        /// Only the tables of this dataset, task or head (`rsna`, `classification`, `mlp`), or
-        /// one table by its name (`rsna-classification-mlp`).
-        #[arg(long, value_name = "TASK")]
-        task: Option<String>,
-        /// This metric (a key of result.json's `test`/`valid`: `auroc`, `macro_f1`, `dice`...)
-        /// instead of each table's headline metric.
-        #[arg(long, value_name = "METRIC")]
-        metric: Option<String>,
-        /// The split the metric is read from.
-        #[arg(long, default_value = "test", value_parser = ["test", "valid"])]
-        split: String,
-        /// Machine-readable output (metrics as in result.json, 0..1).
-        #[arg(long, conflicts_with = "csv")]
-        json: bool,
-        /// One CSV line per cell (metrics as in result.json, 0..1).
-        #[arg(long)]
-        csv: bool,
-        #[command(flatten)]
-        store: StoreArg,
-    },
+    Results(results::ResultsArgs),
     /// Compare two manifests (or two stores): parameters, inputs and metrics that differ.
     ///
     /// Which instances differ and by which parameters or inputs (params diff), and the test
     /// metrics of the evaluations among them side by side with the change, where both are built
     /// (metrics diff).
-    Diff {
-        manifest_a: PathBuf,
-        manifest_b: PathBuf,
-        /// B's store, when it is not A's (default: --store, else B's own [store]).
-        #[arg(long, value_name = "URL")]
-        store_b: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: StoreArg,
-    },
+    Diff(results::DiffArgs),
     /// Delete artifacts that none of the listed manifests reference.
     Gc {
         #[arg(required = true)]
@@ -299,43 +269,6 @@ pub enum CommandSettings {
     },
     Synth(SynthSettings),
     Ingest(IngestSettings),
-}
-
-/// How a command that can speak to machines writes its output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
-    Human,
-    Json,
-    Csv,
-}
-
-impl OutputFormat {
-    fn of(json: bool, csv: bool) -> OutputFormat {
-        match (json, csv) {
-            (true, _) => OutputFormat::Json,
-            (_, true) => OutputFormat::Csv,
-            _ => OutputFormat::Human,
-        }
-    }
-}
-
-pub struct ResultsSettings {
-    pub manifest: PathBuf,
-    pub task: Option<String>,
-    pub metric: Option<String>,
-    pub split: Split,
-    pub format: OutputFormat,
-    pub store: StoreChoice,
-}
-
-pub struct DiffSettings {
-    pub manifest_a: PathBuf,
-    pub manifest_b: PathBuf,
-    pub json: bool,
-    /// A's store: `--store`, else A's [store], else ./artifacts.
-    pub store_a: StoreChoice,
-    /// B's store: `--store-b`, else `--store`, else B's [store], else ./artifacts.
-    pub store_b: StoreChoice,
 }
 
 /// Where stages run.
@@ -517,45 +450,8 @@ impl CommandSettings {
                 json,
                 store: StoreChoice::new(&store)?,
             },
-            Command::Results {
-                manifest,
-                task,
-                metric,
-                split,
-                json,
-                csv,
-                store,
-            } => CommandSettings::Results(ResultsSettings {
-                manifest,
-                task,
-                metric,
-                split: match split.as_str() {
-                    "valid" => Split::Valid,
-                    _ => Split::Test,
-                },
-                format: OutputFormat::of(json, csv),
-                store: StoreChoice::new(&store)?,
-            }),
-            Command::Diff {
-                manifest_a,
-                manifest_b,
-                store_b,
-                json,
-                store,
-            } => {
-                let store_b = StoreArg {
-                    store: store_b.or_else(|| store.store.clone()),
-                };
-                CommandSettings::Diff(DiffSettings {
-                    manifest_a,
-                    manifest_b,
-                    json,
-                    store_a: StoreChoice::new(&store)?,
-                    store_b: StoreChoice::new(&store_b).map_err(|e| {
-                        anyhow!("{}", e.to_string().replace("--store", "--store-b"))
-                    })?,
-                })
-            }
+            Command::Results(args) => CommandSettings::Results(args.settings()?),
+            Command::Diff(args) => CommandSettings::Diff(args.settings()?),
             Command::Gc {
                 manifests,
                 dry_run,
