@@ -18,6 +18,8 @@ use stages::ingest::Verify;
 use stages::synth::SynthDataset;
 
 pub use embed::EmbedCommand;
+mod results;
+pub use results::{DiffSettings, OutputFormat, ResultsSettings};
 
 #[derive(Parser)]
 #[command(
@@ -110,13 +112,36 @@ enum Command {
         store: StoreArg,
     },
     /// Why a stage instance would re-run: which parameter, input or stage version changed.
+    ///
+    /// Compared with the instance's last build from this manifest, else with the last build of
+    /// the same instance name from any manifest in the store (a copied or renamed manifest; the
+    /// output names it), or with the instance of the same name in --against OTHER_MANIFEST.
     Explain {
         manifest: PathBuf,
         /// Instance name (`train[vision=dinov2-s]`), or a stage name with a single instance.
         stage: String,
+        /// Compare with the instance of the same name in this manifest instead of the last build.
+        #[arg(long, value_name = "OTHER_MANIFEST")]
+        against: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArg,
     },
+    /// The experiment's results tables (the numbers of the report's results.md).
+    ///
+    /// One table per task: rows vision backbone and text encoder (or ablation), columns label
+    /// fractions, cells mean ± std over seeds (n), the original's published number beside where
+    /// the backbone names match. Read from each evaluation's result.json in the store; the
+    /// evaluations not built yet are named.
+    Results(results::ResultsArgs),
+    /// Compare two manifests (or two stores): parameters, inputs and metrics that differ.
+    ///
+    /// Which instances differ and by which parameters or inputs (params diff), and the test
+    /// metrics of the evaluations among them side by side with the change, where both are built
+    /// (metrics diff).
+    Diff(results::DiffArgs),
     /// Delete artifacts that none of the listed manifests reference.
     Gc {
         #[arg(required = true)]
@@ -242,8 +267,12 @@ pub enum CommandSettings {
     Explain {
         manifest: PathBuf,
         stage: String,
+        against: Option<PathBuf>,
+        json: bool,
         store: StoreChoice,
     },
+    Results(ResultsSettings),
+    Diff(DiffSettings),
     Gc {
         manifests: Vec<PathBuf>,
         dry_run: bool,
@@ -442,12 +471,18 @@ impl CommandSettings {
             Command::Explain {
                 manifest,
                 stage,
+                against,
+                json,
                 store,
             } => CommandSettings::Explain {
                 manifest,
                 stage,
+                against,
+                json,
                 store: StoreChoice::new(&store)?,
             },
+            Command::Results(args) => CommandSettings::Results(args.settings()?),
+            Command::Diff(args) => CommandSettings::Diff(args.settings()?),
             Command::Gc {
                 manifests,
                 dry_run,

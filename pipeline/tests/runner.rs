@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::{registry, sharded_registry, write, Fixture};
 use pipeline::executor::{resolve, run, states, Resolved, RunOptions, State};
+use pipeline::ops::Against;
 use pipeline::Outcome;
 use pipeline::{FingerprintCache, NoProgress, Plan, Store, StoreSettings, StoreUrl};
 
@@ -369,6 +370,25 @@ fn gc_keeps_what_the_manifest_references() {
     assert!(gc(&store, &referenced, false).deleted.is_empty());
 }
 
+/// `explain` of instance `idx` against its last build.
+fn explain_last_build(
+    env: &Env,
+    plan: &Plan,
+    resolved: &Resolved,
+    store: &Store,
+    idx: usize,
+) -> pipeline::ops::Explanation {
+    pipeline::ops::explain(
+        plan,
+        resolved,
+        store,
+        &env.cache(),
+        idx,
+        &Against::LastBuild,
+    )
+    .unwrap()
+}
+
 #[test]
 fn explain_names_the_changed_parameter_through_the_dag() {
     let env = Env::new(GRID);
@@ -377,7 +397,7 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     env.edit("seed = 1", "seed = 2");
     let (plan, resolved) = env.planned();
     let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
-    let lines = pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), idx).unwrap();
+    let lines = explain_last_build(&env, &plan, &resolved, &store, idx).lines;
     let text: Vec<String> = lines
         .iter()
         .map(|l| {
@@ -400,8 +420,7 @@ fn explain_names_the_changed_parameter_through_the_dag() {
     assert!(text.contains("parameter `seed` changed: 1 -> 2"), "{text}");
     let up = plan.instance("ingest").unwrap();
     assert!(
-        pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), up).unwrap()[1]
-            .starts_with("up to date")
+        explain_last_build(&env, &plan, &resolved, &store, up).lines[1].starts_with("up to date")
     );
 }
 
@@ -456,4 +475,86 @@ fn shards_run_in_the_pool_then_the_merge_and_equal_the_unsharded_output() {
         states.iter().all(|(_, s)| *s == State::UpToDate),
         "{states:?}"
     );
+}
+
+/// A copy of a manifest has no run index of its own: `states` and `explain` compare its
+/// instances with the last build of the same name from any manifest in the store, and say which.
+#[test]
+fn a_copied_manifest_is_compared_with_the_last_build_from_any_manifest() {
+    let env = Env::new(GRID);
+    let store = env.store(&StoreUrl::Memory);
+    env.run(&store);
+    let text = std::fs::read_to_string(env.path().join("m.toml")).unwrap();
+    let copy = write(
+        env.path(),
+        "copy.toml",
+        &format!(
+            "{}\n[stages.extra]\nkind = \"echo\"\ninputs.src = \"ingest\"\n",
+            text.replacen("seed = 1", "seed = 2", 1)
+        ),
+    );
+    let plan = pipeline::plan::load(&copy, &env.fx.reg).unwrap();
+    let resolved = resolve(&plan, &env.fx.reg, &env.cache(), false).unwrap();
+    let st = states(&plan, &resolved, &store, 60.0).unwrap();
+    let m = env.path().join("m.toml").display().to_string();
+    for (inst, state) in plan.instances.iter().zip(&st) {
+        match inst.name.as_str() {
+            "ingest" => assert_eq!(*state, State::UpToDate),
+            "extra" => assert_eq!(*state, State::Missing),
+            name => assert!(
+                matches!(state, State::Stale { from: Some(f), .. } if *f == m),
+                "{name}: {state:?}"
+            ),
+        }
+    }
+
+    let idx = plan.instance("eval[vision=a,fraction=0.01]").unwrap();
+    let x = explain_last_build(&env, &plan, &resolved, &store, idx);
+    assert_eq!(x.verdict, "changed");
+    let baseline = x.baseline.as_ref().unwrap();
+    assert_eq!(
+        (baseline.manifest.as_str(), baseline.same_manifest),
+        (m.as_str(), false)
+    );
+    let seed: Vec<_> = x
+        .changes
+        .iter()
+        .filter_map(|c| match &c.what {
+            pipeline::ops::ChangeKind::Parameter(p) => Some((c.depth, c.instance.as_str(), p)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seed.len(), 1, "{x:?}");
+    assert_eq!(
+        (seed[0].0, seed[0].1, seed[0].2.name.as_str()),
+        (2, "train[vision=a]", "seed")
+    );
+    assert_eq!(
+        (seed[0].2.from.as_deref(), seed[0].2.to.as_deref()),
+        (Some("1"), Some("2"))
+    );
+    let extra = plan.instance("extra").unwrap();
+    let none = explain_last_build(&env, &plan, &resolved, &store, extra);
+    assert_eq!(none.verdict, "never-built");
+
+    // --against: the other plan's instance of the same name, compared without the store.
+    let (other, other_resolved) = env.planned();
+    let against = Against::Plan {
+        plan: &other,
+        resolved: &other_resolved,
+    };
+    let x = pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), idx, &against).unwrap();
+    assert!(
+        x.lines
+            .iter()
+            .any(|l| l.trim() == "parameter `seed` changed: 1 -> 2"),
+        "{:?}",
+        x.lines
+    );
+    let same = plan.instance("ingest").unwrap();
+    let x = pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), same, &against).unwrap();
+    assert_eq!(x.verdict, "same-key");
+    let x =
+        pipeline::ops::explain(&plan, &resolved, &store, &env.cache(), extra, &against).unwrap();
+    assert_eq!(x.verdict, "not-in-other");
 }

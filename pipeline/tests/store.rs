@@ -12,6 +12,7 @@ use std::sync::Arc;
 use common::{registry, write, Fixture};
 use pipeline::executor::{resolve, run, states, RunOptions, State};
 use pipeline::lease::{self, Acquired, LeaseState};
+use pipeline::ops::Against;
 use pipeline::store::{Lease, Record};
 use pipeline::Outcome;
 use pipeline::{
@@ -116,7 +117,9 @@ fn a_truncated_file_is_corrupt_named_by_verify_and_rebuilt_by_run() {
     assert_eq!(st[1], State::UpToDate);
     let (plan, resolved) = env.planned();
     let cache = FingerprintCache::new(env.path().join("cache"));
-    let why = pipeline::ops::explain(&plan, &resolved, &store, &cache, 0).unwrap();
+    let why = pipeline::ops::explain(&plan, &resolved, &store, &cache, 0, &Against::LastBuild)
+        .unwrap()
+        .lines;
     assert!(
         why[1].starts_with("would run: its artifact is corrupt (out.txt: 3 bytes"),
         "{why:?}"

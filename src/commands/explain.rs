@@ -1,10 +1,12 @@
 //! `adaptor explain`: why one stage instance would (or would not) run: which parameter, input or
-//! stage version changed since it was last built.
+//! stage version changed since it was last built (from this manifest, else from any other in the
+//! store), or against the instance of the same name in another manifest (`--against`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use pipeline::ops::Against;
 use pipeline::Plan;
 
 use super::Context;
@@ -15,6 +17,8 @@ pub fn explain(
     cx: &Context,
     manifest: &Path,
     stage: &str,
+    against: Option<&Path>,
+    json: bool,
     store: &StoreChoice,
 ) -> Result<ExitCode> {
     let plan = cx.load_plan(manifest)?;
@@ -22,8 +26,24 @@ pub fn explain(
     let url = store.url(Some(&plan));
     let store = cx.read_store(&url)?;
     let resolved = cx.resolve(&plan, false)?;
-    let lines = pipeline::ops::explain(&plan, &resolved, &store, &cx.fp_cache, idx)?;
-    print!("{}", render::render_explain(&lines));
+    let other = match against {
+        Some(path) => {
+            let other = cx.load_plan(path)?;
+            let resolved = cx.resolve(&other, false)?;
+            Some((other, resolved))
+        }
+        None => None,
+    };
+    let against = match &other {
+        Some((plan, resolved)) => Against::Plan { plan, resolved },
+        None => Against::LastBuild,
+    };
+    let x = pipeline::ops::explain(&plan, &resolved, &store, &cx.fp_cache, idx, &against)?;
+    if json {
+        print!("{}", render::render_explain_json(&x));
+    } else {
+        print!("{}", render::render_explain(&x.lines));
+    }
     cx.print_warnings(&store);
     Ok(ExitCode::SUCCESS)
 }

@@ -3,11 +3,13 @@
 //! commands share (the stage registry, opening stores, loading manifests) is here.
 
 mod completions;
+mod diff;
 mod embed;
 mod exec;
 mod explain;
 mod gc;
 mod ingest;
+mod results;
 mod run;
 mod show;
 mod stages;
@@ -45,8 +47,12 @@ pub fn dispatch(settings: &Settings) -> Result<ExitCode> {
         CommandSettings::Explain {
             manifest,
             stage,
+            against,
+            json,
             store,
-        } => explain::explain(&cx, manifest, stage, store),
+        } => explain::explain(&cx, manifest, stage, against.as_deref(), *json, store),
+        CommandSettings::Results(s) => results::results(&cx, s),
+        CommandSettings::Diff(s) => diff::diff(&cx, s),
         CommandSettings::Gc {
             manifests,
             dry_run,

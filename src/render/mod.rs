@@ -4,6 +4,8 @@
 
 mod artifact;
 mod json;
+mod diff;
+mod results;
 mod run;
 mod stages;
 mod status;
@@ -11,13 +13,19 @@ mod store;
 
 pub use artifact::render_show;
 pub use json::{render_gc_json, render_show_json, render_stages_json, render_verify_json};
+pub use diff::{render_diff, render_diff_json, DiffSide, DiffView};
+pub use results::{
+    name_some, render_results, render_results_csv, render_results_json, ResultsView,
+};
 pub use run::{
     render_dry_run, render_exec_failure, render_failures, render_ingest_skipped,
     render_run_summary, render_synth_summary, render_unverified_inputs, PlannedInstance,
     RunSummary,
 };
 pub use stages::{render_stages, StageDoc};
-pub use status::{render_explain, render_status, render_status_json, StatusRow};
+pub use status::{
+    render_explain, render_explain_json, render_status, render_status_json, StatusRow,
+};
 pub use store::{bad_artifacts, render_gc, render_verify};
 
 use pipeline::StoreUrl;

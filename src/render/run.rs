@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn dry_run() {
         let (k0, k1) = (key('b'), key('c'));
-        let previous = State::Stale { previous: key('a') };
+        let previous = State::Stale {
+            previous: key('a'),
+            from: None,
+        };
         let would_run = [
             PlannedInstance {
                 name: "b[seed=0]",

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use pipeline::executor::State;
+use pipeline::ops::{ChangeKind, Explanation};
 use pipeline::{StageKey, StoreUrl};
 
 use super::{display_path, first_line};
@@ -35,7 +36,14 @@ pub fn render_status(rows: &[StatusRow]) -> String {
                 pipeline::stage::format_duration(Duration::from_secs(secs.max(0.0) as u64))
             ),
             State::Queued { job } => format!("  (slurm job {job})"),
-            State::Stale { previous } => format!("  (was {})", previous.short()),
+            State::Stale {
+                previous,
+                from: None,
+            } => format!("  (was {})", previous.short()),
+            State::Stale {
+                previous,
+                from: Some(m),
+            } => format!("  (was {}, built from {m})", previous.short()),
             State::Corrupt { bad } => format!(
                 "  ({})",
                 bad.iter()
@@ -72,7 +80,12 @@ pub fn render_status_json(rows: &[StatusRow], store: &StoreUrl) -> String {
                 "instance": r.instance, "kind": r.kind, "state": r.state.label(), "key": r.key.as_str(),
             });
             match r.state {
-                State::Stale { previous } => row["previous_key"] = previous.as_str().into(),
+                State::Stale { previous, from } => {
+                    row["previous_key"] = previous.as_str().into();
+                    if let Some(m) = from {
+                        row["previous_manifest"] = m.as_str().into();
+                    }
+                }
                 State::Failed { error, log } => {
                     row["error"] = error.as_str().into();
                     row["log"] = display_path(store, log).into();
@@ -104,6 +117,49 @@ pub fn render_explain(lines: &[String]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
+/// `explain --json`: the instance, its verdict, what it was compared with and each change
+/// found (parameters with their old and new values), then the lines a person reads.
+pub fn render_explain_json(x: &Explanation) -> String {
+    let changes: Vec<serde_json::Value> = x
+        .changes
+        .iter()
+        .map(|c| {
+            let mut v = serde_json::json!({
+                "depth": c.depth, "instance": c.instance, "text": c.text,
+            });
+            match &c.what {
+                ChangeKind::Version { from, to } => {
+                    v["change"] = "version".into();
+                    v["from"] = (*from).into();
+                    v["to"] = (*to).into();
+                }
+                ChangeKind::Parameter(p) => {
+                    v["change"] = "parameter".into();
+                    v["name"] = p.name.as_str().into();
+                    v["from"] = p.from.clone().into();
+                    v["to"] = p.to.clone().into();
+                }
+                ChangeKind::Input { slot } => {
+                    v["change"] = "input".into();
+                    v["slot"] = slot.as_str().into();
+                }
+                ChangeKind::Note => v["change"] = "note".into(),
+            }
+            v
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "instance": x.instance, "kind": x.kind, "key": x.key.as_str(), "verdict": x.verdict,
+        "compared_with": x.baseline.as_ref().map(|b| serde_json::json!({
+            "manifest": b.manifest, "same_manifest": b.same_manifest, "key": b.key.as_str(),
+            "built_unix": b.unix,
+        })),
+        "changes": changes,
+        "lines": x.lines,
+    });
+    serde_json::to_string_pretty(&doc).expect("serialisable") + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{bad_file, key, local_store};
@@ -117,7 +173,10 @@ mod tests {
                 "encode[text=minilm]",
                 "encode",
                 key('1'),
-                State::Stale { previous: key('a') },
+                State::Stale {
+                    previous: key('a'),
+                    from: None,
+                },
             ),
             ("encode[text=bert]", "encode", key('2'), State::Missing),
             (
@@ -197,6 +256,58 @@ mod tests {
     #[test]
     fn status_json() {
         insta::assert_snapshot!(render_status_json(&rows(&states()), &local_store()));
+    }
+
+    #[test]
+    fn status_of_a_copied_manifest_names_the_other_manifest() {
+        let stale = State::Stale {
+            previous: key('a'),
+            from: Some("demo.toml".into()),
+        };
+        let k = key('b');
+        let rows = [StatusRow {
+            instance: "classify[fraction=1.0,seed=0]",
+            kind: "classify",
+            key: &k,
+            state: &stale,
+        }];
+        insta::assert_snapshot!(render_status(&rows));
+        let json: serde_json::Value =
+            serde_json::from_str(&render_status_json(&rows, &local_store())).unwrap();
+        assert_eq!(json[0]["previous_manifest"], "demo.toml");
+    }
+
+    #[test]
+    fn explain_json() {
+        use pipeline::ops::{Baseline, Change, ParamChange};
+        let x = Explanation {
+            instance: "classify[fraction=1.0,seed=0]".into(),
+            kind: "classify".into(),
+            key: key('b'),
+            verdict: "changed",
+            baseline: Some(Baseline {
+                manifest: "demo.toml".into(),
+                same_manifest: false,
+                key: key('a'),
+                unix: Some(1_795_000_000.0),
+            }),
+            changes: vec![Change {
+                depth: 1,
+                instance: "classify[fraction=1.0,seed=0]".into(),
+                what: ChangeKind::Parameter(ParamChange {
+                    name: "lr".into(),
+                    from: Some("0.001".into()),
+                    to: Some("0.002".into()),
+                }),
+                text: "parameter `lr` changed: 0.001 -> 0.002".into(),
+            }],
+            lines: vec![
+                "classify[fraction=1.0,seed=0] (classify) key bbbbbbbbbbbb".into(),
+                "would run: never built from this manifest in this store; the last build of `classify[fraction=1.0,seed=0]` was from demo.toml (2026-11-18 11:06:40 UTC, key aaaaaaaaaaaa), and its key differs:".into(),
+                "  parameter `lr` changed: 0.001 -> 0.002".into(),
+            ],
+        };
+        insta::assert_snapshot!(render_explain_json(&x));
     }
 
     #[test]

@@ -479,6 +479,7 @@ impl Builder<'_> {
                 unix: now_unix(),
                 error,
                 log,
+                manifest: Some(self.plan.manifest.display().to_string()),
             },
             false,
         )?;

@@ -17,6 +17,9 @@ pub enum State {
     /// Built before under another key (something changed since).
     Stale {
         previous: StageKey,
+        /// The other manifest that build came from, when this manifest never built the
+        /// instance (a copied or renamed manifest); `None`: this manifest's own last build.
+        from: Option<String>,
     },
     /// Never built.
     Missing,
@@ -84,6 +87,7 @@ pub fn states(
         .collect();
     let mut sizes = store.check_sizes(&done_items)?.into_iter();
     let mut out = Vec::with_capacity(items.len());
+    let mut catalog = None;
     for (idx, done) in complete.into_iter().enumerate() {
         if done {
             let bad = sizes.next().expect("one per complete artifact");
@@ -127,14 +131,31 @@ pub fn states(
             });
             continue;
         }
-        let entry: Option<IndexEntry> = store.get_json_or_stale(&Store::index_path(
-            &plan.manifest_id,
-            &plan.instances[idx].name,
-        ))?;
-        out.push(match entry {
-            Some(e) if e.key != *key => State::Stale { previous: e.key },
-            _ => State::Missing,
-        });
+        let name = &plan.instances[idx].name;
+        let entry: Option<IndexEntry> =
+            store.get_json_or_stale(&Store::index_path(&plan.manifest_id, name))?;
+        let state = match entry {
+            Some(e) if e.key != *key => State::Stale {
+                previous: e.key,
+                from: None,
+            },
+            Some(_) => State::Missing,
+            // Never built from this manifest: the last build from any other (listed once).
+            None => {
+                if catalog.is_none() {
+                    catalog = Some(store.index_catalog()?);
+                }
+                let catalog = catalog.as_ref().expect("listed above");
+                match store.last_build_elsewhere(catalog, name, &plan.manifest_id)? {
+                    Some(f) if f.entry.key != *key => State::Stale {
+                        previous: f.entry.key,
+                        from: Some(f.manifest),
+                    },
+                    _ => State::Missing,
+                }
+            }
+        };
+        out.push(state);
     }
     Ok(out)
 }

@@ -1,10 +1,14 @@
 //! Operations over a plan and a store: `explain` (why would this re-run?), `gc` (delete what the
 //! store owns and nobody needs) and `verify` (rehash artifacts against their manifests).
 
+mod compare;
 mod explain;
 mod gc;
 mod verify;
 
-pub use explain::{explain, format_unix};
+pub use compare::{
+    compare, instance_diff, param_changes, InputChange, InstanceDiff, ParamChange, PlanDiff,
+};
+pub use explain::{explain, format_unix, Against, Baseline, Change, ChangeKind, Explanation};
 pub use gc::{gc, GcReport, GcScope, BOOKKEEPING};
 pub use verify::{all_artifacts, verify, Verified};

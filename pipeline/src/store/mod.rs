@@ -24,6 +24,7 @@ use object_store::ObjectStore;
 use crate::error::Error;
 use crate::key::StageKey;
 
+mod index;
 mod listing;
 mod objects;
 mod publish;
@@ -33,6 +34,7 @@ mod transfer;
 mod url;
 mod verify;
 
+pub use index::{ForeignBuild, IndexCatalog};
 pub use publish::describe_outputs;
 pub use records::{
     check_rel_path, ArtifactManifest, BadFile, FileRecord, IndexEntry, InputRecord, Lease,

@@ -130,6 +130,10 @@ pub struct IndexEntry {
     pub error: Option<String>,
     /// Where the log of that attempt is, relative to the store root.
     pub log: String,
+    /// The manifest as given on the command line of that run (absent in older records), so a
+    /// copy of the manifest can say which one it compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// The contents of a per-key lease.

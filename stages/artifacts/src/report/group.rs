@@ -78,13 +78,47 @@ impl FractionKey {
     }
 }
 
+/// The split a table reads its metric from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Test,
+    Valid,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Test => "test",
+            Split::Valid => "valid",
+        }
+    }
+}
+
+/// The report's tables: the headline metric of the test split.
 pub(super) fn group(results: &[EvalResult]) -> BTreeMap<TaskKey, Cells> {
+    group_by(results, Split::Test, None)
+}
+
+/// The same grouping on `split`, with `metric` instead of each result's headline metric (a
+/// result without it is left out, as the report leaves out one without its headline metric).
+pub(super) fn group_by(
+    results: &[EvalResult],
+    split: Split,
+    metric: Option<&str>,
+) -> BTreeMap<TaskKey, Cells> {
     let mut out: BTreeMap<TaskKey, Cells> = BTreeMap::new();
     for r in results {
-        let Some(v) = r.test.get(&r.metric) else {
+        let metric = metric.unwrap_or(&r.metric);
+        let values = match split {
+            Split::Test => &r.test,
+            Split::Valid => &r.valid,
+        };
+        let Some(v) = values.get(metric) else {
             continue;
         };
-        out.entry(r.task_key())
+        let mut task = r.task_key();
+        task.metric = metric.to_string();
+        out.entry(task)
             .or_default()
             .entry(r.row_label())
             .or_default()

@@ -12,6 +12,7 @@ mod group;
 mod markdown;
 mod parquet;
 mod plots;
+mod tables;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use group::mean_std;
 pub use markdown::{markdown, pretraining_markdown};
 pub use parquet::write_parquet;
 pub use plots::plots;
+pub use tables::{fraction_label, tables, ResultCell, ResultTable, Split};
 
 pub use crate::files::RESULT_FILE;
 
@@ -67,7 +69,12 @@ pub const RESULTS_MD: &str = "results.md";
 impl EvalResult {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
+        Self::parse(&bytes, path)
+    }
+
+    /// A `result.json` read by other means (from a remote store); `path` names it in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|source| Error::NotAResult {
             path: path.to_path_buf(),
             source,
         })
