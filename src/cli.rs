@@ -14,6 +14,10 @@ use stages::images::DecodeLimits;
 use stages::ingest::Verify;
 use stages::synth::SynthDataset;
 
+mod artifacts;
+
+pub use artifacts::{DagFormat, DagSettings, ForgetSettings, PathSettings, PullSettings};
+
 #[derive(Parser)]
 #[command(
     name = "adaptor",
@@ -63,6 +67,11 @@ enum Command {
         /// Only these instances (name glob or stage name; repeatable), plus what they need.
         #[arg(long, value_name = "PATTERN")]
         only: Vec<String>,
+        /// Rebuild these instances even though they are up to date (name glob or stage name;
+        /// repeatable). The old artifact is replaced in one step: readers see the old one or the
+        /// new one, never none. What depends on them keeps its key and is not rebuilt.
+        #[arg(long, value_name = "PATTERN")]
+        force: Vec<String>,
         /// Show what would run, run nothing.
         #[arg(short = 'n', long)]
         dry_run: bool,
@@ -140,6 +149,19 @@ enum Command {
     },
     /// List the stage kinds this binary knows, with their parameters and inputs.
     Stages,
+    /// Print where an instance's current artifact is (its folder, or FILE in it): a local path,
+    /// or an s3:// URL. Exits 1, saying whether it is missing, stale, failed or running, when
+    /// there is no current complete artifact.
+    Path(artifacts::PathArgs),
+    /// Copy a manifest's artifacts (or --only some) from the store (local or S3) to a folder, each
+    /// with its `_manifest.json`, every file's digest checked as it is written.
+    Pull(artifacts::PullArgs),
+    /// Drop instances from the manifest's run index: `status` shows them missing and the next run
+    /// rebuilds them. Their artifacts stay in the store until then (or until gc, once no manifest
+    /// references them).
+    Forget(artifacts::ForgetArgs),
+    /// The instance graph with each instance's state, as Graphviz dot or a mermaid block.
+    Dag(artifacts::DagArgs),
     /// Embed texts or images with a frozen backbone into a Parquet table (runs `adaptor-torch
     /// embed`): `adaptor embed text --backbone DIR [--pooling pooler|cls|mean] --input FILE
     /// --output OUT.parquet`, `adaptor embed image --backbone DIR [--normalize imagenet|half]
@@ -234,6 +256,10 @@ pub enum CommandSettings {
         store: StoreChoice,
     },
     Stages,
+    Path(PathSettings),
+    Pull(PullSettings),
+    Forget(ForgetSettings),
+    Dag(DagSettings),
     Embed {
         args: Vec<OsString>,
     },
@@ -255,6 +281,8 @@ pub struct RunSettings {
     /// CPUs of this machine: the threads the running stages share.
     pub threads: usize,
     pub only: Vec<String>,
+    /// `--force`: rebuilt even though up to date.
+    pub force: Vec<String>,
     pub dry_run: bool,
     pub verify: bool,
     /// `--executor`; `None` defers to the manifest's `[executor]`.
@@ -357,6 +385,7 @@ impl CommandSettings {
                 manifest,
                 jobs,
                 only,
+                force,
                 dry_run,
                 verify,
                 executor,
@@ -369,6 +398,7 @@ impl CommandSettings {
                     jobs: jobs.unwrap_or(cpus).max(1),
                     threads: cpus,
                     only,
+                    force,
                     dry_run,
                     verify,
                     executor: executor.as_deref().map(ExecutorKind::parse).transpose()?,
@@ -446,6 +476,10 @@ impl CommandSettings {
                 store: StoreChoice::new(&store)?,
             },
             Command::Stages => CommandSettings::Stages,
+            Command::Path(a) => CommandSettings::Path(a.settings()?),
+            Command::Pull(a) => CommandSettings::Pull(a.settings()?),
+            Command::Forget(a) => CommandSettings::Forget(a.settings()?),
+            Command::Dag(a) => CommandSettings::Dag(a.settings()?),
             Command::Embed { args } => CommandSettings::Embed { args },
             Command::Synth {
                 dataset,

@@ -2,11 +2,15 @@
 //! libraries, prints what a `render_*` function makes of it and returns the exit code; what the
 //! commands share (the stage registry, opening stores, loading manifests) is here.
 
+mod dag;
 mod embed;
 mod exec;
 mod explain;
+mod forget;
 mod gc;
 mod ingest;
+mod path;
+mod pull;
 mod run;
 mod show;
 mod stages;
@@ -58,6 +62,10 @@ pub fn dispatch(settings: &Settings) -> Result<ExitCode> {
         } => verify::verify(&cx, manifests, *all, *quarantine, store),
         CommandSettings::Show { target, store } => show::show(&cx, target, store),
         CommandSettings::Stages => stages::stages(&cx),
+        CommandSettings::Path(s) => path::path(&cx, s),
+        CommandSettings::Pull(s) => pull::pull(&cx, s),
+        CommandSettings::Forget(s) => forget::forget(&cx, s),
+        CommandSettings::Dag(s) => dag::dag(&cx, s),
         CommandSettings::Embed { args } => embed::embed(&cx, args),
         CommandSettings::Synth(synth) => synth::synth(&cx, synth),
         CommandSettings::Ingest(ingest) => ingest::ingest(&cx, ingest),

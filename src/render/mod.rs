@@ -3,12 +3,19 @@
 //! function and print what it returns; each function has an insta snapshot test beside it.
 
 mod artifact;
+mod dag;
+mod locate;
 mod run;
 mod stages;
 mod status;
 mod store;
 
 pub use artifact::render_show;
+pub use dag::{render_dot, render_mermaid, Dag, DagNode};
+pub use locate::{
+    render_forget, render_not_current, render_path, render_path_json, render_pull,
+    render_pull_json, Located, PullTotals, Pulled,
+};
 pub use run::{
     render_dry_run, render_exec_failure, render_failures, render_ingest_skipped,
     render_run_summary, render_synth_summary, render_unverified_inputs, PlannedInstance,
