@@ -11,13 +11,20 @@ mod common;
 
 use common::{walk, Case};
 
+/// The dataset every manifest here reads (`notes/n.txt`, written by [`with_notes`]).
+const NOTES: &str = "[datasets.notes]\nkind = \"notes\"\nroot = \"notes\"\n";
+
+/// A case with `notes/n.txt` and `m.toml`: [`NOTES`] and `stages`.
+fn with_notes(stages: &str) -> Case {
+    let case = Case::new();
+    case.write("notes/n.txt", "hello\n");
+    case.write("m.toml", &format!("{NOTES}{stages}"));
+    case
+}
+
 /// `a` reads a dataset file; `b` copies it and appends the time in nanoseconds, so that every
 /// build of `b` differs.
 const TWO_STAGES: &str = r#"
-[datasets.notes]
-kind = "notes"
-root = "notes"
-
 [stages.a]
 kind = "command"
 inputs.deps = "datasets.notes"
@@ -30,10 +37,7 @@ params.run = "cat $IN_DEPS/a.txt > $OUT/b.txt; date +%s%N >> $OUT/b.txt"
 "#;
 
 fn two_stages() -> Case {
-    let case = Case::new();
-    case.write("notes/n.txt", "hello\n");
-    case.write("m.toml", TWO_STAGES);
-    case
+    with_notes(TWO_STAGES)
 }
 
 /// Stdout alone of a command that must succeed, trimmed.
@@ -124,7 +128,7 @@ fn path_names_the_current_artifact_or_says_why_there_is_none() {
 
     // Change b: the artifact in the store is not the current one any more.
     let text = TWO_STAGES.replace("date +%s%N", "date +%s");
-    case.write("m.toml", &text);
+    case.write("m.toml", &format!("{NOTES}{text}"));
     let (code, stale) = case.go(&["path", "m.toml", "b"]);
     assert_eq!(code, Some(1), "{stale}");
     let out = case.run(&["path", "m.toml", "b", "--json"]);
@@ -219,10 +223,6 @@ fn run_force_replaces_the_artifact_in_one_step_and_forget_makes_it_missing() {
 
 /// Four instances in four states: `a` up to date, `b` stale, `c` failed, `d` missing (after c).
 const FOUR_STATES: &str = r#"
-[datasets.notes]
-kind = "notes"
-root = "notes"
-
 [stages.a]
 kind = "command"
 inputs.deps = "datasets.notes"
@@ -246,15 +246,11 @@ params.run = "touch $OUT/d.txt"
 
 #[test]
 fn dag_draws_each_instance_with_its_state_in_dot_and_mermaid() {
-    let case = Case::new();
-    case.write("notes/n.txt", "hello\n");
-    case.write("m.toml", FOUR_STATES);
+    let case = with_notes(FOUR_STATES);
     let (code, out) = case.go(&["run", "m.toml"]);
     assert_eq!(code, Some(1), "c fails: {out}");
-    case.write(
-        "m.toml",
-        &FOUR_STATES.replace("> $OUT/b.txt", "> $OUT/b2.txt"),
-    );
+    let changed = FOUR_STATES.replace("> $OUT/b.txt", "> $OUT/b2.txt");
+    case.write("m.toml", &format!("{NOTES}{changed}"));
     let dot = stdout(&case, &["dag", "m.toml"]) + "\n";
     let mermaid = stdout(&case, &["dag", "m.toml", "--format", "mermaid"]) + "\n";
     let only_c = stdout(&case, &["dag", "m.toml", "--only", "c"]) + "\n";
@@ -399,7 +395,8 @@ fn pull_copies_verified_artifacts_links_them_and_refuses_a_corrupt_one() {
     std::fs::write(&original, "hello\n").unwrap();
 
     // An instance without a current artifact is not pulled, and the pull says so (exit 1).
-    case.write("m.toml", &TWO_STAGES.replace("date +%s%N", "date +%s"));
+    let text = TWO_STAGES.replace("date +%s%N", "date +%s");
+    case.write("m.toml", &format!("{NOTES}{text}"));
     let (code, stale) = case.go(&["pull", "m.toml", "--to", "out"]);
     assert_eq!(code, Some(1), "{stale}");
     let mut keys = keys;
