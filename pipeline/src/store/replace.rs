@@ -18,7 +18,7 @@ impl Store {
     /// old one is moved to `_replaced/<kind>/<key>-<unix>-<token>/` (gc removes it after the
     /// lease timeout; readers holding its files keep them). Remote store: the files go under a fresh
     /// attempt folder, then `_manifest.json` is overwritten only if it is still the one read
-    /// before (`If-Match`); the old attempt folder stays for readers until gc. Either way the
+    /// before (`If-Match`); the old attempt folder stays for readers until the next gc. Either way the
     /// artifact is never absent, and the run index moves to the new one only after this returns.
     pub fn publish_replacing(
         &self,
