@@ -149,18 +149,9 @@ enum Command {
     },
     /// List the stage kinds this binary knows, with their parameters and inputs.
     Stages,
-    /// Print where an instance's current artifact is (its folder, or FILE in it): a local path,
-    /// or an s3:// URL. Exits 1, saying whether it is missing, stale, failed or running, when
-    /// there is no current complete artifact.
     Path(artifacts::PathArgs),
-    /// Copy a manifest's artifacts (or --only some) from the store (local or S3) to a folder, each
-    /// with its `_manifest.json`, every file's digest checked as it is written.
     Pull(artifacts::PullArgs),
-    /// Drop instances from the manifest's run index: `status` shows them missing and the next run
-    /// rebuilds them. Their artifacts stay in the store until then (or until gc, once no manifest
-    /// references them).
     Forget(artifacts::ForgetArgs),
-    /// The instance graph with each instance's state, as Graphviz dot or a mermaid block.
     Dag(artifacts::DagArgs),
     /// Embed texts or images with a frozen backbone into a Parquet table (runs `adaptor-torch
     /// embed`): `adaptor embed text --backbone DIR [--pooling pooler|cls|mean] --input FILE

@@ -8,8 +8,12 @@ use clap::Args;
 
 use super::{StoreArg, StoreChoice};
 
+/// Print where an instance's current artifact is (its folder, or FILE in it): a local path,
+/// or an s3:// URL. Exits 1, saying whether it is missing, stale, failed or running, when
+/// there is no current complete artifact.
 #[derive(Args)]
 pub(super) struct PathArgs {
+    /// The experiment manifest (TOML).
     manifest: PathBuf,
     /// Instance name (`report`, `train[vision=dinov2-s]`), or a stage name or glob matching one.
     instance: String,
@@ -22,8 +26,11 @@ pub(super) struct PathArgs {
     store: StoreArg,
 }
 
+/// Copy a manifest's artifacts (or --only some) from the store (local or S3) to a folder, each
+/// with its `_manifest.json`, every file's digest checked as it is written.
 #[derive(Args)]
 pub(super) struct PullArgs {
+    /// The experiment manifest (TOML).
     manifest: PathBuf,
     /// Only these instances (name glob or stage name; repeatable); default: all of them.
     #[arg(long, value_name = "PATTERN")]
@@ -43,8 +50,12 @@ pub(super) struct PullArgs {
     store: StoreArg,
 }
 
+/// Drop instances from the manifest's run index: `status` shows them missing and the next run
+/// rebuilds them. Their artifacts stay in the store until then (or until gc, once no manifest
+/// references them).
 #[derive(Args)]
 pub(super) struct ForgetArgs {
+    /// The experiment manifest (TOML) whose run index forgets them.
     manifest: PathBuf,
     /// Instances to forget (name glob or stage name; at least one).
     #[arg(required = true, value_name = "PATTERN")]
@@ -53,8 +64,10 @@ pub(super) struct ForgetArgs {
     store: StoreArg,
 }
 
+/// The instance graph with each instance's state, as Graphviz dot or a mermaid block.
 #[derive(Args)]
 pub(super) struct DagArgs {
+    /// The experiment manifest (TOML).
     manifest: PathBuf,
     /// `dot` (Graphviz: `adaptor dag m.toml | dot -Tsvg > dag.svg`) or `mermaid` (a fenced block
     /// for a markdown page).
