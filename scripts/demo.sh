@@ -13,9 +13,12 @@ source scripts/env.sh
 cargo build --release --locked -p adaptor -p adaptor-torch
 target/release/adaptor run manifests/demo.toml "$@"
 target/release/adaptor status manifests/demo.toml "$@"
-report="$(ls -d artifacts/report/*/ 2>/dev/null | head -1 || true)"
-if [ -n "$report" ] && [ -f "$report/results.md" ]; then
+# The report's current artifact, from whichever store the run used (copied out, verified, when the
+# store is remote; `adaptor path` never picks a stale report the way a glob of the store would).
+report_copy=".cache/demo-report"
+if target/release/adaptor pull manifests/demo.toml --only report --to "$report_copy" -q "$@" >/dev/null \
+  && report="$(target/release/adaptor path manifests/demo.toml report results.md --store "$report_copy")"; then
   echo
-  echo "report: $report"results.md" (tables), results.parquet, *.png"
-  sed -n '/^## RSNA Pneumonia classification/,/^!\[/p' "$report/results.md"
+  echo "report: $(target/release/adaptor path manifests/demo.toml report "$@") (results.md tables, results.parquet, *.png)"
+  sed -n '/^## RSNA Pneumonia classification/,/^!\[/p' "$report"
 fi

@@ -7,6 +7,11 @@ scripts/setup.sh
 scripts/test-assets.sh
 scripts/test-assets-encoders.sh
 scripts/slurm-cluster.sh install   # slurmctld, slurmd, munge from Debian (the Slurm tests start a throwaway cluster)
+# Graphviz, so tests/commands.rs renders `adaptor dag`'s output (without it: its structure is checked).
+if ! command -v dot >/dev/null; then
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends graphviz >/dev/null; } \
+    || echo "scripts/test.sh: graphviz not installed; the dag test checks the dot structure only"
+fi
 source scripts/env.sh
 
 # The checks before a commit run here too, so CI refuses what a commit should not have let through:

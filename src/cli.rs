@@ -20,6 +20,9 @@ use stages::synth::SynthDataset;
 pub use embed::EmbedCommand;
 mod results;
 pub use results::{DiffSettings, OutputFormat, ResultsSettings};
+mod artifacts;
+
+pub use artifacts::{DagFormat, DagSettings, ForgetSettings, PathSettings, PullSettings};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +74,11 @@ enum Command {
         /// Only these instances (name glob or stage name; repeatable), plus what they need.
         #[arg(long, value_name = "PATTERN")]
         only: Vec<String>,
+        /// Rebuild these instances even though they are up to date (name glob or stage name;
+        /// repeatable). The old artifact is replaced in one step: readers see the old one or the
+        /// new one, never none. What depends on them keeps its key and is not rebuilt.
+        #[arg(long, value_name = "PATTERN")]
+        force: Vec<String>,
         /// Show what would run, run nothing.
         #[arg(short = 'n', long)]
         dry_run: bool,
@@ -187,6 +195,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    Path(artifacts::PathArgs),
+    Pull(artifacts::PullArgs),
+    Forget(artifacts::ForgetArgs),
+    Dag(artifacts::DagArgs),
     /// Embed texts or images with a frozen backbone into a Parquet table (the encode stages' code
     /// on files, run by the libtorch worker `adaptor-torch`).
     Embed {
@@ -294,6 +306,10 @@ pub enum CommandSettings {
     Stages {
         json: bool,
     },
+    Path(PathSettings),
+    Pull(PullSettings),
+    Forget(ForgetSettings),
+    Dag(DagSettings),
     Embed(EmbedCommand),
     Completions(Shell),
     Synth(SynthSettings),
@@ -314,6 +330,8 @@ pub struct RunSettings {
     /// CPUs of this machine: the threads the running stages share.
     pub threads: usize,
     pub only: Vec<String>,
+    /// `--force`: rebuilt even though up to date.
+    pub force: Vec<String>,
     pub dry_run: bool,
     pub verify: bool,
     /// `--executor`; `None` defers to the manifest's `[executor]`.
@@ -416,6 +434,7 @@ impl CommandSettings {
                 manifest,
                 jobs,
                 only,
+                force,
                 dry_run,
                 verify,
                 executor,
@@ -428,6 +447,7 @@ impl CommandSettings {
                     jobs: jobs.unwrap_or(cpus).max(1),
                     threads: cpus,
                     only,
+                    force,
                     dry_run,
                     verify,
                     executor: executor.as_deref().map(ExecutorKind::parse).transpose()?,
@@ -524,6 +544,10 @@ impl CommandSettings {
             Command::Stages { json } => CommandSettings::Stages { json },
             Command::Embed { what } => CommandSettings::Embed(what),
             Command::Completions { shell } => CommandSettings::Completions(shell),
+            Command::Path(a) => CommandSettings::Path(a.settings()?),
+            Command::Pull(a) => CommandSettings::Pull(a.settings()?),
+            Command::Forget(a) => CommandSettings::Forget(a.settings()?),
+            Command::Dag(a) => CommandSettings::Dag(a.settings()?),
             Command::Synth {
                 dataset,
                 out,

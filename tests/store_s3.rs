@@ -432,3 +432,78 @@ fn s3_gc_skips_what_it_does_not_own_and_keeps_job_records_it_cannot_judge() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("all 1 instance(s) up to date"), "{out}");
 }
+
+/// `path` names the object on S3; `pull` copies a verified artifact out (and refuses one whose
+/// object changed behind the store's back, leaving nothing complete); `run --force` commits a new
+/// attempt by a conditional overwrite of `_manifest.json`, leaving the old attempt for gc.
+#[test]
+fn s3_path_pull_and_a_forced_rebuild() {
+    let moto = common::moto::start("chaos");
+    let case = Case::with_env(moto.env());
+    case.write(
+        "m.toml",
+        "store = 's3://chaos/pp'\n[stages.a]\nkind = 'command'\nparams.run = 'echo hello > $OUT/a.txt; date +%s%N > $OUT/t.txt'\n",
+    );
+    case.ok(&["run", "m.toml"]);
+    let stdout = |args: &[&str]| {
+        let out = case.run(args);
+        assert!(out.status.success(), "{}", common::text(&out));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    };
+    let url = stdout(&["path", "m.toml", "a", "a.txt"]);
+    assert!(
+        url.starts_with("s3://chaos/pp/command/")
+            && url.contains("/_attempt-")
+            && url.ends_with("/a.txt"),
+        "{url}"
+    );
+    let rel = url.strip_prefix("s3://chaos/").unwrap().to_string();
+    assert!(moto.keys("chaos", "pp/command/").contains(&rel));
+
+    let out = case.ok(&["pull", "m.toml", "--to", "out"]);
+    assert!(out.contains("1 copied (2 file(s), 26 B)"), "{out}");
+    let copies: Vec<_> = walk(&case.path().join("out"));
+    let a_txt = copies.iter().find(|p| p.ends_with("a.txt")).expect("a.txt");
+    assert_eq!(std::fs::read_to_string(a_txt).unwrap(), "hello\n");
+    let manifest = std::fs::read_to_string(a_txt.with_file_name("_manifest.json")).unwrap();
+    assert!(!manifest.contains("\"attempt\""), "{manifest}");
+    let status = case.ok(&["status", "m.toml", "--store", "out"]);
+    assert!(status.contains("all 1 instance(s) up to date"), "{status}");
+    let (code, link) = case.go(&["pull", "m.toml", "--to", "lnk", "--link"]);
+    assert_eq!(code, Some(2), "{link}");
+    assert!(link.contains("--link needs a local store"), "{link}");
+
+    // Forced: a new attempt, committed over the old manifest; the old attempt's files stay.
+    let out = case.ok(&["run", "m.toml", "--force", "a"]);
+    assert!(out.contains("1 ran"), "{out}");
+    let url2 = stdout(&["path", "m.toml", "a", "a.txt"]);
+    assert_ne!(url, url2);
+    let keys = moto.keys("chaos", "pp/command/");
+    assert!(
+        keys.contains(&rel),
+        "the old attempt stays for readers: {keys:?}"
+    );
+    let out = case.ok(&["pull", "m.toml", "--to", "out"]);
+    assert!(
+        out.contains("1 copied"),
+        "a forced rebuild's new files: {out}"
+    );
+
+    // The object changed behind the store's back, same size: the pull names it, copies nothing.
+    let rel2 = url2.strip_prefix("s3://chaos/").unwrap();
+    let (status, _) =
+        common::moto::http_bytes(moto.port, "PUT", &format!("/chaos/{rel2}"), b"HELLO\n");
+    assert_eq!(status, 200);
+    let (code, out) = case.go(&["pull", "m.toml", "--to", "fresh"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains(rel2) && out.contains("content digest"),
+        "{out}"
+    );
+    assert!(walk(&case.path().join("fresh"))
+        .iter()
+        .all(|p| !p.ends_with("_manifest.json")));
+}

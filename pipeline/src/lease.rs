@@ -169,6 +169,24 @@ pub fn acquire(
     on_wait: &mut dyn FnMut(&str),
     cancel: &AtomicBool,
 ) -> Result<Acquired> {
+    acquire_for(
+        store, kind, key, template, lease_secs, on_wait, cancel, false,
+    )
+}
+
+/// [`acquire`]; with `replace` (a forced rebuild) a complete artifact does not end the wait: the
+/// lease is taken all the same, and the caller publishes over the artifact.
+#[allow(clippy::too_many_arguments)]
+pub fn acquire_for(
+    store: &Store,
+    kind: &str,
+    key: &StageKey,
+    template: &Lease,
+    lease_secs: f64,
+    on_wait: &mut dyn FnMut(&str),
+    cancel: &AtomicBool,
+    replace: bool,
+) -> Result<Acquired> {
     let path = Store::lock_path(kind, key);
     let mut lease = template.clone();
     lease.token = crate::store::unique_token();
@@ -176,7 +194,7 @@ pub fn acquire(
     lease.released = false;
     let mut announced = false;
     loop {
-        if store.is_sound(kind, key)? {
+        if !replace && store.is_sound(kind, key)? {
             return Ok(Acquired::Complete);
         }
         lease.heartbeat_unix = now_unix();
@@ -218,7 +236,7 @@ pub fn acquire(
         };
         // Re-check under the lease: the holder may have committed and released meanwhile.
         let item = [(kind.to_string(), key.clone())];
-        if store.complete_many(&item)?[0] {
+        if !replace && store.complete_many(&item)?[0] {
             if store.check_sizes(&item)?[0].is_empty() {
                 release(store, &mut held)?;
                 return Ok(Acquired::Complete);

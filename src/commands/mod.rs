@@ -3,12 +3,16 @@
 //! commands share (the stage registry, opening stores, loading manifests) is here.
 
 mod completions;
+mod dag;
 mod diff;
 mod embed;
 mod exec;
 mod explain;
+mod forget;
 mod gc;
 mod ingest;
+mod path;
+mod pull;
 mod results;
 mod run;
 mod show;
@@ -74,6 +78,10 @@ pub fn dispatch(settings: &Settings) -> Result<ExitCode> {
         CommandSettings::Stages { json } => stages::stages(&cx, *json),
         CommandSettings::Embed(what) => embed::embed(&cx, what),
         CommandSettings::Completions(shell) => completions::completions(*shell),
+        CommandSettings::Path(s) => path::path(&cx, s),
+        CommandSettings::Pull(s) => pull::pull(&cx, s),
+        CommandSettings::Forget(s) => forget::forget(&cx, s),
+        CommandSettings::Dag(s) => dag::dag(&cx, s),
         CommandSettings::Synth(synth) => synth::synth(&cx, synth),
         CommandSettings::Ingest(ingest) => ingest::ingest(&cx, ingest),
     }

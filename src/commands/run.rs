@@ -35,6 +35,7 @@ pub fn run(cx: &Context, s: &RunSettings) -> Result<ExitCode> {
         jobs: s.jobs,
         threads: s.threads,
         only: s.only.clone(),
+        force: s.force.clone(),
         dry_run: s.dry_run,
         host: String::new(),
         lease_secs: s.lease_secs,
@@ -44,6 +45,9 @@ pub fn run(cx: &Context, s: &RunSettings) -> Result<ExitCode> {
     let display = Arc::new(Display::new(cx.settings.verbose, quiet));
     let report = match ExecutorKind::choose(s.executor, &plan) {
         ExecutorKind::Slurm => {
+            if !s.force.is_empty() {
+                bail!("--force runs on the local executor; with Slurm, `adaptor forget` the instances, then run (a forgotten instance is rebuilt over its artifact)");
+            }
             if matches!(url, StoreUrl::Memory) {
                 bail!("the Slurm executor needs a store every node can reach (a shared folder or s3://), not memory://");
             }

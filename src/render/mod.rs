@@ -3,8 +3,10 @@
 //! function and print what it returns; each function has an insta snapshot test beside it.
 
 mod artifact;
-mod json;
+mod dag;
 mod diff;
+mod json;
+mod locate;
 mod results;
 mod run;
 mod stages;
@@ -12,8 +14,13 @@ mod status;
 mod store;
 
 pub use artifact::render_show;
-pub use json::{render_gc_json, render_show_json, render_stages_json, render_verify_json};
+pub use dag::{render_dot, render_mermaid, Dag, DagNode};
 pub use diff::{render_diff, render_diff_json, DiffSide, DiffView};
+pub use json::{render_gc_json, render_show_json, render_stages_json, render_verify_json};
+pub use locate::{
+    render_forget, render_not_current, render_path, render_path_json, render_pull,
+    render_pull_json, Located, PullTotals, Pulled,
+};
 pub use results::{
     name_some, render_results, render_results_csv, render_results_json, ResultsView,
 };

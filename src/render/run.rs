@@ -23,13 +23,12 @@ pub struct PlannedInstance<'a> {
 pub fn render_dry_run(would_run: &[PlannedInstance], outcomes: &[(String, Outcome)]) -> String {
     let mut s = String::new();
     for p in would_run {
-        let _ = writeln!(
-            s,
-            "would run  {}  {}  ({})",
-            p.key.short(),
-            p.name,
-            p.state.label()
-        );
+        // Only `--force` runs an up-to-date instance.
+        let why = match p.state {
+            State::UpToDate => "up-to-date, forced",
+            other => other.label(),
+        };
+        let _ = writeln!(s, "would run  {}  {}  ({why})", p.key.short(), p.name);
     }
     if outcomes.iter().all(|(_, o)| *o == Outcome::UpToDate) {
         let _ = writeln!(

@@ -42,6 +42,8 @@ pub(super) struct Builder<'a> {
 
 /// One attempt at an instance, under its lease.
 struct Attempt<'a> {
+    /// Publish over a complete artifact of the key (`--force`, or forgotten).
+    replace: bool,
     stage: &'a dyn Stage,
     /// Names the staging folder.
     nonce: &'a str,
@@ -96,7 +98,8 @@ impl Builder<'_> {
                 owner: owner.to_string(),
             })
         };
-        let held = match crate::lease::acquire(
+        let replace = self.replaces(idx)?;
+        let held = match crate::lease::acquire_for(
             store,
             &inst.kind,
             key,
@@ -104,6 +107,7 @@ impl Builder<'_> {
             opts.lease_secs,
             &mut on_wait,
             &cancel,
+            replace,
         )? {
             crate::lease::Acquired::Complete => return Ok(Outcome::BuiltElsewhere),
             crate::lease::Acquired::Held { lease, .. } => *lease,
@@ -145,6 +149,7 @@ impl Builder<'_> {
         let result = self.attempt(
             idx,
             &Attempt {
+                replace,
                 stage: stage.as_ref(),
                 nonce: &nonce,
                 stop,
@@ -223,8 +228,13 @@ impl Builder<'_> {
         let started_unix = now_unix();
         let clock = Instant::now();
 
-        // A finished output of this key whose publish failed earlier: publish it, do not recompute.
-        if let Some((kept, manifest)) = store.take_unpublished(&inst.kind, key)? {
+        // A finished output of this key whose publish failed earlier: publish it, do not recompute
+        // (unless this is a forced rebuild).
+        let kept = match attempt.replace {
+            true => None,
+            false => store.take_unpublished(&inst.kind, key)?,
+        };
+        if let Some((kept, manifest)) = kept {
             return Ok(
                 match store.publish(&kept, &manifest, fence, &|| lost.load(Ordering::SeqCst))? {
                     PublishOutcome::Published => {
@@ -408,26 +418,30 @@ impl Builder<'_> {
             job: opts.job.clone(),
             attempt: store.new_attempt(),
         };
-        let published =
-            match store.publish(&staging, &manifest, fence, &|| lost.load(Ordering::SeqCst)) {
-                Ok(p) => p,
-                Err(e) => {
-                    // Keep the finished output for the next run, and say so where `status` looks.
-                    let error = match store.keep_unpublished(&staging, &manifest) {
-                        Ok(dir) => format!(
+        let is_lost = || lost.load(Ordering::SeqCst);
+        let published = match attempt.replace {
+            true => store.publish_replacing(&staging, &manifest, fence, &is_lost),
+            false => store.publish(&staging, &manifest, fence, &is_lost),
+        };
+        let published = match published {
+            Ok(p) => p,
+            Err(e) => {
+                // Keep the finished output for the next run, and say so where `status` looks.
+                let error = match store.keep_unpublished(&staging, &manifest) {
+                    Ok(dir) => format!(
                         "publishing failed: {e}; the finished output is kept in {} and the next \
                          run publishes it instead of recomputing",
                         dir.display()
                     ),
-                        Err(_) => format!("publishing failed: {e}"),
-                    };
-                    let _ = self.record_failure(idx, &error);
-                    return Ok(Outcome::Failed {
-                        error,
-                        log: String::new(),
-                    });
-                }
-            };
+                    Err(_) => format!("publishing failed: {e}"),
+                };
+                let _ = self.record_failure(idx, &error);
+                return Ok(Outcome::Failed {
+                    error,
+                    log: String::new(),
+                });
+            }
+        };
         let outcome = match published {
             PublishOutcome::Published => Outcome::Ran { seconds },
             PublishOutcome::AlreadyComplete => Outcome::BuiltElsewhere,
@@ -443,7 +457,24 @@ impl Builder<'_> {
             let _ = std::fs::remove_dir_all(&resume);
         }
         self.record_in_index(idx, None, manifest.file_rel("_log.txt"))?;
+        if attempt.replace {
+            store.delete(&Store::forgotten_path(&plan.manifest_id, &inst.name))?;
+        }
         Ok(outcome)
+    }
+
+    /// Whether instance `idx` is rebuilt over its complete artifact: `--force` names it, or
+    /// `adaptor forget` dropped it at this key.
+    fn replaces(&self, idx: usize) -> Result<bool> {
+        let (plan, inst) = (self.plan, &self.plan.instances[idx]);
+        if super::forced(plan, self.opts)?.contains(&idx) {
+            return Ok(true);
+        }
+        let marker = Store::forgotten_path(&plan.manifest_id, &inst.name);
+        Ok(self
+            .store
+            .get_json_or_stale::<store::ForgetRecord>(&marker)?
+            .is_some_and(|r| r.key == self.resolved.keys[idx]))
     }
 
     /// Records a failed attempt at instance `idx` (`_failed/<kind>/<key>/_error.json`), where

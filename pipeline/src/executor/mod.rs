@@ -28,7 +28,7 @@ pub use leases::LEASE_SECS;
 pub use local::run;
 pub use local::LocalPool;
 pub use resolve::{external_digest, resolve, Resolved};
-pub use state::{states, FailureRecord, State};
+pub use state::{forgotten, states, FailureRecord, State};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Name globs or stage names; empty means everything.
     pub only: Vec<String>,
+    /// Name globs or stage names rebuilt even when up to date (`run --force`); their complete
+    /// artifacts are replaced in one step. Each must match an instance.
+    pub force: Vec<String>,
     pub dry_run: bool,
     /// A lease not refreshed for this long belongs to a dead runner.
     pub lease_secs: f64,
@@ -57,6 +60,7 @@ impl Default for RunOptions {
             jobs: 1,
             threads: 1,
             only: Vec::new(),
+            force: Vec::new(),
             dry_run: false,
             lease_secs: LEASE_SECS,
             host: "localhost".into(),
@@ -94,27 +98,23 @@ impl RunReport {
     }
 }
 
-/// state of every instance of the plan.
+/// The instances a run considers (the `only` selection and what it needs, or everything; the
+/// `force` patterns select too) and the state of every instance of the plan.
 pub fn select(
     plan: &Plan,
     resolved: &Resolved,
     store: &Store,
     opts: &RunOptions,
 ) -> Result<(Vec<usize>, Vec<State>)> {
+    let forced = forced(plan, opts)?;
     let selected: Vec<usize> = if opts.only.is_empty() {
         (0..plan.instances.len()).collect()
     } else {
         let mut targets = Vec::new();
         for pattern in &opts.only {
-            let m = plan.select(pattern);
-            if m.is_empty() {
-                return Err(Error::NoSuchInstance {
-                    pattern: pattern.clone(),
-                    hint: hint(plan),
-                });
-            }
-            targets.extend(m);
+            targets.extend(matching(plan, pattern)?);
         }
+        targets.extend(forced);
         plan.closure(&targets)
     };
     let all_states = states(plan, resolved, store, opts.lease_secs)?;
@@ -136,6 +136,27 @@ pub fn select(
         }
     }
     Ok((selected, all_states))
+}
+
+/// The instances `pattern` matches; none is an error that names a few instances.
+fn matching(plan: &Plan, pattern: &str) -> Result<Vec<usize>> {
+    let m = plan.select(pattern);
+    if m.is_empty() {
+        return Err(Error::NoSuchInstance {
+            pattern: pattern.to_string(),
+            hint: hint(plan),
+        });
+    }
+    Ok(m)
+}
+
+/// The instances `--force` names, in plan order.
+pub fn forced(plan: &Plan, opts: &RunOptions) -> Result<std::collections::BTreeSet<usize>> {
+    let mut out = std::collections::BTreeSet::new();
+    for pattern in &opts.force {
+        out.extend(matching(plan, pattern)?);
+    }
+    Ok(out)
 }
 
 fn hint(plan: &Plan) -> String {
@@ -170,10 +191,11 @@ pub(crate) fn begin(
     sink: &dyn ProgressSink,
 ) -> Result<Begin> {
     let (selected, all_states) = select(plan, resolved, store, opts)?;
+    let forced = forced(plan, opts)?;
     let to_run: Vec<usize> = selected
         .iter()
         .copied()
-        .filter(|&i| all_states[i].needs_run())
+        .filter(|&i| all_states[i].needs_run() || forced.contains(&i))
         .collect();
     sink.event(&RunEvent::Planned {
         to_run: to_run.len(),
@@ -181,7 +203,7 @@ pub(crate) fn begin(
     });
     let mut outcomes: BTreeMap<usize, Outcome> = selected
         .iter()
-        .filter(|&&i| !all_states[i].needs_run())
+        .filter(|&&i| !all_states[i].needs_run() && !forced.contains(&i))
         .map(|&i| (i, Outcome::UpToDate))
         .collect();
     if !opts.dry_run && !to_run.is_empty() {
@@ -192,7 +214,11 @@ pub(crate) fn begin(
             outcomes.insert(
                 i,
                 Outcome::NotRun {
-                    because: format!("dry run ({})", all_states[i].label()),
+                    because: if forced.contains(&i) {
+                        format!("dry run ({}, forced)", all_states[i].label())
+                    } else {
+                        format!("dry run ({})", all_states[i].label())
+                    },
                 },
             );
         }

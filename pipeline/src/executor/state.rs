@@ -6,7 +6,7 @@ use crate::key::StageKey;
 use crate::lease::{now_unix, LeaseState};
 use crate::plan::Plan;
 use crate::stage::Limits;
-use crate::store::{self, IndexEntry, Lease, Store};
+use crate::store::{self, ForgetRecord, IndexEntry, Lease, Store};
 
 use super::jobs;
 use super::Resolved;
@@ -77,7 +77,11 @@ pub fn states(
         .zip(&resolved.keys)
         .map(|(i, k)| (i.kind.clone(), k.clone()))
         .collect();
-    let complete = store.complete_many(&items)?;
+    let mut complete = store.complete_many(&items)?;
+    // Forgotten (`adaptor forget`): complete, but missing for this manifest until rebuilt.
+    for i in forgotten(plan, resolved, store)? {
+        complete[i] = false;
+    }
     let pending: Vec<usize> = (0..items.len()).filter(|&i| !complete[i]).collect();
     let jobs = jobs::live_jobs(plan, resolved, store, &pending)?;
     // A stat per file of each complete artifact (one listing per artifact on S3).
@@ -156,6 +160,27 @@ pub fn states(
             }
         };
         out.push(state);
+    }
+    Ok(out)
+}
+
+/// The instances of `plan` that `adaptor forget` dropped at their current key: one listing of
+/// `_forgotten/<manifest-id>/` (empty unless something was forgotten), then one read per record.
+pub fn forgotten(
+    plan: &Plan,
+    resolved: &Resolved,
+    store: &Store,
+) -> Result<std::collections::BTreeSet<usize>> {
+    let mut out = std::collections::BTreeSet::new();
+    for (rel, _) in store.list(&format!("_forgotten/{}", plan.manifest_id))? {
+        let Some(r) = store.get_json_or_stale::<ForgetRecord>(&rel)? else {
+            continue;
+        };
+        if let Some(i) = plan.instance(&r.instance) {
+            if resolved.keys[i] == r.key && plan.instances[i].kind == r.kind {
+                out.insert(i);
+            }
+        }
     }
     Ok(out)
 }

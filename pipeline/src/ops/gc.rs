@@ -27,6 +27,8 @@ pub const BOOKKEEPING: &[&str] = &[
     "_resume",
     "_jobs",
     "_quarantine",
+    "_forgotten",
+    "_replaced",
 ];
 
 /// What gc needs to know besides the store.
@@ -124,6 +126,22 @@ pub fn gc(store: &Store, scope: &GcScope, dry_run: bool) -> Result<GcReport> {
                     continue;
                 }
                 remove(&mut report, rel)?;
+            }
+        }
+    }
+    // Artifacts a forced rebuild replaced (local stores), `<kind>/<key>-<unix>-<token>`: kept
+    // one lease timeout after they were replaced, for readers still in them.
+    let (kinds, _) = store.list_top("_replaced")?;
+    for kind in kinds {
+        let (folders, _) = store.list_top(&format!("_replaced/{kind}"))?;
+        for folder in folders {
+            let rel = format!("_replaced/{kind}/{folder}");
+            match folder.split('-').nth(1).and_then(|t| t.parse::<f64>().ok()) {
+                Some(t) if store.now()? - t > scope.lease_secs => remove(&mut report, rel)?,
+                Some(_) => {}
+                None => report
+                    .skipped
+                    .push((rel + "/", "not named <key>-<unix>-<token>".into())),
             }
         }
     }

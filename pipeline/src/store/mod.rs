@@ -11,6 +11,10 @@
 //! - `_uploads/<random>.json` multipart uploads in progress (remote), for gc to abort.
 //! - `_failed/<kind>/<key>/` the log and error of the last failed attempt.
 //! - `_index/<manifest-id>/<instance-hash>.json` which key each instance of a manifest last built.
+//! - `_forgotten/<manifest-id>/<instance-hash>.json` instances `adaptor forget` dropped from that
+//!   manifest's index: `status` shows them missing and the next run rebuilds them.
+//! - `_replaced/<kind>/<key>-<unix>-<token>/` (local only) the artifact a forced rebuild replaced, kept
+//!   for readers still in it until gc removes it after the lease timeout.
 //! - `_staging/` (local only) directories being written; renamed into place when complete.
 //! - `_resume/<kind>/<key>/` (local; the cache folder for remote stores) state a stage resumes
 //!   from after a kill; removed when its artifact is committed.
@@ -24,21 +28,24 @@ use object_store::ObjectStore;
 use crate::error::Error;
 use crate::key::StageKey;
 
+mod copy;
 mod index;
 mod listing;
 mod objects;
 mod publish;
 mod records;
+mod replace;
 mod retry;
 mod transfer;
 mod url;
 mod verify;
 
+pub use copy::{CopyMode, CopyOutcome};
 pub use index::{ForeignBuild, IndexCatalog};
 pub use publish::describe_outputs;
 pub use records::{
-    check_rel_path, ArtifactManifest, BadFile, FileRecord, IndexEntry, InputRecord, Lease,
-    ObjVersion, PublishOutcome, Record, StagingOwner, UploadRecord, VerifyReport, RESERVED,
+    check_rel_path, ArtifactManifest, BadFile, FileRecord, ForgetRecord, IndexEntry, InputRecord,
+    Lease, ObjVersion, PublishOutcome, Record, StagingOwner, UploadRecord, VerifyReport, RESERVED,
 };
 pub use url::{
     StoreSettings, StoreUrl, S3_CONNECT_TIMEOUT, S3_MAX_RETRIES, S3_REQUEST_TIMEOUT,
@@ -152,6 +159,11 @@ impl Store {
     pub fn index_path(manifest_id: &str, instance: &str) -> String {
         let h = blake3::hash(instance.as_bytes()).to_hex();
         format!("_index/{manifest_id}/{}.json", &h[..32])
+    }
+
+    pub fn forgotten_path(manifest_id: &str, instance: &str) -> String {
+        let h = blake3::hash(instance.as_bytes()).to_hex();
+        format!("_forgotten/{manifest_id}/{}.json", &h[..32])
     }
 
     /// Queues a warning for the binary to print (the library never prints).

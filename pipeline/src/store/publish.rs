@@ -111,24 +111,9 @@ impl Store {
         fence: &dyn Fn() -> bool,
         lost: &dyn Fn() -> bool,
     ) -> Result<PublishOutcome> {
-        let out = staging.join("out");
-        let log = staging.join("log.txt");
-        let dir_rel = Self::artifact_dir(&manifest.kind, &manifest.key);
         if let Some(root) = &self.local_root {
-            if log.exists() {
-                std::fs::rename(&log, out.join("_log.txt")).at(&log)?;
-            }
-            sync_tree(&out)?;
-            let manifest_bytes = serde_json::to_vec_pretty(manifest).expect("serialisable");
-            write_synced(&out.join("_manifest.json"), &manifest_bytes)?;
-            sync_dir(&out)?;
-            let target = root.join(&dir_rel);
+            let (out, target) = self.seal_local(root, staging, manifest)?;
             let parent = target.parent().expect("artifact dirs have a parent");
-            let new_parent = !parent.exists();
-            std::fs::create_dir_all(parent).at(parent)?;
-            if new_parent {
-                sync_dir(root)?;
-            }
             if !fence() {
                 return Ok(PublishOutcome::LostLease);
             }
@@ -143,53 +128,22 @@ impl Store {
                     Ok(PublishOutcome::AlreadyComplete)
                 }
                 Err(_) if target.exists() => {
-                    // An incomplete leftover (no manifest: an interrupted gc or quarantine).
-                    std::fs::remove_dir_all(&target).at(&target)?;
-                    std::fs::rename(&out, &target).at(&target)?;
-                    sync_dir(parent)?;
-                    let _ = std::fs::remove_dir_all(staging);
+                    self.replace_leftover(staging, &out, &target)?;
                     Ok(PublishOutcome::Published)
                 }
                 Err(e) => Err(Error::io(&target, e)),
             };
         }
         let mut manifest = manifest.clone();
-        let attempt = manifest
-            .attempt
-            .clone()
-            .unwrap_or_else(|| format!("_attempt-{}", unique_token()));
-        manifest.attempt = Some(attempt.clone());
-        let attempt_rel = format!("{dir_rel}/{attempt}");
-        let uploaded = (|| -> Result<Option<PublishOutcome>> {
-            for file in &manifest.files {
-                if lost() {
-                    return Ok(Some(PublishOutcome::LostLease));
-                }
-                self.upload_file(&out.join(&file.path), &manifest.file_rel(&file.path))?;
-            }
-            if log.exists() {
-                self.upload_file(&log, &manifest.file_rel("_log.txt"))?;
-            }
-            if !fence() {
-                return Ok(Some(PublishOutcome::LostLease));
-            }
-            Ok(None)
-        })();
-        match uploaded {
-            Ok(None) => {}
-            Ok(Some(outcome)) => {
-                // Not committed: our attempt folder is never followed; remove it.
-                let _ = self.delete_prefix(&attempt_rel);
-                let _ = std::fs::remove_dir_all(staging);
-                return Ok(outcome);
-            }
-            Err(e) => {
-                // No manifest was written: the attempt goes; the staging folder stays (the
-                // caller keeps it for a re-publish).
-                let _ = self.delete_prefix(&attempt_rel);
-                return Err(e);
-            }
-        }
+        let attempt = self.upload_attempt(staging, &mut manifest, fence, lost)?;
+        let attempt = match attempt {
+            Ok(a) => a,
+            Err(outcome) => return Ok(outcome),
+        };
+        let attempt_rel = format!(
+            "{}/{attempt}",
+            Self::artifact_dir(&manifest.kind, &manifest.key)
+        );
         let manifest_rel = Self::manifest_path(&manifest.kind, &manifest.key);
         let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("serialisable");
         let put = self.put(&manifest_rel, Bytes::from(manifest_bytes), true);
@@ -230,6 +184,97 @@ impl Store {
             // Cannot tell: the attempt folder stays (gc removes it once no manifest names it).
             (Err(e), Err(_)) => Err(e),
             (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
+    /// A local store's finished folder made ready to move into place: the log inside, every file
+    /// and folder fsynced, `_manifest.json` written and fsynced, the target's parent created.
+    /// Returns the folder and its target.
+    pub(super) fn seal_local(
+        &self,
+        root: &Path,
+        staging: &Path,
+        manifest: &ArtifactManifest,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let out = staging.join("out");
+        let log = staging.join("log.txt");
+        if log.exists() {
+            std::fs::rename(&log, out.join("_log.txt")).at(&log)?;
+        }
+        sync_tree(&out)?;
+        let manifest_bytes = serde_json::to_vec_pretty(manifest).expect("serialisable");
+        write_synced(&out.join("_manifest.json"), &manifest_bytes)?;
+        sync_dir(&out)?;
+        let target = root.join(Self::artifact_dir(&manifest.kind, &manifest.key));
+        let parent = target.parent().expect("artifact dirs have a parent");
+        let new_parent = !parent.exists();
+        std::fs::create_dir_all(parent).at(parent)?;
+        if new_parent {
+            sync_dir(root)?;
+        }
+        Ok((out, target))
+    }
+
+    /// Moves `out` to `target`, where an incomplete leftover (no manifest: an interrupted gc or
+    /// quarantine) is in the way.
+    pub(super) fn replace_leftover(&self, staging: &Path, out: &Path, target: &Path) -> Result<()> {
+        std::fs::remove_dir_all(target).at(target)?;
+        std::fs::rename(out, target).at(target)?;
+        sync_dir(target.parent().expect("has a parent"))?;
+        let _ = std::fs::remove_dir_all(staging);
+        Ok(())
+    }
+
+    /// Remote store: uploads a staged output's files and log under a fresh attempt folder (set
+    /// in `manifest`), asking `lost` before each file and `fence` at the end. `Ok(Ok(attempt))`
+    /// when all is uploaded and the lease holds; `Ok(Err(outcome))` when the lease was lost (the
+    /// attempt folder and staging removed); an error removes the attempt and keeps the staging
+    /// folder (the caller keeps it for a re-publish).
+    pub(super) fn upload_attempt(
+        &self,
+        staging: &Path,
+        manifest: &mut ArtifactManifest,
+        fence: &dyn Fn() -> bool,
+        lost: &dyn Fn() -> bool,
+    ) -> Result<std::result::Result<String, PublishOutcome>> {
+        let out = staging.join("out");
+        let log = staging.join("log.txt");
+        let attempt = manifest
+            .attempt
+            .clone()
+            .unwrap_or_else(|| format!("_attempt-{}", unique_token()));
+        manifest.attempt = Some(attempt.clone());
+        let attempt_rel = format!(
+            "{}/{attempt}",
+            Self::artifact_dir(&manifest.kind, &manifest.key)
+        );
+        let uploaded = (|| -> Result<Option<PublishOutcome>> {
+            for file in &manifest.files {
+                if lost() {
+                    return Ok(Some(PublishOutcome::LostLease));
+                }
+                self.upload_file(&out.join(&file.path), &manifest.file_rel(&file.path))?;
+            }
+            if log.exists() {
+                self.upload_file(&log, &manifest.file_rel("_log.txt"))?;
+            }
+            if !fence() {
+                return Ok(Some(PublishOutcome::LostLease));
+            }
+            Ok(None)
+        })();
+        match uploaded {
+            Ok(None) => Ok(Ok(attempt)),
+            Ok(Some(outcome)) => {
+                // Not committed: our attempt folder is never followed; remove it.
+                let _ = self.delete_prefix(&attempt_rel);
+                let _ = std::fs::remove_dir_all(staging);
+                Ok(Err(outcome))
+            }
+            Err(e) => {
+                let _ = self.delete_prefix(&attempt_rel);
+                Err(e)
+            }
         }
     }
 }

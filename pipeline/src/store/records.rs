@@ -136,6 +136,16 @@ pub struct IndexEntry {
     pub manifest: Option<String>,
 }
 
+/// `_forgotten/<manifest-id>/<instance-hash>.json`: `adaptor forget` dropped this instance (at
+/// this key) from the manifest's index; its artifact stays until a run rebuilds it or gc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetRecord {
+    pub instance: String,
+    pub kind: String,
+    pub key: StageKey,
+    pub unix: f64,
+}
+
 /// The contents of a per-key lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {

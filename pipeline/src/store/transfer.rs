@@ -30,6 +30,17 @@ impl Store {
         expected_size: u64,
         dest: Option<&Path>,
     ) -> Result<Option<String>> {
+        self.fetch_file_with(rel, expected_size, dest, &|_| {})
+    }
+
+    /// [`Store::fetch_file`], telling `progress` the bytes of each chunk.
+    pub(super) fn fetch_file_with(
+        &self,
+        rel: &str,
+        expected_size: u64,
+        dest: Option<&Path>,
+        progress: &dyn Fn(u64),
+    ) -> Result<Option<String>> {
         use std::io::Write;
         let path = self.path(rel);
         let inner = self.inner.clone();
@@ -87,6 +98,7 @@ impl Store {
                 if let (Some(w), Some(d)) = (out.as_mut(), dest) {
                     w.write_all(&bytes).at(d)?;
                 }
+                progress(bytes.len() as u64);
                 offset = end;
             }
             if let (Some(w), Some(d)) = (out, dest) {
@@ -283,64 +295,11 @@ impl Store {
         if let Some(root) = &self.local_root {
             return Ok(root.join(rel));
         }
-        let dest = self.cache_dir.join("artifacts").join(&rel);
-        if dest.join("_manifest.json").is_file() {
-            return Ok(dest);
+        let cache = self.cache_dir.join("artifacts");
+        let dest = cache.join(&rel);
+        if !dest.join("_manifest.json").is_file() {
+            self.copy_artifact(kind, key, &cache, CopyMode::Copy, &|_| {})?;
         }
-        let manifest = self
-            .read_manifest(kind, key)?
-            .ok_or_else(|| Error::Artifact {
-                what: format!("{}/{rel}", self.url),
-                message: "is not complete (no _manifest.json)".into(),
-            })?;
-        let tmp = self
-            .cache_dir
-            .join("artifacts")
-            .join(format!("{rel}.part-{}", unique_token()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let fetched = (|| -> Result<()> {
-            for file in &manifest.files {
-                // Paths were checked by `read_manifest`: this stays inside `tmp`.
-                let p = tmp.join(&file.path);
-                std::fs::create_dir_all(p.parent().expect("has parent")).at(&p)?;
-                let file_rel = manifest.file_rel(&file.path);
-                let digest = self
-                    .fetch_file(&file_rel, file.bytes, Some(&p))?
-                    .ok_or_else(|| Error::Artifact {
-                        what: format!("{}/{rel}", self.url),
-                        message: format!("file {} listed in _manifest.json is missing", file.path),
-                    })?;
-                if digest != file.blake3 {
-                    return Err(Error::Artifact {
-                        what: format!("{}/{file_rel}", self.url),
-                        message: format!(
-                            "content digest {digest} differs from the recorded {}",
-                            file.blake3
-                        ),
-                    });
-                }
-            }
-            std::fs::write(
-                tmp.join("_manifest.json"),
-                serde_json::to_vec_pretty(&manifest).expect("ser"),
-            )
-            .at(&tmp)
-        })();
-        if let Err(e) = fetched {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        std::fs::create_dir_all(dest.parent().expect("has parent")).at(&dest)?;
-        match std::fs::rename(&tmp, &dest) {
-            Ok(()) => Ok(dest),
-            Err(_) if dest.join("_manifest.json").is_file() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(dest)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(Error::io(&dest, e))
-            }
-        }
+        Ok(dest)
     }
 }
