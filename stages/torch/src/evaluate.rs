@@ -28,7 +28,9 @@ use stages::pretrain::PROVENANCE_FILE;
 
 /// The metrics that are defined (an undefined one, e.g. positive-only Dice on a split without
 /// positives, is left out rather than written as a JSON null).
-fn defined(m: &std::collections::BTreeMap<String, f64>) -> std::collections::BTreeMap<String, f64> {
+pub(crate) fn defined(
+    m: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
     m.iter()
         .filter(|(_, v)| v.is_finite())
         .map(|(k, v)| (k.clone(), *v))
@@ -36,7 +38,7 @@ fn defined(m: &std::collections::BTreeMap<String, f64>) -> std::collections::BTr
 }
 
 /// The dataset an ingest artifact holds (its `summary.json`).
-fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
+pub(crate) fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
     let path = records_dir.join("summary.json");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: serde_json::Value =
@@ -48,7 +50,7 @@ fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
 }
 
 /// An integer column of a Parquet file (int32 or int64, no nulls).
-fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
+pub(crate) fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
     let err = |m: String| -> StageError { format!("{}: {m}", path.display()).into() };
     let file = File::open(path).map_err(|e| err(e.to_string()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
@@ -78,14 +80,14 @@ fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
 
 /// The frozen adaptor of an evaluation: loaded from a `train-adaptor` artifact, or freshly
 /// initialised (the random-init baseline), plus the text encoder it was pre-trained with.
-struct FrozenAdaptor {
-    model: Adaptor,
-    mode: &'static str,
-    text: String,
+pub(crate) struct FrozenAdaptor {
+    pub(crate) model: Adaptor,
+    pub(crate) mode: &'static str,
+    pub(crate) text: String,
     checkpoint: PathBuf,
 }
 
-fn frozen_adaptor(
+pub(crate) fn frozen_adaptor(
     ctx: &StageContext,
     init: AdaptorInit,
     vision_dim: i64,
@@ -152,7 +154,11 @@ fn frozen_adaptor(
 
 /// Features `[N, D]` through the adaptor's image path, one sample at a time in effect (reference
 /// G.6: per-sample inference; chunks only bound memory).
-fn through_adaptor(a: &FrozenAdaptor, x: &Tensor, device: Device) -> Result<Tensor, StageError> {
+pub(crate) fn through_adaptor(
+    a: &FrozenAdaptor,
+    x: &Tensor,
+    device: Device,
+) -> Result<Tensor, StageError> {
     let n = x.size()[0];
     let mut parts = Vec::new();
     let mut start = 0;

@@ -12,6 +12,7 @@ mod group;
 mod markdown;
 mod parquet;
 mod plots;
+mod retrieval;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use group::mean_std;
 pub use markdown::{markdown, pretraining_markdown};
 pub use parquet::write_parquet;
 pub use plots::plots;
+pub use retrieval::{retrieval_markdown, retrieval_tables, RetrievalResult, RetrievalScores};
 
 pub use crate::files::RESULT_FILE;
 
@@ -35,7 +37,8 @@ pub use crate::files::RESULT_FILE;
 pub struct EvalResult {
     /// The stage instance that produced it.
     pub instance: String,
-    /// `classification` or `segmentation`.
+    /// `classification` or `segmentation` (`zero-shot` writes `classification`, head
+    /// [`ZERO_SHOT_HEAD`], fraction 0).
     pub task: String,
     /// `rsna`, `covidx` or `siim`.
     pub dataset: String,
@@ -60,6 +63,9 @@ pub struct EvalResult {
     pub trainable_params: i64,
     pub seconds: f64,
 }
+
+/// The `head` of a `zero-shot` result; its `fraction` is 0 (no labels seen).
+pub const ZERO_SHOT_HEAD: &str = "zero-shot";
 
 pub const RESULTS_PARQUET: &str = "results.parquet";
 pub const RESULTS_MD: &str = "results.md";
@@ -89,11 +95,21 @@ impl EvalResult {
     }
 
     fn row_label(&self) -> String {
-        match self.adaptor.as_str() {
+        let label = match self.adaptor.as_str() {
             "pretrained" => self.text.clone(),
             "random" => "random-init adaptor".into(),
             _ => "no adaptor (backbone → head)".into(),
+        };
+        if self.is_zero_shot() {
+            format!("zero-shot: {}", label.replace(" (backbone → head)", ""))
+        } else {
+            label
         }
+    }
+
+    /// A `zero-shot` result (no head, no labels): a row beside the probes of its task.
+    pub fn is_zero_shot(&self) -> bool {
+        self.head == ZERO_SHOT_HEAD
     }
 }
 
@@ -182,16 +198,28 @@ pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
             curves.push(name);
         }
     }
+    let mut retrieval = Vec::new();
+    for a in ctx.inputs("retrieval") {
+        let mut r = RetrievalResult::read(&a.path.join(RESULT_FILE))?;
+        if let InputOrigin::Stage { instance, .. } = &a.origin {
+            r.instance = instance.clone();
+        }
+        retrieval.push(r);
+    }
     let plots = write_report(out, &results)?;
-    if !runs.is_empty() {
+    if !runs.is_empty() || !retrieval.is_empty() {
         let path = out.join(RESULTS_MD);
         let mut md = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        md.push_str(&pretraining_markdown(&runs, &curves));
+        md.push_str(&retrieval_markdown(&retrieval));
+        if !runs.is_empty() {
+            md.push_str(&pretraining_markdown(&runs, &curves));
+        }
         std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
     }
     ctx.log(format!(
-        "report: {} evaluation(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
+        "report: {} evaluation(s), {} retrieval run(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
         results.len(),
+        retrieval.len(),
         runs.len(),
         plots.len() + curves.len()
     ));
