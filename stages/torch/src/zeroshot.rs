@@ -322,3 +322,33 @@ pub fn run(p: &ZeroShotParams, ctx: &StageContext) -> Result<(), StageError> {
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_an_adaptor_the_widths_must_match_and_the_error_names_both() {
+        let space = Space::new(None, Device::Cpu);
+        assert_eq!(space.scale, 1.0);
+        assert_eq!(space.mode(), "none");
+        let e = space.check_widths(32, 384).unwrap_err().to_string();
+        assert!(e.contains("32-d") && e.contains("384-d"), "{e}");
+        assert!(space.check_widths(384, 384).is_ok());
+    }
+
+    #[test]
+    fn class_embeddings_average_the_prompts_of_each_class() {
+        let p = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.0, 1.0]).view([3, 2]);
+        let c = class_embeddings(&p, &[2, 1]);
+        let v: Vec<f32> = Vec::try_from(&c.flatten(0, -1)).unwrap();
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert!(
+            (v[0] - h).abs() < 1e-6 && (v[1] - h).abs() < 1e-6 && v[3] == 1.0,
+            "{v:?}"
+        );
+        // Scale 0 makes every class equally likely.
+        let probs = class_probabilities(&p, &c, 0.0);
+        assert!(probs.iter().flatten().all(|x| (x - 0.5).abs() < 1e-12));
+    }
+}

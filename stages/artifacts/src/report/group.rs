@@ -22,11 +22,15 @@ impl TaskKey {
             "siim" => "SIIM-ACR Pneumothorax",
             other => other,
         };
+        let how = if self.head == super::ZERO_SHOT_HEAD {
+            "zero-shot, no labels".to_string()
+        } else {
+            format!("{} head", self.head)
+        };
         format!(
-            "{dataset} {}, {} ({} head)",
+            "{dataset} {}, {} ({how})",
             self.task,
             metric_name(&self.metric),
-            self.head
         )
     }
 

@@ -147,7 +147,10 @@ pub fn markdown(results: &[EvalResult]) -> String {
             md.push('\n');
         }
         md.push('\n');
-        if matched == 0 && published_table(&task.dataset, &task.task, &task.metric).is_some() {
+        if matched == 0
+            && task.head != super::ZERO_SHOT_HEAD
+            && published_table(&task.dataset, &task.task, &task.metric).is_some()
+        {
             md.push_str(
                 "The original published this task for text encoders BERT, BioBERT, \
                  ClinicalBERT, PubMedBERT, CXR-BERT and vision backbones ResNet-AE, DINOv2-S, \
