@@ -6,7 +6,6 @@ use pipeline::{InputAccepts, InputSpec};
 
 use super::params::int_in;
 use super::{Device, StageKind};
-use crate::encode::ENCODE_IMAGE;
 use crate::evaluate::{AdaptorInit, ZERO_SHOT};
 use crate::pretrain::TRAIN_ADAPTOR;
 use crate::prompts::{two_classes_or_none, Prompts};
@@ -52,17 +51,10 @@ impl StageKind for ZeroShot {
     type Params = ZeroShotParams;
 
     fn inputs() -> Vec<InputSpec> {
+        let [features, records] = super::classify::features_and_records();
         vec![
-            InputSpec::one(
-                "features",
-                InputAccepts::Stage(&[ENCODE_IMAGE]),
-                "the downstream dataset's image embedding table (pooled)",
-            ),
-            InputSpec::one(
-                "records",
-                InputAccepts::Stage(&["ingest"]),
-                "the same dataset's records table: labels (`target` for RSNA, `label` for COVIDx)",
-            ),
+            features,
+            records,
             InputSpec::one(
                 "backbone",
                 InputAccepts::Backbone,

@@ -78,6 +78,32 @@ pub(crate) fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, Stage
     Ok(out)
 }
 
+/// A pooled embedding table (not a token table) aligned with the records' `keys`.
+pub(crate) fn pooled_table(dir: &Path, keys: &[String]) -> Result<EmbeddingTable, StageError> {
+    let table = read_whole(&table_file(dir)?)?;
+    if table.meta.tokens.is_some() {
+        return Err(format!(
+            "{}: a token table; this stage takes pooled vectors",
+            table.path.display()
+        )
+        .into());
+    }
+    table.check_aligned(keys)?;
+    Ok(table)
+}
+
+/// A downstream dataset's pooled image features and the records' labels (`label_column`).
+pub(crate) fn features_and_labels(
+    features_dir: &Path,
+    records_dir: &Path,
+    label_column: &str,
+) -> Result<(EmbeddingTable, Vec<i64>), StageError> {
+    let records = records_dir.join(RECORDS);
+    let keys = read_string_columns(&records, &["key"])?.remove(0);
+    let table = pooled_table(features_dir, &keys)?;
+    Ok((table, read_int_column(&records, label_column)?))
+}
+
 /// The frozen adaptor of an evaluation: loaded from a `train-adaptor` artifact, or freshly
 /// initialised (the random-init baseline), plus the text encoder it was pre-trained with.
 pub(crate) struct FrozenAdaptor {
@@ -237,18 +263,7 @@ pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError
             .into())
         }
     };
-    let table = read_whole(&table_file(features_dir)?)?;
-    if table.meta.tokens.is_some() {
-        return Err(format!(
-            "{}: a token table; classification takes pooled image features",
-            table.path.display()
-        )
-        .into());
-    }
-    let records = records_dir.join(RECORDS);
-    let keys = read_string_columns(&records, &["key"])?.remove(0);
-    table.check_aligned(&keys)?;
-    let labels = read_int_column(&records, label_column)?;
+    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
 
     let t = &p.training;
     let seed = t.seed as u64;

@@ -10,8 +10,7 @@ use pipeline::{StageContext, StageError};
 use tch::{Kind, Tensor};
 
 use crate::encoder::torch_device;
-use crate::evaluate::{frozen_adaptor, read_int_column};
-use crate::pretrain::{read_whole, table_file};
+use crate::evaluate::{frozen_adaptor, pooled_table, read_int_column};
 use crate::zeroshot::Space;
 use artifacts::report::{RetrievalResult, RetrievalScores, RESULT_FILE};
 use artifacts::table::{read_string_columns, EmbeddingTable};
@@ -144,19 +143,6 @@ fn selected_rows(
     (rows, reports)
 }
 
-fn pooled(dir: &std::path::Path, keys: &[String]) -> Result<EmbeddingTable, StageError> {
-    let t = read_whole(&table_file(dir)?)?;
-    if t.meta.tokens.is_some() {
-        return Err(format!(
-            "{}: a token table; retrieval takes pooled vectors",
-            t.path.display()
-        )
-        .into());
-    }
-    t.check_aligned(keys)?;
-    Ok(t)
-}
-
 /// Rows `rows` of a pooled table as `[len, dim]`.
 fn rows_of(t: &EmbeddingTable, rows: &[usize]) -> Tensor {
     let d = t.meta.dim;
@@ -178,8 +164,8 @@ pub fn run(p: &RetrieveParams, ctx: &StageContext) -> Result<(), StageError> {
         cols.pop().unwrap(),
     );
     let study = read_int_column(&records, "study_id")?;
-    let image = pooled(&ctx.input("image")?.path, &keys)?;
-    let text = pooled(&ctx.input("text")?.path, &keys)?;
+    let image = pooled_table(&ctx.input("image")?.path, &keys)?;
+    let text = pooled_table(&ctx.input("text")?.path, &keys)?;
     let (rows, report_rows) = selected_rows(p, &official, &split, &study);
     if rows.is_empty() {
         return Err(format!(

@@ -10,11 +10,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::bert::{TextEncoder, TextPooling};
 use crate::encoder::torch_device;
-use crate::evaluate::{dataset_of, defined, frozen_adaptor, read_int_column, FrozenAdaptor};
-use crate::pretrain::{input_name, read_whole, split_rows, table_file};
+use crate::evaluate::{dataset_of, defined, features_and_labels, frozen_adaptor, FrozenAdaptor};
+use crate::pretrain::{input_name, split_rows};
 use artifacts::report::{EvalResult, RESULT_FILE, ZERO_SHOT_HEAD};
-use artifacts::table::{read_string_columns, EmbeddingTable};
-use stages::ingest::RECORDS;
+use artifacts::table::EmbeddingTable;
 use stages::kinds::zero_shot::{PromptPooling, ZeroShotParams};
 use stages::pretrain::PROVENANCE_FILE;
 
@@ -211,18 +210,7 @@ pub fn run(p: &ZeroShotParams, ctx: &StageContext) -> Result<(), StageError> {
     let binary = classes.len() == 2;
     let metric = if binary { "auroc" } else { "accuracy" };
 
-    let table = read_whole(&table_file(features_dir)?)?;
-    if table.meta.tokens.is_some() {
-        return Err(format!(
-            "{}: a token table; zero-shot takes pooled image features",
-            table.path.display()
-        )
-        .into());
-    }
-    let records = records_dir.join(RECORDS);
-    let keys = read_string_columns(&records, &["key"])?.remove(0);
-    table.check_aligned(&keys)?;
-    let labels = read_int_column(&records, label_column)?;
+    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
 
     let device = torch_device(p.device)?;
     let dim = table.meta.dim as i64;

@@ -72,16 +72,11 @@ pub const RESULTS_MD: &str = "results.md";
 
 impl EvalResult {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
-            path: path.to_path_buf(),
-            source,
-        })
+        read_result(path)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).expect("serialisable");
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        write_result(self, path)
     }
 
     /// The table this result belongs to.
@@ -111,6 +106,20 @@ impl EvalResult {
     pub fn is_zero_shot(&self) -> bool {
         self.head == ZERO_SHOT_HEAD
     }
+}
+
+/// A result file (`result.json`) as `T`; a file that is not one names itself.
+fn read_result<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_result<T: Serialize>(value: &T, path: &Path) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("serialisable");
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Writes the three outputs into `dir`; returns the plot file names.

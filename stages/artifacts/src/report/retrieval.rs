@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Recall@1/5/10 (fractions) and the median rank (1-based) of one retrieval direction.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -46,16 +46,11 @@ pub struct RetrievalResult {
 
 impl RetrievalResult {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
-            path: path.to_path_buf(),
-            source,
-        })
+        super::read_result(path)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).expect("serialisable");
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        super::write_result(self, path)
     }
 
     /// The row label in its backbone pair's table.
