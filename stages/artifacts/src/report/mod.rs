@@ -1,11 +1,12 @@
 //! The `report` stage's library: every evaluation result of a manifest (`result.json` of the
-//! `classify` and `segment` stages) into `results.parquet` (one row per instance, split and
-//! metric), `results.md` (one table per task in the original's shape: rows are text encoders,
-//! columns vision backbone × label fraction, cells mean ± std over seeds, published numbers beside
-//! them where backbone names match) and a PNG per task (metric against label fraction).
+//! `classify`, `segment` and `zero-shot` stages) into `results.parquet` (one row per instance,
+//! split and metric), `results.md` (one table per task in the original's shape: rows are text
+//! encoders, columns vision backbone × label fraction, cells mean ± std over seeds, published
+//! numbers beside them where backbone names match; zero-shot rows beside the probes; a retrieval
+//! table per backbone pair from `retrieve`) and a PNG per task (metric against label fraction).
 //!
 //! This module reads the inputs and runs the stage; `group` groups results into tables,
-//! `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
+//! `retrieval` the retrieval runs, `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
 //! runs the stage in its own process ([`run_stage`]).
 
 mod group;
