@@ -218,6 +218,11 @@ fn the_demo_chain_runs_reports_and_learns() {
         "| minilm |",
         "| random-init adaptor |",
         "| no adaptor (backbone → head) |",
+        "| zero-shot: minilm |",
+        "| zero-shot: random-init adaptor |",
+        "## Retrieval",
+        "### tiny-vit-random + minilm",
+        "| *chance* | valid |",
     ] {
         assert!(md.contains(section), "results.md lacks `{section}`:\n{md}");
     }
@@ -268,4 +273,64 @@ fn the_demo_chain_runs_reports_and_learns() {
         mean(&pre) > mean(&random),
         "the pre-trained adaptor ({pre:?}) does not beat a random-initialised one ({random:?})"
     );
+
+    // Zero-shot (no labels): the pre-trained adaptor's prompts separate the synthetic RSNA classes
+    // better than a random-initialised adaptor's.
+    let results = |kind: &str| -> Vec<serde_json::Value> {
+        std::fs::read_dir(store.join(kind))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("_manifest.json").is_file())
+            .map(|e| json(&e.path().join("result.json")))
+            .collect()
+    };
+    let zero_shot = results("zero-shot");
+    assert_eq!(zero_shot.len(), 4, "{zero_shot:?}");
+    let zs = |dataset: &str, mode: &str| -> f64 {
+        let r = (zero_shot.iter())
+            .find(|r| r["dataset"] == dataset && r["adaptor"] == mode)
+            .unwrap_or_else(|| panic!("no zero-shot result for {dataset}, {mode}"));
+        assert_eq!(r["head"], "zero-shot");
+        assert_eq!(r["fraction"], 0.0);
+        r["test"][r["metric"].as_str().unwrap()].as_f64().unwrap()
+    };
+    let (zs_pre, zs_random) = (zs("rsna", "pretrained"), zs("rsna", "random"));
+    eprintln!(
+        "zero-shot RSNA AUROC: pre-trained {zs_pre:.3}, random-init {zs_random:.3}; COVIDx \
+         accuracy: pre-trained {:.3}, random-init {:.3}",
+        zs("covidx", "pretrained"),
+        zs("covidx", "random")
+    );
+    assert!(
+        zs_pre > zs_random,
+        "zero-shot RSNA AUROC: the pre-trained adaptor ({zs_pre}) does not beat a \
+         random-initialised one ({zs_random})"
+    );
+
+    // Retrieval: the pre-trained adaptor's recall@10 beats chance and the random-init adaptor's.
+    let retrieval = results("retrieve");
+    let r10 = |mode: &str, field: &str| -> f64 {
+        let r = (retrieval.iter())
+            .find(|r| r["adaptor"] == mode)
+            .unwrap_or_else(|| panic!("no retrieval result for {mode}"));
+        r[field]["r10"].as_f64().unwrap()
+    };
+    for (dir, chance) in [
+        ("image_to_text", "chance_image_to_text"),
+        ("text_to_image", "chance_text_to_image"),
+    ] {
+        let (pre, random, at_chance) = (
+            r10("pretrained", dir),
+            r10("random", dir),
+            r10("pretrained", chance),
+        );
+        eprintln!(
+            "{dir} recall@10: pre-trained {pre:.3}, random-init {random:.3}, chance {at_chance:.3}"
+        );
+        assert!(
+            pre > at_chance && pre > random,
+            "{dir} recall@10 of the pre-trained adaptor ({pre}) does not beat chance \
+             ({at_chance}) and the random-init adaptor ({random})"
+        );
+    }
 }

@@ -185,4 +185,16 @@ mod tests {
         assert!(text.contains("command (version"), "{text}");
         assert!(text.contains("every kind also takes"), "{text}");
     }
+
+    /// The two kinds that evaluate without labels, as `adaptor stages` shows them.
+    #[test]
+    fn zero_shot_and_retrieve() {
+        let reg = crate::commands::registry(std::path::Path::new("adaptor-torch"));
+        let docs: Vec<StageDoc> = (reg.iter())
+            .filter(|s| ["zero-shot", "retrieve"].contains(&s.kind()))
+            .map(|s| StageDoc::of(s.as_ref()))
+            .collect();
+        assert_eq!(docs.len(), 2);
+        insta::assert_snapshot!(render_stages(&docs, &[]));
+    }
 }

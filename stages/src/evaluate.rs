@@ -12,8 +12,11 @@ use crate::kinds::{Declaration, Device};
 pub const CLASSIFY: &str = "classify";
 pub const SEGMENT: &str = "segment";
 pub const REPORT: &str = "report";
+pub const ZERO_SHOT: &str = "zero-shot";
+pub const RETRIEVE: &str = "retrieve";
 
-/// Written by `classify` and `segment`: `artifacts::report::EvalResult` as JSON.
+/// Written by `classify`, `segment` and `zero-shot`: `artifacts::report::EvalResult` as JSON;
+/// by `retrieve`: `artifacts::report::RetrievalResult`.
 pub const RESULT_FILE: &str = "result.json";
 
 pub const HEADS: &[&str] = Head::NAMES;

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod kinds;
 pub mod masks;
 pub mod pretrain;
+pub mod prompts;
 pub mod split;
 pub mod synth;
 pub mod worker;

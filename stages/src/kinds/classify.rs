@@ -33,17 +33,10 @@ impl StageKind for Classify {
     type Params = ClassifyParams;
 
     fn inputs() -> Vec<InputSpec> {
+        let [features, records] = features_and_records();
         vec![
-            InputSpec::one(
-                "features",
-                InputAccepts::Stage(&[ENCODE_IMAGE]),
-                "the downstream dataset's image embedding table (pooled)",
-            ),
-            InputSpec::one(
-                "records",
-                InputAccepts::Stage(&["ingest"]),
-                "the same dataset's records table: labels (`target` for RSNA, `label` for COVIDx)",
-            ),
+            features,
+            records,
             InputSpec::one(
                 "adaptor",
                 InputAccepts::Stage(&[TRAIN_ADAPTOR]),
@@ -53,4 +46,21 @@ impl StageKind for Classify {
             .optional(),
         ]
     }
+}
+
+/// The `features` and `records` inputs of the kinds that score a downstream dataset
+/// (`classify`, `zero-shot`).
+pub(crate) fn features_and_records() -> [InputSpec; 2] {
+    [
+        InputSpec::one(
+            "features",
+            InputAccepts::Stage(&[ENCODE_IMAGE]),
+            "the downstream dataset's image embedding table (pooled)",
+        ),
+        InputSpec::one(
+            "records",
+            InputAccepts::Stage(&["ingest"]),
+            "the same dataset's records table: labels (`target` for RSNA, `label` for COVIDx)",
+        ),
+    ]
 }

@@ -17,10 +17,12 @@ pub mod encode_text;
 pub mod ingest;
 pub mod params;
 pub mod report;
+pub mod retrieve;
 pub mod segment;
 mod shard;
 pub mod synth;
 pub mod train_adaptor;
+pub mod zero_shot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -219,6 +221,8 @@ pub fn registry() -> Vec<Entry> {
         Entry::worker::<train_adaptor::TrainAdaptor>(),
         Entry::worker::<classify::Classify>(),
         Entry::worker::<segment::Segment>(),
+        Entry::worker::<zero_shot::ZeroShot>(),
+        Entry::worker::<retrieve::Retrieve>(),
         Entry::InProcess(Implementation::of::<report::Report>(report::run)),
     ]
 }

@@ -5,7 +5,7 @@
 use pipeline::{InputAccepts, InputSpec, StageContext, StageError};
 
 use super::StageKind;
-use crate::evaluate::{CLASSIFY, REPORT, SEGMENT};
+use crate::evaluate::{CLASSIFY, REPORT, RETRIEVE, SEGMENT, ZERO_SHOT};
 use crate::pretrain::TRAIN_ADAPTOR;
 
 crate::stage_params! {
@@ -25,9 +25,15 @@ impl StageKind for Report {
         vec![
             InputSpec::many(
                 "results",
-                InputAccepts::Stage(&[CLASSIFY, SEGMENT]),
-                "evaluation results (e.g. `classify[*]`, `segment[*]`)",
+                InputAccepts::Stage(&[CLASSIFY, SEGMENT, ZERO_SHOT]),
+                "evaluation results (e.g. `classify[*]`, `segment[*]`, `zero-shot[*]`)",
             ),
+            InputSpec::many(
+                "retrieval",
+                InputAccepts::Stage(&[RETRIEVE]),
+                "retrieval results (`retrieve[*]`), a table per backbone pair",
+            )
+            .optional(),
             InputSpec::many(
                 "pretraining",
                 InputAccepts::Stage(&[TRAIN_ADAPTOR]),

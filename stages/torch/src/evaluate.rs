@@ -28,7 +28,9 @@ use stages::pretrain::PROVENANCE_FILE;
 
 /// The metrics that are defined (an undefined one, e.g. positive-only Dice on a split without
 /// positives, is left out rather than written as a JSON null).
-fn defined(m: &std::collections::BTreeMap<String, f64>) -> std::collections::BTreeMap<String, f64> {
+pub(crate) fn defined(
+    m: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
     m.iter()
         .filter(|(_, v)| v.is_finite())
         .map(|(k, v)| (k.clone(), *v))
@@ -36,7 +38,7 @@ fn defined(m: &std::collections::BTreeMap<String, f64>) -> std::collections::BTr
 }
 
 /// The dataset an ingest artifact holds (its `summary.json`).
-fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
+pub(crate) fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
     let path = records_dir.join("summary.json");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: serde_json::Value =
@@ -48,7 +50,7 @@ fn dataset_of(records_dir: &Path) -> Result<String, StageError> {
 }
 
 /// An integer column of a Parquet file (int32 or int64, no nulls).
-fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
+pub(crate) fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
     let err = |m: String| -> StageError { format!("{}: {m}", path.display()).into() };
     let file = File::open(path).map_err(|e| err(e.to_string()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
@@ -76,16 +78,42 @@ fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, StageError> {
     Ok(out)
 }
 
+/// A pooled embedding table (not a token table) aligned with the records' `keys`.
+pub(crate) fn pooled_table(dir: &Path, keys: &[String]) -> Result<EmbeddingTable, StageError> {
+    let table = read_whole(&table_file(dir)?)?;
+    if table.meta.tokens.is_some() {
+        return Err(format!(
+            "{}: a token table; this stage takes pooled vectors",
+            table.path.display()
+        )
+        .into());
+    }
+    table.check_aligned(keys)?;
+    Ok(table)
+}
+
+/// A downstream dataset's pooled image features and the records' labels (`label_column`).
+pub(crate) fn features_and_labels(
+    features_dir: &Path,
+    records_dir: &Path,
+    label_column: &str,
+) -> Result<(EmbeddingTable, Vec<i64>), StageError> {
+    let records = records_dir.join(RECORDS);
+    let keys = read_string_columns(&records, &["key"])?.remove(0);
+    let table = pooled_table(features_dir, &keys)?;
+    Ok((table, read_int_column(&records, label_column)?))
+}
+
 /// The frozen adaptor of an evaluation: loaded from a `train-adaptor` artifact, or freshly
 /// initialised (the random-init baseline), plus the text encoder it was pre-trained with.
-struct FrozenAdaptor {
-    model: Adaptor,
-    mode: &'static str,
-    text: String,
+pub(crate) struct FrozenAdaptor {
+    pub(crate) model: Adaptor,
+    pub(crate) mode: &'static str,
+    pub(crate) text: String,
     checkpoint: PathBuf,
 }
 
-fn frozen_adaptor(
+pub(crate) fn frozen_adaptor(
     ctx: &StageContext,
     init: AdaptorInit,
     vision_dim: i64,
@@ -152,7 +180,11 @@ fn frozen_adaptor(
 
 /// Features `[N, D]` through the adaptor's image path, one sample at a time in effect (reference
 /// G.6: per-sample inference; chunks only bound memory).
-fn through_adaptor(a: &FrozenAdaptor, x: &Tensor, device: Device) -> Result<Tensor, StageError> {
+pub(crate) fn through_adaptor(
+    a: &FrozenAdaptor,
+    x: &Tensor,
+    device: Device,
+) -> Result<Tensor, StageError> {
     let n = x.size()[0];
     let mut parts = Vec::new();
     let mut start = 0;
@@ -231,18 +263,7 @@ pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError
             .into())
         }
     };
-    let table = read_whole(&table_file(features_dir)?)?;
-    if table.meta.tokens.is_some() {
-        return Err(format!(
-            "{}: a token table; classification takes pooled image features",
-            table.path.display()
-        )
-        .into());
-    }
-    let records = records_dir.join(RECORDS);
-    let keys = read_string_columns(&records, &["key"])?.remove(0);
-    table.check_aligned(&keys)?;
-    let labels = read_int_column(&records, label_column)?;
+    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
 
     let t = &p.training;
     let seed = t.seed as u64;

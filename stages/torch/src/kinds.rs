@@ -6,12 +6,12 @@
 
 use pipeline::{StageContext, StageError};
 use stages::kinds::{
-    classify::Classify, encode_image::EncodeImage, encode_text::EncodeText, segment::Segment,
-    train_adaptor::TrainAdaptor,
+    classify::Classify, encode_image::EncodeImage, encode_text::EncodeText, retrieve::Retrieve,
+    segment::Segment, train_adaptor::TrainAdaptor, zero_shot::ZeroShot,
 };
 use stages::Implementation;
 
-use crate::{encode, evaluate, pretrain};
+use crate::{encode, evaluate, pretrain, retrieve, zeroshot};
 
 /// Every kind this worker runs.
 pub fn implementations() -> Vec<Implementation> {
@@ -21,6 +21,8 @@ pub fn implementations() -> Vec<Implementation> {
         Implementation::of::<TrainAdaptor>(pretrain::run),
         Implementation::of::<Classify>(evaluate::classify),
         Implementation::of::<Segment>(evaluate::segment),
+        Implementation::of::<ZeroShot>(zeroshot::run),
+        Implementation::of::<Retrieve>(retrieve::run),
     ]
 }
 

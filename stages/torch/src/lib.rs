@@ -19,8 +19,10 @@ pub mod pickle;
 pub mod preprocess;
 pub mod pretrain;
 pub mod resnet_ae;
+pub mod retrieve;
 pub mod segment;
 pub mod weights;
+pub mod zeroshot;
 
 pub use error::{Error, Result};
 

@@ -213,6 +213,20 @@ impl Adaptor {
         })
     }
 
+    /// The text-only path on pooled vectors `[B, Dt]`, evaluation mode, no gradient: the
+    /// embeddings zero-shot prompts and retrieved reports are compared in. The original variant
+    /// only (the fusion variant's text stream takes token sequences).
+    pub fn embed_text(&self, text: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| match &self.model {
+            Model::Original(m) => m.embed_text(text, Mode::EVAL),
+            Model::Fusion(_) => Err(Error::Data(
+                "the fusion variant has no text-only path on pooled vectors; zero-shot and \
+                 retrieval take an `original` adaptor"
+                    .into(),
+            )),
+        })
+    }
+
     /// The image-only (downstream) path, evaluation mode, no gradient. `image` is `[B, Dv]` or
     /// `[B, N, Dv]`; `mask [B, N]` applies to the fusion variant's tokens. `how` chooses the
     /// original's batch-attending behaviour for 2-D inputs (reference G.6); the default

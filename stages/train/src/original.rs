@@ -143,6 +143,17 @@ impl OriginalAdaptor {
         Ok((l2_normalize(&v), l2_normalize(&t)))
     }
 
+    /// The text path alone on pooled vectors `[B, Dt]` → `[B, 768]`, L2-normalised: what
+    /// [`OriginalAdaptor::embed_pair`] gives for the texts (the layers see each text on its own).
+    pub fn embed_text(&self, text: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.check(text, self.cfg.text_dim, "text")?;
+        let mut t = l2_normalize(&self.text_projection.forward(text, mode));
+        for layer in &self.layers {
+            t = layer.forward_single(&t, mode);
+        }
+        Ok(l2_normalize(&t))
+    }
+
     /// The downstream image-only path (A.4): `[B, Dv]` → `[B, 768]`, or patch tokens
     /// `[B, N, Dv]` → `[B, N, 768]` with self-attention over the N tokens of each image.
     pub fn embed_image(&self, image: &Tensor, how: ImageOnly, mode: Mode) -> Result<Tensor> {

@@ -1,7 +1,8 @@
 //! The report's grouping of results: one table per task (dataset, task, metric, head), rows by
-//! text encoder (or ablation), columns by vision backbone × label fraction, cells over seeds.
+//! text encoder (or ablation, or zero-shot), columns by vision backbone × label fraction, cells
+//! over seeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::EvalResult;
 
@@ -21,11 +22,15 @@ impl TaskKey {
             "siim" => "SIIM-ACR Pneumothorax",
             other => other,
         };
+        let how = if self.head == super::ZERO_SHOT_HEAD {
+            "zero-shot, no labels".to_string()
+        } else {
+            format!("{} head", self.head)
+        };
         format!(
-            "{dataset} {}, {} ({} head)",
+            "{dataset} {}, {} ({how})",
             self.task,
             metric_name(&self.metric),
-            self.head
         )
     }
 
@@ -94,7 +99,10 @@ impl Split {
     }
 }
 
-/// The report's tables: the headline metric of the test split.
+/// The report's tables: the headline metric of the test split. A `zero-shot` result (no labels,
+/// fraction 0) is a row of every probe table of its dataset, task and metric, repeated under each fraction column of its vision
+/// backbone, so that it reads beside the probes; without such a table it gets its own (head
+/// `zero-shot`, one `0 %` column).
 pub(super) fn group(results: &[EvalResult]) -> BTreeMap<TaskKey, Cells> {
     group_by(results, Split::Test, None)
 }
@@ -107,24 +115,69 @@ pub(super) fn group_by(
     metric: Option<&str>,
 ) -> BTreeMap<TaskKey, Cells> {
     let mut out: BTreeMap<TaskKey, Cells> = BTreeMap::new();
-    for r in results {
+    let add = |out: &mut BTreeMap<TaskKey, Cells>, key: TaskKey, r: &EvalResult, f, v: f64| {
+        out.entry(key)
+            .or_default()
+            .entry(r.row_label())
+            .or_default()
+            .entry((r.vision.clone(), f))
+            .or_default()
+            .push(v);
+    };
+    // The value a result contributes, and its table: `metric` (else its headline metric) of
+    // `split`; a result without it is left out.
+    let value = |r: &EvalResult| -> Option<(TaskKey, f64)> {
         let metric = metric.unwrap_or(&r.metric);
         let values = match split {
             Split::Test => &r.test,
             Split::Valid => &r.valid,
         };
-        let Some(v) = values.get(metric) else {
-            continue;
-        };
+        let v = *values.get(metric)?;
         let mut task = r.task_key();
         task.metric = metric.to_string();
-        out.entry(task)
-            .or_default()
-            .entry(r.row_label())
-            .or_default()
-            .entry((r.vision.clone(), FractionKey::of(r.fraction)))
-            .or_default()
-            .push(*v);
+        Some((task, v))
+    };
+    for r in results.iter().filter(|r| !r.is_zero_shot()) {
+        if let Some((task, v)) = value(r) {
+            add(&mut out, task, r, FractionKey::of(r.fraction), v);
+        }
+    }
+    for r in results.iter().filter(|r| r.is_zero_shot()) {
+        let Some((own, v)) = value(r) else {
+            continue;
+        };
+        let targets: Vec<(TaskKey, BTreeSet<FractionKey>)> = out
+            .iter()
+            .filter(|(k, _)| {
+                (&k.dataset, &k.task, &k.metric) == (&own.dataset, &own.task, &own.metric)
+                    && k.head != own.head
+            })
+            .map(|(k, cells)| {
+                let fractions = cells
+                    .values()
+                    .flat_map(|m| m.keys())
+                    .filter(|(vision, _)| *vision == r.vision)
+                    .map(|(_, f)| *f)
+                    .collect();
+                (k.clone(), fractions)
+            })
+            .filter(|(_, f): &(TaskKey, BTreeSet<FractionKey>)| !f.is_empty())
+            .collect();
+        if targets.is_empty() {
+            add(&mut out, own, r, FractionKey::of(r.fraction), v);
+        }
+        for (key, fractions) in targets {
+            for f in fractions {
+                add(&mut out, key.clone(), r, f, v);
+            }
+        }
     }
     out
+}
+
+/// Whether a table has a column a log-scale plot can show (a fraction above 0).
+pub(super) fn has_plot(cells: &Cells) -> bool {
+    cells
+        .values()
+        .any(|m| m.keys().any(|(_, f)| f.value() > 0.0))
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::group::{group, mean_std, FractionKey};
+use super::group::{group, has_plot, mean_std, FractionKey};
 use super::{EvalResult, PretrainSummary};
 
 /// Text encoders (rows) of the published tables, names normalised.
@@ -96,6 +96,12 @@ pub fn markdown(results: &[EvalResult]) -> String {
          maximum over the logged test history).\n",
         results.len()
     );
+    if results.iter().any(EvalResult::is_zero_shot) {
+        md.push_str(
+            "*zero-shot* rows use no labels (prompts only, `zero-shot` stages): the same test \
+             value under every fraction of their vision backbone.\n\n",
+        );
+    }
     let by_task = group(results);
     for (task, cells) in &by_task {
         let cols: BTreeSet<(String, FractionKey)> =
@@ -141,7 +147,10 @@ pub fn markdown(results: &[EvalResult]) -> String {
             md.push('\n');
         }
         md.push('\n');
-        if matched == 0 && published_table(&task.dataset, &task.task, &task.metric).is_some() {
+        if matched == 0
+            && task.head != super::ZERO_SHOT_HEAD
+            && published_table(&task.dataset, &task.task, &task.metric).is_some()
+        {
             md.push_str(
                 "The original published this task for text encoders BERT, BioBERT, \
                  ClinicalBERT, PubMedBERT, CXR-BERT and vision backbones ResNet-AE, DINOv2-S, \
@@ -149,7 +158,9 @@ pub fn markdown(results: &[EvalResult]) -> String {
                  number sits beside these cells.\n\n",
             );
         }
-        let _ = writeln!(md, "![{}]({}.png)\n", task.title(), task.file_stem());
+        if has_plot(cells) {
+            let _ = writeln!(md, "![{}]({}.png)\n", task.title(), task.file_stem());
+        }
     }
 
     // Every metric of every evaluation, for what the tables do not show.

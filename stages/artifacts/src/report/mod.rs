@@ -1,17 +1,19 @@
 //! The `report` stage's library: every evaluation result of a manifest (`result.json` of the
-//! `classify` and `segment` stages) into `results.parquet` (one row per instance, split and
-//! metric), `results.md` (one table per task in the original's shape: rows are text encoders,
-//! columns vision backbone × label fraction, cells mean ± std over seeds, published numbers beside
-//! them where backbone names match) and a PNG per task (metric against label fraction).
+//! `classify`, `segment` and `zero-shot` stages) into `results.parquet` (one row per instance,
+//! split and metric), `results.md` (one table per task in the original's shape: rows are text
+//! encoders, columns vision backbone × label fraction, cells mean ± std over seeds, published
+//! numbers beside them where backbone names match; zero-shot rows beside the probes; a retrieval
+//! table per backbone pair from `retrieve`) and a PNG per task (metric against label fraction).
 //!
 //! This module reads the inputs and runs the stage; `group` groups results into tables,
-//! `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
+//! `retrieval` the retrieval runs, `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
 //! runs the stage in its own process ([`run_stage`]).
 
 mod group;
 mod markdown;
 mod parquet;
 mod plots;
+mod retrieval;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -28,6 +30,7 @@ pub use group::mean_std;
 pub use markdown::{markdown, pretraining_markdown};
 pub use parquet::write_parquet;
 pub use plots::plots;
+pub use retrieval::{retrieval_markdown, retrieval_tables, RetrievalResult, RetrievalScores};
 pub use tables::{fraction_label, tables, ResultCell, ResultTable, Split};
 
 pub use crate::files::RESULT_FILE;
@@ -37,7 +40,8 @@ pub use crate::files::RESULT_FILE;
 pub struct EvalResult {
     /// The stage instance that produced it.
     pub instance: String,
-    /// `classification` or `segmentation`.
+    /// `classification` or `segmentation` (`zero-shot` writes `classification`, head
+    /// [`ZERO_SHOT_HEAD`], fraction 0).
     pub task: String,
     /// `rsna`, `covidx` or `siim`.
     pub dataset: String,
@@ -63,6 +67,9 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
+/// The `head` of a `zero-shot` result; its `fraction` is 0 (no labels seen).
+pub const ZERO_SHOT_HEAD: &str = "zero-shot";
+
 pub const RESULTS_PARQUET: &str = "results.parquet";
 pub const RESULTS_MD: &str = "results.md";
 
@@ -81,8 +88,7 @@ impl EvalResult {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).expect("serialisable");
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        write_result(self, path)
     }
 
     /// The table this result belongs to.
@@ -96,12 +102,36 @@ impl EvalResult {
     }
 
     fn row_label(&self) -> String {
-        match self.adaptor.as_str() {
+        let label = match self.adaptor.as_str() {
             "pretrained" => self.text.clone(),
             "random" => "random-init adaptor".into(),
             _ => "no adaptor (backbone → head)".into(),
+        };
+        if self.is_zero_shot() {
+            format!("zero-shot: {}", label.replace(" (backbone → head)", ""))
+        } else {
+            label
         }
     }
+
+    /// A `zero-shot` result (no head, no labels): a row beside the probes of its task.
+    pub fn is_zero_shot(&self) -> bool {
+        self.head == ZERO_SHOT_HEAD
+    }
+}
+
+/// A result file (`result.json`) as `T`; a file that is not one names itself.
+fn read_result<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_result<T: Serialize>(value: &T, path: &Path) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("serialisable");
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Writes the three outputs into `dir`; returns the plot file names.
@@ -189,16 +219,28 @@ pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
             curves.push(name);
         }
     }
+    let mut retrieval = Vec::new();
+    for a in ctx.inputs("retrieval") {
+        let mut r = RetrievalResult::read(&a.path.join(RESULT_FILE))?;
+        if let InputOrigin::Stage { instance, .. } = &a.origin {
+            r.instance = instance.clone();
+        }
+        retrieval.push(r);
+    }
     let plots = write_report(out, &results)?;
-    if !runs.is_empty() {
+    if !runs.is_empty() || !retrieval.is_empty() {
         let path = out.join(RESULTS_MD);
         let mut md = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        md.push_str(&pretraining_markdown(&runs, &curves));
+        md.push_str(&retrieval_markdown(&retrieval));
+        if !runs.is_empty() {
+            md.push_str(&pretraining_markdown(&runs, &curves));
+        }
         std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
     }
     ctx.log(format!(
-        "report: {} evaluation(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
+        "report: {} evaluation(s), {} retrieval run(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
         results.len(),
+        retrieval.len(),
         runs.len(),
         plots.len() + curves.len()
     ));

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::{Color, IntoLogRange, Palette, Palette99, SeriesLabelPosition};
 
-use super::group::{group, mean_std, metric_name};
+use super::group::{group, has_plot, mean_std, metric_name};
 use super::EvalResult;
 use crate::error::Result;
 use crate::plot::{self, Panel};
@@ -14,15 +14,17 @@ use crate::plot::{self, Panel};
 const SIZE: (u32, u32) = (900, 560);
 
 /// One PNG per task: the metric (mean over seeds, error bars ± std) against the label fraction
-/// (log axis), one line per (vision backbone, row).
+/// (log axis), one line per (vision backbone, row). A table of zero-shot results alone (fraction
+/// 0 only) has no plot.
 pub fn plots(dir: &Path, results: &[EvalResult]) -> Result<Vec<String>> {
     let mut files = Vec::new();
-    for (task, cells) in group(results) {
+    for (task, cells) in group(results).into_iter().filter(|(_, c)| has_plot(c)) {
         let name = format!("{}.png", task.file_stem());
         plot::png(&dir.join(&name), SIZE, None, |root| {
             let fractions: Vec<f64> = cells
                 .values()
                 .flat_map(|m| m.keys().map(|k| k.1.value()))
+                .filter(|f| *f > 0.0)
                 .collect();
             let lo = fractions.iter().cloned().fold(1.0f64, f64::min).min(0.01);
             let panel = Panel {
@@ -48,7 +50,7 @@ pub fn plots(dir: &Path, results: &[EvalResult]) -> Result<Vec<String>> {
                 let color = Palette99::pick(i).to_rgba();
                 let mut pts: Vec<(f64, f64, f64)> = cells[row]
                     .iter()
-                    .filter(|((v, _), _)| v == vision)
+                    .filter(|((v, f), _)| v == vision && f.value() > 0.0)
                     .map(|((_, f), vals)| {
                         let (m, s) = mean_std(vals);
                         (f.value(), m * 100.0, s * 100.0)

@@ -104,3 +104,68 @@ fn outputs_are_written() {
         );
     }
 }
+
+fn zero_shot(text: &str, vision: &str, adaptor: &str, v: f64) -> EvalResult {
+    EvalResult {
+        instance: format!("zero-shot[{adaptor}]"),
+        head: ZERO_SHOT_HEAD.into(),
+        fraction: 0.0,
+        best_epoch: 0,
+        epochs_run: 0,
+        train_examples: 0,
+        trainable_params: 0,
+        ..result(text, vision, adaptor, 0.0, 0, v)
+    }
+}
+
+fn retrieval(adaptor: &str, r10: f64) -> RetrievalResult {
+    let s = |r1: f64, r5: f64, r10: f64, median_rank: f64| RetrievalScores {
+        r1,
+        r5,
+        r10,
+        median_rank,
+    };
+    RetrievalResult {
+        instance: format!("retrieve[{adaptor}]"),
+        dataset: "mimic-cxr".into(),
+        split: "test".into(),
+        vision: "tiny-vit".into(),
+        text: "minilm".into(),
+        adaptor: adaptor.into(),
+        seed: 0,
+        images: 40,
+        reports: 38,
+        image_to_text: s(r10 / 4.0, r10 / 2.0, r10, 12.0),
+        text_to_image: s(r10 / 5.0, r10 / 2.5, r10 - 0.05, 14.5),
+        chance_image_to_text: s(1.0 / 38.0, 5.0 / 38.0, 10.0 / 38.0, 19.5),
+        chance_text_to_image: s(0.026, 0.13, 0.26, 19.5),
+        seconds: 0.1,
+    }
+}
+
+#[test]
+fn zero_shot_rows_sit_under_every_fraction_and_retrieval_has_a_table_per_pair() {
+    let results = vec![
+        result("minilm", "tiny-vit", "pretrained", 0.1, 0, 0.75),
+        result("minilm", "tiny-vit", "pretrained", 1.0, 0, 0.80),
+        result("minilm", "tiny-vit", "random", 0.1, 0, 0.65),
+        zero_shot("minilm", "tiny-vit", "pretrained", 0.70),
+        zero_shot("minilm", "tiny-vit", "random", 0.52),
+        // No probe of this vision backbone: a zero-shot table of its own, one `0 %` column.
+        zero_shot("minilm", "other-vit", "pretrained", 0.61),
+    ];
+    let runs = vec![retrieval("random", 0.3), retrieval("pretrained", 0.6)];
+    let md = markdown(&results) + &retrieval_markdown(&runs);
+    assert!(
+        md.contains("| zero-shot: minilm | 70.0 ± 0.0 (n=1) | 70.0 ± 0.0 (n=1) |"),
+        "{md}"
+    );
+    assert!(md.contains("other-vit 0 %"), "{md}");
+    insta::assert_snapshot!(md);
+
+    // The zero-shot-only table has no plot; the probes' table has one.
+    let dir = tempfile::tempdir().unwrap();
+    let plots = write_report(dir.path(), &results).unwrap();
+    assert_eq!(plots, vec!["rsna-classification-mlp.png".to_string()]);
+    assert!(!md.contains("rsna-classification-zero-shot.png"), "{md}");
+}
