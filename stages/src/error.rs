@@ -67,6 +67,11 @@ pub enum Error {
     #[error("{}: cannot write table: {message}", path.display())]
     Table { path: PathBuf, message: String },
 
+    /// A table `artifacts::portable` refused or could not write (the error names the file and
+    /// column).
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::Error),
+
     /// A decode limit override (an environment variable's value, read by the binaries).
     #[error("{var}=`{value}` is not a positive integer")]
     DecodeLimit { var: &'static str, value: String },
