@@ -6,6 +6,7 @@ cd "$root"
 scripts/setup.sh
 scripts/test-assets.sh
 scripts/test-assets-encoders.sh
+scripts/test-assets-browser.sh     # headless chromium for the report's browser test
 scripts/slurm-cluster.sh install   # slurmctld, slurmd, munge from Debian (the Slurm tests start a throwaway cluster)
 source scripts/env.sh
 

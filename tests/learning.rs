@@ -223,6 +223,7 @@ fn the_demo_chain_runs_reports_and_learns() {
     }
     for f in [
         "results.parquet",
+        "report.html",
         "rsna-classification-mlp.png",
         "siim-segmentation-vit-decoder.png",
         "pretraining-0.png",
@@ -268,4 +269,27 @@ fn the_demo_chain_runs_reports_and_learns() {
         mean(&pre) > mean(&random),
         "the pre-trained adaptor ({pre:?}) does not beat a random-initialised one ({random:?})"
     );
+
+    // Every table the stages wrote reads whole in pandas (pyarrow), polars and DuckDB, in the
+    // versions scripts/setup.sh pins; a failure names the table, the client and the column.
+    let check = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tools/check_tables.py"))
+        .arg(&store)
+        .args(
+            [
+                "records.parquet",
+                "embeddings.parquet",
+                "metrics_steps.parquet",
+                "metrics_epochs.parquet",
+                "predictions.parquet",
+                "results.parquet",
+            ]
+            .iter()
+            .flat_map(|t| ["--expect", t]),
+        )
+        .output()
+        .expect("runs .venv/bin/python (scripts/setup.sh makes it)");
+    let out = text(&check);
+    assert!(check.status.success(), "tools/check_tables.py:\n{out}");
+    assert!(out.contains(", 0 failing"), "{out}");
 }

@@ -2,13 +2,15 @@
 //! `classify` and `segment` stages) into `results.parquet` (one row per instance, split and
 //! metric), `results.md` (one table per task in the original's shape: rows are text encoders,
 //! columns vision backbone × label fraction, cells mean ± std over seeds, published numbers beside
-//! them where backbone names match) and a PNG per task (metric against label fraction).
+//! them where backbone names match), a PNG per task (metric against label fraction) and
+//! `report.html` (all of it on one self-contained page, each cell linked to its instances).
 //!
 //! This module reads the inputs and runs the stage; `group` groups results into tables,
-//! `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
+//! `markdown`, `parquet`, `plots` and `html` write the outputs. No libtorch: the `adaptor` binary
 //! runs the stage in its own process ([`run_stage`]).
 
 mod group;
+mod html;
 mod markdown;
 mod parquet;
 mod plots;
@@ -16,7 +18,8 @@ mod plots;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pipeline::{InputOrigin, StageContext, StageError};
+use pipeline::store::ArtifactManifest;
+use pipeline::{InputArtifact, InputOrigin, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -24,6 +27,7 @@ use crate::files::{ADAPTOR_JSON, PRETRAIN_REPORT, PROVENANCE_FILE, TRAINING_CURV
 use group::TaskKey;
 
 pub use group::mean_std;
+pub use html::{html, InstanceLink, Page, REPORT_HTML};
 pub use markdown::{markdown, pretraining_markdown};
 pub use parquet::write_parquet;
 pub use plots::plots;
@@ -160,10 +164,74 @@ impl PretrainSummary {
     }
 }
 
+/// The folder of a stage input as the page links it (relative to `<store>/report/<key>/`), with
+/// the parameters its `_manifest.json` records (none when the folder has no manifest).
+pub fn instance_link(a: &InputArtifact) -> Result<Option<(String, InstanceLink)>> {
+    let InputOrigin::Stage {
+        kind,
+        instance,
+        key,
+    } = &a.origin
+    else {
+        return Ok(None);
+    };
+    let path = a.path.join("_manifest.json");
+    let params = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let m: ArtifactManifest =
+                serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })?;
+            m.params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let href = format!("../../{kind}/{key}/");
+    Ok(Some((instance.clone(), InstanceLink { href, params })))
+}
+
+/// Writes `report.html` into `dir`, embedding the PNGs named `images` that are in `dir`.
+pub fn write_html(
+    dir: &Path,
+    results: &[EvalResult],
+    runs: &[PretrainSummary],
+    curves: &[String],
+    links: &BTreeMap<String, InstanceLink>,
+    images: &[String],
+) -> Result<()> {
+    let mut pngs = BTreeMap::new();
+    for name in images.iter().chain(curves) {
+        let p = dir.join(name);
+        pngs.insert(
+            name.clone(),
+            std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+        );
+    }
+    let page = Page {
+        results,
+        runs,
+        links,
+        images: &pngs,
+        curves,
+    };
+    let path = dir.join(REPORT_HTML);
+    std::fs::write(&path, html(&page)).map_err(|e| Error::io(&path, e))
+}
+
 /// The `report` stage: reads every bound result and pre-training run, writes the outputs.
 pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
     let out = ctx.out_dir();
     let mut results = Vec::new();
+    let mut links = BTreeMap::new();
+    for a in ctx
+        .inputs("results")
+        .iter()
+        .chain(ctx.inputs("pretraining"))
+    {
+        links.extend(instance_link(a)?);
+    }
     for a in ctx.inputs("results") {
         let mut r = EvalResult::read(&a.path.join(RESULT_FILE))?;
         if let InputOrigin::Stage { instance, .. } = &a.origin {
@@ -189,8 +257,9 @@ pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
         md.push_str(&pretraining_markdown(&runs, &curves));
         std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
     }
+    write_html(out, &results, &runs, &curves, &links, &plots)?;
     ctx.log(format!(
-        "report: {} evaluation(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
+        "report: {} evaluation(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}, {REPORT_HTML}",
         results.len(),
         runs.len(),
         plots.len() + curves.len()
