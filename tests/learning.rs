@@ -289,7 +289,7 @@ fn the_demo_chain_runs_reports_and_learns() {
         )
         .output()
         .expect("runs .venv/bin/python (scripts/setup.sh makes it)");
-    let out = text(&check);
+    let out = common::text(&check);
     assert!(check.status.success(), "tools/check_tables.py:\n{out}");
     assert!(out.contains(", 0 failing"), "{out}");
 }

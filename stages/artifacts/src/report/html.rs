@@ -125,6 +125,7 @@ p.lead { color: #4a5163; max-width: 60rem; }
 nav { display: flex; flex-wrap: wrap; gap: .2rem 1.2rem; margin: .8rem 0 1rem; font-size: .92rem; }
 a { color: #1f5fbf; text-decoration: none; }
 .task { display: flex; flex-wrap: wrap; gap: 0 2rem; align-items: flex-start; }
+.task table { flex: 0 0 auto; } .task figure { flex: 1 1 380px; max-width: 600px; }
 a:hover { text-decoration: underline; }
 table { border-collapse: collapse; margin: .4rem 0 1rem; font-size: .9rem; }
 th, td { border: 1px solid #d8dce5; padding: .35rem .6rem; vertical-align: top; text-align: left; }
@@ -134,7 +135,7 @@ td.cell { text-align: right; white-space: nowrap; } td.empty { text-align: cente
 .n { font-size: .8rem; } .pub { display: inline-block; margin-left: .35rem; padding: 0 .35rem;
   border-radius: .3rem; background: #fff3d6; color: #7a5300; font-size: .8rem; }
 .runs { display: block; font-size: .78rem; } .runs a { margin-left: .3rem; }
-figure { margin: .4rem 0 1.5rem; max-width: 600px; }
+figure { margin: .4rem 0 1.5rem; max-width: 900px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e6ee; }
 figcaption { font-size: .85rem; color: #5b6275; }
 details summary { cursor: pointer; color: #1f5fbf; font-size: .8rem; }
