@@ -55,10 +55,7 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 /// Cells of one table: row label → (vision, fraction) → the metric over seeds.
-pub(super) type Cells = CellsOf<f64>;
-
-/// Cells of one table holding, per result (seed), what the reader of the grouping keeps of it.
-pub(super) type CellsOf<T> = BTreeMap<String, BTreeMap<(String, FractionKey), Vec<T>>>;
+pub(super) type Cells = BTreeMap<String, BTreeMap<(String, FractionKey), Vec<f64>>>;
 
 /// A fraction usable as a map key (parts per million).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,16 +79,7 @@ impl FractionKey {
 }
 
 pub(super) fn group(results: &[EvalResult]) -> BTreeMap<TaskKey, Cells> {
-    group_with(results, |_, v| v)
-}
-
-/// The grouping of [`group`], keeping `keep(result, metric value)` of each result instead of the
-/// value alone (the HTML page keeps the result, to link each cell to its instances).
-pub(super) fn group_with<'r, T>(
-    results: &'r [EvalResult],
-    keep: impl Fn(&'r EvalResult, f64) -> T,
-) -> BTreeMap<TaskKey, CellsOf<T>> {
-    let mut out: BTreeMap<TaskKey, CellsOf<T>> = BTreeMap::new();
+    let mut out: BTreeMap<TaskKey, Cells> = BTreeMap::new();
     for r in results {
         let Some(v) = r.test.get(&r.metric) else {
             continue;
@@ -102,7 +90,7 @@ pub(super) fn group_with<'r, T>(
             .or_default()
             .entry((r.vision.clone(), FractionKey::of(r.fraction)))
             .or_default()
-            .push(keep(r, *v));
+            .push(*v);
     }
     out
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use super::group::{group_with, mean_std, FractionKey};
+use super::group::{group, mean_std, FractionKey};
 use super::markdown::published;
 use super::{EvalResult, PretrainSummary};
 
@@ -33,31 +33,73 @@ pub struct Page<'a> {
     pub images: &'a BTreeMap<String, Vec<u8>>,
     /// The pre-training curves in the order of `runs` (keys of `images`).
     pub curves: &'a [String],
+    /// Tables of other groupings, after the task tables (and in the navigation).
+    pub extra: &'a [HtmlTable],
 }
 
 /// A table of the page, whatever grouping made it: a corner label and column headers, then rows
-/// of a label and cells. Every grouped table of the report renders through this one type.
-pub(super) struct HtmlTable<'r> {
+/// of a label and cells. Every table of results renders through this one type: the task tables
+/// here ([`task_tables`]), and any other grouping through [`Page::extra`].
+pub struct HtmlTable {
     /// The section's anchor (unique on the page).
     pub id: String,
     pub title: String,
     pub corner: String,
     pub columns: Vec<String>,
-    pub rows: Vec<(String, Vec<Option<HtmlCell<'r>>>)>,
+    pub rows: Vec<(String, Vec<Option<HtmlCell>>)>,
     /// The plot drawn from the same table (a key of [`Page::images`]).
     pub figure: Option<String>,
 }
 
-/// One cell: the metric of each of its results (fractions, shown in %), the published number.
-pub(super) struct HtmlCell<'r> {
-    pub values: Vec<f64>,
+/// One cell: its value as shown, the published number, and the instances behind it.
+pub struct HtmlCell {
+    /// In bold (`81.0`).
+    pub value: String,
+    /// After it, muted (`± 1.4 n=2`).
+    pub detail: String,
+    /// The original's number for this cell, in %.
     pub published: Option<f64>,
-    pub results: Vec<&'r EvalResult>,
+    /// (instance, link text) of each run in the cell (`seed 0`).
+    pub runs: Vec<(String, String)>,
 }
 
-/// The results tables of `results.md`, from the same grouping.
-pub(super) fn task_tables(results: &[EvalResult]) -> Vec<HtmlTable<'_>> {
-    group_with(results, |r, v| (r, v))
+impl HtmlCell {
+    /// Mean ± sample std over the results of a cell, in %, each result a run.
+    fn stats(results: &[&EvalResult], published: Option<f64>) -> Self {
+        let values: Vec<f64> = results.iter().map(|r| r.test[&r.metric]).collect();
+        let (mean, std) = mean_std(&values);
+        let mut runs: Vec<&&EvalResult> = results.iter().collect();
+        runs.sort_by(|a, b| (a.seed, &a.instance).cmp(&(b.seed, &b.instance)));
+        HtmlCell {
+            value: format!("{:.1}", mean * 100.0),
+            detail: format!("± {:.1} n={}", std * 100.0, values.len()),
+            published,
+            runs: runs
+                .into_iter()
+                .map(|r| (r.instance.clone(), format!("seed {}", r.seed)))
+                .collect(),
+        }
+    }
+}
+
+/// The results tables of `results.md`, from the same grouping (`group`), whatever rows it makes.
+///
+/// `group` places a result by its labels (task, row, backbone, fraction), never by its value, so
+/// grouping copies whose metric value is the result's index puts each index in the cells where
+/// `group` puts that result: the page gets the markdown's cells with the results behind them.
+pub(super) fn task_tables(results: &[EvalResult]) -> Vec<HtmlTable> {
+    let tagged: Vec<EvalResult> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut t = r.clone();
+            if let Some(v) = t.test.get_mut(&r.metric) {
+                *v = i as f64;
+            }
+            t
+        })
+        .collect();
+    group(&tagged)
         .into_iter()
         .map(|(task, cells)| {
             let cols: BTreeSet<(String, FractionKey)> =
@@ -68,18 +110,17 @@ pub(super) fn task_tables(results: &[EvalResult]) -> Vec<HtmlTable<'_>> {
                     let cells = cols
                         .iter()
                         .map(|col| {
-                            m.get(col).map(|v| HtmlCell {
-                                values: v.iter().map(|(_, x)| *x).collect(),
-                                published: published(
-                                    &task.dataset,
-                                    &task.task,
-                                    &task.metric,
-                                    row,
-                                    &col.0,
-                                    col.1.value(),
-                                ),
-                                results: v.iter().map(|(r, _)| *r).collect(),
-                            })
+                            let of_cell: Vec<&EvalResult> =
+                                m.get(col)?.iter().map(|&i| &results[i as usize]).collect();
+                            let p = published(
+                                &task.dataset,
+                                &task.task,
+                                &task.metric,
+                                row,
+                                &col.0,
+                                col.1.value(),
+                            );
+                            Some(HtmlCell::stats(&of_cell, p))
                         })
                         .collect();
                     (row.clone(), cells)
@@ -131,8 +172,7 @@ table { border-collapse: collapse; margin: .4rem 0 1rem; font-size: .9rem; }
 th, td { border: 1px solid #d8dce5; padding: .35rem .6rem; vertical-align: top; text-align: left; }
 thead th { background: #eef1f6; } tbody th { background: #f7f8fb; font-weight: 600; white-space: nowrap; }
 td.cell { text-align: right; white-space: nowrap; } td.empty { text-align: center; color: #9aa1b0; }
-.v { font-weight: 600; font-variant-numeric: tabular-nums; } .sd, .n { color: #5b6275; }
-.n { font-size: .8rem; } .pub { display: inline-block; margin-left: .35rem; padding: 0 .35rem;
+.v { font-weight: 600; font-variant-numeric: tabular-nums; } .sd { color: #5b6275; } .pub { display: inline-block; margin-left: .35rem; padding: 0 .35rem;
   border-radius: .3rem; background: #fff3d6; color: #7a5300; font-size: .8rem; }
 .runs { display: block; font-size: .78rem; } .runs a { margin-left: .3rem; }
 figure { margin: .4rem 0 1.5rem; max-width: 900px; }
@@ -147,7 +187,8 @@ code { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: .85e
 
 /// The whole page.
 pub fn html(page: &Page) -> String {
-    let tables = task_tables(page.results);
+    let own = task_tables(page.results);
+    let tables: Vec<&HtmlTable> = own.iter().chain(page.extra).collect();
     let mut h =
         String::from("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
@@ -174,7 +215,7 @@ pub fn html(page: &Page) -> String {
         h.push_str("<a href=\"#pretraining\">Pre-training</a>");
     }
     h.push_str("<a href=\"#all-metrics\">All test metrics</a></nav>\n");
-    for t in &tables {
+    for t in tables {
         table_section(&mut h, t, page);
     }
     pretraining_section(&mut h, page);
@@ -218,14 +259,11 @@ fn table_section(h: &mut String, t: &HtmlTable, page: &Page) {
 }
 
 fn cell_html(h: &mut String, c: &HtmlCell, page: &Page) {
-    let (mean, std) = mean_std(&c.values);
     let _ = write!(
         h,
-        "<td class=\"cell\"><span class=\"v\">{:.1}</span><span class=\"sd\"> ± {:.1}</span> \
-         <span class=\"n\">n={}</span>",
-        mean * 100.0,
-        std * 100.0,
-        c.values.len()
+        "<td class=\"cell\"><span class=\"v\">{}</span> <span class=\"sd\">{}</span>",
+        esc(&c.value),
+        esc(&c.detail)
     );
     if let Some(p) = c.published {
         let _ = write!(
@@ -234,10 +272,8 @@ fn cell_html(h: &mut String, c: &HtmlCell, page: &Page) {
         );
     }
     h.push_str("<span class=\"runs\">");
-    let mut runs: Vec<&EvalResult> = c.results.clone();
-    runs.sort_by(|a, b| (a.seed, &a.instance).cmp(&(b.seed, &b.instance)));
-    for r in runs {
-        instance_link(h, page, &r.instance, &format!("seed {}", r.seed));
+    for (instance, text) in &c.runs {
+        instance_link(h, page, instance, text);
     }
     h.push_str("</span></td>");
 }

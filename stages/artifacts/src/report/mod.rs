@@ -27,7 +27,7 @@ use crate::files::{ADAPTOR_JSON, PRETRAIN_REPORT, PROVENANCE_FILE, TRAINING_CURV
 use group::TaskKey;
 
 pub use group::mean_std;
-pub use html::{html, InstanceLink, Page, REPORT_HTML};
+pub use html::{html, HtmlCell, HtmlTable, InstanceLink, Page, REPORT_HTML};
 pub use markdown::{markdown, pretraining_markdown};
 pub use parquet::write_parquet;
 pub use plots::plots;
@@ -215,6 +215,7 @@ pub fn write_html(
         links,
         images: &pngs,
         curves,
+        extra: &[],
     };
     let path = dir.join(REPORT_HTML);
     std::fs::write(&path, html(&page)).map_err(|e| Error::io(&path, e))

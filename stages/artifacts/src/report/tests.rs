@@ -168,6 +168,23 @@ fn html_report_snapshot() {
         links: &links,
         images: &images,
         curves: &["pretraining-0.png".to_string()],
+        // Another grouping's table renders through the same type.
+        extra: &[HtmlTable {
+            id: "retrieval".into(),
+            title: "Retrieval <dinov2-s + bert>".into(),
+            corner: "adaptor".into(),
+            columns: vec!["R@1/5/10 image→text".into()],
+            rows: vec![(
+                "pre-trained".into(),
+                vec![Some(HtmlCell {
+                    value: "10.0 / 30.0 / 50.0".into(),
+                    detail: "median rank 3".into(),
+                    published: None,
+                    runs: vec![(results[1].instance.clone(), "run".into())],
+                })],
+            )],
+            figure: None,
+        }],
     });
     // The style sheet is fixed text; the snapshot holds what the data makes.
     let body = &page[page.find("<body>").unwrap()..];
@@ -189,6 +206,7 @@ fn html_escapes_names_and_parameters() {
         links: &links,
         images: &BTreeMap::new(),
         curves: &[],
+        extra: &[],
     });
     assert!(
         !page.contains("<script>") && !page.contains("<b>"),
