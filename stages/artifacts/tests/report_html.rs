@@ -11,9 +11,12 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use artifacts::report::{run_stage, EvalResult, REPORT_HTML, RESULT_FILE};
+use artifacts::report::{run_stage, REPORT_HTML, RESULT_FILE};
 use pipeline::{InputArtifact, InputOrigin, NoProgress, Params, StageContext, StageKey};
 use serde_json::{json, Value};
+
+mod common;
+use common::result;
 
 /// Runs after the page's own content: records errors from the start and measures at `load`.
 const PROBE: &str = r#"<script>
@@ -32,30 +35,6 @@ addEventListener('load', () => {
 
 fn key(c: char) -> StageKey {
     StageKey::parse(&c.to_string().repeat(64)).unwrap()
-}
-
-fn result(text: &str, adaptor: &str, fraction: f64, seed: i64, auroc: f64) -> EvalResult {
-    EvalResult {
-        instance: "written by the stage".into(),
-        task: "classification".into(),
-        dataset: "rsna".into(),
-        metric: "auroc".into(),
-        vision: "dinov2-s".into(),
-        text: text.into(),
-        adaptor: adaptor.into(),
-        head: "mlp".into(),
-        fraction,
-        seed,
-        valid: [("auroc".to_string(), auroc - 0.02)].into_iter().collect(),
-        test: [("auroc".to_string(), auroc), ("loss".to_string(), 0.4)]
-            .into_iter()
-            .collect(),
-        best_epoch: 2,
-        epochs_run: 4,
-        train_examples: 100,
-        trainable_params: 1000,
-        seconds: 0.5,
-    }
 }
 
 /// `<store>/<kind>/<key>/` with `_manifest.json` (instance, parameters) and `files`.

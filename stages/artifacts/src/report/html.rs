@@ -339,30 +339,14 @@ fn pretraining_section(h: &mut String, page: &Page) {
          <th>epochs</th><th>valid loss (start → best)</th><th>R@1/5/10 image→text</th>\
          <th>R@1/5/10 text→image</th><th>chance R@1</th></tr></thead>\n<tbody>\n",
     );
-    let pct = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{:.1}", x * 100.0))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
     for r in page.runs {
         h.push_str("<tr><td>");
         instance_link(h, page, &r.instance, &r.instance);
-        let _ = writeln!(
-            h,
-            "</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4} → {:.4}</td>\
-             <td>{}</td><td>{}</td><td>{:.1}</td></tr>",
-            esc(&r.variant),
-            esc(&r.vision),
-            esc(&r.text),
-            r.trainable_params,
-            r.epochs,
-            r.initial_val_loss,
-            r.best_val_loss,
-            pct(&r.recall[..3]),
-            pct(&r.recall[3..]),
-            r.chance * 100.0
-        );
+        h.push_str("</td>");
+        for c in r.row_cells() {
+            let _ = write!(h, "<td>{}</td>", esc(&c));
+        }
+        h.push_str("</tr>\n");
     }
     h.push_str("</tbody>\n</table>\n");
     for (r, c) in page.runs.iter().zip(page.curves) {
@@ -382,15 +366,7 @@ fn all_metrics_section(h: &mut String, page: &Page) {
     let mut sorted: Vec<&EvalResult> = page.results.iter().collect();
     sorted.sort_by(|a, b| a.instance.cmp(&b.instance));
     for r in sorted {
-        let metrics = r
-            .test
-            .iter()
-            .map(|(k, v)| match k.as_str() {
-                "loss" => format!("{k} {v:.4}"),
-                _ => format!("{k} {:.1}", v * 100.0),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let metrics = r.test_metrics_text();
         h.push_str("<tr><td>");
         instance_link(h, page, &r.instance, &r.instance);
         if let Some(l) = page.links.get(&r.instance).filter(|l| !l.params.is_empty()) {

@@ -92,6 +92,19 @@ impl EvalResult {
         }
     }
 
+    /// Every test metric as the report lists it (`auroc 81.0, loss 0.4123`): in %, the loss as
+    /// computed.
+    fn test_metrics_text(&self) -> String {
+        self.test
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "loss" => format!("{k} {v:.4}"),
+                _ => format!("{k} {:.1}", v * 100.0),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn row_label(&self) -> String {
         match self.adaptor.as_str() {
             "pretrained" => self.text.clone(),
@@ -127,6 +140,28 @@ pub struct PretrainSummary {
 }
 
 impl PretrainSummary {
+    /// The row of the pre-training table after the instance: variant, vision, text, parameters,
+    /// epochs, valid loss (start → best), recall@1/5/10 each way and chance recall@1, in %.
+    fn row_cells(&self) -> [String; 9] {
+        let pct = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.1}", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        [
+            self.variant.clone(),
+            self.vision.clone(),
+            self.text.clone(),
+            self.trainable_params.to_string(),
+            self.epochs.to_string(),
+            format!("{:.4} → {:.4}", self.initial_val_loss, self.best_val_loss),
+            pct(&self.recall[..3]),
+            pct(&self.recall[3..]),
+            format!("{:.1}", self.chance * 100.0),
+        ]
+    }
+
     /// Reads a `train-adaptor` artifact (`report.json`, `adaptor.json`, `provenance.json`).
     pub fn read(dir: &Path, instance: &str) -> Result<Self> {
         let json = |f: &str| -> Result<serde_json::Value> {

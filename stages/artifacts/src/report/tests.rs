@@ -77,16 +77,21 @@ fn published_numbers_match_by_normalised_names() {
     );
 }
 
-#[test]
-fn markdown_report_snapshot() {
-    let results = vec![
+/// The snapshots' results: two seeds in one cell, published numbers for `bert` + `dinov2-s`.
+fn snapshot_results() -> Vec<EvalResult> {
+    vec![
         result("bert", "dinov2-s", "pretrained", 0.01, 0, 0.80),
         result("bert", "dinov2-s", "pretrained", 0.01, 1, 0.82),
         result("bert", "dinov2-s", "pretrained", 1.0, 0, 0.86),
         result("minilm", "tiny-vit", "pretrained", 0.1, 0, 0.75),
         result("none", "tiny-vit", "none", 0.1, 0, 0.70),
         result("minilm", "tiny-vit", "random", 0.1, 0, 0.65),
-    ];
+    ]
+}
+
+#[test]
+fn markdown_report_snapshot() {
+    let results = snapshot_results();
     insta::assert_snapshot!(markdown(&results));
 }
 
@@ -128,12 +133,7 @@ fn link(key: char, params: &[(&str, &str)]) -> InstanceLink {
 
 #[test]
 fn html_report_snapshot() {
-    let results = vec![
-        result("bert", "dinov2-s", "pretrained", 0.01, 0, 0.80),
-        result("bert", "dinov2-s", "pretrained", 0.01, 1, 0.82),
-        result("minilm", "tiny-vit", "pretrained", 0.1, 0, 0.75),
-        result("none", "tiny-vit", "none", 0.1, 0, 0.70),
-    ];
+    let results = snapshot_results();
     let runs = vec![PretrainSummary {
         instance: "pretrain[text=bert]".into(),
         variant: "original".into(),
