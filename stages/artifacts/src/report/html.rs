@@ -112,14 +112,8 @@ pub(super) fn task_tables(results: &[EvalResult]) -> Vec<HtmlTable> {
                         .map(|col| {
                             let of_cell: Vec<&EvalResult> =
                                 m.get(col)?.iter().map(|&i| &results[i as usize]).collect();
-                            let p = published(
-                                &task.dataset,
-                                &task.task,
-                                &task.metric,
-                                row,
-                                &col.0,
-                                col.1.value(),
-                            );
+                            let (d, t, m) = (&task.dataset, &task.task, &task.metric);
+                            let p = published(d, t, m, row, &col.0, col.1.value());
                             Some(HtmlCell::stats(&of_cell, p))
                         })
                         .collect();
