@@ -3,7 +3,9 @@
 #   - torch==2.11.0: libtorch for the tch-based stages (tch 0.24 pins PyTorch 2.11.0; the PyPI wheel
 #     pulls the CUDA libraries too, about 2.7 GB downloaded once into pip's cache);
 #   - moto[server]: the S3-compatible server the store's tests start on 127.0.0.1;
-#   - numpy and safetensors: the PyTorch reference script a training test runs (tools/adaptor_reference.py).
+#   - numpy and safetensors: the PyTorch reference script a training test runs (tools/adaptor_reference.py);
+#   - pandas, pyarrow, polars and duckdb: the clients every Parquet table must read in
+#     (tools/check_tables.py, run by tests/learning.rs; also what a researcher reads results with).
 # Prints the environment a cargo build that links libtorch needs (sourced by the other scripts).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,4 +29,11 @@ fi
 if [ ! -x "$venv/bin/moto_server" ]; then
   echo "setup: installing moto[server]==5.2.5 into $venv (local S3 server for tests)"
   "$vpy" -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi
+if ! "$vpy" -c 'import sys, pandas, pyarrow, polars, duckdb
+sys.exit((pandas.__version__, pyarrow.__version__, polars.__version__, duckdb.__version__)
+         != ("3.1.1", "26.0.1", "2.1.0", "2.0.1"))' 2>/dev/null; then
+  echo "setup: installing pandas, pyarrow, polars and duckdb into $venv (the table readers the tests check)"
+  "$vpy" -m pip install --quiet --disable-pip-version-check \
+    "pandas==3.1.1" "pyarrow==26.0.1" "polars==2.1.0" "duckdb==2.0.1"
 fi

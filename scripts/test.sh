@@ -6,6 +6,7 @@ cd "$root"
 scripts/setup.sh
 scripts/test-assets.sh
 scripts/test-assets-encoders.sh
+scripts/test-assets-browser.sh     # headless chromium for the report's browser test
 scripts/slurm-cluster.sh install   # slurmctld, slurmd, munge from Debian (the Slurm tests start a throwaway cluster)
 # Graphviz, so tests/commands.rs renders `adaptor dag`'s output (without it: its structure is checked).
 if ! command -v dot >/dev/null; then

@@ -228,6 +228,7 @@ fn the_demo_chain_runs_reports_and_learns() {
     }
     for f in [
         "results.parquet",
+        "report.html",
         "rsna-classification-mlp.png",
         "siim-segmentation-vit-decoder.png",
         "pretraining-0.png",
@@ -333,4 +334,27 @@ fn the_demo_chain_runs_reports_and_learns() {
              ({at_chance}) and the random-init adaptor ({random})"
         );
     }
+
+    // Every table the stages wrote reads whole in pandas (pyarrow), polars and DuckDB, in the
+    // versions scripts/setup.sh pins; a failure names the table, the client and the column.
+    let check = std::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tools/check_tables.py"))
+        .arg(&store)
+        .args(
+            [
+                "records.parquet",
+                "embeddings.parquet",
+                "metrics_steps.parquet",
+                "metrics_epochs.parquet",
+                "predictions.parquet",
+                "results.parquet",
+            ]
+            .iter()
+            .flat_map(|t| ["--expect", t]),
+        )
+        .output()
+        .expect("runs .venv/bin/python (scripts/setup.sh makes it)");
+    let out = common::text(&check);
+    assert!(check.status.success(), "tools/check_tables.py:\n{out}");
+    assert!(out.contains(", 0 failing"), "{out}");
 }

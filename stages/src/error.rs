@@ -67,6 +67,11 @@ pub enum Error {
     #[error("{}: cannot write table: {message}", path.display())]
     Table { path: PathBuf, message: String },
 
+    /// A table `artifacts::portable` refused or could not write (the error names the file and
+    /// column). Boxed: arrow's and parquet's errors are large.
+    #[error(transparent)]
+    Artifacts(Box<artifacts::Error>),
+
     /// A decode limit override (an environment variable's value, read by the binaries).
     #[error("{var}=`{value}` is not a positive integer")]
     DecodeLimit { var: &'static str, value: String },
@@ -109,6 +114,12 @@ impl Error {
 
 /// Ingest errors are the crate's errors; the alias names them at the API.
 pub type IngestError = Error;
+
+impl From<artifacts::Error> for Error {
+    fn from(e: artifacts::Error) -> Self {
+        Error::Artifacts(Box::new(e))
+    }
+}
 
 #[cfg(test)]
 mod tests {

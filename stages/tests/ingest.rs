@@ -325,6 +325,19 @@ fn missing_image_is_reported_with_its_path_and_skip_bad_lists_it() {
     assert_eq!(strs(&skipped, "key"), [id]);
     assert_eq!(strs(&skipped, "reason"), ["missing_image"]);
     assert_eq!(strs(&skipped, "error")[0], e.to_string());
+    // skipped.parquet (which the demo never writes) reads in pandas, polars and DuckDB too.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let check = std::process::Command::new(repo.join(".venv/bin/python"))
+        .arg(repo.join("tools/check_tables.py"))
+        .args([out2.join("skipped.parquet"), out2.join("records.parquet")])
+        .output()
+        .expect("runs .venv/bin/python (scripts/setup.sh makes it)");
+    assert!(
+        check.status.success(),
+        "tools/check_tables.py:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     // Splits are drawn before skipping: the other patients keep theirs.
     let full = read_parquet(&{
         let o = out.with_file_name("out3");

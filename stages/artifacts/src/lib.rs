@@ -1,6 +1,7 @@
 //! The pipeline's artifact files that need no libtorch: Parquet embedding tables ([`table`]), the
 //! merge of an encode stage's shards ([`merge`]), the `report` stage ([`report`]) and the plotting
-//! scaffolding every PNG of the workspace shares ([`plot`]).
+//! scaffolding every PNG of the workspace shares ([`plot`]), and the one Parquet writer every
+//! stage's table goes through ([`portable`]: plain types pandas, polars and DuckDB read).
 //!
 //! The `adaptor` binary links this crate and runs `report` and the merge of encode shards in its
 //! own process: neither starts the `adaptor-torch` worker, so neither pays libtorch's start-up.
@@ -11,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod merge;
 pub mod plot;
+pub mod portable;
 pub mod report;
 pub mod table;
 

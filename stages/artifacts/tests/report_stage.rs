@@ -5,30 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use artifacts::report::{run_stage, EvalResult, RESULTS_MD, RESULTS_PARQUET, RESULT_FILE};
+use artifacts::report::{run_stage, RESULTS_MD, RESULTS_PARQUET, RESULT_FILE};
 use pipeline::{InputArtifact, InputOrigin, NoProgress, Params, StageContext, StageKey};
 
-fn result(fraction: f64, auroc: f64) -> EvalResult {
-    EvalResult {
-        instance: "written by the stage".into(),
-        task: "classification".into(),
-        dataset: "rsna".into(),
-        metric: "auroc".into(),
-        vision: "dinov2-s".into(),
-        text: "bert".into(),
-        adaptor: "pretrained".into(),
-        head: "mlp".into(),
-        fraction,
-        seed: 0,
-        valid: [("auroc".to_string(), auroc)].into_iter().collect(),
-        test: [("auroc".to_string(), auroc)].into_iter().collect(),
-        best_epoch: 1,
-        epochs_run: 2,
-        train_examples: 10,
-        trainable_params: 100,
-        seconds: 0.5,
-    }
-}
+mod common;
+use common::result;
 
 #[test]
 fn the_report_stage_runs_in_process_without_libtorch() {
@@ -39,7 +20,7 @@ fn the_report_stage_runs_in_process_without_libtorch() {
         let instance = format!("classify[fraction={fraction}]");
         let path = dir.path().join(format!("r{i}"));
         std::fs::create_dir_all(&path).unwrap();
-        result(fraction, auroc)
+        result("bert", "pretrained", fraction, 0, auroc)
             .write(&path.join(RESULT_FILE))
             .unwrap();
         results.push(InputArtifact {

@@ -1,10 +1,18 @@
-//! Reading raw CSV/list files with line numbers, and writing records tables as Parquet.
+//! Reading raw CSV/list files with line numbers, and writing records tables as Parquet (through
+//! `artifacts::portable`, in plain types every client reads).
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use polars::prelude::*;
+use std::sync::Arc;
+
+use arrow_array::builder::{Float32Builder, LargeListBuilder, LargeStringBuilder};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, LargeStringArray, RecordBatch,
+};
+use artifacts::portable;
+use polars::prelude::{DataFrame, ParquetReader, SerReader};
 
 use crate::error::{Error, Result};
 
@@ -164,68 +172,67 @@ pub enum Col {
 }
 
 impl Col {
-    fn into_column(self) -> Column {
-        let s = match self {
-            Col::Str(n, v) => Series::new(n.into(), v),
-            Col::OptStr(n, v) => Series::new(n.into(), v),
-            Col::I64(n, v) => Series::new(n.into(), v),
-            Col::I32(n, v) => Series::new(n.into(), v),
-            Col::OptF32(n, v) => Series::new(n.into(), v),
-            Col::Bool(n, v) => Series::new(n.into(), v),
-            Col::ListStr(n, v) => {
-                let rows: Vec<Series> = v.into_iter().map(|r| Series::new("".into(), r)).collect();
-                list_series(n, rows, DataType::String)
+    fn name(&self) -> &str {
+        match self {
+            Col::Str(n, _)
+            | Col::OptStr(n, _)
+            | Col::I64(n, _)
+            | Col::I32(n, _)
+            | Col::Bool(n, _)
+            | Col::ListStr(n, _)
+            | Col::Boxes(n, _) => n,
+            Col::OptF32(n, _) => n,
+        }
+    }
+
+    /// The column as an Arrow array of the plain types `artifacts::portable` writes: strings as
+    /// `LargeUtf8`, lists as `LargeList` (no `*View` types, which pandas cannot convert).
+    fn into_array(self) -> ArrayRef {
+        match self {
+            Col::Str(_, v) => Arc::new(LargeStringArray::from_iter_values(v)),
+            Col::OptStr(_, v) => Arc::new(LargeStringArray::from_iter(v)),
+            Col::I64(_, v) => Arc::new(Int64Array::from(v)),
+            Col::I32(_, v) => Arc::new(Int32Array::from(v)),
+            Col::OptF32(_, v) => Arc::new(Float32Array::from(v)),
+            Col::Bool(_, v) => Arc::new(BooleanArray::from(v)),
+            Col::ListStr(_, v) => {
+                let mut b = LargeListBuilder::new(LargeStringBuilder::new());
+                for row in v {
+                    for item in row {
+                        b.values().append_value(item);
+                    }
+                    b.append(true);
+                }
+                Arc::new(b.finish())
             }
-            Col::Boxes(n, v) => {
-                let inner = DataType::List(Box::new(DataType::Float32));
-                let rows: Vec<Series> = v
-                    .into_iter()
-                    .map(|bs| {
-                        let b: Vec<Series> = bs
-                            .iter()
-                            .map(|b| Series::new("".into(), b.to_vec()))
-                            .collect();
-                        list_series("", b, DataType::Float32)
-                    })
-                    .collect();
-                list_series(n, rows, inner)
+            Col::Boxes(_, v) => {
+                let mut b = LargeListBuilder::new(LargeListBuilder::new(Float32Builder::new()));
+                for row in v {
+                    for bx in row {
+                        b.values().values().append_slice(&bx);
+                        b.values().append(true);
+                    }
+                    b.append(true);
+                }
+                Arc::new(b.finish())
             }
-        };
-        s.into()
+        }
     }
 }
 
-/// A list series whose item type is known even when every row (or the table) is empty.
-fn list_series(name: &str, rows: Vec<Series>, item: DataType) -> Series {
-    let rows: Vec<Series> = rows
-        .into_iter()
-        .map(|s| {
-            if s.is_empty() {
-                Series::new_empty("".into(), &item)
-            } else {
-                s
-            }
-        })
-        .collect();
-    if rows.is_empty() {
-        return Series::new_empty(name.into(), &DataType::List(Box::new(item)));
-    }
-    Series::new(name.into(), rows)
-}
-
-/// Writes the columns as a Parquet file (zstd, polars' defaults otherwise).
+/// Writes the columns as a Parquet file (zstd) through `artifacts::portable`, the one writer of
+/// every stage's tables; returns the row count.
 pub fn write_parquet(path: &Path, cols: Vec<Col>) -> Result<usize> {
-    let table_err = |e: PolarsError| Error::Table {
+    let columns: Vec<(String, ArrayRef)> = cols
+        .into_iter()
+        .map(|c| (c.name().to_string(), c.into_array()))
+        .collect();
+    let batch = RecordBatch::try_from_iter(columns).map_err(|e| Error::Table {
         path: path.to_path_buf(),
         message: e.to_string(),
-    };
-    let mut df = DataFrame::new_infer_height(cols.into_iter().map(Col::into_column).collect())
-        .map_err(table_err)?;
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    ParquetWriter::new(file)
-        .finish(&mut df)
-        .map_err(table_err)?;
-    Ok(df.height())
+    })?;
+    portable::write_table(path, &batch, Some(portable::zstd()))?;
+    Ok(batch.num_rows())
 }
 
 /// Reads a Parquet table (tests, and stages downstream of ingest).

@@ -1,5 +1,5 @@
-//! `report`: every evaluation result of the manifest into `results.parquet`, `results.md` and
-//! plots. No parameters. It needs no libtorch, so it runs in the runner's process
+//! `report`: every evaluation result of the manifest into `results.parquet`, `results.md`, plots
+//! and `report.html`. No parameters. It needs no libtorch, so it runs in the runner's process
 //! (`artifacts::report`).
 
 use pipeline::{InputAccepts, InputSpec, StageContext, StageError};
@@ -17,8 +17,9 @@ pub struct Report;
 
 impl StageKind for Report {
     const KIND: &'static str = REPORT;
-    const VERSION: u32 = 1;
-    const ABOUT: &'static str = "Gathers every evaluation into results.parquet, results.md (the original's table shape, published numbers beside) and plots";
+    // 2: also writes report.html.
+    const VERSION: u32 = 2;
+    const ABOUT: &'static str = "Gathers every evaluation into results.parquet, results.md (the original's table shape, published numbers beside), plots and report.html (one self-contained page)";
     type Params = ReportParams;
 
     fn inputs() -> Vec<InputSpec> {

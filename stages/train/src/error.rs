@@ -32,9 +32,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Output { path: PathBuf, message: String },
 
-    /// A plot the shared scaffolding could not draw or write (the error names the file).
+    /// A plot or table the shared artifacts code could not draw or write (the error names the
+    /// file, and the column for a table).
     #[error(transparent)]
-    Plot(#[from] artifacts::Error),
+    Artifact(#[from] artifacts::Error),
 
     /// Training diverged: the loss of an update is NaN or infinite.
     #[error("training loss is {loss} at step {step} (epoch {epoch})")]

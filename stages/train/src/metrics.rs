@@ -1,13 +1,11 @@
 //! What training records: per-step and per-epoch metrics (Parquet, through arrow-rs) and
 //! image↔text retrieval recall on the validation split.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -152,10 +150,7 @@ pub(crate) fn write_parquet(path: &Path, columns: Vec<(&str, Column)>) -> Result
     let batch =
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| out_err(&e))?;
     let tmp = path.with_extension("parquet.tmp");
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| out_err(&e))?;
-    w.write(&batch).map_err(|e| out_err(&e))?;
-    w.close().map_err(|e| out_err(&e))?;
+    artifacts::portable::write_table(&tmp, &batch, None)?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 

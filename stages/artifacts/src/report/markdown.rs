@@ -168,15 +168,7 @@ pub fn markdown(results: &[EvalResult]) -> String {
     let mut sorted: Vec<&EvalResult> = results.iter().collect();
     sorted.sort_by(|a, b| a.instance.cmp(&b.instance));
     for r in sorted {
-        let metrics = r
-            .test
-            .iter()
-            .map(|(k, v)| match k.as_str() {
-                "loss" => format!("{k} {v:.4}"),
-                _ => format!("{k} {:.1}", v * 100.0),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let metrics = r.test_metrics_text();
         let _ = writeln!(
             md,
             "| `{}` | {} | {} | {} | {} | {} | {metrics} |",
@@ -200,27 +192,7 @@ pub fn pretraining_markdown(runs: &[PretrainSummary], curves: &[String]) -> Stri
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in runs {
-        let pct = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{:.1}", x * 100.0))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
-        let _ = writeln!(
-            md,
-            "| `{}` | {} | {} | {} | {} | {} | {:.4} → {:.4} | {} | {} | {:.1} |",
-            r.instance,
-            r.variant,
-            r.vision,
-            r.text,
-            r.trainable_params,
-            r.epochs,
-            r.initial_val_loss,
-            r.best_val_loss,
-            pct(&r.recall[..3]),
-            pct(&r.recall[3..]),
-            r.chance * 100.0
-        );
+        let _ = writeln!(md, "| `{}` | {} |", r.instance, r.row_cells().join(" | "));
     }
     md.push('\n');
     for c in curves {

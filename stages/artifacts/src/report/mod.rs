@@ -3,13 +3,16 @@
 //! split and metric), `results.md` (one table per task in the original's shape: rows are text
 //! encoders, columns vision backbone × label fraction, cells mean ± std over seeds, published
 //! numbers beside them where backbone names match; zero-shot rows beside the probes; a retrieval
-//! table per backbone pair from `retrieve`) and a PNG per task (metric against label fraction).
+//! table per backbone pair from `retrieve`), a PNG per task (metric against label fraction) and
+//! `report.html` (all of it on one self-contained page, each cell linked to its instances).
 //!
 //! This module reads the inputs and runs the stage; `group` groups results into tables,
-//! `retrieval` the retrieval runs, `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
+//! `retrieval` the retrieval runs, `markdown`, `parquet`, `plots` and `html` write the outputs.
+//! No libtorch: the `adaptor` binary
 //! runs the stage in its own process ([`run_stage`]).
 
 mod group;
+mod html;
 mod markdown;
 mod parquet;
 mod plots;
@@ -19,7 +22,8 @@ mod tables;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pipeline::{InputOrigin, StageContext, StageError};
+use pipeline::store::ArtifactManifest;
+use pipeline::{InputArtifact, InputOrigin, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -27,10 +31,13 @@ use crate::files::{ADAPTOR_JSON, PRETRAIN_REPORT, PROVENANCE_FILE, TRAINING_CURV
 use group::TaskKey;
 
 pub use group::mean_std;
+pub use html::{html, HtmlCell, HtmlTable, InstanceLink, Page, REPORT_HTML};
 pub use markdown::{markdown, pretraining_markdown};
 pub use parquet::write_parquet;
 pub use plots::plots;
-pub use retrieval::{retrieval_markdown, retrieval_tables, RetrievalResult, RetrievalScores};
+pub use retrieval::{
+    retrieval_html_tables, retrieval_markdown, retrieval_tables, RetrievalResult, RetrievalScores,
+};
 pub use tables::{fraction_label, tables, ResultCell, ResultTable, Split};
 
 pub use crate::files::RESULT_FILE;
@@ -101,6 +108,19 @@ impl EvalResult {
         }
     }
 
+    /// Every test metric as the report lists it (`auroc 81.0, loss 0.4123`): in %, the loss as
+    /// computed.
+    fn test_metrics_text(&self) -> String {
+        self.test
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "loss" => format!("{k} {v:.4}"),
+                _ => format!("{k} {:.1}", v * 100.0),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn row_label(&self) -> String {
         let label = match self.adaptor.as_str() {
             "pretrained" => self.text.clone(),
@@ -160,6 +180,28 @@ pub struct PretrainSummary {
 }
 
 impl PretrainSummary {
+    /// The row of the pre-training table after the instance: variant, vision, text, parameters,
+    /// epochs, valid loss (start → best), recall@1/5/10 each way and chance recall@1, in %.
+    fn row_cells(&self) -> [String; 9] {
+        let pct = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.1}", x * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        [
+            self.variant.clone(),
+            self.vision.clone(),
+            self.text.clone(),
+            self.trainable_params.to_string(),
+            self.epochs.to_string(),
+            format!("{:.4} → {:.4}", self.initial_val_loss, self.best_val_loss),
+            pct(&self.recall[..3]),
+            pct(&self.recall[3..]),
+            format!("{:.1}", self.chance * 100.0),
+        ]
+    }
+
     /// Reads a `train-adaptor` artifact (`report.json`, `adaptor.json`, `provenance.json`).
     pub fn read(dir: &Path, instance: &str) -> Result<Self> {
         let json = |f: &str| -> Result<serde_json::Value> {
@@ -197,10 +239,77 @@ impl PretrainSummary {
     }
 }
 
+/// The folder of a stage input as the page links it (relative to `<store>/report/<key>/`), with
+/// the parameters its `_manifest.json` records (none when the folder has no manifest).
+pub fn instance_link(a: &InputArtifact) -> Result<Option<(String, InstanceLink)>> {
+    let InputOrigin::Stage {
+        kind,
+        instance,
+        key,
+    } = &a.origin
+    else {
+        return Ok(None);
+    };
+    let path = a.path.join("_manifest.json");
+    let params = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let m: ArtifactManifest =
+                serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source })?;
+            m.params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let href = format!("../../{kind}/{key}/");
+    Ok(Some((instance.clone(), InstanceLink { href, params })))
+}
+
+/// Writes `report.html` into `dir`, embedding the PNGs named `images` that are in `dir`.
+pub fn write_html(
+    dir: &Path,
+    results: &[EvalResult],
+    runs: &[PretrainSummary],
+    curves: &[String],
+    links: &BTreeMap<String, InstanceLink>,
+    images: &[String],
+    extra: &[HtmlTable],
+) -> Result<()> {
+    let mut pngs = BTreeMap::new();
+    for name in images.iter().chain(curves) {
+        let p = dir.join(name);
+        pngs.insert(
+            name.clone(),
+            std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+        );
+    }
+    let page = Page {
+        results,
+        runs,
+        links,
+        images: &pngs,
+        curves,
+        extra,
+    };
+    let path = dir.join(REPORT_HTML);
+    std::fs::write(&path, html(&page)).map_err(|e| Error::io(&path, e))
+}
+
 /// The `report` stage: reads every bound result and pre-training run, writes the outputs.
 pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
     let out = ctx.out_dir();
     let mut results = Vec::new();
+    let mut links = BTreeMap::new();
+    for a in ctx
+        .inputs("results")
+        .iter()
+        .chain(ctx.inputs("pretraining"))
+        .chain(ctx.inputs("retrieval"))
+    {
+        links.extend(instance_link(a)?);
+    }
     for a in ctx.inputs("results") {
         let mut r = EvalResult::read(&a.path.join(RESULT_FILE))?;
         if let InputOrigin::Stage { instance, .. } = &a.origin {
@@ -237,8 +346,17 @@ pub fn run_stage(ctx: &StageContext) -> std::result::Result<(), StageError> {
         }
         std::fs::write(&path, md).map_err(|e| Error::io(&path, e))?;
     }
+    write_html(
+        out,
+        &results,
+        &runs,
+        &curves,
+        &links,
+        &plots,
+        &retrieval_html_tables(&retrieval),
+    )?;
     ctx.log(format!(
-        "report: {} evaluation(s), {} retrieval run(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}",
+        "report: {} evaluation(s), {} retrieval run(s), {} pre-training run(s); {} plot(s); see {RESULTS_MD}, {REPORT_HTML}",
         results.len(),
         retrieval.len(),
         runs.len(),

@@ -1,15 +1,14 @@
 //! `results.parquet`: one row per (instance, split, metric), for pandas, polars or DuckDB.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
 
 use super::EvalResult;
 use crate::error::{Error, Result};
+use crate::portable::write_table;
 
 /// One row of `results.parquet`: (result, split, metric, value).
 type Row<'a> = (&'a EvalResult, &'a str, &'a str, f64);
@@ -82,14 +81,7 @@ pub fn write_parquet(path: &Path, results: &[EvalResult]) -> Result<()> {
         .fields()
         .iter()
         .all(|f| f.data_type() != &DataType::Null));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .map_err(Error::arrow(path))?;
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = ArrowWriter::try_new(file, schema, None).map_err(Error::parquet(path))?;
-    w.write(&batch)
-        .and_then(|_| w.close().map(|_| ()))
-        .map_err(Error::parquet(path))
+    let batch = RecordBatch::try_new(schema, columns.into_iter().map(|(_, a)| a).collect())
+        .map_err(Error::arrow(path))?;
+    write_table(path, &batch, None)
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+use super::html::{HtmlCell, HtmlTable};
+
 /// Recall@1/5/10 (fractions) and the median rank (1-based) of one retrieval direction.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RetrievalScores {
@@ -138,4 +140,60 @@ pub fn retrieval_markdown(runs: &[RetrievalResult]) -> String {
         }
     }
     md
+}
+
+/// The same tables for `report.html`: one per backbone pair, a row per run and one per distinct
+/// chance level, each cell linked to the run behind it.
+pub fn retrieval_html_tables(runs: &[RetrievalResult]) -> Vec<HtmlTable> {
+    let scores = |s: &RetrievalScores, instance: Option<&str>| HtmlCell {
+        value: format!(
+            "{:.1} / {:.1} / {:.1}",
+            s.r1 * 100.0,
+            s.r5 * 100.0,
+            s.r10 * 100.0
+        ),
+        detail: format!("median rank {:.1}", s.median_rank),
+        published: None,
+        runs: instance
+            .map(|i| vec![(i.to_string(), "run".to_string())])
+            .unwrap_or_default(),
+    };
+    retrieval_tables(runs)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ((vision, text), rows))| {
+            let mut out: Vec<(String, Vec<Option<HtmlCell>>)> = Vec::new();
+            for r in &rows {
+                out.push((
+                    format!("{} ({}, {} images)", r.row_label(), r.split, r.images),
+                    vec![
+                        Some(scores(&r.image_to_text, Some(&r.instance))),
+                        Some(scores(&r.text_to_image, Some(&r.instance))),
+                    ],
+                ));
+            }
+            let mut seen = Vec::new();
+            for r in &rows {
+                let k = (r.split.clone(), r.images, r.reports);
+                if !seen.contains(&k) {
+                    out.push((
+                        format!("chance ({}, {} images)", r.split, r.images),
+                        vec![
+                            Some(scores(&r.chance_image_to_text, None)),
+                            Some(scores(&r.chance_text_to_image, None)),
+                        ],
+                    ));
+                    seen.push(k);
+                }
+            }
+            HtmlTable {
+                id: format!("retrieval-{i}"),
+                title: format!("Retrieval: {vision} + {text} (MIMIC-CXR, recall@1/5/10 in %)"),
+                corner: "adaptor".into(),
+                columns: vec!["image → report".into(), "report → image".into()],
+                rows: out,
+                figure: None,
+            }
+        })
+        .collect()
 }

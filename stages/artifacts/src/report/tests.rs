@@ -1,5 +1,7 @@
 //! The report's tests: statistics, published numbers, the markdown snapshot, the outputs.
 
+use std::collections::BTreeMap;
+
 use super::markdown::published;
 use super::*;
 
@@ -75,16 +77,21 @@ fn published_numbers_match_by_normalised_names() {
     );
 }
 
-#[test]
-fn markdown_report_snapshot() {
-    let results = vec![
+/// The snapshots' results: two seeds in one cell, published numbers for `bert` + `dinov2-s`.
+fn snapshot_results() -> Vec<EvalResult> {
+    vec![
         result("bert", "dinov2-s", "pretrained", 0.01, 0, 0.80),
         result("bert", "dinov2-s", "pretrained", 0.01, 1, 0.82),
         result("bert", "dinov2-s", "pretrained", 1.0, 0, 0.86),
         result("minilm", "tiny-vit", "pretrained", 0.1, 0, 0.75),
         result("none", "tiny-vit", "none", 0.1, 0, 0.70),
         result("minilm", "tiny-vit", "random", 0.1, 0, 0.65),
-    ];
+    ]
+}
+
+#[test]
+fn markdown_report_snapshot() {
+    let results = snapshot_results();
     insta::assert_snapshot!(markdown(&results));
 }
 
@@ -143,6 +150,25 @@ fn retrieval(adaptor: &str, r10: f64) -> RetrievalResult {
     }
 }
 
+/// A 1×1 PNG: what the page embeds is the file's bytes, whatever they draw.
+const DOT_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xfc, 0xcf, 0xc0, 0x50,
+    0x0f, 0x00, 0x04, 0x85, 0x01, 0x80, 0x84, 0xa9, 0x8c, 0x21, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
+    0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+fn link(key: char, params: &[(&str, &str)]) -> InstanceLink {
+    InstanceLink {
+        href: format!("../../classify/{}/", key.to_string().repeat(64)),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 #[test]
 fn zero_shot_rows_sit_under_every_fraction_and_retrieval_has_a_table_per_pair() {
     let results = vec![
@@ -168,4 +194,96 @@ fn zero_shot_rows_sit_under_every_fraction_and_retrieval_has_a_table_per_pair() 
     let plots = write_report(dir.path(), &results).unwrap();
     assert_eq!(plots, vec!["rsna-classification-mlp.png".to_string()]);
     assert!(!md.contains("rsna-classification-zero-shot.png"), "{md}");
+}
+
+#[test]
+fn html_report_snapshot() {
+    let results = snapshot_results();
+    let runs = vec![PretrainSummary {
+        instance: "pretrain[text=bert]".into(),
+        variant: "original".into(),
+        vision: "dinov2-s".into(),
+        text: "bert".into(),
+        trainable_params: 1234,
+        epochs: 8,
+        initial_val_loss: 4.1,
+        best_val_loss: 2.05,
+        recall: [0.1, 0.3, 0.5, 0.12, 0.33, 0.52],
+        chance: 0.01,
+    }];
+    let links: BTreeMap<String, InstanceLink> = [
+        (
+            results[0].instance.clone(),
+            link('a', &[("lr", "0.001"), ("seed", "0")]),
+        ),
+        (results[1].instance.clone(), link('b', &[("seed", "1")])),
+        (runs[0].instance.clone(), link('c', &[])),
+    ]
+    .into_iter()
+    .collect();
+    let images: BTreeMap<String, Vec<u8>> = [
+        ("rsna-classification-mlp.png".to_string(), DOT_PNG.to_vec()),
+        ("pretraining-0.png".to_string(), DOT_PNG.to_vec()),
+    ]
+    .into_iter()
+    .collect();
+    let page = html(&Page {
+        results: &results,
+        runs: &runs,
+        links: &links,
+        images: &images,
+        curves: &["pretraining-0.png".to_string()],
+        // Another grouping's table renders through the same type.
+        extra: &[HtmlTable {
+            id: "retrieval".into(),
+            title: "Retrieval <dinov2-s + bert>".into(),
+            corner: "adaptor".into(),
+            columns: vec!["R@1/5/10 image→text".into()],
+            rows: vec![(
+                "pre-trained".into(),
+                vec![Some(HtmlCell {
+                    value: "10.0 / 30.0 / 50.0".into(),
+                    detail: "median rank 3".into(),
+                    published: None,
+                    runs: vec![(results[1].instance.clone(), "run".into())],
+                })],
+            )],
+            figure: None,
+        }],
+    });
+    // The style sheet is fixed text; the snapshot holds what the data makes.
+    let body = &page[page.find("<body>").unwrap()..];
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<style>"));
+    insta::assert_snapshot!(body);
+}
+
+#[test]
+fn html_escapes_names_and_parameters() {
+    let mut r = result("<b>bert</b>", "dinov2-s", "pretrained", 0.1, 0, 0.8);
+    r.instance = "classify[text=\"<script>alert(1)</script>\"]".into();
+    let links: BTreeMap<String, InstanceLink> =
+        [(r.instance.clone(), link('d', &[("note", "\"a' & <b>")]))]
+            .into_iter()
+            .collect();
+    let page = html(&Page {
+        results: std::slice::from_ref(&r),
+        runs: &[],
+        links: &links,
+        images: &BTreeMap::new(),
+        curves: &[],
+        extra: &[],
+    });
+    assert!(
+        !page.contains("<script>") && !page.contains("<b>"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;bert&lt;/b&gt;"), "{page}");
+    assert!(
+        page.contains("&quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<dd>&quot;a&#39; &amp; &lt;b&gt;</dd>"),
+        "{page}"
+    );
 }

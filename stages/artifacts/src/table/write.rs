@@ -1,7 +1,6 @@
 //! Writing embedding tables: [`EmbeddingWriter`] streams rows in row groups of about 64 MiB, and
 //! [`write_window`] says how many rows the encode loops (and the merge of shards) write at a time.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +8,6 @@ use arrow_array::{
     ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
 };
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -17,6 +15,7 @@ use parquet::schema::types::ColumnPath;
 use super::{vector_field, TableMeta};
 use crate::error::{Error, Result};
 use crate::files::ENCODE_TEXT;
+use crate::portable::TableWriter;
 
 /// Batches of texts are formed within windows of this many batches, shortest texts together, so
 /// that per-batch padding stays small; rows are written back in input order.
@@ -37,7 +36,7 @@ pub fn write_window(kind: &str, batch_size: usize, tokens: bool) -> usize {
 
 /// Streams rows into a table, one row group per ~64 MiB.
 pub struct EmbeddingWriter {
-    writer: ArrowWriter<File>,
+    writer: TableWriter,
     schema: Arc<Schema>,
     path: PathBuf,
     dim: usize,
@@ -91,9 +90,7 @@ impl EmbeddingWriter {
             .set_max_row_group_row_count(Some(rows_per_group))
             .set_key_value_metadata(Some(meta.to_kv()))
             .build();
-        let file = File::create(path).map_err(|e| Error::io(path, e))?;
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(Error::parquet(path))?;
+        let writer = TableWriter::create(path, schema.clone(), Some(props))?;
         Ok(EmbeddingWriter {
             writer,
             schema,
@@ -164,16 +161,14 @@ impl EmbeddingWriter {
         }
         let batch =
             RecordBatch::try_new(self.schema.clone(), cols).map_err(Error::arrow(&self.path))?;
-        self.writer
-            .write(&batch)
-            .map_err(Error::parquet(&self.path))?;
+        self.writer.write(&batch)?;
         self.rows += n;
         Ok(())
     }
 
     /// Finishes the file; returns the row count.
     pub fn finish(self) -> Result<usize> {
-        self.writer.close().map_err(Error::parquet(&self.path))?;
+        self.writer.close()?;
         Ok(self.rows)
     }
 }

@@ -6,14 +6,12 @@
 //! `train::finetune::cosine`, the classification heads' own (one epoch-selection rule for both).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{Field, Schema};
-use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use train::finetune::{cosine, Selection};
@@ -456,10 +454,7 @@ fn write_epochs(path: &Path, rows: &[SegEpoch]) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| Error::table(path, e.to_string());
     let batch = RecordBatch::try_new(Arc::new(schema), cols.into_iter().map(|c| c.1).collect())
         .map_err(|e| err(&e))?;
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| err(&e))?;
-    w.write(&batch).map_err(|e| err(&e))?;
-    w.close().map_err(|e| err(&e))?;
+    artifacts::portable::write_table(path, &batch, None)?;
     Ok(())
 }
 
