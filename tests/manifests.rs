@@ -61,18 +61,25 @@ fn the_reproduction_manifest_plans_the_whole_grid() {
     let out = dry_run(dir.path(), &manifest);
 
     // 15 adaptors (5 text × 3 vision); 4 tasks × 3 fractions × 3 seeds for each, and for the
-    // no-adaptor ablation per vision backbone; images in 8 shards and a merge per table.
+    // no-adaptor ablation per vision backbone; images in 8 shards and a merge per table (MIMIC-CXR
+    // with random training crops, RSNA and COVIDx at 224 without a crop). Classification is one
+    // stage per task and hyper-parameter setting (rsna-1, rsna, covidx, covidx-100).
     assert_eq!(count(&out, "ingest["), 4);
     assert_eq!(count(&out, "text"), 5);
-    assert_eq!(count(&out, "image["), 9 * (8 + 1));
+    assert_eq!(count(&out, "image-mimic["), 3 * (8 + 1));
+    assert_eq!(count(&out, "image["), 6 * (8 + 1));
     assert_eq!(count(&out, "pretrain"), 15);
     assert_eq!(
-        count(&out, "classify[") + count(&out, "classify-cxrbert["),
+        count(&out, "classify-rsna")
+            + count(&out, "classify-covidx")
+            + count(&out, "classify-cxrbert-"),
         15 * 2 * 3 * 3
     );
-    assert_eq!(count(&out, "classify-none["), 3 * 2 * 3 * 3);
+    assert_eq!(count(&out, "classify-rsna-1["), 12 * 3);
+    assert_eq!(count(&out, "classify-covidx-100["), 12 * 3);
+    assert_eq!(count(&out, "classify-none-"), 3 * 2 * 3 * 3);
     assert_eq!(count(&out, "segment-siim"), 15 * 3 * 3);
     assert_eq!(count(&out, "segment-rsna"), 15 * 3 * 3);
-    assert_eq!(count(&out, "segment-none["), 3 * 2 * 3 * 3);
+    assert_eq!(count(&out, "segment-none-"), 3 * 2 * 3 * 3);
     assert_eq!(count(&out, "report"), 1);
 }

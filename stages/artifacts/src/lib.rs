@@ -1,6 +1,7 @@
 //! The pipeline's artifact files that need no libtorch: Parquet embedding tables ([`table`]), the
 //! merge of an encode stage's shards ([`merge`]), the `report` stage ([`report`]) and the plotting
-//! scaffolding every PNG of the workspace shares ([`plot`]).
+//! scaffolding every PNG of the workspace shares ([`plot`]), and numpy's legacy generator
+//! ([`numpy_random`]), which both the splits and the original's pre-training order draw from.
 //!
 //! The `adaptor` binary links this crate and runs `report` and the merge of encode shards in its
 //! own process: neither starts the `adaptor-torch` worker, so neither pays libtorch's start-up.
@@ -10,6 +11,7 @@
 pub mod error;
 pub mod files;
 pub mod merge;
+pub mod numpy_random;
 pub mod plot;
 pub mod report;
 pub mod table;

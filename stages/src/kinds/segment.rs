@@ -3,6 +3,7 @@
 
 use pipeline::{InputAccepts, InputSpec};
 
+use super::encode_image::Normalize;
 use super::params::non_negative;
 use super::StageKind;
 use crate::evaluate::{Training, SEGMENT};
@@ -11,6 +12,11 @@ use crate::pretrain::TRAIN_ADAPTOR;
 crate::choice! {
     /// The decoder; `auto`: unet for a ResNet-AE backbone, vit for DINOv2.
     pub enum Decoder { Auto = "auto", Unet = "unet", Vit = "vit" }
+}
+
+crate::choice! {
+    /// Training-image augmentation.
+    pub enum Augment { None = "none", ShiftScaleRotate = "shift_scale_rotate" }
 }
 
 crate::choice! {
@@ -40,6 +46,15 @@ crate::stage_params! {
         dice_loss: DiceLoss = DiceLoss::Modified;
             "modified (per image, squared terms) or original (MGCA's −log over the batch); \
              both on probabilities",
+    }
+    late {
+        normalize: Normalize = Normalize::Imagenet;
+            "DINOv2 input normalisation, as in encode-image: imagenet or half (the original's \
+             mean/std 0.5)",
+        augment: Augment = Augment::None;
+            "training-image augmentation: none, or shift_scale_rotate (the original's SIIM \
+             ShiftScaleRotate: scale ±10 %, rotation ±10°, p 0.5, image and mask together; \
+             training features are then recomputed per batch)",
     }
     with training: Training = Training {
         epochs: 50,

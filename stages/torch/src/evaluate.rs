@@ -23,7 +23,8 @@ use artifacts::table::{read_string_columns, EmbeddingTable};
 use stages::evaluate::AdaptorInit;
 use stages::ingest::RECORDS;
 use stages::kinds::classify::{ClassifyParams, Head};
-use stages::kinds::segment::{Decoder, DiceLoss, SegmentParams};
+use stages::kinds::encode_image::Normalize;
+use stages::kinds::segment::{Augment, Decoder, DiceLoss, SegmentParams};
 use stages::pretrain::PROVENANCE_FILE;
 
 /// The metrics that are defined (an undefined one, e.g. positive-only Dice on a split without
@@ -354,14 +355,18 @@ pub fn segment(p: &SegmentParams, ctx: &StageContext) -> Result<(), StageError> 
     let fraction = t.fraction;
 
     let mut cfg = SegConfig::new(&backbone_kind, &bb.path);
+    let normalize = match p.normalize {
+        Normalize::Imagenet => crate::preprocess::Normalize::Imagenet,
+        Normalize::Half => crate::preprocess::Normalize::Half,
+    };
+    cfg.normalize = normalize.name().into();
+    cfg.augment = match p.augment {
+        Augment::None => None,
+        Augment::ShiftScaleRotate => Some(crate::segment::ShiftScaleRotate::ORIGINAL),
+    };
     // The adaptor's image path takes the backbone's pooled width; build or load it first.
-    let vision_dim = crate::segment::SegBackbone::load(
-        &bb.path,
-        &backbone_kind,
-        crate::preprocess::Normalize::Imagenet,
-        device,
-    )?
-    .dim();
+    let vision_dim =
+        crate::segment::SegBackbone::load(&bb.path, &backbone_kind, normalize, device)?.dim();
     let adaptor = frozen_adaptor(ctx, t.adaptor_init, vision_dim, seed, device)?;
     cfg.adaptor = adaptor.as_ref().map(|a| a.checkpoint.clone());
     cfg.crop = crop;

@@ -614,7 +614,18 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
             values: &paths,
         };
         let pooling = model.resolve_pooling("auto").unwrap();
-        let n = encode_images(&model, pooling, &pre, items, &out, &meta, &opts, &NoReport).unwrap();
+        let n = encode_images(
+            &model,
+            pooling,
+            &pre,
+            adaptor_torch::preprocess::TrainCrop::Center,
+            items,
+            &out,
+            &meta,
+            &opts,
+            &NoReport,
+        )
+        .unwrap();
         assert_eq!(n, keys.len());
         bytes.push(std::fs::read(&out).unwrap());
     }
