@@ -27,6 +27,7 @@ fn result(fraction: f64, auroc: f64) -> EvalResult {
         train_examples: 10,
         trainable_params: 100,
         seconds: 0.5,
+        setting: Default::default(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! `classify` and `segment` stages) into `results.parquet` (one row per instance, split and
 //! metric), `results.md` (one table per task in the original's shape: rows are text encoders,
 //! columns vision backbone × label fraction, cells mean ± std over seeds, published numbers beside
-//! them where backbone names match) and a PNG per task (metric against label fraction).
+//! them where backbone names and the setting match) and a PNG per task (metric against label fraction).
 //!
 //! This module reads the inputs and runs the stage; `group` groups results into tables,
 //! `markdown`, `parquet` and `plots` write the three outputs. No libtorch: the `adaptor` binary
@@ -12,6 +12,7 @@ mod group;
 mod markdown;
 mod parquet;
 mod plots;
+pub mod setting;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -59,6 +60,12 @@ pub struct EvalResult {
     pub train_examples: usize,
     pub trainable_params: i64,
     pub seconds: f64,
+    /// What decides whether this is the original's published setting, as the stage saw it:
+    /// `text_pooling` (of the adaptor's text table), `backbone_kind`, `image_pooling`, `resize`
+    /// and `crop` (of the features), `normalize`, `augment`. Empty in results written before it
+    /// existed. See [`setting::is_published_setting`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub setting: BTreeMap<String, String>,
 }
 
 pub const RESULTS_PARQUET: &str = "results.parquet";
