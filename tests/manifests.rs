@@ -61,18 +61,112 @@ fn the_reproduction_manifest_plans_the_whole_grid() {
     let out = dry_run(dir.path(), &manifest);
 
     // 15 adaptors (5 text × 3 vision); 4 tasks × 3 fractions × 3 seeds for each, and for the
-    // no-adaptor ablation per vision backbone; images in 8 shards and a merge per table.
+    // no-adaptor ablation per vision backbone; images in 8 shards and a merge per table (MIMIC-CXR
+    // with random training crops, RSNA and COVIDx at 224 without a crop). Classification is one
+    // stage per task and hyper-parameter setting (rsna-1, rsna, covidx, covidx-100).
     assert_eq!(count(&out, "ingest["), 4);
     assert_eq!(count(&out, "text"), 5);
-    assert_eq!(count(&out, "image["), 9 * (8 + 1));
+    assert_eq!(count(&out, "image-mimic["), 3 * (8 + 1));
+    assert_eq!(count(&out, "image["), 6 * (8 + 1));
     assert_eq!(count(&out, "pretrain"), 15);
     assert_eq!(
-        count(&out, "classify[") + count(&out, "classify-cxrbert["),
+        count(&out, "classify-rsna")
+            + count(&out, "classify-covidx")
+            + count(&out, "classify-cxrbert-"),
         15 * 2 * 3 * 3
     );
-    assert_eq!(count(&out, "classify-none["), 3 * 2 * 3 * 3);
+    assert_eq!(count(&out, "classify-rsna-1["), 12 * 3);
+    assert_eq!(count(&out, "classify-covidx-100["), 12 * 3);
+    assert_eq!(count(&out, "classify-none-"), 3 * 2 * 3 * 3);
     assert_eq!(count(&out, "segment-siim"), 15 * 3 * 3);
     assert_eq!(count(&out, "segment-rsna"), 15 * 3 * 3);
-    assert_eq!(count(&out, "segment-none["), 3 * 2 * 3 * 3);
+    assert_eq!(count(&out, "segment-none-"), 3 * 2 * 3 * 3);
     assert_eq!(count(&out, "report"), 1);
+}
+
+/// `adaptor status --json` of a manifest: instance → key.
+fn keys(dir: &Path, manifest: &str) -> std::collections::BTreeMap<String, String> {
+    let path = dir.join("m.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let store = dir.join("store");
+    let out = common::ok(
+        dir,
+        &[
+            "status",
+            "--json",
+            &path.to_string_lossy(),
+            "--store",
+            &store.to_string_lossy(),
+        ],
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r["instance"].as_str().unwrap().to_string(),
+                r["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Parameters added after artifacts of their kind existed (`encode-image`'s `train_crop` and
+/// `crop_seed`, `segment`'s `normalize` and `augment`) leave the key alone at their default,
+/// written or not, and change it otherwise.
+#[test]
+fn late_parameters_stay_out_of_the_key_at_their_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, weights) = (dir.path().join("data"), dir.path().join("weights"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&weights).unwrap();
+    let manifest = |enc: &str, seg: &str| {
+        format!(
+            r#"
+[datasets.raw]
+kind = "siim"
+root = "{}"
+
+[backbones.v]
+kind = "dinov2"
+weights = "{}"
+
+[stages.ingest]
+kind = "ingest"
+inputs.raw = "datasets.raw"
+
+[stages.enc]
+kind = "encode-image"
+params = {{ {enc} }}
+inputs = {{ records = "ingest", raw = "datasets.raw", backbone = "backbones.v" }}
+
+[stages.seg]
+kind = "segment"
+params = {{ {seg} }}
+inputs = {{ records = "ingest", raw = "datasets.raw", backbone = "backbones.v" }}
+"#,
+            data.display(),
+            weights.display()
+        )
+    };
+    let base = keys(dir.path(), &manifest("", ""));
+    let spelled = keys(
+        dir.path(),
+        &manifest(
+            r#"train_crop = "center", crop_seed = 42"#,
+            r#"normalize = "imagenet", augment = "none""#,
+        ),
+    );
+    assert_eq!(base, spelled);
+    for (enc, seg, changed) in [
+        (r#"train_crop = "random""#, "", "enc"),
+        ("crop_seed = 7", "", "enc"),
+        ("", r#"normalize = "half""#, "seg"),
+        ("", r#"augment = "shift_scale_rotate""#, "seg"),
+    ] {
+        let k = keys(dir.path(), &manifest(enc, seg));
+        assert_ne!(k[changed], base[changed], "{enc} {seg}");
+        assert_eq!(k["ingest"], base["ingest"]);
+        let other = if changed == "enc" { "seg" } else { "enc" };
+        assert_eq!(k[other], base[other], "{enc} {seg}");
+    }
 }

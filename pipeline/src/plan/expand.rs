@@ -353,8 +353,16 @@ fn instance_params(
         params.insert(k.clone(), coerced);
     }
     for spec in &specs {
+        // A late parameter at its default stays out (of the key too): see `ParamSpec::late`.
+        if let (true, Some(d), Some(v)) = (spec.late, &spec.default, params.get(spec.name)) {
+            if v.canonical() == d.canonical() {
+                params.remove(spec.name);
+            }
+            continue;
+        }
         if !params.contains_key(spec.name) {
             match &spec.default {
+                Some(_) if spec.late => {}
                 Some(d) => {
                     params.insert(spec.name.to_string(), d.clone());
                 }

@@ -71,6 +71,10 @@ pub struct ParamSpec {
     pub ty: ParamType,
     pub default: Option<Value>,
     pub doc: &'static str,
+    /// Added to its kind after artifacts of the kind existed: at its default it is left out of
+    /// the resolved parameters, hence out of the key (the kind reads the default itself), so
+    /// adding it changed no key. Set to anything else, it is a parameter like any other.
+    pub late: bool,
 }
 
 impl ParamSpec {
@@ -80,6 +84,7 @@ impl ParamSpec {
             ty,
             default: None,
             doc,
+            late: false,
         }
     }
 
@@ -89,6 +94,7 @@ impl ParamSpec {
             ty,
             default: Some(default),
             doc,
+            late: false,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The pipeline's artifact files that need no libtorch: Parquet embedding tables ([`table`]), the
 //! merge of an encode stage's shards ([`merge`]), the `report` stage ([`report`]) and the plotting
-//! scaffolding every PNG of the workspace shares ([`plot`]), and the one Parquet writer every
-//! stage's table goes through ([`portable`]: plain types pandas, polars and DuckDB read).
+//! scaffolding every PNG of the workspace shares ([`plot`]), the one Parquet writer every
+//! stage's table goes through ([`portable`]: plain types pandas, polars and DuckDB read), and
+//! numpy's legacy generator ([`numpy_random`]), which both the splits and the original's
+//! pre-training order draw from.
 //!
 //! The `adaptor` binary links this crate and runs `report` and the merge of encode shards in its
 //! own process: neither starts the `adaptor-torch` worker, so neither pays libtorch's start-up.
@@ -11,6 +13,7 @@
 pub mod error;
 pub mod files;
 pub mod merge;
+pub mod numpy_random;
 pub mod plot;
 pub mod portable;
 pub mod report;

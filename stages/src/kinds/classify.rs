@@ -28,7 +28,9 @@ pub struct Classify;
 
 impl StageKind for Classify {
     const KIND: &'static str = CLASSIFY;
-    const VERSION: u32 = 1;
+    // 2: `result.json` records the setting (`EvalResult::setting`) the report compares with the
+    // published one.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "Trains and tests a classification head (RSNA: AUROC; COVIDx: accuracy) on cached image features, through the frozen adaptor or without it";
     type Params = ClassifyParams;
 

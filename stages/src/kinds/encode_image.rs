@@ -17,6 +17,11 @@ crate::choice! {
     pub enum Normalize { Imagenet = "imagenet", Half = "half" }
 }
 
+crate::choice! {
+    /// Where DINOv2's crop window sits on the training rows' images.
+    pub enum TrainCrop { Center = "center", Random = "random" }
+}
+
 crate::stage_params! {
     /// The parameters of `encode-image`.
     pub struct EncodeImageParams {
@@ -30,6 +35,13 @@ crate::stage_params! {
             "the longer side is resized to this, then zero-padded to a square (MGCA's resize_img)",
         image_size: i64 = 224, check int_in(1, 16384);
             "center crop (DINOv2) or final resize (ResNet-AE) to this many pixels",
+    }
+    late {
+        train_crop: TrainCrop = TrainCrop::Center;
+            "DINOv2 crop of `train` rows: center, or random (torchvision RandomCrop, as the \
+             original embedded MIMIC-CXR's training images; one window per image from crop_seed \
+             and its key). Other splits and ResNet-AE: center, as the original",
+        crop_seed: i64 = 42, check int_in(0, i64::MAX); "seed of the random training crops",
     }
     with run: EncodeRun = EncodeRun::DEFAULT;
 }

@@ -98,6 +98,19 @@ pub fn read_field<T: ParamValue>(params: &Params, name: &str) -> Result<T, Param
     T::from_value(v).map_err(|m| ParamError::at(name, m))
 }
 
+/// Reads a late parameter (`ParamSpec::late`): absent means its default, which the planner
+/// leaves out of the resolved parameters so that adding the parameter changed no key.
+pub fn read_late_field<T: ParamValue>(
+    params: &Params,
+    name: &str,
+    default: T,
+) -> Result<T, ParamError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => T::from_value(v).map_err(|m| ParamError::at(name, m)),
+    }
+}
+
 /// Runs one field's check, naming the field.
 pub fn check_field<T>(
     name: &str,
@@ -175,7 +188,9 @@ pub fn non_negative(v: &f64) -> Result<(), String> {
 /// assert_eq!(e.key.as_deref(), Some("n"));
 /// ```
 ///
-/// Fields keep their order in `adaptor stages` and error messages; a group comes last.
+/// Fields keep their order in `adaptor stages` and error messages; late fields (`late { .. }`
+/// after the struct: parameters added after artifacts of the kind existed, left out of the key at
+/// their default, see `pipeline::ParamSpec::late`) come next, a group last.
 #[macro_export]
 macro_rules! stage_params {
     (
@@ -183,12 +198,16 @@ macro_rules! stage_params {
         pub struct $name:ident {
             $( $field:ident : $ty:ty $(= $default:expr)? $(, check $check:expr)? ; $doc:expr ),* $(,)?
         }
+        $( late {
+            $( $lfield:ident : $lty:ty = $ldefault:expr $(, check $lcheck:expr)? ; $ldoc:expr ),* $(,)?
+        } )?
         $( with $group:ident : $gty:ty = $gdefault:expr ; )?
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq)]
         pub struct $name {
             $( pub $field: $ty, )*
+            $( $( pub $lfield: $lty, )* )?
             $( pub $group: $gty, )?
         }
 
@@ -205,8 +224,19 @@ macro_rules! stage_params {
                         ty: <$ty as $crate::kinds::params::ParamValue>::param_type(),
                         default,
                         doc: $doc,
+                        late: false,
                     }
                 }),*];
+                $( $( {
+                    let d: $lty = $ldefault;
+                    specs.push(pipeline::ParamSpec {
+                        name: stringify!($lfield),
+                        ty: <$lty as $crate::kinds::params::ParamValue>::param_type(),
+                        default: Some($crate::kinds::params::ParamValue::to_value(&d)),
+                        doc: $ldoc,
+                        late: true,
+                    });
+                } )* )?
                 $( let d: $gty = $gdefault;
                    specs.extend(<$gty as $crate::kinds::params::ParamGroup>::specs(&d)); )?
                 specs
@@ -218,12 +248,18 @@ macro_rules! stage_params {
                 let _ = params; // a kind without parameters reads none
                 Ok($name {
                     $( $field: $crate::kinds::params::read_field(params, stringify!($field))?, )*
+                    $( $( $lfield: $crate::kinds::params::read_late_field(
+                        params,
+                        stringify!($lfield),
+                        $ldefault,
+                    )?, )* )?
                     $( $group: <$gty as $crate::kinds::params::ParamGroup>::read(params)?, )?
                 })
             }
 
             fn check(&self) -> Result<(), pipeline::stage::ParamError> {
                 $( $( $crate::kinds::params::check_field(stringify!($field), &self.$field, $check)?; )? )*
+                $( $( $( $crate::kinds::params::check_field(stringify!($lfield), &self.$lfield, $lcheck)?; )? )* )?
                 $( $crate::kinds::params::ParamGroup::check(&self.$group)?; )?
                 Ok(())
             }

@@ -3,6 +3,7 @@
 
 use pipeline::{InputAccepts, InputSpec};
 
+use super::encode_image::Normalize;
 use super::params::non_negative;
 use super::StageKind;
 use crate::evaluate::{Training, SEGMENT};
@@ -11,6 +12,11 @@ use crate::pretrain::TRAIN_ADAPTOR;
 crate::choice! {
     /// The decoder; `auto`: unet for a ResNet-AE backbone, vit for DINOv2.
     pub enum Decoder { Auto = "auto", Unet = "unet", Vit = "vit" }
+}
+
+crate::choice! {
+    /// Training-image augmentation.
+    pub enum Augment { None = "none", ShiftScaleRotate = "shift_scale_rotate" }
 }
 
 crate::choice! {
@@ -41,6 +47,15 @@ crate::stage_params! {
             "modified (per image, squared terms) or original (MGCA's −log over the batch); \
              both on probabilities",
     }
+    late {
+        normalize: Normalize = Normalize::Imagenet;
+            "DINOv2 input normalisation, as in encode-image: imagenet or half (the original's \
+             mean/std 0.5)",
+        augment: Augment = Augment::None;
+            "training-image augmentation: none, or shift_scale_rotate (the original's SIIM \
+             ShiftScaleRotate: scale ±10 %, rotation ±10°, p 0.5, image and mask together; \
+             training features are then recomputed per batch)",
+    }
     with training: Training = Training {
         epochs: 50,
         batch_size: 4,
@@ -56,7 +71,9 @@ impl StageKind for Segment {
     // 2: the labelled count of a fraction rounds half to even (`train::rng::labelled_count`, the
     // heads' rule); version 1 rounded half away from zero, so an odd training split at a fraction
     // of 0.5 kept one image more.
-    const VERSION: u32 = 2;
+    // 3: `result.json` records the setting (`EvalResult::setting`) the report compares with the
+    // published one.
+    const VERSION: u32 = 3;
     const ABOUT: &'static str = "Trains and tests a segmentation decoder (SIIM, RSNA boxes) over a frozen backbone and adaptor: Dice, positive-only Dice, empty share";
     type Params = SegmentParams;
 

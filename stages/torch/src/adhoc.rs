@@ -186,7 +186,17 @@ pub fn embed_image(a: &EmbedImage, rep: &dyn Reporter) -> Result<usize> {
         splits: None,
         values: &a.inputs,
     };
-    encode_images(&model, pooling, &pre, items, &a.output, &meta, &opts, rep)
+    encode_images(
+        &model,
+        pooling,
+        &pre,
+        crate::preprocess::TrainCrop::Center,
+        items,
+        &a.output,
+        &meta,
+        &opts,
+        rep,
+    )
 }
 
 /// `convert-resnet-ae`: the published torchxrayvision checkpoint (a `torch.save` pickle, in

@@ -17,7 +17,7 @@ use crate::encoder::{
     VisionModel,
 };
 use crate::error::Error;
-use crate::preprocess::{Normalize, Preprocess};
+use crate::preprocess::{Normalize, Preprocess, TrainCrop};
 use artifacts::table::{read_string_columns, TableMeta};
 
 /// Sets libtorch's CPU threads for this process.
@@ -244,17 +244,29 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         pooling.name(),
         pre.describe()
     ));
+    let train_crop = match p.train_crop {
+        kinds::encode_image::TrainCrop::Center => TrainCrop::Center,
+        kinds::encode_image::TrainCrop::Random => TrainCrop::Random {
+            seed: p.crop_seed as u64,
+        },
+    };
+    let mut preprocessing = pre.describe();
+    if let (TrainCrop::Random { seed }, Preprocess::Dinov2 { .. }) = (train_crop, pre) {
+        preprocessing["train_crop"] = serde_json::json!({ "random": true, "seed": seed });
+    }
     let meta = TableMeta {
         backbone: name,
         backbone_kind: kind,
         pooling: pooling.name().to_string(),
-        preprocessing: pre.describe().to_string(),
+        preprocessing: preprocessing.to_string(),
         ..c.meta(&rows, model.dim(), n_tokens)
     };
     let files: Vec<PathBuf> = rows.values().iter().map(|p| raw.join(p)).collect();
     let opts = c.loop_options(ctx, "images");
     write_table(ctx, tokens, |path| {
         let items = rows.items(&files);
-        encode_images(&model, pooling, &pre, items, path, &meta, &opts, ctx)
+        encode_images(
+            &model, pooling, &pre, train_crop, items, path, &meta, &opts, ctx,
+        )
     })
 }

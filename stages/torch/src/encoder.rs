@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 use crate::bert::{TextEncoder, TextPooling};
 use crate::dinov2::Dinov2Model;
 use crate::error::{Error, Result};
-use crate::preprocess::Preprocess;
+use crate::preprocess::{Preprocess, TrainCrop};
 use crate::resnet_ae::ResNetAeEncoder;
 use artifacts::table::{EmbeddingWriter, TableMeta};
 
@@ -465,6 +465,7 @@ pub fn encode_images(
     model: &VisionModel,
     pooling: ImagePooling,
     pre: &Preprocess,
+    train_crop: TrainCrop,
     items: Items<'_, PathBuf>,
     out: &Path,
     meta: &TableMeta,
@@ -472,6 +473,15 @@ pub fn encode_images(
     rep: &dyn Reporter,
 ) -> Result<usize> {
     model.check_preprocess(pre)?;
+    // DINOv2 only: ResNet-AE's transform has no random crop in the original either.
+    let (resize, crop) = match *pre {
+        Preprocess::Dinov2 { resize, crop, .. } => (resize, crop),
+        Preprocess::ResNetAe { .. } => (0, 0),
+    };
+    let offset = |i: usize| -> Option<(u32, u32)> {
+        let split = items.splits.map_or("", |s| s[i].as_str());
+        train_crop.offset(&items.keys[i], split, resize, crop)
+    };
     let mut w = EmbeddingWriter::create(out, meta, items.splits.is_some())?;
     let (c, s) = (pre.channels() as i64, pre.crop() as i64);
     let n_tokens = meta.tokens;
@@ -489,9 +499,9 @@ pub fn encode_images(
             let per = pre.len();
             let mut buf = vec![0f32; r.len() * per];
             buf.par_chunks_mut(per)
-                .zip(items.values[r.clone()].par_iter())
-                .try_for_each(|(dst, path)| -> Result<()> {
-                    dst.copy_from_slice(&pre.load(path)?);
+                .zip(r.clone().into_par_iter())
+                .try_for_each(|(dst, i)| -> Result<()> {
+                    dst.copy_from_slice(&pre.load_at(&items.values[i], offset(i))?);
                     Ok(())
                 })?;
             Ok(buf)

@@ -23,7 +23,8 @@ use artifacts::table::{read_string_columns, EmbeddingTable};
 use stages::evaluate::AdaptorInit;
 use stages::ingest::RECORDS;
 use stages::kinds::classify::{ClassifyParams, Head};
-use stages::kinds::segment::{Decoder, DiceLoss, SegmentParams};
+use stages::kinds::encode_image::Normalize;
+use stages::kinds::segment::{Augment, Decoder, DiceLoss, SegmentParams};
 use stages::pretrain::PROVENANCE_FILE;
 
 /// The metrics that are defined (an undefined one, e.g. positive-only Dice on a split without
@@ -110,6 +111,8 @@ pub(crate) struct FrozenAdaptor {
     pub(crate) model: Adaptor,
     pub(crate) mode: &'static str,
     pub(crate) text: String,
+    /// The pooling of the text table it was pre-trained on (its `provenance.json`).
+    pub(crate) text_pooling: Option<String>,
     checkpoint: PathBuf,
 }
 
@@ -131,6 +134,7 @@ pub(crate) fn frozen_adaptor(
             model,
             mode: "random",
             text,
+            text_pooling: None,
             checkpoint,
         })
     };
@@ -160,12 +164,16 @@ pub(crate) fn frozen_adaptor(
         )
         .into());
     }
-    let prov = a.path.join(PROVENANCE_FILE);
-    let text = std::fs::read(&prov)
+    let prov = std::fs::read(a.path.join(PROVENANCE_FILE))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["text"]["backbone"].as_str().map(str::to_string))
-        .unwrap_or_else(|| input_name(ctx, "adaptor").unwrap_or_default());
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let prov_text = |field: &str| {
+        prov.as_ref()
+            .and_then(|v| v["text"][field].as_str().map(str::to_string))
+    };
+    let text =
+        prov_text("backbone").unwrap_or_else(|| input_name(ctx, "adaptor").unwrap_or_default());
+    let text_pooling = prov_text("pooling");
     if random {
         return Ok(Some(random_adaptor(info.model, text)?));
     }
@@ -174,8 +182,23 @@ pub(crate) fn frozen_adaptor(
         model,
         mode: "pretrained",
         text,
+        text_pooling,
         checkpoint: path,
     }))
+}
+
+/// The parts of `EvalResult::setting` every evaluation records: the adaptor's text pooling (when
+/// it has one) and the vision backbone's kind.
+fn setting_of(
+    adaptor: Option<&FrozenAdaptor>,
+    backbone_kind: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut s = std::collections::BTreeMap::new();
+    if let Some(p) = adaptor.and_then(|a| a.text_pooling.clone()) {
+        s.insert("text_pooling".to_string(), p);
+    }
+    s.insert("backbone_kind".to_string(), backbone_kind.to_string());
+    s
 }
 
 /// Features `[N, D]` through the adaptor's image path, one sample at a time in effect (reference
@@ -316,7 +339,20 @@ pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError
     };
     let report = train::finetune::train_head(&cfg, &data, ctx.out_dir(), &mut observer)?;
     ctx.check_cancelled()?;
+    let mut setting = setting_of(adaptor.as_ref(), &table.meta.backbone_kind);
+    setting.insert("image_pooling".into(), table.meta.pooling.clone());
+    // The features' geometry and normalisation, from the encode stage's description.
+    if let Ok(pre) = serde_json::from_str::<serde_json::Value>(&table.meta.preprocessing) {
+        for k in ["resize", "crop", "normalize"] {
+            match &pre[k] {
+                serde_json::Value::String(v) => setting.insert(k.into(), v.clone()),
+                serde_json::Value::Number(v) => setting.insert(k.into(), v.to_string()),
+                _ => None,
+            };
+        }
+    }
     let result = EvalResult {
+        setting,
         instance: ctx.instance().to_string(),
         task: "classification".into(),
         dataset,
@@ -375,14 +411,18 @@ pub fn segment(p: &SegmentParams, ctx: &StageContext) -> Result<(), StageError> 
     let fraction = t.fraction;
 
     let mut cfg = SegConfig::new(&backbone_kind, &bb.path);
+    let normalize = match p.normalize {
+        Normalize::Imagenet => crate::preprocess::Normalize::Imagenet,
+        Normalize::Half => crate::preprocess::Normalize::Half,
+    };
+    cfg.normalize = normalize.name().into();
+    cfg.augment = match p.augment {
+        Augment::None => None,
+        Augment::ShiftScaleRotate => Some(crate::segment::ShiftScaleRotate::ORIGINAL),
+    };
     // The adaptor's image path takes the backbone's pooled width; build or load it first.
-    let vision_dim = crate::segment::SegBackbone::load(
-        &bb.path,
-        &backbone_kind,
-        crate::preprocess::Normalize::Imagenet,
-        device,
-    )?
-    .dim();
+    let vision_dim =
+        crate::segment::SegBackbone::load(&bb.path, &backbone_kind, normalize, device)?.dim();
     let adaptor = frozen_adaptor(ctx, t.adaptor_init, vision_dim, seed, device)?;
     cfg.adaptor = adaptor.as_ref().map(|a| a.checkpoint.clone());
     cfg.crop = crop;
@@ -415,7 +455,12 @@ pub fn segment(p: &SegmentParams, ctx: &StageContext) -> Result<(), StageError> 
     ));
     let report = train_segmenter(cfg.clone(), &data, ctx.out_dir(), ctx)?;
     ctx.check_cancelled()?;
+    let mut setting = setting_of(adaptor.as_ref(), &backbone_kind);
+    setting.insert("normalize".into(), p.normalize.name().into());
+    setting.insert("augment".into(), p.augment.name().into());
+    setting.insert("crop".into(), crop.to_string());
     let result = EvalResult {
+        setting,
         instance: ctx.instance().to_string(),
         task: "segmentation".into(),
         dataset,

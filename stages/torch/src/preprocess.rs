@@ -8,6 +8,10 @@
 //!   replicated to 3 channels;
 //! - ResNet-AE: torchxrayvision's `normalize(img, 255)` to [-1024, 1024] in float32, then
 //!   `XRayCenterCrop` and `XRayResizer(crop, engine="cv2")` (`INTER_AREA` on the floats).
+//!
+//! [`TrainCrop::Random`] replaces DINOv2's center crop on training rows by torchvision's
+//! `RandomCrop(crop)` (the original's pre-training embeddings, reference B.2), the offset drawn
+//! from `(seed, record key)` so that it depends on neither sharding nor batching.
 
 use std::path::Path;
 
@@ -107,6 +111,11 @@ impl Preprocess {
 
     /// Decodes and preprocesses one file. Errors name the file.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
+        self.load_at(path, None)
+    }
+
+    /// [`Preprocess::load`], DINOv2's crop at `offset` (top, left) instead of the center.
+    pub fn load_at(&self, path: &Path, offset: Option<(u32, u32)>) -> Result<Vec<f32>> {
         let (resize, crop) = match *self {
             Preprocess::Dinov2 { resize, crop, .. } | Preprocess::ResNetAe { resize, crop } => {
                 (resize, crop)
@@ -119,14 +128,24 @@ impl Preprocess {
             }));
         }
         let gray = images::load_mgca(path, resize)?;
-        Ok(self.apply(&gray, crop))
+        Ok(self.apply_at(&gray, crop, offset))
     }
 
     /// Everything after `load_mgca`, on an 8-bit square image.
     pub fn apply(&self, gray: &Gray<u8>, crop: u32) -> Vec<f32> {
+        self.apply_at(gray, crop, None)
+    }
+
+    /// [`Preprocess::apply`], DINOv2's crop window at `offset` (top, left) when given.
+    pub fn apply_at(&self, gray: &Gray<u8>, crop: u32, offset: Option<(u32, u32)>) -> Vec<f32> {
         match *self {
             Preprocess::Dinov2 { normalize, .. } => {
-                let c = images::center_crop(gray, crop, crop);
+                let c = match offset {
+                    Some((top, left)) if gray.width >= crop && gray.height >= crop => {
+                        crop_at(gray, crop, top, left)
+                    }
+                    _ => images::center_crop(gray, crop, crop),
+                };
                 let (mean, std) = normalize.stats();
                 let mut out = Vec::with_capacity(3 * c.data.len());
                 for ch in 0..3 {
@@ -165,5 +184,99 @@ impl Preprocess {
                 images::resize_area(&sq, crop, crop).data
             }
         }
+    }
+}
+
+/// A `crop × crop` window of `img` at (top, left), both within the image.
+fn crop_at(img: &Gray<u8>, crop: u32, top: u32, left: u32) -> Gray<u8> {
+    let (w, c) = (img.width as usize, crop as usize);
+    let mut out = Gray::<u8>::new(crop, crop);
+    for y in 0..c {
+        let s = (y + top as usize) * w + left as usize;
+        out.data[y * c..(y + 1) * c].copy_from_slice(&img.data[s..s + c]);
+    }
+    out
+}
+
+/// Where DINOv2's crop window sits on an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainCrop {
+    /// torchvision `CenterCrop` on every row.
+    Center,
+    /// torchvision `RandomCrop` on `train` rows (other splits: center): top and left uniform in
+    /// `0..=side - crop`, from SplitMix64 seeded by `derive_seed(seed, key, 0)`.
+    Random { seed: u64 },
+}
+
+impl TrainCrop {
+    /// The (top, left) of row `key` of split `split` on a `side × side` image; `None`: centered.
+    pub fn offset(self, key: &str, split: &str, side: u32, crop: u32) -> Option<(u32, u32)> {
+        match self {
+            TrainCrop::Random { seed } if split == "train" && side >= crop => {
+                let mut rng = train::rng::SplitMix64::new(train::rng::derive_seed(seed, key, 0));
+                let span = (side - crop) as u64 + 1;
+                let top = rng.below(span) as u32;
+                let left = rng.below(span) as u32;
+                Some((top, left))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod crop_tests {
+    use super::*;
+
+    fn ramp(side: u32) -> Gray<u8> {
+        let mut g = Gray::<u8>::new(side, side);
+        for (i, v) in g.data.iter_mut().enumerate() {
+            *v = (i % 251) as u8;
+        }
+        g
+    }
+
+    #[test]
+    fn random_train_crops_are_seeded_per_key_and_in_range() {
+        let r = TrainCrop::Random { seed: 42 };
+        assert_eq!(TrainCrop::Center.offset("a", "train", 256, 224), None);
+        assert_eq!(r.offset("a", "valid", 256, 224), None);
+        assert_eq!(r.offset("a", "test", 256, 224), None);
+        let offsets: Vec<(u32, u32)> = (0..200)
+            .map(|i| r.offset(&format!("k{i}"), "train", 256, 224).unwrap())
+            .collect();
+        assert!(offsets.iter().all(|&(t, l)| t <= 32 && l <= 32));
+        // Spread over the range, not one place.
+        let distinct: std::collections::BTreeSet<_> = offsets.iter().collect();
+        assert!(distinct.len() > 150, "{}", distinct.len());
+        assert!(offsets.iter().any(|&(t, _)| t == 0) && offsets.iter().any(|&(t, _)| t == 32));
+        // Same key and seed: same window; another seed: another stream.
+        assert_eq!(r.offset("k1", "train", 256, 224), Some(offsets[1]));
+        let other: Vec<_> = (0..200)
+            .map(|i| TrainCrop::Random { seed: 7 }.offset(&format!("k{i}"), "train", 256, 224))
+            .collect();
+        assert_ne!(other.iter().flatten().copied().collect::<Vec<_>>(), offsets);
+        // No room to move: no offset.
+        assert_eq!(r.offset("a", "train", 224, 224), Some((0, 0)));
+        assert_eq!(r.offset("a", "train", 200, 224), None);
+    }
+
+    #[test]
+    fn a_crop_window_at_an_offset_is_that_window() {
+        let g = ramp(40);
+        let pre = Preprocess::Dinov2 {
+            resize: 40,
+            crop: 28,
+            normalize: Normalize::Half,
+        };
+        let at = pre.apply_at(&g, 28, Some((3, 9)));
+        // Channel 0, pixel (y, x) of the window is image pixel (y + 3, x + 9), as (v/255-0.5)/0.5.
+        for (y, x) in [(0usize, 0usize), (5, 17), (27, 27)] {
+            let v = g.data[(y + 3) * 40 + x + 9] as f32;
+            assert_eq!(at[y * 28 + x], (v / 255.0 - 0.5) / 0.5);
+        }
+        // The center window is (6, 6), which `apply` takes.
+        assert_eq!(pre.apply(&g, 28), pre.apply_at(&g, 28, Some((6, 6))));
+        assert_ne!(at, pre.apply(&g, 28));
     }
 }

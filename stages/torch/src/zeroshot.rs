@@ -295,6 +295,16 @@ pub fn run(p: &ZeroShotParams, ctx: &StageContext) -> Result<(), StageError> {
         train_examples: 0,
         trainable_params: 0,
         seconds: t0.elapsed().as_secs_f64(),
+        // No published zero-shot numbers exist; recorded as the probes record it.
+        setting: [
+            ("text_pooling".to_string(), pooling.name().to_string()),
+            (
+                "backbone_kind".to_string(),
+                table.meta.backbone_kind.clone(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
     };
     result.write(&ctx.out_dir().join(RESULT_FILE))?;
     ctx.log(format!(

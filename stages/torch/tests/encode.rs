@@ -614,11 +614,63 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
             values: &paths,
         };
         let pooling = model.resolve_pooling("auto").unwrap();
-        let n = encode_images(&model, pooling, &pre, items, &out, &meta, &opts, &NoReport).unwrap();
+        let n = encode_images(
+            &model,
+            pooling,
+            &pre,
+            adaptor_torch::preprocess::TrainCrop::Center,
+            items,
+            &out,
+            &meta,
+            &opts,
+            &NoReport,
+        )
+        .unwrap();
         assert_eq!(n, keys.len());
         bytes.push(std::fs::read(&out).unwrap());
     }
     assert_eq!(bytes[0], bytes[1]);
+
+    // Random training crops (the original's MIMIC-CXR pre-training embeddings): only the `train`
+    // rows move off the center window, each the same way in every run.
+    let splits = read_string_columns(&records_path(), &["split"])
+        .unwrap()
+        .remove(0);
+    let run = |crop: adaptor_torch::preprocess::TrainCrop, name: &str| {
+        let out = tmp.path().join(name);
+        let items = Items {
+            keys: &keys,
+            splits: Some(&splits),
+            values: &paths,
+        };
+        let opts = LoopOptions::new(4, 2, "images", tch::Device::Cpu);
+        let pooling = model.resolve_pooling("auto").unwrap();
+        encode_images(
+            &model, pooling, &pre, crop, items, &out, &meta, &opts, &NoReport,
+        )
+        .unwrap();
+        artifacts::table::EmbeddingTable::read(&out).unwrap()
+    };
+    let center = run(
+        adaptor_torch::preprocess::TrainCrop::Center,
+        "center.parquet",
+    );
+    let random = adaptor_torch::preprocess::TrainCrop::Random { seed: 42 };
+    let (a, b) = (run(random, "r1.parquet"), run(random, "r2.parquet"));
+    assert_eq!(a.values, b.values);
+    let mut moved = 0;
+    for (i, split) in splits.iter().enumerate() {
+        if split == "train" {
+            moved += usize::from(a.row(i) != center.row(i));
+        } else {
+            assert_eq!(a.row(i), center.row(i), "row {i} ({split})");
+        }
+    }
+    let train = splits.iter().filter(|s| *s == "train").count();
+    assert!(
+        train > 0 && moved * 10 >= train * 8,
+        "{moved} of {train} train rows moved"
+    );
 }
 
 struct NoReport;

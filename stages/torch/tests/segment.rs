@@ -263,7 +263,19 @@ fn unet_with_an_trains_on_a_synthetic_siim_miniature() {
         ..quick_config("resnet-ae", &bb)
     };
     let out = tmp.path().join("out");
-    let report = train_segmenter(cfg, &data, &out, &Log).unwrap();
+    let report = train_segmenter(cfg.clone(), &data, &out, &Log).unwrap();
+    // The original's SIIM augmentation trains through the same path on transformed images
+    // (features recomputed per batch): another decoder than without it.
+    let aug = SegConfig {
+        augment: Some(adaptor_torch::segment::ShiftScaleRotate::ORIGINAL),
+        ..cfg
+    };
+    let augmented = train_segmenter(aug, &data, &tmp.path().join("aug"), &Log).unwrap();
+    assert!(augmented.test["dice"].is_finite());
+    assert_ne!(
+        std::fs::read(out.join("decoder.safetensors")).unwrap(),
+        std::fs::read(tmp.path().join("aug/decoder.safetensors")).unwrap()
+    );
     // The original's U-Net with the adaptor's 768-d vector; skips from the tiny encoder.
     let want = Decoder::unet(
         UNetShape {

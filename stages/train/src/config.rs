@@ -219,7 +219,9 @@ pub struct TrainConfig {
     /// The original's scheduler is also stepped once per epoch by Lightning (A.1, G.8), so in
     /// epoch `e` the schedule is `e` steps ahead. Default: per-step only.
     pub original_scheduler_stepping: bool,
-    /// The original never shuffles (G.10). Default: a fresh permutation every epoch, from the seed.
+    /// The original shuffles once (G.10): numpy's `seed(42)` permutation of the training rows,
+    /// the same batches every epoch ([`crate::rng::original_order`]). Default: a fresh
+    /// permutation every epoch, from the seed.
     pub original_no_shuffle: bool,
 }
 

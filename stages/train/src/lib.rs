@@ -29,8 +29,7 @@ pub use config::{AdaptorConfig, FusionConfig, Precision, TrainConfig, Variant};
 pub use data::{Batch, InMemoryPairs, PairSource};
 pub use error::{Error, Result};
 pub use finetune::{
-    label_subset, train_head, HeadConfig, HeadData, HeadEpoch, HeadObserver, HeadReport,
-    HeadSchedule, HeadSplit,
+    train_head, HeadConfig, HeadData, HeadEpoch, HeadObserver, HeadReport, HeadSchedule, HeadSplit,
 };
 pub use heads::{ClassificationHead, HeadKind};
 pub use metrics::{EpochMetrics, Recall, StepMetrics};
@@ -38,3 +37,4 @@ pub use model::{Adaptor, CheckpointInfo, Forward};
 pub use nn::Mode;
 pub use original::ImageOnly;
 pub use pretrain::{fit, fit_resumable, Observer, Silent, StopReason, TrainReport};
+pub use rng::{label_subset, LabelStream};

@@ -27,7 +27,7 @@ use crate::model::{Adaptor, CheckpointInfo};
 use crate::nn::Mode;
 use crate::optim::{AdamW, DecayPolicy, LinearSchedule};
 use crate::params::{read_safetensors, write_safetensors};
-use crate::rng::{derive_seed, permutation};
+use crate::rng::{derive_seed, original_order, permutation};
 
 /// The kept checkpoint (lowest validation loss), with `adaptor.json` beside it.
 pub const BEST_CHECKPOINT: &str = "adaptor.safetensors";
@@ -234,7 +234,7 @@ pub fn fit_resumable(
         let epoch = st.epochs_done; // 0-based
         tch::manual_seed(derive_seed(cfg.seed, "dropout", epoch as u64) as i64);
         let order: Vec<i64> = if cfg.original_no_shuffle {
-            (0..n as i64).collect()
+            original_order(n)
         } else {
             permutation(derive_seed(cfg.seed, "shuffle", epoch as u64), n)
         };

@@ -77,6 +77,20 @@ pub fn permutation(seed: u64, n: usize) -> Vec<i64> {
     p
 }
 
+/// The seed of the original's pre-training order: `MultimodalPretrainedEmbeddingsDataset` calls
+/// `np.random.seed(42)` itself, whatever the run's seed (reference C.5).
+pub const ORIGINAL_ORDER_SEED: u32 = 42;
+
+/// The original's pre-training order of `n` training rows (reference C.5, G.10): one
+/// `np.random.seed(42); np.random.shuffle(np.arange(n))`, drawn once and kept for every epoch
+/// (its DataLoader does not shuffle). numpy's legacy generator, value for value
+/// ([`artifacts::numpy_random::Mt19937`], checked against numpy in its tests).
+pub fn original_order(n: usize) -> Vec<i64> {
+    let mut rows: Vec<i64> = (0..n as i64).collect();
+    artifacts::numpy_random::Mt19937::new(ORIGINAL_ORDER_SEED).shuffle(&mut rows);
+    rows
+}
+
 /// How many of `n` training rows a label fraction keeps: all of them at 1.0 or above, else
 /// `max(1, round(fraction · n))` with ties to even, as Python's `round()` (and so pandas'
 /// `sample(frac=)`, which the original's classification uses) rounds. The one rounding rule of
@@ -90,14 +104,34 @@ pub fn labelled_count(n: usize, fraction: f64) -> usize {
         .min(n)
 }
 
-/// The training rows kept at a label fraction: [`labelled_count`] rows of a permutation drawn
-/// from `derive_seed(seed, stream, 0)`, in ascending row order (all rows, in order, at 1.0).
-pub fn label_subset(n: usize, fraction: f64, seed: u64, stream: &str) -> Vec<usize> {
+/// Which downstream kind draws a label subset. Each keeps the random stream it had before the
+/// two shared [`label_subset`], so that no artifact's rows moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelStream {
+    /// `classify`'s heads.
+    Classify,
+    /// `segment`'s decoders.
+    Segment,
+}
+
+impl LabelStream {
+    fn tag(self) -> &'static str {
+        match self {
+            LabelStream::Classify => "label_fraction",
+            LabelStream::Segment => "seg-label-fraction",
+        }
+    }
+}
+
+/// The training rows kept at a label fraction, for `classify` and `segment` alike (one rounding
+/// rule): [`labelled_count`] rows of a permutation drawn from `derive_seed(seed, stream, 0)`, in
+/// ascending row order (all rows, in order, at 1.0).
+pub fn label_subset(n: usize, fraction: f64, seed: u64, stream: LabelStream) -> Vec<usize> {
     let k = labelled_count(n, fraction);
     if k == n {
         return (0..n).collect();
     }
-    let mut rows: Vec<usize> = permutation(derive_seed(seed, stream, 0), n)
+    let mut rows: Vec<usize> = permutation(derive_seed(seed, stream.tag(), 0), n)
         .into_iter()
         .take(k)
         .map(|r| r as usize)
@@ -120,12 +154,31 @@ mod tests {
         assert_eq!(labelled_count(30, 0.01), 1); // 0.3 → 0, then at least one
         assert_eq!(labelled_count(10, 1.0), 10);
         assert_eq!(labelled_count(0, 0.5), 0);
-        assert_eq!(label_subset(0, 0.5, 1, "x"), Vec::<usize>::new());
-        assert_eq!(label_subset(10, 1.0, 1, "x"), (0..10).collect::<Vec<_>>());
-        let s = label_subset(100, 0.3, 9, "x");
+        let (c, sg) = (LabelStream::Classify, LabelStream::Segment);
+        assert_eq!(label_subset(0, 0.5, 1, c), Vec::<usize>::new());
+        assert_eq!(label_subset(10, 1.0, 1, sg), (0..10).collect::<Vec<_>>());
+        let s = label_subset(100, 0.3, 9, c);
         assert_eq!(s.len(), 30);
         assert!(s.windows(2).all(|w| w[0] < w[1]));
-        assert_ne!(s, label_subset(100, 0.3, 9, "y"));
+        assert_ne!(s, label_subset(100, 0.3, 9, sg));
+        assert_ne!(s, label_subset(100, 0.3, 10, c));
+        // The same count for both kinds at every fraction (one rounding rule).
+        for (n, f) in [(250, 0.01), (350, 0.01), (10, 0.25), (10, 0.05), (7, 0.5)] {
+            assert_eq!(
+                label_subset(n, f, 1, c).len(),
+                label_subset(n, f, 1, sg).len()
+            );
+            assert_eq!(label_subset(n, f, 1, c).len(), labelled_count(n, f));
+        }
+    }
+
+    #[test]
+    fn original_order_is_numpys_seed_42_shuffle() {
+        // np.random.seed(42); idx = np.arange(10); np.random.shuffle(idx)
+        // (data/numpy_random/permutations.json holds more sizes, checked in `artifacts`).
+        assert_eq!(original_order(10), vec![8, 1, 5, 0, 7, 2, 9, 4, 3, 6]);
+        assert_eq!(original_order(1), vec![0]);
+        assert!(original_order(0).is_empty());
     }
 
     #[test]

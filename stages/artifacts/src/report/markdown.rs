@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::group::{group, has_plot, mean_std, FractionKey};
+use super::group::{group, has_plot, mean_std, FractionKey, TaskKey};
+use super::setting::is_published_setting;
 use super::{EvalResult, PretrainSummary};
 
 /// Text encoders (rows) of the published tables, names normalised.
@@ -93,7 +94,8 @@ pub fn markdown(results: &[EvalResult]) -> String {
          (n = seeds). Models are selected on the valid split; the test metric is read at the \
          selected epoch, never the best over epochs. *pub.* marks the original's published number \
          for the same text encoder, vision backbone and fraction (reference F.1: single seed, the \
-         maximum over the logged test history).\n",
+         maximum over the logged test history), only where head, pooling and preprocessing were \
+         the published setting (docs/reproduction.md).\n",
         results.len()
     );
     if results.iter().any(EvalResult::is_zero_shot) {
@@ -103,6 +105,15 @@ pub fn markdown(results: &[EvalResult]) -> String {
         );
     }
     let by_task = group(results);
+    // Cells with a result outside the published setting get no published number.
+    let other_setting: BTreeSet<(TaskKey, String, String, FractionKey)> = results
+        .iter()
+        .filter(|r| !is_published_setting(r))
+        .map(|r| {
+            let cell = (r.vision.clone(), FractionKey::of(r.fraction));
+            (r.task_key(), r.row_label(), cell.0, cell.1)
+        })
+        .collect();
     for (task, cells) in &by_task {
         let cols: BTreeSet<(String, FractionKey)> =
             cells.values().flat_map(|m| m.keys().cloned()).collect();
@@ -114,7 +125,7 @@ pub fn markdown(results: &[EvalResult]) -> String {
         md.push_str("\n|---|");
         md.push_str(&"---|".repeat(cols.len()));
         md.push('\n');
-        let mut matched = 0;
+        let (mut matched, mut named) = (0, 0);
         for (row, m) in cells {
             let _ = write!(md, "| {row} |");
             for col in &cols {
@@ -128,6 +139,12 @@ pub fn markdown(results: &[EvalResult]) -> String {
                             std * 100.0,
                             v.len()
                         );
+                        let same_setting = !other_setting.contains(&(
+                            task.clone(),
+                            row.clone(),
+                            col.0.clone(),
+                            col.1,
+                        ));
                         if let Some(p) = published(
                             &task.dataset,
                             &task.task,
@@ -136,8 +153,11 @@ pub fn markdown(results: &[EvalResult]) -> String {
                             &col.0,
                             col.1.value(),
                         ) {
-                            matched += 1;
-                            let _ = write!(md, " *pub. {p:.1}*");
+                            named += 1;
+                            if same_setting {
+                                matched += 1;
+                                let _ = write!(md, " *pub. {p:.1}*");
+                            }
                         }
                         md.push_str(" |");
                     }
@@ -147,7 +167,15 @@ pub fn markdown(results: &[EvalResult]) -> String {
             md.push('\n');
         }
         md.push('\n');
-        if matched == 0
+        if named > matched {
+            let _ = writeln!(
+                md,
+                "{} cell(s) name an encoder pair the original published but ran in another setting \
+                 (head, pooling or preprocessing), so no published number sits beside them.\n",
+                named - matched
+            );
+        }
+        if named == 0
             && task.head != super::ZERO_SHOT_HEAD
             && published_table(&task.dataset, &task.task, &task.metric).is_some()
         {

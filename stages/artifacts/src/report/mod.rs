@@ -2,7 +2,7 @@
 //! `classify`, `segment` and `zero-shot` stages) into `results.parquet` (one row per instance,
 //! split and metric), `results.md` (one table per task in the original's shape: rows are text
 //! encoders, columns vision backbone × label fraction, cells mean ± std over seeds, published
-//! numbers beside them where backbone names match; zero-shot rows beside the probes; a retrieval
+//! numbers beside them where backbone names and the setting match; zero-shot rows beside the probes; a retrieval
 //! table per backbone pair from `retrieve`), a PNG per task (metric against label fraction) and
 //! `report.html` (all of it on one self-contained page, each cell linked to its instances).
 //!
@@ -17,6 +17,7 @@ mod markdown;
 mod parquet;
 mod plots;
 mod retrieval;
+pub mod setting;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,12 @@ pub struct EvalResult {
     pub train_examples: usize,
     pub trainable_params: i64,
     pub seconds: f64,
+    /// What decides whether this is the original's published setting, as the stage saw it:
+    /// `text_pooling` (of the adaptor's text table), `backbone_kind`, `image_pooling`, `resize`
+    /// and `crop` (of the features), `normalize`, `augment`. Empty in results written before it
+    /// existed. See [`setting::is_published_setting`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub setting: BTreeMap<String, String>,
 }
 
 /// The `head` of a `zero-shot` result; its `fraction` is 0 (no labels seen).

@@ -26,7 +26,23 @@ fn result(text: &str, vision: &str, adaptor: &str, fraction: f64, seed: i64, v: 
         train_examples: 100,
         trainable_params: 394_753,
         seconds: 1.0,
+        setting: published_setting(),
     }
+}
+
+/// What a DINOv2 classification in the published setting records.
+fn published_setting() -> std::collections::BTreeMap<String, String> {
+    [
+        ("text_pooling", "pooler"),
+        ("backbone_kind", "dinov2"),
+        ("image_pooling", "cls"),
+        ("resize", "224"),
+        ("crop", "224"),
+        ("normalize", "half"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 #[test]
@@ -93,6 +109,60 @@ fn snapshot_results() -> Vec<EvalResult> {
 fn markdown_report_snapshot() {
     let results = snapshot_results();
     insta::assert_snapshot!(markdown(&results));
+}
+
+#[test]
+fn published_numbers_only_beside_the_published_setting() {
+    let base = result("bert", "dinov2-s", "pretrained", 0.01, 0, 0.80);
+    assert!(setting::is_published_setting(&base));
+    let with = |k: &str, v: &str| {
+        let mut r = base.clone();
+        r.setting.insert(k.into(), v.into());
+        r
+    };
+    let others = [
+        with("text_pooling", "cls"),   // CXR-BERT's [CLS] instead of the pooler
+        with("normalize", "imagenet"), // DINOv2 with ImageNet statistics
+        with("resize", "256"),         // a 256 → 224 crop downstream
+        with("image_pooling", "mean"), // mean of patch tokens
+        EvalResult {
+            head: "linear".into(),
+            ..base.clone()
+        },
+        EvalResult {
+            setting: Default::default(), // written before settings were recorded
+            ..base.clone()
+        },
+    ];
+    for r in &others {
+        assert!(!setting::is_published_setting(r), "{:?}", r.setting);
+        let md = markdown(std::slice::from_ref(r));
+        assert!(!md.contains("*pub. "), "{md}");
+        assert!(md.contains("1 cell(s) name an encoder pair"), "{md}");
+        // One seed outside the setting is enough to leave the cell without the number.
+        if r.head == base.head {
+            let md = markdown(&[base.clone(), r.clone()]);
+            assert!(!md.contains("*pub. "), "{md}");
+        }
+    }
+    let md = markdown(std::slice::from_ref(&base));
+    assert!(
+        md.contains("*pub. 81.3*") && !md.contains("cell(s) name"),
+        "{md}"
+    );
+    // Segmentation: SIIM needs the original's augmentation.
+    let mut seg = EvalResult {
+        task: "segmentation".into(),
+        dataset: "siim".into(),
+        metric: "dice".into(),
+        head: "vit-decoder".into(),
+        ..base.clone()
+    };
+    seg.setting.insert("augment".into(), "none".into());
+    assert!(!setting::is_published_setting(&seg));
+    seg.setting
+        .insert("augment".into(), "shift_scale_rotate".into());
+    assert!(setting::is_published_setting(&seg));
 }
 
 #[test]

@@ -24,5 +24,6 @@ pub fn result(text: &str, adaptor: &str, fraction: f64, seed: i64, auroc: f64) -
         train_examples: 100,
         trainable_params: 1000,
         seconds: 0.5,
+        setting: Default::default(),
     }
 }

@@ -15,6 +15,7 @@ use stages::images::{self, Gray, Gray8, ImageFormat};
 use stages::masks::{boxes_to_mask, rle_to_mask};
 
 use crate::error::{Error, Result};
+use train::rng::{label_subset, LabelStream};
 
 /// Which dataset's annotations the records table carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,13 +70,6 @@ pub struct SegData {
     /// Training images before the label fraction was applied.
     pub train_available: usize,
     pub fraction: f64,
-}
-
-/// The training rows kept for a label fraction: `max(1, round(fraction · n))` indices (half to
-/// even, the heads' rule: [`train::rng::labelled_count`]), drawn without replacement from a
-/// permutation seeded by `seed`, returned in table order.
-pub fn label_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
-    train::rng::label_subset(n, fraction, seed, "seg-label-fraction")
 }
 
 /// What a row needs to become an image and a mask.
@@ -149,7 +143,7 @@ impl SegData {
             rows[slot].push(i);
         }
         let train_available = rows[0].len();
-        let kept: Vec<usize> = label_subset(train_available, fraction, seed)
+        let kept: Vec<usize> = label_subset(train_available, fraction, seed, LabelStream::Segment)
             .into_iter()
             .map(|j| rows[0][j])
             .collect();
@@ -373,6 +367,10 @@ fn boxes_column(path: &Path, batches: &[RecordBatch]) -> Result<Vec<Vec<[f32; 4]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn label_subset(n: usize, f: f64, seed: u64) -> Vec<usize> {
+        train::rng::label_subset(n, f, seed, LabelStream::Segment)
+    }
 
     #[test]
     fn label_subset_rounds_keeps_at_least_one_and_is_seeded() {

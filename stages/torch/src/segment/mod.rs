@@ -3,6 +3,7 @@
 //! convolutional decoder over DINOv2 patch tokens passed through the adaptor — its loss and Dice
 //! metric, data from the SIIM/RSNA records tables, and training. Design: `docs/segmentation.md`.
 
+pub mod augment;
 pub mod data;
 pub mod decoders;
 pub mod features;
@@ -12,7 +13,8 @@ pub mod metrics;
 pub mod plot;
 pub mod train;
 
-pub use data::{label_subset, SegData, SegDataset, SegSplit};
+pub use augment::ShiftScaleRotate;
+pub use data::{SegData, SegDataset, SegSplit};
 pub use decoders::{Decoder, DecoderModel, ResNetAeUNet, UNetShape, VitDecoder, VitShape};
 pub use features::SegBackbone;
 pub use loss::{DiceTerm, SegLoss};

@@ -20,6 +20,7 @@ use train::params::write_safetensors;
 use train::rng::{derive_seed, permutation};
 use train::Adaptor;
 
+use super::augment::ShiftScaleRotate;
 use super::data::{SegData, SegSplit};
 use super::decoders::Decoder;
 use super::features::SegBackbone;
@@ -61,6 +62,10 @@ pub struct SegConfig {
     pub device: String,
     /// Keep the frozen features in memory (else recompute them for every batch).
     pub cache_features: bool,
+    /// Training-image augmentation (the original's SIIM `ShiftScaleRotate`); the training
+    /// features are then computed per batch from the transformed images. `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<ShiftScaleRotate>,
 }
 
 impl SegConfig {
@@ -85,6 +90,7 @@ impl SegConfig {
             seed: 42,
             device: "cpu".into(),
             cache_features: true,
+            augment: None,
         }
     }
 
@@ -189,6 +195,38 @@ impl Frozen<'_> {
         })
     }
 
+    /// A training batch through `aug`: each image and its mask transformed together (drawn
+    /// from `(seed, epoch, image)`), then through the frozen part.
+    fn augmented_batch(
+        &self,
+        split: &SegSplit,
+        idx: &[usize],
+        aug: &ShiftScaleRotate,
+        seed: u64,
+        epoch: u64,
+    ) -> Result<(Vec<Tensor>, Tensor)> {
+        let s = self.crop as i64;
+        let (imgs, masks): (Vec<_>, Vec<_>) = idx
+            .iter()
+            .map(|&i| match aug.draw(seed, epoch, i as u64) {
+                Some((angle, scale)) => aug.apply(&split.images[i], &split.masks[i], angle, scale),
+                None => (split.images[i].clone(), split.masks[i].clone()),
+            })
+            .unzip();
+        let refs: Vec<_> = imgs.iter().collect();
+        let feats = self
+            .backbone
+            .features(&refs, self.crop, self.adaptor)?
+            .into_iter()
+            .map(|t| t.to_device(self.device))
+            .collect();
+        let t = Tensor::from_slice(&masks.concat())
+            .view([idx.len() as i64, 1, s, s])
+            .to_device(self.device)
+            .to_kind(Kind::Float);
+        Ok((feats, t))
+    }
+
     fn batch(&self, f: &SplitFeatures, idx: &[usize]) -> Result<(Vec<Tensor>, Tensor)> {
         let ix = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .to_device(self.device);
@@ -289,7 +327,12 @@ pub fn train_segmenter(
     };
     let t0 = Instant::now();
     let chunk = cfg.batch_size.max(8);
-    let train_f = frozen.prepare(&data.train, cfg.cache_features, chunk)?;
+    // Augmented training images change every epoch: their features cannot be cached.
+    let train_f = frozen.prepare(
+        &data.train,
+        cfg.cache_features && cfg.augment.is_none(),
+        chunk,
+    )?;
     let valid_f = frozen.prepare(&data.valid, cfg.cache_features, chunk)?;
     let test_f = frozen.prepare(&data.test, cfg.cache_features, chunk)?;
     let feature_seconds = t0.elapsed().as_secs_f64();
@@ -332,7 +375,12 @@ pub fn train_segmenter(
         let order: Vec<usize> = order.into_iter().map(|i| i as usize).collect();
         let (mut loss_sum, mut lr) = (0.0, cfg.lr);
         for idx in order.chunks(cfg.batch_size) {
-            let (x, t) = frozen.batch(&train_f, idx)?;
+            let (x, t) = match &cfg.augment {
+                Some(aug) => {
+                    frozen.augmented_batch(&data.train, idx, aug, cfg.seed, epoch as u64)?
+                }
+                None => frozen.batch(&train_f, idx)?,
+            };
             let logits = dec.forward(&x, true);
             let loss = cfg.loss.forward(&logits, &t);
             opt.zero_grad();

@@ -13,8 +13,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::outputs::{write_epochs, write_predictions};
 use super::{
-    label_subset, HeadConfig, Selection, HEAD_CHECKPOINT, HEAD_CURVE, HEAD_EPOCH_METRICS,
-    HEAD_REPORT, PREDICTIONS,
+    HeadConfig, Selection, HEAD_CHECKPOINT, HEAD_CURVE, HEAD_EPOCH_METRICS, HEAD_REPORT,
+    PREDICTIONS,
 };
 
 use crate::error::{io_err, Error, Result};
@@ -257,7 +257,12 @@ pub fn train_head(
     let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let clock = Instant::now();
 
-    let rows = label_subset(data.train.len(), cfg.label_fraction, cfg.seed);
+    let rows = crate::rng::label_subset(
+        data.train.len(),
+        cfg.label_fraction,
+        cfg.seed,
+        crate::rng::LabelStream::Classify,
+    );
     let n = rows.len();
     let index =
         Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(device);

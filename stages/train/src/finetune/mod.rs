@@ -17,24 +17,19 @@ pub use config::{HeadConfig, HeadSchedule};
 pub use head::{train_head, HeadData, HeadEpoch, HeadObserver, HeadReport, HeadSplit};
 pub use select::{cosine, Selection};
 
-use crate::rng;
-
 pub const HEAD_CHECKPOINT: &str = "head.safetensors";
 pub const HEAD_EPOCH_METRICS: &str = "metrics_epochs.parquet";
 pub const PREDICTIONS: &str = "predictions.parquet";
 pub const HEAD_CURVE: &str = "curve.png";
 pub const HEAD_REPORT: &str = "report.json";
 
-/// The training rows used at `fraction`: all rows in order at 1.0, else `max(1, round(f · n))`
-/// rows (half to even, [`rng::labelled_count`]) of a permutation drawn from `seed`, in
-/// ascending row order.
-pub fn label_subset(n: usize, fraction: f64, seed: u64) -> Vec<usize> {
-    rng::label_subset(n, fraction, seed, "label_fraction")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::rng::{label_subset as subset, LabelStream};
+
+    fn label_subset(n: usize, f: f64, seed: u64) -> Vec<usize> {
+        subset(n, f, seed, LabelStream::Classify)
+    }
 
     #[test]
     fn label_subset_is_deterministic_and_sized() {
