@@ -81,6 +81,9 @@ fn the_reproduction_manifest_plans_the_whole_grid() {
     assert_eq!(count(&out, "segment-siim"), 15 * 3 * 3);
     assert_eq!(count(&out, "segment-rsna"), 15 * 3 * 3);
     assert_eq!(count(&out, "segment-none-"), 3 * 2 * 3 * 3);
+    // Beyond the original: zero-shot RSNA and COVIDx and MIMIC-CXR retrieval per adaptor.
+    assert_eq!(count(&out, "zero-shot"), 15 * 2);
+    assert_eq!(count(&out, "retrieve"), 15);
     assert_eq!(count(&out, "report"), 1);
 }
 
