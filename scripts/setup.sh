@@ -4,6 +4,7 @@
 #     pulls the CUDA libraries too, about 2.7 GB downloaded once into pip's cache);
 #   - moto[server]: the S3-compatible server the store's tests start on 127.0.0.1;
 #   - numpy and safetensors: the PyTorch reference script a training test runs (tools/adaptor_reference.py).
+#   - transformers: the reference the golden values of the tests come from (tools/make_golden_values.py).
 # Prints the environment a cargo build that links libtorch needs (sourced by the other scripts).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,4 +28,8 @@ fi
 if [ ! -x "$venv/bin/moto_server" ]; then
   echo "setup: installing moto[server]==5.2.5 into $venv (local S3 server for tests)"
   "$vpy" -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi
+if ! "$vpy" -c 'import sys, transformers; sys.exit(transformers.__version__ != "5.24.0")' 2>/dev/null; then
+  echo "setup: installing transformers==5.24.0 into $venv (tools/make_golden_values.py, the encoders' reference)"
+  "$vpy" -m pip install --quiet --disable-pip-version-check "transformers==5.24.0"
 fi
