@@ -382,8 +382,10 @@ pub fn train_segmenter(
 
     // The config without the folders it read from: they say where the store and the backbone
     // live, which no artifact may depend on (their contents are in the key); the names stay.
+    fn name_only(p: &Path) -> PathBuf {
+        PathBuf::from(p.file_name().unwrap_or_default())
+    }
     let mut recorded = cfg.clone();
-    let name_only = |p: &Path| PathBuf::from(p.file_name().unwrap_or_default());
     recorded.backbone_dir = name_only(&cfg.backbone_dir);
     recorded.adaptor = cfg.adaptor.as_deref().map(name_only);
     let meta = BTreeMap::from([
