@@ -26,9 +26,9 @@ pub use fingerprint::FingerprintCache;
 pub use key::{KeyRecipe, StageKey};
 pub use plan::Plan;
 pub use stage::{
-    InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, Outcome, ParamError,
-    ParamSpec, ParamType, ProgressSink, RunEvent, Sharding, Stage, StageContext, StageError,
-    StageRegistry, SHARDS_SLOT,
+    BoundInput, InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, Outcome,
+    ParamError, ParamSpec, ParamType, ProgressSink, RunEvent, Sharding, Stage, StageContext,
+    StageError, StageRegistry, SHARDS_SLOT,
 };
 pub use store::{Store, StoreSettings, StoreUrl};
 pub use value::{Params, Value};

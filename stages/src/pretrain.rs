@@ -12,6 +12,12 @@ pub const PROVENANCE_FILE: &str = "provenance.json";
 
 pub const VARIANTS: &[&str] = Variant::NAMES;
 
+/// The width of the image embedding each variant's image path gives downstream stages: the
+/// original's projection, and the fusion variant's model width (one vector per sequence: its
+/// tokens pooled). `train::AdaptorConfig` holds the same numbers (checked in `adaptor-torch`).
+pub const ORIGINAL_WIDTH: i64 = 768;
+pub const FUSION_WIDTH: i64 = 512;
+
 pub const DECL: Declaration = Declaration::of::<TrainAdaptor>();
 
 #[cfg(test)]

@@ -72,6 +72,14 @@ impl Stage for WorkerStage {
         (self.decl.validate)(params)
     }
 
+    fn check_inputs(
+        &self,
+        params: &Params,
+        inputs: &crate::kinds::BoundInputs,
+    ) -> Result<(), ParamError> {
+        (self.decl.check_inputs)(params, inputs)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let job = Job::from_context(self.decl.kind, ctx, &(self.decl.inputs)());
         run_worker(&self.worker, &job, ctx)

@@ -15,41 +15,46 @@ fn fnv1a(ids: &[&str]) -> String {
     format!("{h:016x}")
 }
 
+/// What pandas counts in a real label file (data/golden/labels.json, tools/make_golden_values.py).
+fn golden_labels(file: &str) -> serde_json::Value {
+    let path = common::data("golden/labels.json");
+    let all: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    all[file].clone()
+}
+
 #[test]
 fn real_rsna_labels_give_the_documented_splits_and_sklearn_membership() {
     let patients = rsna::read_patients(&common::asset("kaggle_stage_2_train_labels.csv")).unwrap();
-    assert_eq!(patients.len(), 26_684);
-    assert_eq!(
-        patients.iter().filter(|(_, b)| !b.is_empty()).count(),
-        6_012
-    );
-    assert_eq!(
-        patients.iter().map(|(_, b)| b.len().max(1)).sum::<usize>(),
-        30_227
-    );
-    let (cls, seg) = rsna::splits(patients.len(), 0);
-    let count = |v: &[&str], s: &str| v.iter().filter(|&&x| x == s).count();
-    assert_eq!(
-        (
-            count(&cls, "train"),
-            count(&cls, "valid"),
-            count(&cls, "test")
-        ),
-        (18_678, 4_003, 4_003)
-    );
-    assert_eq!(
-        (
-            count(&seg, "train"),
-            count(&seg, "valid"),
-            count(&seg, "test")
-        ),
-        (16_010, 5_337, 5_337)
-    );
-
-    // Exact membership and order against sklearn (tools/make_split_fixture.py).
+    // Counts from pandas (tools/make_golden_values.py) and sklearn's split sizes
+    // (tools/make_split_fixture.py).
+    let golden = golden_labels("kaggle_stage_2_train_labels.csv.zip");
     let fixture: serde_json::Value =
         serde_json::from_slice(&std::fs::read(common::data("split_parity.json")).unwrap()).unwrap();
-    let head: Vec<usize> = Mt19937::new(0).permutation(26_684)[..8].to_vec();
+    assert_eq!(patients.len() as u64, golden["patients"].as_u64().unwrap());
+    assert_eq!(fixture["patients"], golden["patients"]);
+    assert_eq!(
+        patients.iter().filter(|(_, b)| !b.is_empty()).count() as u64,
+        golden["positive_patients"].as_u64().unwrap()
+    );
+    assert_eq!(
+        patients.iter().map(|(_, b)| b.len().max(1)).sum::<usize>() as u64,
+        golden["rows"].as_u64().unwrap()
+    );
+    let (cls, seg) = rsna::splits(patients.len(), 0);
+    let count = |v: &[&str], s: &str| v.iter().filter(|&&x| x == s).count() as u64;
+    for (name, labels) in [("classification", &cls), ("segmentation", &seg)] {
+        for part in ["train", "valid", "test"] {
+            assert_eq!(
+                count(labels, part),
+                fixture[name][part]["n"].as_u64().unwrap(),
+                "{name} {part}"
+            );
+        }
+    }
+
+    // Exact membership and order against sklearn (tools/make_split_fixture.py).
+    let n = patients.len();
+    let head: Vec<usize> = Mt19937::new(0).permutation(n)[..8].to_vec();
     let want: Vec<usize> = fixture["permutation_26684_seed0_head"]
         .as_array()
         .unwrap()
@@ -88,15 +93,17 @@ fn real_rsna_labels_give_the_documented_splits_and_sklearn_membership() {
         }
     }
     // The generalised segmentation rule (0.4) is the original's 5337·2 on the real data.
-    assert_eq!(three_way(26_684, TestSize::Fraction(0.4), 0), seg);
+    assert_eq!(three_way(n, TestSize::Fraction(0.4), 0), seg);
 }
 
 #[test]
 fn real_siim_rle_file_parses() {
     let path = common::asset("siim-pneumothorax-train-rle.csv.gz");
+    let golden = golden_labels("siim-pneumothorax-train-rle.csv.gz");
+    let n = |k: &str| golden[k].as_u64().unwrap() as usize;
     assert_eq!(
         siim::count_rle_file(&path).unwrap(),
-        (12_954, 12_047, 2_669)
+        (n("rows"), n("images"), n("positive_images"))
     );
     // Every run lies inside the 1024×1024 raster.
     let text = {

@@ -32,8 +32,9 @@ pub(super) struct Builder<'a> {
     pub opts: &'a RunOptions,
     /// Recorded in leases, manifests and failures.
     pub host: &'a str,
-    /// Threads each running stage may use.
-    pub threads: usize,
+    /// The threads of a stage whose kind takes a share of the cores (see
+    /// [`super::stage_threads`]); the others run at their own `threads`.
+    pub share: usize,
     pub leases: &'a Leases,
     pub sink: &'a Arc<dyn ProgressSink>,
     /// The run's cancellation (Ctrl-C, SIGTERM).
@@ -206,7 +207,7 @@ impl Builder<'_> {
             resolved,
             opts,
             host,
-            threads,
+            share,
             ..
         } = *self;
         let Attempt {
@@ -220,6 +221,7 @@ impl Builder<'_> {
         let cancel = attempt.stop.clone();
         let activity = attempt.activity.clone();
         let inst = &plan.instances[idx];
+        let threads = super::stage_threads(inst, stage, share);
         let key = &resolved.keys[idx];
         sink.event(&RunEvent::Started {
             instance: inst.name.clone(),

@@ -75,7 +75,20 @@ impl Executor for LocalPool<'_> {
             .filter(|i| waiting_on[i] == 0)
             .collect();
         ready.reverse(); // pop() takes them in plan order
-        let threads_each = (opts.threads / opts.jobs.max(1)).max(1);
+        let share = (opts.threads / opts.jobs.max(1)).max(1);
+        // Each instance's thread count is its own (a part of what it computes, never adjusted to
+        // the load): the pool waits until it fits beside the running ones, or runs it alone.
+        let needs: HashMap<usize, usize> = pending
+            .iter()
+            .map(|&i| {
+                let stage = registry.get(&plan.instances[i].kind).expect("registered");
+                (
+                    i,
+                    super::stage_threads(&plan.instances[i], stage.as_ref(), share),
+                )
+            })
+            .collect();
+        let cores = opts.threads.max(opts.jobs).max(1);
         let (stop_heartbeat, heartbeat_stopped) = mpsc::channel::<()>();
         let builder = Builder {
             plan,
@@ -84,7 +97,7 @@ impl Executor for LocalPool<'_> {
             resolved,
             opts,
             host: &host,
-            threads: threads_each,
+            share,
             leases: &leases,
             sink: &sink,
             cancel: &cancel,
@@ -113,11 +126,18 @@ impl Executor for LocalPool<'_> {
             }
             let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
             let mut running = 0usize;
+            let mut busy = 0usize; // threads of the running stages
             let mut left = pending.len();
             while left > 0 {
                 while running < opts.jobs.max(1) && !cancel.load(Ordering::Relaxed) {
-                    let Some(i) = ready.pop() else { break };
+                    // In order: the next ready instance waits for room rather than being passed.
+                    let Some(&i) = ready.last() else { break };
+                    if running > 0 && busy + needs[&i] > cores {
+                        break;
+                    }
+                    ready.pop();
                     running += 1;
+                    busy += needs[&i];
                     let tx = tx.clone();
                     let sink = sink.clone();
                     let builder = &builder;
@@ -142,6 +162,7 @@ impl Executor for LocalPool<'_> {
                 }
                 let (i, outcome) = rx.recv().expect("a worker is running");
                 running -= 1;
+                busy -= needs[&i];
                 left -= 1;
                 let ok = matches!(
                     outcome,

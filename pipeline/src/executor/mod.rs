@@ -27,14 +27,16 @@ use crate::stage::{Outcome, RunEvent};
 pub use leases::LEASE_SECS;
 pub use local::run;
 pub use local::LocalPool;
-pub use resolve::{external_digest, resolve, Resolved};
+pub use resolve::{external_digest, resolve, stage_threads, Resolved};
 pub use state::{forgotten, states, FailureRecord, State};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Stage instances run at once.
     pub jobs: usize,
-    /// Threads available to stages in total (shared among the `jobs` running ones).
+    /// The cores the running stages share: the pool starts a stage only while the threads of
+    /// those running fit in `max(threads, jobs)` (a stage that needs more runs alone). A kind whose
+    /// output does not depend on its thread count and has no `threads` set gets `threads / jobs`.
     pub threads: usize,
     /// Name globs or stage names; empty means everything.
     pub only: Vec<String>,

@@ -7,9 +7,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, FingerprintCache};
 use crate::key::{KeyRecipe, StageKey};
-use crate::plan::{InputRef, Plan};
-use crate::stage::StageRegistry;
-use crate::value::canonical_params;
+use crate::plan::{InputRef, Instance, Plan};
+use crate::stage::{Stage, StageRegistry, DEFAULT_THREADS};
+use crate::value::{canonical_params, Value};
 
 /// Keys of every instance of a plan, and the digests of its external inputs.
 #[derive(Debug, Clone)]
@@ -80,10 +80,14 @@ pub fn resolve(
                 (slot.clone(), ks)
             })
             .collect();
+        let mut params = inst.params.clone();
+        if let Some(threads) = keyed_threads(inst, stage.as_ref()) {
+            params.insert("threads".into(), Value::Int(threads as i64));
+        }
         let recipe = KeyRecipe {
             kind: inst.kind.clone(),
             version: stage.version(),
-            params: inst.params.clone(),
+            params,
             inputs,
         };
         keys.push(recipe.key());
@@ -94,4 +98,22 @@ pub fn resolve(
         recipes,
         externals,
     })
+}
+
+/// The thread count that is part of an instance's key: its `threads` when the kind's output depends
+/// on the count and it is not [`DEFAULT_THREADS`]. At the default the key is what it was before
+/// `threads` existed (every default run used one thread per stage then, see `DEFAULT_THREADS`).
+fn keyed_threads(inst: &Instance, stage: &dyn Stage) -> Option<usize> {
+    let threads = inst.threads.unwrap_or(DEFAULT_THREADS);
+    (stage.output_depends_on_threads() && threads != DEFAULT_THREADS).then_some(threads)
+}
+
+/// The threads an instance runs with: exactly its `threads` (or [`DEFAULT_THREADS`]) when the
+/// kind's output depends on the count; otherwise its `threads` or `share`, its part of the cores.
+pub fn stage_threads(inst: &Instance, stage: &dyn Stage, share: usize) -> usize {
+    match inst.threads {
+        Some(threads) => threads,
+        None if stage.output_depends_on_threads() => DEFAULT_THREADS,
+        None => share.max(1),
+    }
 }

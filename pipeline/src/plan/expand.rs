@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::manifest::{Node, NodeValue};
-use crate::stage::{parse_duration, Limits, Sharding, Stage, StageRegistry, SHARDS_SLOT};
+use crate::stage::{
+    parse_duration, parse_threads, Limits, Sharding, Stage, StageRegistry, SHARDS_SLOT,
+};
 use crate::value::{Params, Value};
 
 use super::matrix::{axis_values, cartesian, render, substitute};
@@ -203,7 +205,7 @@ fn expand_point<'a>(
             .collect();
         format!("{stage_name}[{}]", parts.join(","))
     };
-    let (params, limits) = instance_params(declared, &name, &bindings, defaults, shards)?;
+    let (params, limits, threads) = instance_params(declared, &name, &bindings, defaults, shards)?;
     let mut part = Part::Whole;
     if let Some((sharding, count)) = shards {
         // N shard instances, then the merge under the stage's own name.
@@ -239,6 +241,7 @@ fn expand_point<'a>(
                     count: *count,
                 },
                 limits,
+                threads,
             });
             out.pending.push(Pending {
                 node,
@@ -259,6 +262,7 @@ fn expand_point<'a>(
         inputs: BTreeMap::new(),
         part,
         limits,
+        threads,
     });
     out.pending.push(Pending {
         node,
@@ -270,15 +274,16 @@ fn expand_point<'a>(
 }
 
 /// An instance's parameters: `[defaults.KIND]` under `[stages.NAME].params`, then `${axis}`
-/// templates, then types and defaults from the kind's declaration. The runner parameters
-/// (`timeout`, `watchdog`) come back apart, as [`Limits`], so they never reach the key.
+/// templates, then types and defaults from the kind's declaration. The runner parameters come back
+/// apart: `timeout` and `watchdog` as [`Limits`], so they never reach the key, and `threads`, which
+/// `resolve` adds to the key where it matters.
 fn instance_params(
     declared: &Declared,
     name: &str,
     bindings: &BTreeMap<String, Node>,
     defaults: &Defaults,
     shards: Option<&(Sharding, u32)>,
-) -> Result<(Params, Limits)> {
+) -> Result<(Params, Limits, Option<usize>)> {
     let Declared {
         node,
         table: t,
@@ -315,7 +320,13 @@ fn instance_params(
     }
     let mut params = Params::new();
     let mut limits = Limits::default();
+    let mut threads = None;
     for (k, (node, key)) in &raw {
+        if k == "threads" {
+            let value = substitute(node, bindings, key)?.to_value();
+            threads = Some(parse_threads(&value).map_err(|m| err(node, key, m))?);
+            continue;
+        }
         // Runner parameters are read here and kept out of `params`, so out of the key.
         if k == "timeout" || k == "watchdog" {
             let value = substitute(node, bindings, key)?.to_value();
@@ -386,7 +397,7 @@ fn instance_params(
             }
         });
     }
-    Ok((params, limits))
+    Ok((params, limits, threads))
 }
 
 /// `shards = N` of a stage: `None` when absent or 1, else the kind's sharding and N.

@@ -81,6 +81,10 @@ pub struct Instance {
     /// The runner parameters (`timeout`, `watchdog`): how an attempt is supervised. Not in
     /// `params`, hence never part of the key.
     pub limits: Limits,
+    /// The runner parameter `threads`, when the manifest sets it (see
+    /// [`crate::stage::RUNNER_PARAMS`]): kept apart from `params`, and added to the key by
+    /// `resolve` only where the kind's output depends on it and it is not the default.
+    pub threads: Option<usize>,
 }
 
 impl Instance {

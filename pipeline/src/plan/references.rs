@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::Result;
 use crate::manifest::{Node, NodeValue};
-use crate::stage::{InputAccepts, InputSpec, StageRegistry, SHARDS_SLOT};
+use crate::stage::{BoundInput, InputAccepts, InputSpec, Stage, StageRegistry, SHARDS_SLOT};
 
 use super::tree::*;
 use super::*;
@@ -278,7 +278,60 @@ fn bind_instance(
             ));
         }
     }
+    check_bound(binding, inst, p, stage.as_ref(), &bound)?;
     Ok(bound)
+}
+
+/// The kind's own checks of the instance against what its slots are bound to
+/// ([`crate::Stage::check_inputs`]), reported at the slot at fault.
+fn check_bound(
+    binding: &Binding,
+    inst: &Instance,
+    p: &Pending,
+    stage: &dyn Stage,
+    bound: &BTreeMap<String, Vec<InputRef>>,
+) -> Result<()> {
+    let references = bound
+        .iter()
+        .map(|(slot, refs)| {
+            let seen = refs.iter().map(|r| match *r {
+                InputRef::External(e) => {
+                    let e = &binding.externals[e];
+                    (e.kind.as_str(), e.reference(), &e.params)
+                }
+                InputRef::Stage(s) => {
+                    let up = &binding.instances[s];
+                    (up.kind.as_str(), up.name.clone(), &up.params)
+                }
+            });
+            (slot.as_str(), seen.collect::<Vec<_>>())
+        })
+        .collect::<BTreeMap<&str, Vec<_>>>();
+    let inputs = references
+        .iter()
+        .map(|(slot, refs)| {
+            let seen = refs
+                .iter()
+                .map(|(kind, name, params)| BoundInput { kind, name, params });
+            (*slot, seen.collect())
+        })
+        .collect();
+    let Err(e) = stage.check_inputs(&inst.params, &inputs) else {
+        return Ok(());
+    };
+    let inputs_key = format!("{}.inputs", p.prefix);
+    let slot = e.key.as_deref().and_then(|slot| {
+        let node = p.inputs?.as_table()?.get(slot)?;
+        Some((node, format!("{inputs_key}.{slot}")))
+    });
+    Err(match slot {
+        Some((node, key)) => err(node, &key, format!("{}: {}", inst.name, e.message)),
+        None => err(
+            p.inputs.unwrap_or(p.node),
+            &inputs_key,
+            format!("{}: {e}", inst.name),
+        ),
+    })
 }
 
 /// One slot of instance `idx`: its references (`${axis}` substituted) resolved, each of a kind

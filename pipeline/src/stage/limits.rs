@@ -1,13 +1,14 @@
-//! The runner parameters every stage kind takes (`timeout`, `watchdog`), kept out of keys, and
-//! the durations they are written in.
+//! The runner parameters every stage kind takes: `timeout` and `watchdog`, kept out of keys, and
+//! `threads`, the CPU thread count a stage runs with; the durations they are written in.
 
 use std::time::Duration;
 
 use crate::value::Value;
 
-/// Parameters every stage kind takes, which the runner reads and keeps out of the key: they say
-/// how long an attempt may take, not what the artifact is (see [`Limits`]). A kind must not declare
-/// a parameter of the same name.
+/// Parameters every stage kind takes, which the runner reads and keeps out of `params`: `timeout`
+/// and `watchdog` say how long an attempt may take, not what the artifact is (see [`Limits`]), so
+/// they never reach the key; `threads` does where the kind's output depends on it (see
+/// [`DEFAULT_THREADS`]). A kind must not declare a parameter of the same name.
 pub const RUNNER_PARAMS: &[(&str, &str)] = &[
     (
         "timeout",
@@ -19,7 +20,35 @@ pub const RUNNER_PARAMS: &[(&str, &str)] = &[
         "how long the stage may go without a progress report or log line before `status` and the \
          live display call it silent (same form as timeout; default 10m)",
     ),
+    (
+        "threads",
+        "the CPU threads the stage computes with (libtorch's intra-op threads), whatever `-j` and \
+         the machine: results are bit-identical only at the same count. Default 1; another count \
+         is part of the key of a kind whose output depends on it (the libtorch kinds, `command`); \
+         the in-process kinds (synth, ingest, report) write the same bytes at any count and take \
+         their share of the cores when it is unset. The pool runs a stage beside others only while \
+         their threads fit in the cores (or `-j`); a stage that needs more runs alone",
+    ),
 ];
+
+/// The `threads` of a kind whose output depends on its thread count, when the manifest sets none.
+/// One, because the default `-j` (one stage per core) gave every stage exactly one thread before
+/// `threads` existed: an instance at this count keeps the key it had then (the parameter enters
+/// the key only at another count), and the artifacts such runs built are what it builds now.
+pub const DEFAULT_THREADS: usize = 1;
+
+/// The most `threads` a stage may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// Reads the `threads` runner parameter: an integer from 1 to [`MAX_THREADS`].
+pub fn parse_threads(value: &Value) -> Result<usize, String> {
+    match value {
+        Value::Int(i) if (1..=MAX_THREADS as i64).contains(i) => Ok(*i as usize),
+        _ => Err(format!(
+            "expected a thread count, an integer from 1 to {MAX_THREADS}, found {value}"
+        )),
+    }
+}
 
 /// The default of the `watchdog` runner parameter.
 pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(600);
@@ -137,6 +166,15 @@ mod tests {
         assert!(d(Value::Int(0)).is_err());
         assert!(d(Value::Int(-3)).is_err());
         assert!(d(Value::Bool(true)).is_err());
+        assert_eq!(parse_threads(&Value::Int(4)), Ok(4));
+        for bad in [
+            Value::Int(0),
+            Value::Int(-1),
+            Value::Int(5000),
+            Value::Float(2.0),
+        ] {
+            assert!(parse_threads(&bad).is_err(), "{bad} accepted");
+        }
         assert_eq!(format_duration(Duration::from_secs(1)), "1s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");

@@ -19,10 +19,13 @@ mod registry;
 mod spec;
 
 pub use context::{Activity, StageContext};
-pub use limits::{format_duration, parse_duration, Limits, DEFAULT_WATCHDOG, RUNNER_PARAMS};
+pub use limits::{
+    format_duration, parse_duration, parse_threads, Limits, DEFAULT_THREADS, DEFAULT_WATCHDOG,
+    MAX_THREADS, RUNNER_PARAMS,
+};
 pub use progress::{NoProgress, Outcome, ProgressSink, RunEvent};
 pub use registry::StageRegistry;
-pub use spec::{InputAccepts, InputSpec, ParamError, ParamSpec, ParamType};
+pub use spec::{BoundInput, InputAccepts, InputSpec, ParamError, ParamSpec, ParamType};
 
 /// The error a stage returns. Its message is shown to the user and written to the stage's log, so it
 /// names the file, row or field at fault.
@@ -67,7 +70,26 @@ pub trait Stage: Send + Sync {
         Ok(())
     }
 
+    /// Checks of the instance against what its slots are bound to (an upstream stage's parameters,
+    /// say), at plan time; `ParamError::key` names the slot at fault. Slots map to their bound
+    /// inputs in binding order.
+    fn check_inputs(
+        &self,
+        _params: &Params,
+        _inputs: &std::collections::BTreeMap<&str, Vec<BoundInput<'_>>>,
+    ) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+
+    /// Whether the artifact's bytes may change with the CPU thread count (libtorch's reductions
+    /// split by it). Then the instance runs at exactly its `threads` ([`DEFAULT_THREADS`] unless
+    /// the manifest sets it), and a count other than the default is part of its key. `false` for a
+    /// kind whose parallel work is order-preserving maps: it takes its share of the cores.
+    fn output_depends_on_threads(&self) -> bool {
+        true
+    }
 
     /// `Some` when manifests may write `shards = N` for this kind (see [`Sharding`]).
     fn sharding(&self) -> Option<Sharding> {

@@ -134,6 +134,18 @@ impl From<String> for ParamError {
     }
 }
 
+/// What one reference of an input slot is bound to, as [`crate::Stage::check_inputs`] sees it at
+/// plan time: an upstream instance (its kind, name and resolved parameters) or an external folder
+/// (its kind and its manifest parameters).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundInput<'a> {
+    /// The upstream stage kind, or the external folder's `kind` (`dinov2`, `rsna`, ...).
+    pub kind: &'a str,
+    /// The upstream instance's name, or the external's reference (`backbones.vit`).
+    pub name: &'a str,
+    pub params: &'a crate::value::Params,
+}
+
 /// What an input slot accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputAccepts {

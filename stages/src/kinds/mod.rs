@@ -27,9 +27,12 @@ pub mod zero_shot;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use pipeline::stage::ParamError;
 use pipeline::{
-    InputSpec, ParamSpec, Params, Sharding, Stage, StageContext, StageError, StageRegistry,
+    BoundInput, InputSpec, ParamSpec, Params, Sharding, Stage, StageContext, StageError,
+    StageRegistry,
 };
 
 pub use params::{Device, ParamSet, Precision};
@@ -51,7 +54,15 @@ pub trait StageKind: 'static {
     type Params: ParamSet;
 
     fn inputs() -> Vec<InputSpec>;
+
+    /// Checks against what the slots are bound to, at plan time (see [`Stage::check_inputs`]).
+    fn check_inputs(_params: &Self::Params, _inputs: &BoundInputs) -> Result<(), ParamError> {
+        Ok(())
+    }
 }
+
+/// Input slot → what it is bound to, as a kind's plan-time [`StageKind::check_inputs`] sees it.
+pub type BoundInputs<'a> = BTreeMap<&'a str, Vec<BoundInput<'a>>>;
 
 /// The `raw` input of the kinds that read images: the folder the records' paths are relative to.
 pub(crate) fn raw_images_input() -> InputSpec {
@@ -71,11 +82,16 @@ pub struct Declaration {
     pub params: fn() -> Vec<ParamSpec>,
     pub inputs: fn() -> Vec<InputSpec>,
     pub validate: fn(&Params) -> Result<(), ParamError>,
+    pub check_inputs: fn(&Params, &BoundInputs) -> Result<(), ParamError>,
     pub sharding: Option<Sharding>,
 }
 
 fn validate<P: ParamSet>(params: &Params) -> Result<(), ParamError> {
     P::validate(params).map(drop)
+}
+
+fn check_inputs<K: StageKind>(params: &Params, inputs: &BoundInputs) -> Result<(), ParamError> {
+    K::check_inputs(&<K::Params as ParamSet>::read(params)?, inputs)
 }
 
 impl Declaration {
@@ -95,6 +111,7 @@ impl Declaration {
             params: <K::Params as ParamSet>::specs,
             inputs: K::inputs,
             validate: validate::<K::Params>,
+            check_inputs: check_inputs::<K>,
             sharding: K::SHARDING,
         }
     }
@@ -289,12 +306,22 @@ impl Stage for InProcessStage {
         (self.0.decl.validate)(params)
     }
 
+    fn check_inputs(&self, params: &Params, inputs: &BoundInputs) -> Result<(), ParamError> {
+        (self.0.decl.check_inputs)(params, inputs)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         self.0.run(ctx)
     }
 
     fn sharding(&self) -> Option<Sharding> {
         self.0.decl.sharding.clone()
+    }
+
+    /// The in-process kinds (synth, ingest, report) compute without libtorch, and their parallel
+    /// work is order-preserving maps: the same bytes at any thread count.
+    fn output_depends_on_threads(&self) -> bool {
+        false
     }
 
     fn merge(&self, ctx: &StageContext) -> Result<(), StageError> {

@@ -3,11 +3,13 @@
 
 use pipeline::{InputAccepts, InputSpec};
 
+use pipeline::stage::ParamError;
+
 use super::encode_image::Normalize;
 use super::params::non_negative;
-use super::StageKind;
+use super::{BoundInputs, StageKind};
 use crate::evaluate::{Training, SEGMENT};
-use crate::pretrain::TRAIN_ADAPTOR;
+use crate::pretrain::{FUSION_WIDTH, ORIGINAL_WIDTH, TRAIN_ADAPTOR};
 
 crate::choice! {
     /// The decoder; `auto`: unet for a ResNet-AE backbone, vit for DINOv2.
@@ -76,6 +78,30 @@ impl StageKind for Segment {
     const VERSION: u32 = 3;
     const ABOUT: &'static str = "Trains and tests a segmentation decoder (SIIM, RSNA boxes) over a frozen backbone and adaptor: Dice, positive-only Dice, empty share";
     type Params = SegmentParams;
+
+    /// The decoders take the original variant's image path: one vector per patch token (ViT
+    /// decoder) or per image (U-Net). A fusion adaptor pools a token sequence into one vector of
+    /// another width, so it is refused here, at plan time, not after the upstream stages ran.
+    fn check_inputs(_params: &SegmentParams, inputs: &BoundInputs) -> Result<(), ParamError> {
+        let fusion = inputs.get("adaptor").into_iter().flatten().find(|a| {
+            a.kind == TRAIN_ADAPTOR
+                && a.params.get("variant").and_then(|v| v.as_str()) == Some("fusion")
+        });
+        match fusion {
+            None => Ok(()),
+            Some(a) => Err(ParamError::at(
+                "adaptor",
+                format!(
+                    "`{}` trains the fusion variant, whose image path pools the tokens into one \
+                     {FUSION_WIDTH}-d vector; the segmentation decoders take the original \
+                     variant's {ORIGINAL_WIDTH}-d vector per patch token (ViT decoder) or per \
+                     image (U-Net). Segment over an adaptor with variant = \"original\", or \
+                     without one",
+                    a.name
+                ),
+            )),
+        }
+    }
 
     fn inputs() -> Vec<InputSpec> {
         vec![

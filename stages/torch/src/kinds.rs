@@ -63,4 +63,14 @@ mod tests {
             .to_string()
             .contains("encode-text, "));
     }
+
+    /// The widths the planner names when it refuses a fusion adaptor for `segment` are the
+    /// models' own.
+    #[test]
+    fn the_planners_adaptor_widths_are_the_models() {
+        let original = train::AdaptorConfig::original(384);
+        assert_eq!(original.projection_dim, stages::pretrain::ORIGINAL_WIDTH);
+        let fusion = train::AdaptorConfig::fusion(384);
+        assert_eq!(fusion.fusion.d_model, stages::pretrain::FUSION_WIDTH);
+    }
 }

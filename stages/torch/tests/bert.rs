@@ -1,6 +1,7 @@
 //! BERT-family text encoders against transformers' `BertModel` (fixtures from
 //! tools/encoders_make_fixtures.py) in every file format and naming layout, and the real
-//! all-MiniLM-L6-v2 against its published golden values (offline-assets.md).
+//! all-MiniLM-L6-v2 against its golden values (HF transformers on the same folder:
+//! data/golden/minilm.json, tools/make_golden_values.py).
 
 mod common;
 
@@ -116,25 +117,25 @@ fn cos(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn real_minilm_reproduces_its_golden_values() {
     let enc = TextEncoder::load(&minilm(), 112, Device::Cpu, Kind::Float).unwrap();
-    let sentences = [
-        "That is a happy person",
-        "That is a happy dog",
-        "That is a very happy person",
-        "Today is a sunny day",
-    ];
+    let golden = golden("minilm.json");
+    let owned: Vec<String> = serde_json::from_value(golden["sentences"].clone()).unwrap();
+    let sentences: Vec<&str> = owned.iter().map(String::as_str).collect();
     let (emb, _) = enc.embed(&sentences, TextPooling::Mean).unwrap();
-    assert_eq!(emb.size(), [4, 384]);
+    let shape: Vec<i64> = serde_json::from_value(golden["shape"].clone()).unwrap();
+    assert_eq!(emb.size(), shape);
     let emb = &emb / emb.norm_scalaropt_dim(2, [1], true);
     let rows: Vec<Vec<f32>> = (0..4).map(|i| to_vec_f32(&emb.get(i))).collect();
-    for (j, want) in [(1, 0.6946), (2, 0.9429), (3, 0.2569)] {
+    for (j, want) in golden["cosine_with_first"].as_object().unwrap() {
+        let (j, want): (usize, f64) = (j.parse().unwrap(), want.as_f64().unwrap());
         let got = cos(&rows[0], &rows[j]);
         assert!(
             (got - want).abs() < 1e-4,
-            "cos(0,{j}) = {got:.5}, golden {want}"
+            "cos(0,{j}) = {got:.6}, golden {want}"
         );
     }
-    let golden = [-0.033877, 0.091942, 0.048701, -0.034884, -0.064829];
-    for (i, want) in golden.iter().enumerate() {
+    let dims = golden["first_dims_of_first"].as_array().unwrap();
+    assert!(!dims.is_empty());
+    for (i, want) in dims.iter().map(|v| v.as_f64().unwrap()).enumerate() {
         let got = rows[0][i] as f64;
         assert!(
             (got - want).abs() < 1e-5,

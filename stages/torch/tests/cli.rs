@@ -75,8 +75,15 @@ fn embed_text_keys_are_line_numbers() {
         let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
         r.iter().map(|v| v / n).collect::<Vec<f32>>()
     };
-    let cos = unit(0).iter().zip(unit(1)).map(|(a, b)| a * b).sum::<f32>();
-    assert!((cos - 0.6946).abs() < 1e-4, "cos(0,1) = {cos}");
+    let cos = unit(0).iter().zip(unit(1)).map(|(a, b)| a * b).sum::<f32>() as f64;
+    let golden = golden("minilm.json");
+    let sentences: Vec<String> = serde_json::from_value(golden["sentences"].clone()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&input).unwrap(),
+        sentences.join("\n") + "\n"
+    );
+    let want = golden["cosine_with_first"]["1"].as_f64().unwrap();
+    assert!((cos - want).abs() < 1e-4, "cos(0,1) = {cos}, golden {want}");
 }
 
 #[test]

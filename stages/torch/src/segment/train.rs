@@ -426,11 +426,19 @@ pub fn train_segmenter(
     dec.state.restore(&snap);
     let (_, test) = evaluate(&frozen, &dec, &test_f, &cfg.loss, cfg.batch_size)?;
 
+    // The config without the folders it read from: they say where the store and the backbone
+    // live, which no artifact may depend on (their contents are in the key); the names stay.
+    fn name_only(p: &Path) -> PathBuf {
+        PathBuf::from(p.file_name().unwrap_or_default())
+    }
+    let mut recorded = cfg.clone();
+    recorded.backbone_dir = name_only(&cfg.backbone_dir);
+    recorded.adaptor = cfg.adaptor.as_deref().map(name_only);
     let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         (
             "segmentation.config".to_string(),
-            serde_json::to_string(&cfg).expect("config serialises"),
+            serde_json::to_string(&recorded).expect("config serialises"),
         ),
         (
             "segmentation.best_epoch".to_string(),

@@ -29,6 +29,14 @@ pub fn minilm() -> PathBuf {
     dir
 }
 
+/// `data/golden/NAME`: golden values computed by the reference implementation
+/// (tools/make_golden_values.py).
+pub fn golden(name: &str) -> serde_json::Value {
+    let path = workspace().join("data/golden").join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
     let path = fixtures().join(name);
     Tensor::read_safetensors(&path)
