@@ -10,7 +10,7 @@ implementation from the real files (nothing typed in by hand).
   patients, rows). Read by stages/tests/real_labels.rs (the RSNA split sizes come from
   data/split_parity.json, tools/make_split_fixture.py).
 
-Run: scripts/setup.sh (installs transformers==5.24.0 into .venv); scripts/test-assets.sh and
+Run: scripts/setup.sh --tools (installs transformers==5.24.0 into .venv); scripts/test-assets.sh and
 scripts/test-assets-encoders.sh (the label files and the MiniLM folder, into .cache/test-assets);
 .venv/bin/python tools/make_golden_values.py. Deterministic; the machine is recorded.
 """
