@@ -37,25 +37,30 @@ fn count(text: &str, prefix: &str) -> usize {
         .count()
 }
 
-#[test]
-fn the_reproduction_manifest_plans_the_whole_grid() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo().join("manifests/reproduce.toml")).unwrap();
-    // Every /data/... and /models/... folder becomes an empty folder under the temp dir.
-    let mut text = text;
+/// Points every `/data/...` and `/models/...` folder of a manifest at an empty folder under `dir`.
+fn with_stand_in_folders(dir: &Path, text: &str) -> String {
+    let mut text = text.to_string();
     for prefix in ["/data/", "/models/"] {
-        let stand_in = format!("{}{prefix}", dir.path().display());
+        let stand_in = format!("{}{prefix}", dir.display());
         text = text.replace(&format!("\"{prefix}"), &format!("\"{stand_in}"));
     }
     for line in text.lines() {
         if let Some(p) = line
             .split('"')
             .nth(1)
-            .filter(|p| p.starts_with(&dir.path().display().to_string()))
+            .filter(|p| p.starts_with(&dir.display().to_string()))
         {
             std::fs::create_dir_all(p).unwrap();
         }
     }
+    text
+}
+
+#[test]
+fn the_reproduction_manifest_plans_the_whole_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("manifests/reproduce.toml")).unwrap();
+    let text = with_stand_in_folders(dir.path(), &text);
     let manifest = dir.path().join("reproduce.toml");
     std::fs::write(&manifest, text).unwrap();
     let out = dry_run(dir.path(), &manifest);
@@ -172,4 +177,29 @@ inputs = {{ records = "ingest", raw = "datasets.raw", backbone = "backbones.v" }
         let other = if changed == "enc" { "seg" } else { "enc" };
         assert_eq!(k[other], base[other], "{enc} {seg}");
     }
+}
+
+/// The README's worked example ("Writing your own manifest") plans as the README says: one adaptor,
+/// nine probes (fraction × seed), a zero-shot run and the report.
+#[test]
+fn the_readme_example_manifest_plans() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("## Writing your own manifest")
+        .nth(1)
+        .expect("README has the section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block in the section");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("my.toml");
+    std::fs::write(&manifest, with_stand_in_folders(dir.path(), toml)).unwrap();
+    let out = dry_run(dir.path(), &manifest);
+    assert_eq!(count(&out, "ingest["), 2, "{out}");
+    assert_eq!(count(&out, "pretrain"), 1, "{out}");
+    assert_eq!(count(&out, "classify["), 9, "{out}");
+    assert_eq!(count(&out, "zero-shot"), 1, "{out}");
+    assert_eq!(count(&out, "report"), 1, "{out}");
 }

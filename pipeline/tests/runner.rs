@@ -276,7 +276,8 @@ fn a_failure_stops_its_dependents_only_and_leaves_nothing_complete() {
         }
         // Fixed: the failed instances and their dependents run; ingest does not run again.
         env.edit(", fail = true", "");
-        assert_eq!(ran(&env.run(&store)).len(), 7);
+        let fixed = env.run(&store);
+        assert_eq!(ran(&fixed).len(), 7, "memory store: {memory}; {fixed:?}");
         assert!(env
             .states(&store)
             .iter()

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::group::{group, has_plot, mean_std, FractionKey, TaskKey};
-use super::setting::is_published_setting;
+use super::group::{group, has_plot, mean_std, FractionKey};
+use super::setting::cells_outside_published_setting;
 use super::{EvalResult, PretrainSummary};
 
 /// Text encoders (rows) of the published tables, names normalised.
@@ -106,14 +106,7 @@ pub fn markdown(results: &[EvalResult]) -> String {
     }
     let by_task = group(results);
     // Cells with a result outside the published setting get no published number.
-    let other_setting: BTreeSet<(TaskKey, String, String, FractionKey)> = results
-        .iter()
-        .filter(|r| !is_published_setting(r))
-        .map(|r| {
-            let cell = (r.vision.clone(), FractionKey::of(r.fraction));
-            (r.task_key(), r.row_label(), cell.0, cell.1)
-        })
-        .collect();
+    let other_setting = cells_outside_published_setting(results);
     for (task, cells) in &by_task {
         let cols: BTreeSet<(String, FractionKey)> =
             cells.values().flat_map(|m| m.keys().cloned()).collect();

@@ -2,7 +2,29 @@
 //! does the report put the original's number beside it. The setting is what the stage recorded
 //! in `EvalResult::setting`; a result without one is never taken for the published setting.
 
+use std::collections::BTreeSet;
+
+use super::group::{FractionKey, TaskKey};
 use super::EvalResult;
+
+/// The cells (table, row, vision backbone, fraction) holding a result outside the published
+/// setting: no published number sits beside them, in `results.md` or in `adaptor results`.
+pub(super) fn cells_outside_published_setting(
+    results: &[EvalResult],
+) -> BTreeSet<(TaskKey, String, String, FractionKey)> {
+    results
+        .iter()
+        .filter(|r| !is_published_setting(r))
+        .map(|r| {
+            (
+                r.task_key(),
+                r.row_label(),
+                r.vision.clone(),
+                FractionKey::of(r.fraction),
+            )
+        })
+        .collect()
+}
 
 /// The published setting: the adaptor pre-trained on BERT `pooler_output` text vectors; for
 /// classification the MLP head over the backbone's own pooled output (DINOv2 CLS, ResNet-AE latent

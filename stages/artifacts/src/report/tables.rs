@@ -4,6 +4,7 @@
 
 use super::group::{group_by, mean_std, FractionKey};
 use super::markdown::published;
+use super::setting::cells_outside_published_setting;
 use super::EvalResult;
 
 pub use super::group::Split;
@@ -37,7 +38,8 @@ pub struct ResultCell {
     /// Mean and sample standard deviation of `values` (0..1).
     pub mean: f64,
     pub std: f64,
-    /// The original's published number (%), on the test split only, where backbone names match.
+    /// The original's published number (%), on the test split only, where backbone names match and
+    /// every result of the cell ran in the published setting (as in `results.md`).
     pub published: Option<f64>,
 }
 
@@ -48,6 +50,7 @@ pub fn fraction_label(fraction: f64) -> String {
 
 /// The report's tables on `split`, with `metric` instead of each result's headline metric.
 pub fn tables(results: &[EvalResult], split: Split, metric: Option<&str>) -> Vec<ResultTable> {
+    let other_setting = cells_outside_published_setting(results);
     group_by(results, split, metric)
         .into_iter()
         .map(|(task, rows)| {
@@ -55,8 +58,16 @@ pub fn tables(results: &[EvalResult], split: Split, metric: Option<&str>) -> Vec
             for (row, by_col) in rows {
                 for ((vision, fraction), values) in by_col {
                     let (mean, std) = mean_std(&values);
+                    // Only where the report's results.md shows it: the test split, the
+                    // original's backbone names, every result of the cell in its setting.
+                    let in_setting = !other_setting.contains(&(
+                        task.clone(),
+                        row.clone(),
+                        vision.clone(),
+                        fraction,
+                    ));
                     let published = match split {
-                        Split::Test => published(
+                        Split::Test if in_setting => published(
                             &task.dataset,
                             &task.task,
                             &task.metric,
@@ -64,7 +75,7 @@ pub fn tables(results: &[EvalResult], split: Split, metric: Option<&str>) -> Vec
                             &vision,
                             fraction.value(),
                         ),
-                        Split::Valid => None,
+                        _ => None,
                     };
                     cells.push(ResultCell {
                         row: row.clone(),
