@@ -26,19 +26,25 @@ fn trimmed_demo() -> String {
         ("epochs = 2\n", "epochs = 1\n"),
     ]
     .iter()
-    .fold(without_covidx_zero_shot(&small_demo()), |text, (from, to)| {
-        assert!(
-            text.contains(from),
-            "the small demo no longer contains `{from}`"
-        );
-        text.replace(from, to)
-    })
+    .fold(
+        without_covidx_zero_shot(&small_demo()),
+        |text, (from, to)| {
+            assert!(
+                text.contains(from),
+                "the small demo no longer contains `{from}`"
+            );
+            text.replace(from, to)
+        },
+    )
 }
 
 /// The small demo without its COVIDx zero-shot stage (the trimmed demo has no COVIDx data).
 fn without_covidx_zero_shot(demo: &str) -> String {
     let reference = ", \"zero-shot-covidx[*]\"";
-    assert!(demo.contains(reference), "the report no longer takes `zero-shot-covidx`");
+    assert!(
+        demo.contains(reference),
+        "the report no longer takes `zero-shot-covidx`"
+    );
     let demo = demo.replace(reference, "");
     let start = demo
         .find("[stages.zero-shot-covidx]")
