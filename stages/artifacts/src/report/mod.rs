@@ -89,16 +89,12 @@ pub const RESULTS_MD: &str = "results.md";
 
 impl EvalResult {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&bytes, path)
+        read_result(path)
     }
 
     /// A `result.json` read by other means (from a remote store); `path` names it in errors.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|source| Error::NotAResult {
-            path: path.to_path_buf(),
-            source,
-        })
+        parse_result(bytes, path)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -150,7 +146,11 @@ impl EvalResult {
 /// A result file (`result.json`) as `T`; a file that is not one names itself.
 fn read_result<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::NotAResult {
+    parse_result(&bytes, path)
+}
+
+fn parse_result<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::NotAResult {
         path: path.to_path_buf(),
         source,
     })

@@ -120,13 +120,7 @@ pub fn retrieval_markdown(runs: &[RetrievalResult]) -> String {
                 cells(&r.text_to_image)
             );
         }
-        // Chance depends on the candidates only: one row per distinct split and size.
-        let mut seen = Vec::new();
-        for r in &rows {
-            let k = (r.split.clone(), r.images, r.reports);
-            if seen.contains(&k) {
-                continue;
-            }
+        for r in chance_levels(&rows) {
             let _ = writeln!(
                 md,
                 "| *chance* | {} | {} | {} | {} | {} |",
@@ -136,10 +130,25 @@ pub fn retrieval_markdown(runs: &[RetrievalResult]) -> String {
                 cells(&r.chance_image_to_text),
                 cells(&r.chance_text_to_image)
             );
-            seen.push(k);
         }
     }
     md
+}
+
+/// Chance depends on the candidates only: the first run of each distinct split and size, whose
+/// chance levels stand for all runs over the same candidates.
+fn chance_levels(rows: &[RetrievalResult]) -> Vec<&RetrievalResult> {
+    let mut seen = Vec::new();
+    rows.iter()
+        .filter(|r| {
+            let k = (r.split.as_str(), r.images, r.reports);
+            let new = !seen.contains(&k);
+            if new {
+                seen.push(k);
+            }
+            new
+        })
+        .collect()
 }
 
 /// The same tables for `report.html`: one per backbone pair, a row per run and one per distinct
@@ -172,19 +181,14 @@ pub fn retrieval_html_tables(runs: &[RetrievalResult]) -> Vec<HtmlTable> {
                     ],
                 ));
             }
-            let mut seen = Vec::new();
-            for r in &rows {
-                let k = (r.split.clone(), r.images, r.reports);
-                if !seen.contains(&k) {
-                    out.push((
-                        format!("chance ({}, {} images)", r.split, r.images),
-                        vec![
-                            Some(scores(&r.chance_image_to_text, None)),
-                            Some(scores(&r.chance_text_to_image, None)),
-                        ],
-                    ));
-                    seen.push(k);
-                }
+            for r in chance_levels(&rows) {
+                out.push((
+                    format!("chance ({}, {} images)", r.split, r.images),
+                    vec![
+                        Some(scores(&r.chance_image_to_text, None)),
+                        Some(scores(&r.chance_text_to_image, None)),
+                    ],
+                ));
             }
             HtmlTable {
                 id: format!("retrieval-{i}"),
