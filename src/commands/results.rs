@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use artifacts::report::{tables, EvalResult, RESULT_FILE};
-use pipeline::store::ArtifactManifest;
 use pipeline::{InputAccepts, Plan, Resolved, Store};
 
 use super::Context;
@@ -133,11 +132,9 @@ pub fn read_result(
     kind: &str,
     key: &pipeline::StageKey,
 ) -> Result<Option<EvalResult>> {
-    let Some(m) = store.get_json::<ArtifactManifest>(&Store::manifest_path(kind, key))? else {
+    let Some(m) = store.read_manifest(kind, key)? else {
         return Ok(None);
     };
-    m.validate(kind, key)
-        .map_err(|e| anyhow!("{}: {e}", Store::manifest_path(kind, key)))?;
     let rel = m.file_rel(RESULT_FILE);
     let bytes = store
         .get(&rel)?
