@@ -56,10 +56,15 @@ impl Store {
             manifest.files.iter().map(|f| f.bytes).sum(),
         );
         let dest = dest_root.join(&rel);
-        let existing = std::fs::read(dest.join("_manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<ArtifactManifest>(&b).ok());
-        if existing.is_some_and(|m| m.files == manifest.files) {
+        // A complete copy of these very files is at `dest` (written earlier, or by a concurrent
+        // copier of the same input: stages that share an input fetch it at once).
+        let complete_here = || {
+            std::fs::read(dest.join("_manifest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ArtifactManifest>(&b).ok())
+                .is_some_and(|m| m.files == manifest.files)
+        };
+        if complete_here() {
             return Ok(CopyOutcome::AlreadyThere { files, bytes });
         }
         if mode == CopyMode::Link && self.local_root.is_none() {
@@ -76,6 +81,12 @@ impl Store {
         }
         let parent = dest.parent().expect("has a parent");
         std::fs::create_dir_all(parent).at(parent)?;
+        if complete_here() {
+            // Another copier finished first while this one copied; a reader may already be in
+            // its folder, which must not be moved away under it.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(CopyOutcome::AlreadyThere { files, bytes });
+        }
         if dest.exists() {
             // Incomplete, or another artifact of the key (a forced rebuild): moved out whole.
             let old = dest.with_file_name(format!("{key}.old-{}", unique_token()));
