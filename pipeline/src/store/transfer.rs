@@ -287,6 +287,53 @@ impl Store {
         }
     }
 
+    /// Where a remote store's complete artifact is, for a stage that reads it from the store itself
+    /// (an input slot declared `streamed`): `None` on a local store, or when the settings ask for
+    /// cache copies ([`StoreSettings::cache_tables`]). Its path, the cache folder it would be
+    /// copied to, is not created.
+    pub fn remote_input(
+        &self,
+        kind: &str,
+        key: &StageKey,
+    ) -> Result<Option<(PathBuf, crate::stage::RemoteInput)>> {
+        if self.local_root.is_some() || self.cache_tables {
+            return Ok(None);
+        }
+        let rel = Self::artifact_dir(kind, key);
+        let manifest = self
+            .read_manifest(kind, key)?
+            .ok_or_else(|| Error::Artifact {
+                what: format!("{}/{rel}", self.url),
+                message: "is not complete (no _manifest.json)".into(),
+            })?;
+        let files = manifest
+            .files
+            .iter()
+            .map(|f| crate::stage::RemoteFile {
+                path: f.path.clone(),
+                object: manifest.file_rel(&f.path),
+                bytes: f.bytes,
+                blake3: f.blake3.clone(),
+            })
+            .collect();
+        let remote = crate::stage::RemoteInput {
+            store: self.url.to_string(),
+            files,
+        };
+        Ok(Some((self.cache_dir.join("artifacts").join(rel), remote)))
+    }
+
+    /// The object store under this store and the object of `rel`, for readers that stream
+    /// (`artifacts::table::remote`), with the runtime this store's requests run on.
+    pub fn object(&self, rel: &str) -> (Arc<dyn object_store::ObjectStore>, ObjPath) {
+        (self.inner.clone(), self.path(rel))
+    }
+
+    /// The runtime of this store's requests.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
     /// A local directory holding a complete artifact: the artifact itself on a local store, a
     /// verified copy in the cache folder otherwise (streamed in chunks, each file's digest
     /// checked, moved into place in one rename when complete).
