@@ -239,8 +239,8 @@ impl Body {
         self.received - self.carry.len() as u64
     }
 
-    /// Receives the next chunk of the body (opening the GET on first use).
-    async fn pull(&mut self) -> Result<(), ParquetError> {
+    /// Receives the next chunk of the body (opening the GET on first use), hashed.
+    async fn next_chunk(&mut self) -> Result<Bytes, ParquetError> {
         if self.stream.is_none() {
             let opts = GetOptions {
                 if_match: self.e_tag.clone(),
@@ -271,32 +271,24 @@ impl Body {
         }
         self.hasher.update(&chunk);
         // The part of the footer this chunk holds must be the footer the decoder was given.
-        let (a, b) = (start.max(self.footer_start), end);
-        if a < b {
-            let mine = &chunk[(a - start) as usize..(b - start) as usize];
-            let theirs =
-                &self.footer[(a - self.footer_start) as usize..(b - self.footer_start) as usize];
-            if mine != theirs {
+        if end > self.footer_start {
+            let a = start.max(self.footer_start);
+            let mine = &chunk[(a - start) as usize..];
+            let f = (a - self.footer_start) as usize;
+            if mine != &self.footer[f..f + mine.len()] {
                 return Err(self
                     .fail("the footer changed between its ranged read and the body's GET".into()));
             }
         }
         self.received = end;
-        self.carry = if self.carry.is_empty() {
-            chunk
-        } else {
-            let mut both = BytesMut::from(&self.carry[..]);
-            both.extend_from_slice(&chunk);
-            both.freeze()
-        };
-        Ok(())
+        Ok(chunk)
     }
 
     /// Receives (and hashes) up to `offset`, dropping what lies before it.
     async fn skip_to(&mut self, offset: u64) -> Result<(), ParquetError> {
         while self.at() < offset {
             if self.carry.is_empty() {
-                self.pull().await?;
+                self.carry = self.next_chunk().await?;
             }
             let drop = (offset - self.at()).min(self.carry.len() as u64) as usize;
             let _ = self.carry.split_to(drop);
@@ -330,10 +322,18 @@ impl Body {
         }
         self.skip_to(range.start).await?;
         let len = (range.end - range.start) as usize;
-        while self.carry.len() < len {
-            self.pull().await?;
+        if self.carry.len() >= len {
+            return Ok(self.carry.split_to(len));
         }
-        Ok(self.carry.split_to(len))
+        let mut out = BytesMut::with_capacity(len);
+        out.extend_from_slice(&std::mem::take(&mut self.carry));
+        while out.len() < len {
+            let chunk = self.next_chunk().await?;
+            let take = (len - out.len()).min(chunk.len());
+            out.extend_from_slice(&chunk[..take]);
+            self.carry = chunk.slice(take..);
+        }
+        Ok(out.freeze())
     }
 
     /// HEAD (size and ETag), then the footer by ranged reads pinned to that ETag.
