@@ -114,3 +114,62 @@ fn s3_a_stage_streams_its_table_without_a_copy_and_a_changed_object_fails_it_by_
         .any(|p| p.to_string_lossy().contains("encode-image") && p.ends_with("_manifest.json")));
     assert_eq!(manifests(&moto, "classify").len(), 1, "{out}");
 }
+
+#[test]
+fn s3_embed_reads_its_input_from_s3_and_uploads_its_table_with_its_digest() {
+    let moto = common::moto::start("tables");
+    let case = Case::with_env(moto.env());
+    let texts = "no acute cardiopulmonary process\nright lower lobe opacity\nclear lungs\n";
+    let (status, _) =
+        common::moto::http_bytes(moto.port, "PUT", "/tables/in/texts.txt", texts.as_bytes());
+    assert_eq!(status, 200);
+    let minilm = common::minilm();
+    let args = |input: &str| {
+        vec![
+            "embed".to_string(),
+            "text".into(),
+            "--backbone".into(),
+            minilm.display().to_string(),
+            "--input".into(),
+            input.into(),
+            "--output".into(),
+            "s3://tables/out/texts.parquet".into(),
+            "--threads".into(),
+            "1".into(),
+        ]
+    };
+    let a = args("s3://tables/in/texts.txt");
+    let out = case.ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains("uploaded s3://tables/out/texts.parquet ("),
+        "{out}"
+    );
+
+    // The object is the table the line describes: its size and digest, three rows.
+    let (status, bytes) =
+        common::moto::http_bytes(moto.port, "GET", "/tables/out/texts.parquet", &[]);
+    assert_eq!(status, 200);
+    let got = case.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    std::fs::write(got.join("texts.parquet"), &bytes).unwrap();
+    let f = &pipeline::store::describe_outputs(&got).unwrap()[0];
+    assert!(
+        out.contains(&format!("({} B, blake3 {})", f.bytes, f.blake3)),
+        "{out}"
+    );
+    let t = artifacts::table::EmbeddingTable::read(&got.join("texts.parquet")).unwrap();
+    assert_eq!(t.keys, ["0", "1", "2"]);
+    // Nothing left in the cache folder.
+    assert!(!walk(&case.path().join("cache"))
+        .iter()
+        .any(|p| p.to_string_lossy().contains("embed-")));
+
+    // A missing input object is named; nothing is uploaded.
+    let a = args("s3://tables/in/missing.txt");
+    let (code, out) = case.go(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("s3://tables/in/missing.txt") && out.contains("does not exist"),
+        "{out}"
+    );
+}
