@@ -92,6 +92,7 @@ fn open_file(
         size: rf.bytes,
         e_tag: None,
         stream: None,
+        resumed: 0,
         carry: Bytes::new(),
         received: 0,
         hasher: blake3::Hasher::new(),
@@ -216,6 +217,8 @@ struct Body {
     size: u64,
     e_tag: Option<String>,
     stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+    /// Times the body's GET was resumed after a cut.
+    resumed: u32,
     /// Received and hashed, not yet handed out: the bytes just before `received`.
     carry: Bytes,
     received: u64,
@@ -239,26 +242,35 @@ impl Body {
         self.received - self.carry.len() as u64
     }
 
-    /// Receives the next chunk of the body (opening the GET on first use), hashed.
+    /// Receives the next chunk of the body (opening the GET on first use), hashed. A body cut
+    /// mid-stream is resumed from the byte it stopped at (pinned to the same ETag), 3 times.
     async fn next_chunk(&mut self) -> Result<Bytes, ParquetError> {
-        if self.stream.is_none() {
-            let opts = GetOptions {
-                if_match: self.e_tag.clone(),
-                ..Default::default()
-            };
-            let got = self.inner.get_opts(&self.object, opts).await;
-            let got = got.map_err(|e| self.fail(format!("cannot read the object: {e}")))?;
-            self.stream = Some(got.into_stream());
-        }
-        let next = self.stream.as_mut().expect("opened").next().await;
-        let chunk = match next {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(self.fail(format!("reading byte {}: {e}", self.received))),
-            None => {
-                return Err(self.fail(format!(
-                    "the object ended at byte {} of the {} the manifest records",
-                    self.received, self.size
-                )))
+        let chunk = loop {
+            if self.stream.is_none() {
+                let opts = GetOptions {
+                    if_match: self.e_tag.clone(),
+                    range: (self.received > 0).then_some(GetRange::Offset(self.received)),
+                    ..Default::default()
+                };
+                let got = self.inner.get_opts(&self.object, opts).await;
+                let got = got.map_err(|e| self.fail(format!("cannot read the object: {e}")))?;
+                self.stream = Some(got.into_stream());
+            }
+            match self.stream.as_mut().expect("opened").next().await {
+                Some(Ok(c)) => break c,
+                Some(Err(_)) if self.resumed < 3 => {
+                    self.resumed += 1;
+                    self.stream = None;
+                }
+                Some(Err(e)) => {
+                    return Err(self.fail(format!("reading byte {}: {e}", self.received)))
+                }
+                None => {
+                    return Err(self.fail(format!(
+                        "the object ended at byte {} of the {} the manifest records",
+                        self.received, self.size
+                    )))
+                }
             }
         };
         let start = self.received;
