@@ -359,12 +359,7 @@ impl Store {
             return Ok(None);
         }
         let rel = Self::artifact_dir(kind, key);
-        let manifest = self
-            .read_manifest(kind, key)?
-            .ok_or_else(|| Error::Artifact {
-                what: format!("{}/{rel}", self.url),
-                message: "is not complete (no _manifest.json)".into(),
-            })?;
+        let manifest = self.complete_manifest(kind, key)?;
         let files = manifest
             .files
             .iter()
