@@ -27,8 +27,8 @@ pub use key::{KeyRecipe, StageKey};
 pub use plan::Plan;
 pub use stage::{
     BoundInput, InputAccepts, InputArtifact, InputOrigin, InputSpec, NoProgress, Outcome,
-    ParamError, ParamSpec, ParamType, ProgressSink, RunEvent, Sharding, Stage, StageContext,
-    StageError, StageRegistry, SHARDS_SLOT,
+    ParamError, ParamSpec, ParamType, ProgressSink, RemoteFile, RemoteInput, RunEvent, Sharding,
+    Stage, StageContext, StageError, StageRegistry, SHARDS_SLOT,
 };
 pub use store::{Store, StoreSettings, StoreUrl};
 pub use value::{Params, Value};

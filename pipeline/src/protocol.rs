@@ -15,14 +15,17 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::key::StageKey;
-use crate::stage::{InputArtifact, InputOrigin, InputSpec, ProgressSink, StageContext};
+use crate::stage::{
+    InputArtifact, InputOrigin, InputSpec, ProgressSink, RemoteInput, StageContext,
+};
 use crate::value::Params;
 
 /// Version of the job and message formats. The runner and the worker must be built from the same
 /// tree; a mismatch is refused with a message saying so. 2: jobs say whether they merge shards.
 /// 3: an input's origin is [`InputOrigin`] itself (`{"Stage": {...}}`), keys are checked on read.
 /// 4: no merge jobs (merges of shards are tables only; the runner does them in its own process).
-pub const PROTOCOL: u32 = 4;
+/// 5: an input may be remote ([`JobInput::remote`]: read from the store, no local copy).
+pub const PROTOCOL: u32 = 5;
 
 /// One stage instance for the worker: everything its `StageContext` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +51,10 @@ pub struct Job {
 pub struct JobInput {
     pub path: PathBuf,
     pub origin: InputOrigin,
+    /// Set when the input is read straight from a remote store (see
+    /// [`StageContext::remote`]): `path` then holds no copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteInput>,
 }
 
 impl Job {
@@ -63,6 +70,7 @@ impl Job {
                     .map(|a| JobInput {
                         path: a.path.clone(),
                         origin: a.origin.clone(),
+                        remote: ctx.remote(a).cloned(),
                     })
                     .collect();
                 (name.to_string(), arts)
@@ -104,6 +112,12 @@ impl Job {
         sink: Arc<dyn ProgressSink>,
         cancel: Arc<AtomicBool>,
     ) -> StageContext {
+        let remote: Vec<(PathBuf, RemoteInput)> = self
+            .inputs
+            .values()
+            .flatten()
+            .filter_map(|a| Some((a.path.clone(), a.remote.clone()?)))
+            .collect();
         let inputs = self
             .inputs
             .into_iter()
@@ -129,6 +143,9 @@ impl Job {
             sink,
             cancel,
         );
+        let ctx = remote
+            .into_iter()
+            .fold(ctx, |ctx, (path, r)| ctx.with_remote(path, r));
         match self.resume_dir {
             Some(dir) => ctx.with_resume_dir(dir),
             None => ctx,
@@ -225,6 +242,27 @@ mod tests {
                     instance: "ingest[d=rsna]".into(),
                     key: StageKey::parse(&"ab".repeat(32)).unwrap(),
                 },
+                remote: None,
+            }],
+        );
+        inputs.insert(
+            "features".to_string(),
+            vec![JobInput {
+                path: "/cache/encode-image/ef".into(),
+                origin: InputOrigin::Stage {
+                    kind: "encode-image".into(),
+                    instance: "enc-img".into(),
+                    key: StageKey::parse(&"ef".repeat(32)).unwrap(),
+                },
+                remote: Some(RemoteInput {
+                    store: "s3://bucket/p".into(),
+                    files: vec![crate::stage::RemoteFile {
+                        path: "embeddings.parquet".into(),
+                        object: format!("encode-image/{}/a1/embeddings.parquet", "ef".repeat(32)),
+                        bytes: 1234,
+                        blake3: "00".repeat(32),
+                    }],
+                }),
             }],
         );
         Job {
@@ -252,5 +290,22 @@ mod tests {
         );
         let bad_key = text.replace(&"ab".repeat(32), "not-a-key");
         assert!(Job::read(bad_key.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_remote_input_reaches_the_workers_context_and_a_local_one_stays_local() {
+        let ctx = job().into_context(Arc::new(crate::stage::NoProgress), Arc::default());
+        let features = &ctx.inputs("features")[0];
+        let remote = ctx.remote(features).expect("remote");
+        assert_eq!(remote.store, "s3://bucket/p");
+        assert_eq!(remote.file("embeddings.parquet").unwrap().bytes, 1234);
+        assert!(ctx.remote(&ctx.inputs("records")[0]).is_none());
+        // And back into a job, unchanged.
+        let slots = [
+            InputSpec::one("features", crate::stage::InputAccepts::Any, ""),
+            InputSpec::one("records", crate::stage::InputAccepts::Any, ""),
+        ];
+        let again = Job::from_context("encode-text", &ctx, &slots);
+        assert_eq!(again.inputs, job().inputs);
     }
 }

@@ -188,6 +188,8 @@ impl Settings {
                     .filter(|(k, _)| k.starts_with("AWS_"))
                     .collect(),
                 s3_retries: var("ADAPTOR_S3_RETRIES").and_then(|v| v.parse().ok()),
+                cache_tables: var("ADAPTOR_S3_CACHE_TABLES")
+                    .is_some_and(|v| v == "1" || v == "true"),
             },
             decode_limits,
             torch_worker: torch_worker(),

@@ -33,7 +33,7 @@ pub use stages::{render_stages, StageDoc};
 pub use status::{
     render_explain, render_explain_json, render_status, render_status_json, StatusRow,
 };
-pub use store::{bad_artifacts, render_gc, render_verify};
+pub use store::{bad_artifacts, render_gc, render_verify, uploaded};
 
 use pipeline::StoreUrl;
 

@@ -9,6 +9,11 @@ use pipeline::StoreUrl;
 use super::{display_path, human_bytes};
 
 /// One line per deleted (or, with `dry_run`, deletable) folder and per skipped one, then a total.
+/// What `embed` says after uploading its table to `url`.
+pub fn uploaded(url: &str, bytes: u64, blake3: &str) -> String {
+    format!("uploaded {url} ({bytes} B, blake3 {blake3})")
+}
+
 pub fn render_gc(report: &GcReport, dry_run: bool, store: &StoreUrl) -> String {
     let verb = if dry_run { "would delete" } else { "deleted" };
     let mut s = String::new();

@@ -268,7 +268,15 @@ impl Builder<'_> {
         let log_path = staging.join("log.txt");
         let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
 
-        // Inputs as local folders, and how they are recorded.
+        // Inputs as local folders (or, for slots the stage streams, remote locations), and how
+        // they are recorded.
+        let streamed: Vec<&'static str> = stage
+            .inputs()
+            .iter()
+            .filter(|s| s.streamed)
+            .map(|s| s.name)
+            .collect();
+        let mut remote = Vec::new();
         let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
         let mut records: BTreeMap<String, Vec<InputRecord>> = BTreeMap::new();
         for (slot, refs) in &inst.inputs {
@@ -292,9 +300,20 @@ impl Builder<'_> {
                     InputRef::Stage(s) => {
                         let up = &plan.instances[*s];
                         let up_key = &resolved.keys[*s];
+                        let from_store = match streamed.contains(&slot.as_str()) {
+                            true => store.remote_input(&up.kind, up_key)?,
+                            false => None,
+                        };
+                        let path = match from_store {
+                            Some((path, r)) => {
+                                remote.push((path.clone(), r));
+                                path
+                            }
+                            None => store.local_artifact(&up.kind, up_key)?,
+                        };
                         (
                             InputArtifact {
-                                path: store.local_artifact(&up.kind, up_key)?,
+                                path,
                                 origin: InputOrigin::Stage {
                                     kind: up.kind.clone(),
                                     instance: up.name.clone(),
@@ -332,6 +351,9 @@ impl Builder<'_> {
         .with_resume_dir(store.resume_dir(&inst.kind, key))
         .with_time_limit(inst.limits.timeout)
         .with_activity(activity);
+        let ctx = remote
+            .into_iter()
+            .fold(ctx, |ctx, (path, r)| ctx.with_remote(path, r));
         ctx.log(format!("{} key {key}", inst.name));
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| match inst.part {
             Part::Merge { .. } => stage.merge(&ctx),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::key::StageKey;
 use crate::value::{Params, Value};
 
-use super::{format_duration, InputArtifact, ProgressSink, StageError};
+use super::{format_duration, InputArtifact, ProgressSink, RemoteInput, StageError};
 
 /// When a stage last showed a sign of life (a progress report or a log line), shared with the
 /// runner's watchdog and written into its lease for `status`.
@@ -65,6 +65,10 @@ pub struct StageContext {
     resume_dir: Option<PathBuf>,
     time_limit: Option<Duration>,
     activity: Arc<Activity>,
+    /// Inputs read from a remote store, by their `InputArtifact::path`.
+    remote: BTreeMap<PathBuf, RemoteInput>,
+    /// Settings for remote stores (`AWS_*` as name, value), given by the binary; secrets.
+    remote_access: Vec<(String, String)>,
 }
 
 impl StageContext {
@@ -94,7 +98,32 @@ impl StageContext {
             resume_dir: None,
             time_limit: None,
             activity: Arc::new(Activity::new()),
+            remote: BTreeMap::new(),
+            remote_access: Vec::new(),
         }
+    }
+
+    /// Marks the input at `path` as living on a remote store (no local copy there).
+    pub fn with_remote(mut self, path: PathBuf, remote: RemoteInput) -> Self {
+        self.remote.insert(path, remote);
+        self
+    }
+
+    /// Where `input` lives when it is read straight from a remote store; `None` for a local folder.
+    pub fn remote(&self, input: &InputArtifact) -> Option<&RemoteInput> {
+        self.remote.get(&input.path)
+    }
+
+    /// The settings a stage opens remote stores with (`AWS_*`: credentials, endpoint), which the
+    /// binary collected from its environment. Secrets: never logged or hashed.
+    pub fn with_remote_access(mut self, settings: Vec<(String, String)>) -> Self {
+        self.remote_access = settings;
+        self
+    }
+
+    /// See [`StageContext::with_remote_access`].
+    pub fn remote_access(&self) -> &[(String, String)] {
+        &self.remote_access
     }
 
     /// Stops the stage after `limit` (from when the context was made): [`StageContext::is_cancelled`]

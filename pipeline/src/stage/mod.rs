@@ -134,6 +134,35 @@ pub struct InputArtifact {
     pub origin: InputOrigin,
 }
 
+/// Where an input read straight from a remote store lives (a slot declared
+/// [`InputSpec::streamed`], on an S3 store, without a cache copy): the store's URL and each file of
+/// the artifact with its object (the attempt folder included) and the size and digest its
+/// `_manifest.json` records. The stage streams the files and checks each digest as it reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteInput {
+    /// `s3://bucket/prefix`, as the manifest names the store.
+    pub store: String,
+    pub files: Vec<RemoteFile>,
+}
+
+/// One file of a [`RemoteInput`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteFile {
+    /// Its path inside the artifact (`embeddings.parquet`).
+    pub path: String,
+    /// Its object, relative to the store's prefix (`encode-image/<key>/<attempt>/embeddings.parquet`).
+    pub object: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+impl RemoteInput {
+    /// The file at `path` inside the artifact.
+    pub fn file(&self, path: &str) -> Option<&RemoteFile> {
+        self.files.iter().find(|f| f.path == path)
+    }
+}
+
 impl InputArtifact {
     /// How the stage's log and errors name the input: the external folder's name (`rsna`) or the
     /// upstream instance (`encode[dataset=rsna]`).

@@ -171,6 +171,9 @@ pub struct InputSpec {
     /// Whether the slot takes a list (`"eval[*]"`, or an array of references).
     pub many: bool,
     pub doc: &'static str,
+    /// The stage reads this slot's tables straight from a remote store (ranged reads, digests
+    /// checked as they stream), so the runner makes no cache copy of it (see [`InputSpec::streamed`]).
+    pub streamed: bool,
 }
 
 impl InputSpec {
@@ -181,6 +184,7 @@ impl InputSpec {
             required: true,
             many: false,
             doc,
+            streamed: false,
         }
     }
 
@@ -191,11 +195,20 @@ impl InputSpec {
             required: true,
             many: true,
             doc,
+            streamed: false,
         }
     }
 
     pub fn optional(mut self) -> Self {
         self.required = false;
+        self
+    }
+
+    /// Declares that the stage reads this slot's artifacts from a remote store itself, through
+    /// [`crate::stage::StageContext::remote`]: on an S3 store the runner passes their location
+    /// instead of a cache copy (unless the store settings ask for cache copies).
+    pub fn streamed(mut self) -> Self {
+        self.streamed = true;
         self
     }
 }

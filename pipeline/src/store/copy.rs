@@ -30,6 +30,15 @@ pub enum CopyOutcome {
 }
 
 impl Store {
+    /// The `_manifest.json` of a complete artifact; an error naming it when it is not complete.
+    pub(super) fn complete_manifest(&self, kind: &str, key: &StageKey) -> Result<ArtifactManifest> {
+        self.read_manifest(kind, key)?
+            .ok_or_else(|| Error::Artifact {
+                what: format!("{}/{}", self.url, Self::artifact_dir(kind, key)),
+                message: "is not complete (no _manifest.json)".into(),
+            })
+    }
+
     /// Copies the complete artifact `kind`/`key` to `dest_root/<kind>/<key>/`, the store's own
     /// layout (so `dest_root` serves as a local store), with its `_manifest.json` (without the
     /// remote attempt folder) and `_log.txt`. Every file is hashed as it is written and compared
@@ -45,12 +54,7 @@ impl Store {
         progress: &dyn Fn(u64),
     ) -> Result<CopyOutcome> {
         let rel = Self::artifact_dir(kind, key);
-        let manifest = self
-            .read_manifest(kind, key)?
-            .ok_or_else(|| Error::Artifact {
-                what: format!("{}/{rel}", self.url),
-                message: "is not complete (no _manifest.json)".into(),
-            })?;
+        let manifest = self.complete_manifest(kind, key)?;
         let (files, bytes) = (
             manifest.files.len(),
             manifest.files.iter().map(|f| f.bytes).sum(),

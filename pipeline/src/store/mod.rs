@@ -65,6 +65,8 @@ pub struct Store {
     prefix: String,
     local_root: Option<PathBuf>,
     cache_dir: PathBuf,
+    /// [`StoreSettings::cache_tables`].
+    cache_tables: bool,
     rt: tokio::runtime::Runtime,
     /// Store clock minus this machine's clock, measured once (see [`Store::now`]).
     clock_offset: std::sync::Mutex<Option<f64>>,

@@ -21,9 +21,9 @@ pub(super) const MULTIPART_CHUNK: usize = 8 << 20;
 pub(super) const CHUNK: u64 = 8 << 20;
 
 impl Store {
-    /// Streams one remote object in ranged chunks of [`CHUNK`] (each retried from its offset),
-    /// hashing it and writing it to `dest` when given. Checks the size first. Returns the blake3
-    /// digest, or `None` if the object does not exist.
+    /// Streams one remote object in ranged chunks of [`CHUNK`] (each retried from its offset and
+    /// pinned to the ETag its HEAD returned), hashing it and writing it to `dest` when given.
+    /// Checks the size first. Returns the blake3 digest, or `None` if the object does not exist.
     pub(super) fn fetch_file(
         &self,
         rel: &str,
@@ -47,8 +47,8 @@ impl Store {
         let what = format!("{}/{rel}", self.url);
         let url = self.url.to_string();
         self.rt.block_on(async move {
-            let size = match inner.head(&path).await {
-                Ok(m) => m.size,
+            let (size, e_tag) = match inner.head(&path).await {
+                Ok(m) => (m.size, m.e_tag),
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
                 Err(source) => return Err(Error::ObjectStore { url, source }),
             };
@@ -68,7 +68,18 @@ impl Store {
                 let end = (offset + CHUNK).min(size);
                 let mut tries = 0;
                 let bytes = loop {
-                    match inner.get_range(&path, offset..end).await {
+                    // Every range pinned to the version HEAD saw: an object replaced while
+                    // it streams fails (412) instead of mixing two versions' bytes.
+                    let opts = object_store::GetOptions {
+                        if_match: e_tag.clone(),
+                        range: Some(object_store::GetRange::Bounded(offset..end)),
+                        ..Default::default()
+                    };
+                    let got = match inner.get_opts(&path, opts).await {
+                        Ok(r) => r.bytes().await,
+                        Err(e) => Err(e),
+                    };
+                    match got {
                         Ok(b) if b.len() as u64 == end - offset => break b,
                         Ok(b) => {
                             return Err(Error::Artifact {
@@ -77,6 +88,12 @@ impl Store {
                                     "range {offset}..{end} returned {} bytes (changed while read?)",
                                     b.len()
                                 ),
+                            })
+                        }
+                        Err(e @ object_store::Error::Precondition { .. }) => {
+                            return Err(Error::Artifact {
+                                what,
+                                message: format!("changed while it was read: {e}"),
                             })
                         }
                         // object_store already retried the request; a body cut mid-stream is
@@ -109,6 +126,48 @@ impl Store {
             }
             Ok(Some(hasher.finalize().to_hex().to_string()))
         })
+    }
+
+    /// Downloads the object `rel` (any object, not only an artifact's) to `dest` the way
+    /// [`Store::fetch_file`] does: ranged chunks pinned to its ETag, written under a temporary
+    /// name and renamed into place when complete. Its size and blake3 digest; an error naming it
+    /// when it does not exist.
+    pub fn download(&self, rel: &str, dest: &Path) -> Result<(u64, String)> {
+        let what = format!("{}/{rel}", self.url);
+        let path = self.path(rel);
+        let size = match self.rt.block_on(self.inner.head(&path)) {
+            Ok(m) => m.size,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Artifact {
+                    what,
+                    message: "does not exist".into(),
+                })
+            }
+            Err(e) => return Err(self.os_err(e)),
+        };
+        let tmp = dest.with_file_name(format!(
+            ".{}.part-{}",
+            dest.file_name()
+                .map_or("download".into(), |n| n.to_string_lossy()),
+            unique_token()
+        ));
+        let got = self.fetch_file(rel, size, Some(&tmp));
+        let digest = match got {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::Artifact {
+                    what,
+                    message: "does not exist".into(),
+                });
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, dest).at(dest)?;
+        Ok((size, digest))
     }
 
     /// Uploads one local file, streaming large ones as multipart (aborted on error).
@@ -285,6 +344,48 @@ impl Store {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.os_err(e)),
         }
+    }
+
+    /// Where a remote store's complete artifact is, for a stage that reads it from the store itself
+    /// (an input slot declared `streamed`): `None` on a local store, or when the settings ask for
+    /// cache copies ([`StoreSettings::cache_tables`]). Its path, the cache folder it would be
+    /// copied to, is not created.
+    pub fn remote_input(
+        &self,
+        kind: &str,
+        key: &StageKey,
+    ) -> Result<Option<(PathBuf, crate::stage::RemoteInput)>> {
+        if self.local_root.is_some() || self.cache_tables {
+            return Ok(None);
+        }
+        let rel = Self::artifact_dir(kind, key);
+        let manifest = self.complete_manifest(kind, key)?;
+        let files = manifest
+            .files
+            .iter()
+            .map(|f| crate::stage::RemoteFile {
+                path: f.path.clone(),
+                object: manifest.file_rel(&f.path),
+                bytes: f.bytes,
+                blake3: f.blake3.clone(),
+            })
+            .collect();
+        let remote = crate::stage::RemoteInput {
+            store: self.url.to_string(),
+            files,
+        };
+        Ok(Some((self.cache_dir.join("artifacts").join(rel), remote)))
+    }
+
+    /// The object store under this store and the object of `rel`, for readers that stream
+    /// (`artifacts::table::remote`), with the runtime this store's requests run on.
+    pub fn object(&self, rel: &str) -> (Arc<dyn object_store::ObjectStore>, ObjPath) {
+        (self.inner.clone(), self.path(rel))
+    }
+
+    /// The runtime of this store's requests.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
     }
 
     /// A local directory holding a complete artifact: the artifact itself on a local store, a

@@ -73,6 +73,9 @@ pub struct StoreSettings {
     pub aws: Vec<(String, String)>,
     /// Retries per S3 request instead of [`S3_MAX_RETRIES`] (`ADAPTOR_S3_RETRIES`).
     pub s3_retries: Option<usize>,
+    /// Copy every remote input into the cache folder, the streamed table inputs too
+    /// (`ADAPTOR_S3_CACHE_TABLES=1`); by default stages stream those from the store.
+    pub cache_tables: bool,
 }
 
 impl std::fmt::Debug for StoreSettings {
@@ -196,6 +199,7 @@ impl Store {
             }
         };
         Ok(Store {
+            cache_tables: settings.cache_tables,
             url: url.clone(),
             inner,
             multipart,

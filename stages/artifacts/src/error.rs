@@ -60,6 +60,11 @@ pub enum Error {
     #[error("no embedding table given")]
     NoTables,
 
+    /// A file read from a remote store whose bytes are not the ones its `_manifest.json`
+    /// records (nothing read from it may be used).
+    #[error("{}: {message}", path.display())]
+    Remote { path: PathBuf, message: String },
+
     /// An artifact in the store that cannot be read.
     #[error("{}: {source}", path.display())]
     Store {

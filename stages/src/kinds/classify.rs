@@ -58,7 +58,8 @@ pub(crate) fn features_and_records() -> [InputSpec; 2] {
             "features",
             InputAccepts::Stage(&[ENCODE_IMAGE]),
             "the downstream dataset's image embedding table (pooled)",
-        ),
+        )
+        .streamed(),
         InputSpec::one(
             "records",
             InputAccepts::Stage(&["ingest"]),

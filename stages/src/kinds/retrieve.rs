@@ -44,12 +44,14 @@ impl StageKind for Retrieve {
                 "image",
                 InputAccepts::Stage(&[ENCODE_IMAGE]),
                 "the MIMIC-CXR image embedding table (pooled)",
-            ),
+            )
+            .streamed(),
             InputSpec::one(
                 "text",
                 InputAccepts::Stage(&[ENCODE_TEXT]),
                 "the report embedding table over the same records (pooled)",
-            ),
+            )
+            .streamed(),
             InputSpec::one(
                 "records",
                 InputAccepts::Stage(&["ingest"]),

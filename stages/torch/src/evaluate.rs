@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
 
 use crate::encoder::{device_name, torch_device};
-use crate::pretrain::{input_name, read_whole, split_rows, table_file};
+use crate::pretrain::{input_name, read_input_table, split_rows};
 use crate::segment::{train_segmenter, DiceTerm, SegConfig, SegData};
 use artifacts::report::{EvalResult, RESULT_FILE};
 use artifacts::table::{read_string_columns, EmbeddingTable};
@@ -80,8 +80,12 @@ pub(crate) fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, Stage
 }
 
 /// A pooled embedding table (not a token table) aligned with the records' `keys`.
-pub(crate) fn pooled_table(dir: &Path, keys: &[String]) -> Result<EmbeddingTable, StageError> {
-    let table = read_whole(&table_file(dir)?)?;
+pub(crate) fn pooled_table(
+    ctx: &StageContext,
+    slot: &str,
+    keys: &[String],
+) -> Result<EmbeddingTable, StageError> {
+    let table = read_input_table(ctx, slot)?;
     if table.meta.tokens.is_some() {
         return Err(format!(
             "{}: a token table; this stage takes pooled vectors",
@@ -95,13 +99,13 @@ pub(crate) fn pooled_table(dir: &Path, keys: &[String]) -> Result<EmbeddingTable
 
 /// A downstream dataset's pooled image features and the records' labels (`label_column`).
 pub(crate) fn features_and_labels(
-    features_dir: &Path,
+    ctx: &StageContext,
     records_dir: &Path,
     label_column: &str,
 ) -> Result<(EmbeddingTable, Vec<i64>), StageError> {
     let records = records_dir.join(RECORDS);
     let keys = read_string_columns(&records, &["key"])?.remove(0);
-    let table = pooled_table(features_dir, &keys)?;
+    let table = pooled_table(ctx, "features", &keys)?;
     Ok((table, read_int_column(&records, label_column)?))
 }
 
@@ -272,7 +276,6 @@ fn split(
 }
 
 pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError> {
-    let features_dir = &ctx.input("features")?.path;
     let records_dir = &ctx.input("records")?.path;
     let dataset = dataset_of(records_dir)?;
     let (label_column, classes, metric) = match dataset.as_str() {
@@ -286,7 +289,7 @@ pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError
             .into())
         }
     };
-    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
+    let (table, labels) = features_and_labels(ctx, records_dir, label_column)?;
 
     let t = &p.training;
     let seed = t.seed as u64;

@@ -255,7 +255,14 @@ fn run_stage() -> ExitCode {
             let job = Job::read(std::io::stdin().lock())?;
             let kind = job.kind.clone();
             adaptor_torch::encode::set_threads(job.threads);
-            let ctx = job.into_context(sink.clone(), Arc::new(AtomicBool::new(false)));
+            // Remote stores (inputs streamed from S3): the credentials and endpoint this process
+            // inherited, read here only and passed down as values.
+            let aws = std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .collect();
+            let ctx = job
+                .into_context(sink.clone(), Arc::new(AtomicBool::new(false)))
+                .with_remote_access(aws);
             adaptor_torch::kinds::run(&kind, &ctx).map_err(|e| e.to_string())
         }));
     let err = match result {

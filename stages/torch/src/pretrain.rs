@@ -40,7 +40,41 @@ pub fn input_name(ctx: &StageContext, slot: &str) -> Result<String, StageError> 
 
 /// Reads a whole (unsharded) embedding table.
 pub fn read_whole(path: &Path) -> Result<EmbeddingTable, StageError> {
-    let t = EmbeddingTable::read(path)?;
+    check_whole(EmbeddingTable::read(path)?)
+}
+
+/// The decoded batches of a table streamed from S3 are kept to about this many bytes each.
+pub const STREAM_BATCH_BUDGET: usize = 64 << 20;
+
+/// The embedding table of a stage input: read from its local folder, or streamed from the remote
+/// store when the runner passed its location ([`StageContext::remote`]; digest checked).
+pub fn read_input_table(ctx: &StageContext, slot: &str) -> Result<EmbeddingTable, StageError> {
+    let input = ctx.input(slot)?;
+    let Some(remote) = ctx.remote(input) else {
+        return read_whole(&table_file(&input.path)?);
+    };
+    let file = [EMBEDDINGS_FILE, TOKENS_FILE]
+        .into_iter()
+        .find(|f| remote.file(f).is_some())
+        .ok_or_else(|| {
+            format!(
+                "{}: neither {EMBEDDINGS_FILE} nor {TOKENS_FILE} is in the artifact (is it an \
+                 encode artifact?)",
+                input.name()
+            )
+        })?;
+    check_whole(EmbeddingTable::read_remote(
+        remote,
+        file,
+        ctx.remote_access(),
+        STREAM_BATCH_BUDGET,
+    )?)
+}
+
+/// Refuses a shard of a table and non-finite values.
+fn check_whole(t: EmbeddingTable) -> Result<EmbeddingTable, StageError> {
+    let path = t.path.clone();
+    let path = path.as_path();
     let m = &t.meta;
     if m.row_start != 0 || m.row_end != m.rows_total {
         return Err(format!(

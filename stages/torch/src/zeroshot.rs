@@ -202,7 +202,6 @@ fn split_of(
 
 pub fn run(p: &ZeroShotParams, ctx: &StageContext) -> Result<(), StageError> {
     let t0 = Instant::now();
-    let features_dir = &ctx.input("features")?.path;
     let records_dir = &ctx.input("records")?.path;
     let dataset = dataset_of(records_dir)?;
     let (_, label_column) = stages::prompts::classes_of(&dataset)?;
@@ -210,7 +209,7 @@ pub fn run(p: &ZeroShotParams, ctx: &StageContext) -> Result<(), StageError> {
     let binary = classes.len() == 2;
     let metric = if binary { "auroc" } else { "accuracy" };
 
-    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
+    let (table, labels) = features_and_labels(ctx, records_dir, label_column)?;
 
     let device = torch_device(p.device)?;
     let dim = table.meta.dim as i64;

@@ -14,10 +14,12 @@
 
 mod align;
 mod read;
+mod remote;
 mod write;
 
 pub use align::read_aligned;
 pub use read::{read_string_columns, EmbeddingTable};
+pub use remote::{open_remote, RemoteTable};
 pub use write::{write_window, EmbeddingWriter};
 
 use std::collections::BTreeMap;

@@ -167,101 +167,137 @@ impl EmbeddingTable {
             builder.metadata().file_metadata().key_value_metadata(),
         )?;
         let reader = builder.build().map_err(Error::parquet(path))?;
-        let mut t = EmbeddingTable {
+        let mut t = EmbeddingTable::empty(path, meta);
+        for batch in reader {
+            let batch = batch.map_err(Error::arrow(path))?;
+            t.push(&batch)?;
+        }
+        t.finish()
+    }
+
+    /// Reads a table streamed from a remote store ([`super::open_remote`]); `budget` bounds the
+    /// decoded batches. The digest was checked when this returns `Ok`.
+    pub fn read_remote(
+        remote: &pipeline::RemoteInput,
+        file: &str,
+        access: &[(String, String)],
+        budget: usize,
+    ) -> Result<Self> {
+        let mut stream = super::open_remote(remote, file, access, budget)?;
+        let path = stream.path.clone();
+        let meta = TableMeta::from_kv(&path, Some(&stream.key_value))?;
+        let mut t = EmbeddingTable::empty(&path, meta);
+        for batch in stream.by_ref() {
+            t.push(&batch?)?;
+        }
+        t.finish()
+    }
+
+    fn empty(path: &Path, meta: TableMeta) -> Self {
+        EmbeddingTable {
             path: path.to_path_buf(),
             keys: Vec::new(),
             splits: None,
             values: Vec::new(),
             mask: meta.tokens.map(|_| Vec::new()),
             meta,
+        }
+    }
+
+    /// Appends the rows of one batch, checking its columns against the layout.
+    fn push(&mut self, batch: &arrow_array::RecordBatch) -> Result<()> {
+        let path = self.path.clone();
+        let path = path.as_path();
+        let t = self;
+        let col = |n: &str| {
+            batch
+                .column_by_name(n)
+                .cloned()
+                .ok_or_else(|| Error::column(path, n, format!("no column `{n}`")))
         };
-        for batch in reader {
-            let batch = batch.map_err(Error::arrow(path))?;
-            let col = |n: &str| {
-                batch
-                    .column_by_name(n)
-                    .cloned()
-                    .ok_or_else(|| Error::column(path, n, format!("no column `{n}`")))
-            };
-            t.keys.extend(strings(path, col("key")?.as_ref(), "key")?);
-            if let Some(s) = batch.column_by_name("split") {
-                t.splits
-                    .get_or_insert_with(Vec::new)
-                    .extend(strings(path, s.as_ref(), "split")?);
+        t.keys.extend(strings(path, col("key")?.as_ref(), "key")?);
+        if let Some(s) = batch.column_by_name("split") {
+            t.splits
+                .get_or_insert_with(Vec::new)
+                .extend(strings(path, s.as_ref(), "split")?);
+        }
+        match t.meta.tokens {
+            None => {
+                let e = col("embedding")?;
+                no_nulls(path, e.as_ref(), "embedding")?;
+                let list = e
+                    .as_fixed_size_list_opt()
+                    .filter(|l| l.value_length() as usize == t.meta.dim)
+                    .ok_or_else(|| {
+                        Error::column(
+                            path,
+                            "embedding",
+                            format!("`embedding` is not FixedSizeList<Float32, {}>", t.meta.dim),
+                        )
+                    })?;
+                let v = list
+                    .values()
+                    .as_primitive_opt::<Float32Type>()
+                    .ok_or_else(|| {
+                        Error::column(path, "embedding", "`embedding` items are not Float32")
+                    })?;
+                t.values.extend_from_slice(v.values());
             }
-            match t.meta.tokens {
-                None => {
-                    let e = col("embedding")?;
-                    no_nulls(path, e.as_ref(), "embedding")?;
-                    let list = e
-                        .as_fixed_size_list_opt()
-                        .filter(|l| l.value_length() as usize == t.meta.dim)
-                        .ok_or_else(|| {
-                            Error::column(
-                                path,
-                                "embedding",
-                                format!(
-                                    "`embedding` is not FixedSizeList<Float32, {}>",
-                                    t.meta.dim
-                                ),
-                            )
-                        })?;
-                    let v = list
-                        .values()
-                        .as_primitive_opt::<Float32Type>()
-                        .ok_or_else(|| {
-                            Error::column(path, "embedding", "`embedding` items are not Float32")
-                        })?;
-                    t.values.extend_from_slice(v.values());
-                }
-                Some(_) => {
-                    let (dim, len) = (t.meta.dim, t.meta.tokens.unwrap_or(0));
-                    let tok = col("tokens")?;
-                    no_nulls(path, tok.as_ref(), "tokens")?;
-                    let inner = tok
-                        .as_fixed_size_list_opt()
-                        .filter(|l| l.value_length() as usize == len)
-                        .and_then(|l| l.values().as_fixed_size_list_opt().cloned())
-                        .filter(|l| l.value_length() as usize == dim)
-                        .ok_or_else(|| {
-                            Error::column(
-                                path,
-                                "tokens",
-                                format!(
-                                    "`tokens` is {}, not FixedSizeList<FixedSizeList<Float32, \
-                                     {dim}>, {len}>",
-                                    tok.data_type()
-                                ),
-                            )
-                        })?;
-                    let v = inner
-                        .values()
-                        .as_primitive_opt::<Float32Type>()
-                        .ok_or_else(|| {
-                            Error::column(path, "tokens", "`tokens` items are not Float32")
-                        })?;
-                    t.values.extend_from_slice(v.values());
-                    let m = col("mask")?;
-                    no_nulls(path, m.as_ref(), "mask")?;
-                    let bools = m
-                        .as_fixed_size_list_opt()
-                        .filter(|l| l.value_length() as usize == len)
-                        .and_then(|l| l.values().as_boolean_opt())
-                        .map(|b| b.iter().map(|b| b.unwrap_or(false)).collect::<Vec<_>>())
-                        .ok_or_else(|| {
-                            Error::column(
-                                path,
-                                "mask",
-                                format!(
-                                    "`mask` is {}, not FixedSizeList<Boolean, {len}>",
-                                    m.data_type()
-                                ),
-                            )
-                        })?;
-                    t.mask.as_mut().expect("token table").extend(bools);
-                }
+            Some(_) => {
+                let (dim, len) = (t.meta.dim, t.meta.tokens.unwrap_or(0));
+                let tok = col("tokens")?;
+                no_nulls(path, tok.as_ref(), "tokens")?;
+                let inner = tok
+                    .as_fixed_size_list_opt()
+                    .filter(|l| l.value_length() as usize == len)
+                    .and_then(|l| l.values().as_fixed_size_list_opt().cloned())
+                    .filter(|l| l.value_length() as usize == dim)
+                    .ok_or_else(|| {
+                        Error::column(
+                            path,
+                            "tokens",
+                            format!(
+                                "`tokens` is {}, not FixedSizeList<FixedSizeList<Float32, \
+                                 {dim}>, {len}>",
+                                tok.data_type()
+                            ),
+                        )
+                    })?;
+                let v = inner
+                    .values()
+                    .as_primitive_opt::<Float32Type>()
+                    .ok_or_else(|| {
+                        Error::column(path, "tokens", "`tokens` items are not Float32")
+                    })?;
+                t.values.extend_from_slice(v.values());
+                let m = col("mask")?;
+                no_nulls(path, m.as_ref(), "mask")?;
+                let bools = m
+                    .as_fixed_size_list_opt()
+                    .filter(|l| l.value_length() as usize == len)
+                    .and_then(|l| l.values().as_boolean_opt())
+                    .map(|b| b.iter().map(|b| b.unwrap_or(false)).collect::<Vec<_>>())
+                    .ok_or_else(|| {
+                        Error::column(
+                            path,
+                            "mask",
+                            format!(
+                                "`mask` is {}, not FixedSizeList<Boolean, {len}>",
+                                m.data_type()
+                            ),
+                        )
+                    })?;
+                t.mask.as_mut().expect("token table").extend(bools);
             }
         }
+        Ok(())
+    }
+
+    /// Checks the counts of what was read against each other and the metadata.
+    fn finish(self) -> Result<Self> {
+        let t = self;
+        let path = t.path.clone();
+        let path = path.as_path();
         let want = t.keys.len().checked_mul(t.row_len());
         let mask_want = t.keys.len().checked_mul(t.meta.tokens.unwrap_or(0));
         if let (Some(m), Some(want)) = (&t.mask, mask_want) {
