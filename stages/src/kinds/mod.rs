@@ -16,6 +16,7 @@ pub mod encode_image;
 pub mod encode_text;
 pub mod ingest;
 pub mod params;
+pub mod preprocess;
 pub mod report;
 pub mod retrieve;
 pub mod segment;
@@ -233,6 +234,9 @@ pub fn registry() -> Vec<Entry> {
     vec![
         Entry::InProcess(Implementation::of::<synth::Synth>(synth::run)),
         Entry::InProcess(Implementation::of::<ingest::Ingest>(ingest::run)),
+        Entry::InProcess(Implementation::of::<preprocess::Preprocess>(
+            preprocess::run,
+        )),
         Entry::worker_merged_here::<encode_text::EncodeText>(encode_text::merge),
         Entry::worker_merged_here::<encode_image::EncodeImage>(encode_image::merge),
         Entry::worker::<train_adaptor::TrainAdaptor>(),
