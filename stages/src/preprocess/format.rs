@@ -84,7 +84,7 @@ impl ShardWriter {
             image.height,
             self.size
         );
-        if self.rows % self.rows_per_shard == 0 {
+        if self.rows.is_multiple_of(self.rows_per_shard) {
             self.close_shard()?;
             let name = shard_name(self.shards.len());
             let path = self.dir.join(&name);
