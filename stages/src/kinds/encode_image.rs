@@ -59,11 +59,7 @@ impl StageKind for EncodeImage {
 
     fn inputs() -> Vec<InputSpec> {
         vec![
-            InputSpec::one(
-                "records",
-                InputAccepts::Stage(&["ingest"]),
-                "the records table (its `path` column)",
-            ),
+            super::records_images_input(),
             super::raw_images_input().optional(),
             InputSpec::one(
                 "images",

@@ -65,6 +65,15 @@ pub trait StageKind: 'static {
 /// Input slot → what it is bound to, as a kind's plan-time [`StageKind::check_inputs`] sees it.
 pub type BoundInputs<'a> = BTreeMap<&'a str, Vec<BoundInput<'a>>>;
 
+/// The `records` input of the kinds that read its images: an ingest artifact.
+pub(crate) fn records_images_input() -> InputSpec {
+    InputSpec::one(
+        "records",
+        pipeline::InputAccepts::Stage(&["ingest"]),
+        "the records table (its `path` column)",
+    )
+}
+
 /// The `raw` input of the kinds that read images: the folder the records' paths are relative to.
 pub(crate) fn raw_images_input() -> InputSpec {
     InputSpec::one(

@@ -2,7 +2,7 @@
 //! that the `encode-image` stages of every backbone read (their input `images`) instead of the raw
 //! files, in process ([`crate::preprocess::preprocess`]).
 
-use pipeline::{InputAccepts, InputSpec, StageContext, StageError};
+use pipeline::{InputSpec, StageContext, StageError};
 
 use super::params::int_in;
 use super::StageKind;
@@ -29,14 +29,7 @@ impl StageKind for Preprocess {
     type Params = PreprocessParams;
 
     fn inputs() -> Vec<InputSpec> {
-        vec![
-            InputSpec::one(
-                "records",
-                InputAccepts::Stage(&["ingest"]),
-                "the records table (its `path` column)",
-            ),
-            super::raw_images_input(),
-        ]
+        vec![super::records_images_input(), super::raw_images_input()]
     }
 }
 
