@@ -65,10 +65,15 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(dir: &Path, size: u32) -> Self {
+        Self::with_rows_per_shard(dir, size, rows_per_shard(size))
+    }
+
+    /// [`ShardWriter::create`] with another shard length (tests: shard boundaries on small data).
+    pub fn with_rows_per_shard(dir: &Path, size: u32, rows_per_shard: usize) -> Self {
         ShardWriter {
             dir: dir.to_path_buf(),
             size,
-            rows_per_shard: rows_per_shard(size),
+            rows_per_shard: rows_per_shard.max(1),
             rows: 0,
             file: None,
             shards: Vec::new(),
@@ -254,5 +259,70 @@ impl PreprocessedImages {
             height: self.meta.size,
             data: self.read_rows(row..row + 1)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::table::{write_parquet, Col};
+
+    /// Seven 4×4 images, image `i` filled with `i`, in shards of three rows.
+    fn seven(dir: &Path) {
+        let mut w = ShardWriter::with_rows_per_shard(dir, 4, 3);
+        for i in 0..7u8 {
+            w.push(&Gray8 {
+                width: 4,
+                height: 4,
+                data: vec![i; 16],
+            })
+            .unwrap();
+        }
+        let meta = w.finish("test").unwrap();
+        assert_eq!(meta.shards.len(), 3);
+        let keys = (0..7).map(|i| format!("k{i}")).collect();
+        write_parquet(&dir.join(INDEX_FILE), vec![Col::Str("key", keys)]).unwrap();
+    }
+
+    #[test]
+    fn rows_are_read_back_across_shard_boundaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        seven(tmp.path());
+        let images = PreprocessedImages::open(tmp.path()).unwrap();
+        assert_eq!(images.keys()[6], "k6");
+        let bytes = images.read_rows(2..7).unwrap();
+        let want: Vec<u8> = (2..7u8).flat_map(|i| [i; 16]).collect();
+        assert_eq!(bytes, want);
+        assert_eq!(images.image(5).unwrap().data, vec![5; 16]);
+        assert!(images.read_rows(3..3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_shard_of_the_wrong_length_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        seven(tmp.path());
+        let shard = tmp.path().join("pixels-00001.u8");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shard)
+            .unwrap();
+        f.set_len(40).unwrap();
+        let e = PreprocessedImages::open(tmp.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: 40 bytes, expected 48 (3 images of 4x4)",
+                shard.display()
+            )
+        );
+        std::fs::remove_file(&shard).unwrap();
+        let e = PreprocessedImages::open(tmp.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with(&shard.display().to_string()), "{e}");
     }
 }
