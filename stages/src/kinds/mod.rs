@@ -331,7 +331,7 @@ impl Stage for InProcessStage {
         self.0.decl.sharding.clone()
     }
 
-    /// The in-process kinds (synth, ingest, report) compute without libtorch, and their parallel
+    /// The in-process kinds (synth, ingest, preprocess, report) compute without libtorch, and their parallel
     /// work is order-preserving maps: the same bytes at any thread count.
     fn output_depends_on_threads(&self) -> bool {
         false
