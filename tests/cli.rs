@@ -336,8 +336,8 @@ fn s3_round_trip_run_status_explain_gc() {
 /// S3. The second run does nothing and `status` says all is up to date.
 #[test]
 fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
-    // The smaller demo (tests/common), up to pre-training: data stages, both encoders and the
-    // adaptor through the torch worker, on a local store and on S3. (tests/learning.rs runs the
+    // The smaller demo (tests/common), up to pre-training: data stages (synth, ingest, preprocess),
+    // both encoders and the adaptor through the torch worker, on a local store and on S3. (tests/learning.rs runs the
     // whole smaller demo; scripts/demo.sh the real one.)
     let case = Case::new();
     case.write("demo.toml", &common::small_demo());
@@ -347,9 +347,9 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
         [&["run", demo, "--store", store][..], only].concat()
     }
     let first = case.ok(&run(demo_s, "store", &only));
-    assert!(first.contains("5 ran, 0 up to date, 0 failed"), "{first}");
+    assert!(first.contains("6 ran, 0 up to date, 0 failed"), "{first}");
     let second = case.ok(&run(demo_s, "store", &only));
-    assert!(second.contains("0 ran, 5 up to date, 0 failed"), "{second}");
+    assert!(second.contains("0 ran, 6 up to date, 0 failed"), "{second}");
     let status = case.ok(&["status", demo_s, "--store", "store"]);
     assert!(
         status.contains("missing") && !status.contains("stale"),
@@ -364,9 +364,9 @@ fn demo_manifest_twice_is_a_no_op_locally_and_on_s3() {
         text
     };
     let first = go(&run(demo_s, "s3://demo/adaptor", &only));
-    assert!(first.contains("5 ran, 0 up to date, 0 failed"), "{first}");
+    assert!(first.contains("6 ran, 0 up to date, 0 failed"), "{first}");
     let second = go(&run(demo_s, "s3://demo/adaptor", &only));
-    assert!(second.contains("0 ran, 5 up to date, 0 failed"), "{second}");
+    assert!(second.contains("0 ran, 6 up to date, 0 failed"), "{second}");
     // Same keys on both stores, and the same instances complete.
     let local = case.ok(&["status", demo_s, "--store", "store", "--json"]);
     let remote = go(&["status", demo_s, "--store", "s3://demo/adaptor", "--json"]);

@@ -70,6 +70,9 @@ fn the_reproduction_manifest_plans_the_whole_grid() {
     // with random training crops, RSNA and COVIDx at 224 without a crop). Classification is one
     // stage per task and hyper-parameter setting (rsna-1, rsna, covidx, covidx-100).
     assert_eq!(count(&out, "ingest["), 4);
+    // Decode once: MIMIC-CXR at 256, RSNA and COVIDx at 224, for the three vision backbones.
+    assert_eq!(count(&out, "preprocess-mimic"), 1);
+    assert_eq!(count(&out, "preprocess["), 2);
     assert_eq!(count(&out, "text"), 5);
     assert_eq!(count(&out, "image-mimic["), 3 * (8 + 1));
     assert_eq!(count(&out, "image["), 6 * (8 + 1));

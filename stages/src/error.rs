@@ -90,6 +90,24 @@ pub enum Error {
     )]
     UnknownDataset { kind: String },
 
+    /// An image of a records table that cannot be loaded: the table, the row and its key, then
+    /// the decoder's error (which names the image file).
+    #[error("{}, row {row} (key `{key}`): {source}", records.display())]
+    RecordImage {
+        records: PathBuf,
+        row: usize,
+        key: String,
+        source: Box<Error>,
+    },
+
+    /// A `preprocess` artifact whose files disagree with its description (`images.json`).
+    #[error("{}: {message}", path.display())]
+    Preprocessed { path: PathBuf, message: String },
+
+    /// Stopped by the runner (Ctrl-C, a time limit).
+    #[error("cancelled")]
+    Cancelled,
+
     #[error("cannot start {threads} worker threads: {message}")]
     ThreadPool { threads: usize, message: String },
 }

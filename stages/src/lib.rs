@@ -10,6 +10,7 @@ pub mod images;
 pub mod ingest;
 pub mod kinds;
 pub mod masks;
+pub mod preprocess;
 pub mod pretrain;
 pub mod prompts;
 pub mod split;

@@ -10,6 +10,7 @@ mod raster;
 mod resize;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -120,6 +121,15 @@ pub fn decode(path: &Path) -> Result<GrayImage> {
     }
 }
 
+/// Image files [`load_mgca`] has decoded in this process (a count, for the log lines that show
+/// that encoding from a `preprocess` artifact decodes nothing).
+static DECODED: AtomicU64 = AtomicU64::new(0);
+
+/// How many image files [`load_mgca`] has decoded in this process so far.
+pub fn decoded_count() -> u64 {
+    DECODED.load(Ordering::Relaxed)
+}
+
 /// The original's loader for one file (`get_imgs` / `read_from_dicom` + `resize_img`): 8-bit gray,
 /// longer side resized to `imsize`, zero-padded to `imsize × imsize`.
 pub fn load_mgca(path: &Path, imsize: u32) -> Result<Gray8> {
@@ -127,6 +137,7 @@ pub fn load_mgca(path: &Path, imsize: u32) -> Result<Gray8> {
         Some(ImageFormat::Dicom) => DicomPixels::open(path)?.to_gray8_mgca(),
         _ => decode_raster(path)?.to_gray8(),
     };
+    DECODED.fetch_add(1, Ordering::Relaxed);
     Ok(resize_img(&gray, imsize))
 }
 

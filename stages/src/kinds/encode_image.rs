@@ -1,10 +1,12 @@
 //! `encode-image`: a records table's images through a frozen DINOv2 or ResNet-AE backbone into an
 //! embedding table (`adaptor_torch::encode::encode_image` in the worker).
 
+use pipeline::stage::ParamError;
 use pipeline::{InputAccepts, InputSpec};
 
 use super::params::int_in;
-use super::StageKind;
+use super::preprocess::PREPROCESS;
+use super::{BoundInputs, StageKind};
 use crate::encode::{EncodeRun, ENCODE_IMAGE, SHARDING};
 
 crate::choice! {
@@ -57,18 +59,58 @@ impl StageKind for EncodeImage {
 
     fn inputs() -> Vec<InputSpec> {
         vec![
+            super::records_images_input(),
+            super::raw_images_input().optional(),
             InputSpec::one(
-                "records",
-                InputAccepts::Stage(&["ingest"]),
-                "the records table (its `path` column)",
-            ),
-            super::raw_images_input(),
+                "images",
+                InputAccepts::Stage(&[PREPROCESS]),
+                "instead of `raw`: the same records' images decoded once by a `preprocess` stage \
+                 (bit-identical embeddings when its size equals `resize`)",
+            )
+            .optional(),
             InputSpec::one(
                 "backbone",
                 InputAccepts::Backbone,
                 "a DINOv2 (kind dinov2) or ResNet-AE (kind resnet-ae) folder",
             ),
         ]
+    }
+
+    /// Exactly one of `raw` (decode the files) and `images` (read a `preprocess` artifact), and
+    /// never a preprocess artifact smaller than `resize` (that would upscale decoded pixels).
+    fn check_inputs(p: &EncodeImageParams, inputs: &BoundInputs) -> Result<(), ParamError> {
+        let images = inputs.get("images").into_iter().flatten().next();
+        match (inputs.contains_key("raw"), images) {
+            (true, Some(_)) => Err(ParamError::at(
+                "images",
+                "bind either `raw` (decode the files) or `images` (a preprocess artifact), not both",
+            )),
+            (false, None) => Err(ParamError::at(
+                "raw",
+                "missing input: bind `raw` (the raw dataset folder) or `images` (a preprocess \
+                 stage over the same records)",
+            )),
+            (_, Some(a)) => {
+                let size = a
+                    .params
+                    .get("size")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(256);
+                if size < p.resize {
+                    return Err(ParamError::at(
+                        "images",
+                        format!(
+                            "`{}` stores {size} px images, smaller than this stage's resize = {}: \
+                             give the preprocess stage size = {} (the largest resize of the \
+                             stages that read it)",
+                            a.name, p.resize, p.resize
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            (true, None) => Ok(()),
+        }
     }
 }
 

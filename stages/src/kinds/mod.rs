@@ -16,6 +16,7 @@ pub mod encode_image;
 pub mod encode_text;
 pub mod ingest;
 pub mod params;
+pub mod preprocess;
 pub mod report;
 pub mod retrieve;
 pub mod segment;
@@ -63,6 +64,15 @@ pub trait StageKind: 'static {
 
 /// Input slot → what it is bound to, as a kind's plan-time [`StageKind::check_inputs`] sees it.
 pub type BoundInputs<'a> = BTreeMap<&'a str, Vec<BoundInput<'a>>>;
+
+/// The `records` input of the kinds that read its images: an ingest artifact.
+pub(crate) fn records_images_input() -> InputSpec {
+    InputSpec::one(
+        "records",
+        pipeline::InputAccepts::Stage(&["ingest"]),
+        "the records table (its `path` column)",
+    )
+}
 
 /// The `raw` input of the kinds that read images: the folder the records' paths are relative to.
 pub(crate) fn raw_images_input() -> InputSpec {
@@ -233,6 +243,9 @@ pub fn registry() -> Vec<Entry> {
     vec![
         Entry::InProcess(Implementation::of::<synth::Synth>(synth::run)),
         Entry::InProcess(Implementation::of::<ingest::Ingest>(ingest::run)),
+        Entry::InProcess(Implementation::of::<preprocess::Preprocess>(
+            preprocess::run,
+        )),
         Entry::worker_merged_here::<encode_text::EncodeText>(encode_text::merge),
         Entry::worker_merged_here::<encode_image::EncodeImage>(encode_image::merge),
         Entry::worker::<train_adaptor::TrainAdaptor>(),
@@ -318,7 +331,7 @@ impl Stage for InProcessStage {
         self.0.decl.sharding.clone()
     }
 
-    /// The in-process kinds (synth, ingest, report) compute without libtorch, and their parallel
+    /// The in-process kinds (synth, ingest, preprocess, report) compute without libtorch, and their parallel
     /// work is order-preserving maps: the same bytes at any thread count.
     fn output_depends_on_threads(&self) -> bool {
         false

@@ -13,8 +13,8 @@ use stages::kinds::encode_text::EncodeTextParams;
 
 use crate::bert::{TextEncoder, TextPooling};
 use crate::encoder::{
-    device_name, encode_images, encode_texts, torch_device, torch_precision, Items, LoopOptions,
-    VisionModel,
+    device_name, encode_image_rows, encode_texts, torch_device, torch_precision, ImageRows,
+    ImageSource, Items, LoopOptions, VisionModel,
 };
 use crate::error::Error;
 use crate::preprocess::{Normalize, Preprocess, TrainCrop};
@@ -208,7 +208,6 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
 pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), StageError> {
     let (dir, name, kind) = backbone(ctx, encode::IMAGE_BACKBONES, encode::ENCODE_IMAGE)?;
     let c = common(&p.run)?;
-    let raw = ctx.input("raw")?.path.clone();
     let resize = p.resize as u32;
     let crop = p.image_size as u32;
     let normalize = match p.normalize {
@@ -254,6 +253,43 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
     if let (TrainCrop::Random { seed }, Preprocess::Dinov2 { .. }) = (train_crop, pre) {
         preprocessing["train_crop"] = serde_json::json!({ "random": true, "seed": seed });
     }
+    let opts = c.loop_options(ctx, "images");
+    let decoded_before = stages::images::decoded_count();
+    let preprocessed = match ctx.inputs("images") {
+        [] => None,
+        _ => Some(open_preprocessed(ctx, &rows)?),
+    };
+    let files: Vec<PathBuf>;
+    let source = match &preprocessed {
+        Some(images) => {
+            if images.size() < resize {
+                return Err(Error::parameter(
+                    "resize",
+                    resize,
+                    format!(
+                        "is larger than the {} px images of input `images`: preprocess at size \
+                         {resize} or more",
+                        images.size()
+                    ),
+                )
+                .into());
+            }
+            if images.size() != resize {
+                // Not the decode this stage would do: say so in the table (docs/stages.md).
+                preprocessing["from_preprocessed"] = serde_json::json!(images.size());
+            }
+            ImageSource::Preprocessed {
+                images,
+                first: rows.range.start,
+            }
+        }
+        None => {
+            let raw = &ctx.input("raw")?.path;
+            files = rows.values().iter().map(|p| raw.join(p)).collect();
+            ImageSource::Files(&files)
+        }
+    };
+    ctx.log(format!("encode-image: {}", source.describe()));
     let meta = TableMeta {
         backbone: name,
         backbone_kind: kind,
@@ -261,12 +297,47 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         preprocessing: preprocessing.to_string(),
         ..c.meta(&rows, model.dim(), n_tokens)
     };
-    let files: Vec<PathBuf> = rows.values().iter().map(|p| raw.join(p)).collect();
-    let opts = c.loop_options(ctx, "images");
     write_table(ctx, tokens, |path| {
-        let items = rows.items(&files);
-        encode_images(
+        let items = ImageRows {
+            keys: &rows.keys[rows.range.clone()],
+            splits: Some(&rows.splits[rows.range.clone()]),
+            source,
+        };
+        encode_image_rows(
             &model, pooling, &pre, train_crop, items, path, &meta, &opts, ctx,
         )
-    })
+    })?;
+    ctx.log(format!(
+        "encode-image: decoded {} image files",
+        stages::images::decoded_count() - decoded_before
+    ));
+    Ok(())
+}
+
+/// The `images` input (a `preprocess` artifact), checked to hold this stage's records: the same
+/// keys in the same order.
+fn open_preprocessed(
+    ctx: &StageContext,
+    rows: &Rows,
+) -> Result<stages::preprocess::PreprocessedImages, StageError> {
+    let input = ctx.input("images")?;
+    let images = stages::preprocess::PreprocessedImages::open(&input.path)?;
+    if images.keys() != rows.keys.as_slice() {
+        let at = images
+            .keys()
+            .iter()
+            .zip(&rows.keys)
+            .position(|(a, b)| a != b)
+            .unwrap_or(images.keys().len().min(rows.keys.len()));
+        return Err(format!(
+            "{}: input `images` ({}) holds other records than input `records`: {} rows against \
+             {}, first difference at row {at}; bind a preprocess stage over the same records",
+            ctx.instance(),
+            input.path.join(stages::preprocess::INDEX_FILE).display(),
+            images.keys().len(),
+            rows.keys.len()
+        )
+        .into());
+    }
+    Ok(images)
 }

@@ -1,48 +1,25 @@
 //! The encode loops: items (texts, or image files) through a backbone into an embedding table.
 //!
 //! Batches are prepared (tokenised, or decoded and preprocessed in parallel); on a GPU this runs
-//! on a producer thread while the forward pass of the previous batch runs, through a channel two
-//! batches deep (on the CPU the two would compete for the same cores, see [`LoopOptions`]). Rows
-//! are written in input order, so the table's keys are the input's keys (reference G.3); on the
-//! CPU the same inputs and settings give bit-identical tables.
+//! ahead of the forward pass through a bounded prefetch queue into pinned memory (see
+//! [`crate::prefetch`]). Rows are written in input order, so the table's keys are the input's keys
+//! (reference G.3); on the CPU the same inputs and settings give bit-identical tables.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::bert::{TextEncoder, TextPooling};
 use crate::dinov2::Dinov2Model;
 use crate::error::{Error, Result};
+pub use crate::image_source::ImageSource;
 use crate::preprocess::{Preprocess, TrainCrop};
 use crate::resnet_ae::ResNetAeEncoder;
 use artifacts::table::{EmbeddingWriter, TableMeta};
 
-/// Where the encode loops report: a stage context, or the terminal of `adaptor embed`.
-pub trait Reporter: Sync {
-    fn log(&self, line: &str);
-    fn progress(&self, done: u64, total: u64, unit: &str);
-    fn cancelled(&self) -> bool {
-        false
-    }
-}
-
-impl Reporter for pipeline::StageContext {
-    fn log(&self, line: &str) {
-        pipeline::StageContext::log(self, line)
-    }
-
-    fn progress(&self, done: u64, total: u64, unit: &str) {
-        pipeline::StageContext::progress(self, done, total, unit)
-    }
-
-    fn cancelled(&self) -> bool {
-        self.is_cancelled()
-    }
-}
+use crate::prefetch::pipelined;
+pub use crate::prefetch::{LoopOptions, Reporter, DEFAULT_PREFETCH};
 
 /// The libtorch device for a kind's `device` parameter (the one parser of device names is
 /// [`stages::kinds::Device::parse`]).
@@ -88,109 +65,6 @@ pub fn device_name(d: Device) -> String {
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}").to_lowercase(),
     }
-}
-
-/// Loop settings shared by both modalities.
-#[derive(Debug, Clone)]
-pub struct LoopOptions {
-    pub batch_size: usize,
-    /// Threads for decoding/tokenising and for libtorch's intra-op parallelism on the CPU.
-    pub threads: usize,
-    /// Noun for progress (`texts`, `images`).
-    pub unit: &'static str,
-    /// Prepare the next batch on another thread while the forward pass runs. Right when the
-    /// forward pass runs on a GPU; on the CPU both would compete for the same cores (and
-    /// libtorch's OpenMP threads degrade badly when oversubscribed), so there each batch is
-    /// prepared on all threads, then encoded on all threads.
-    pub overlap: bool,
-}
-
-impl LoopOptions {
-    /// Overlap exactly when the backbone is not on the CPU.
-    pub fn new(batch_size: usize, threads: usize, unit: &'static str, device: Device) -> Self {
-        LoopOptions {
-            batch_size,
-            threads,
-            unit,
-            overlap: device != Device::Cpu,
-        }
-    }
-}
-
-/// Runs `prepare` for each chunk of `chunk` rows on a producer thread, one chunk ahead of
-/// `consume`.
-fn pipelined<P: Send>(
-    rows: usize,
-    chunk: usize,
-    opts: &LoopOptions,
-    rep: &dyn Reporter,
-    prepare: impl Fn(Range<usize>) -> Result<P> + Sync,
-    mut consume: impl FnMut(Range<usize>, P) -> Result<()>,
-) -> Result<()> {
-    let bs = chunk.max(1);
-    let ranges: Vec<Range<usize>> = (0..rows)
-        .step_by(bs)
-        .map(|s| s..(s + bs).min(rows))
-        .collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-        .map_err(|e| Error::Runtime {
-            what: format!("cannot start {} threads", opts.threads),
-            message: e.to_string(),
-        })?;
-    let started = Instant::now();
-    let mut last_log = Instant::now();
-    rep.progress(0, rows as u64, opts.unit);
-    let mut after = |end: usize| {
-        rep.progress(end as u64, rows as u64, opts.unit);
-        if last_log.elapsed().as_secs_f64() >= 10.0 || end == rows {
-            let secs = started.elapsed().as_secs_f64();
-            rep.log(&format!(
-                "encoded {end}/{rows} {} in {secs:.1} s ({:.1} {}/s)",
-                opts.unit,
-                end as f64 / secs.max(1e-9),
-                opts.unit
-            ));
-            last_log = Instant::now();
-        }
-    };
-    if !opts.overlap {
-        for r in ranges {
-            if rep.cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let end = r.end;
-            let p = pool.install(|| prepare(r.clone()))?;
-            consume(r, p)?;
-            after(end);
-        }
-        return Ok(());
-    }
-    std::thread::scope(|s| {
-        let (tx, rx) = sync_channel::<(Range<usize>, Result<P>)>(2);
-        let prepare = &prepare;
-        let pool = &pool;
-        let ranges_for_producer = ranges.clone();
-        s.spawn(move || {
-            for r in ranges_for_producer {
-                let p = pool.install(|| prepare(r.clone()));
-                let failed = p.is_err();
-                if tx.send((r, p)).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        for (r, p) in rx {
-            if rep.cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let end = r.end;
-            consume(r, p?)?;
-            after(end);
-        }
-        Ok(())
-    })
 }
 
 fn to_f32_vec(t: &Tensor) -> Vec<f32> {
@@ -472,6 +346,36 @@ pub fn encode_images(
     opts: &LoopOptions,
     rep: &dyn Reporter,
 ) -> Result<usize> {
+    let rows = ImageRows {
+        keys: items.keys,
+        splits: items.splits,
+        source: ImageSource::Files(items.values),
+    };
+    encode_image_rows(model, pooling, pre, train_crop, rows, out, meta, opts, rep)
+}
+
+/// The rows an image encode loop writes: keys, optional splits, and where their pixels are.
+pub struct ImageRows<'a> {
+    pub keys: &'a [String],
+    pub splits: Option<&'a [String]>,
+    pub source: ImageSource<'a>,
+}
+
+/// Encodes images from files or a preprocess artifact into `out`. Batches are prepared on all
+/// threads ahead of the forward pass (a bounded queue into pinned memory on a GPU, see
+/// [`crate::prefetch`]); rows are written in order.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_image_rows(
+    model: &VisionModel,
+    pooling: ImagePooling,
+    pre: &Preprocess,
+    train_crop: TrainCrop,
+    items: ImageRows<'_>,
+    out: &Path,
+    meta: &TableMeta,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+) -> Result<usize> {
     model.check_preprocess(pre)?;
     // DINOv2 only: ResNet-AE's transform has no random crop in the original either.
     let (resize, crop) = match *pre {
@@ -486,6 +390,7 @@ pub fn encode_images(
     let (c, s) = (pre.channels() as i64, pre.crop() as i64);
     let n_tokens = meta.tokens;
     let mut forward = 0.0;
+    let (device, pin) = (opts.device, opts.pin());
     pipelined(
         items.keys.len(),
         write_window(
@@ -496,21 +401,18 @@ pub fn encode_images(
         opts,
         rep,
         |r| {
-            let per = pre.len();
-            let mut buf = vec![0f32; r.len() * per];
-            buf.par_chunks_mut(per)
-                .zip(r.clone().into_par_iter())
-                .try_for_each(|(dst, i)| -> Result<()> {
-                    dst.copy_from_slice(&pre.load_at(&items.values[i], offset(i))?);
-                    Ok(())
-                })?;
-            Ok(buf)
-        },
-        |r, buf| {
-            let t0 = Instant::now();
             let b = r.len() as i64;
+            let buf = items.source.load(pre, r, &offset)?;
             let x = Tensor::from_slice(&buf).view([b, c, s, s]);
-            let emb = to_f32_vec(&model.forward(&x, pooling)?);
+            // Page-locked on the producer thread, so that the copy below can be asynchronous.
+            Ok(if pin { x.pin_memory(device) } else { x })
+        },
+        |r, x| {
+            let t0 = Instant::now();
+            // Non-blocking from pinned memory: the copy overlaps the host's work until the output
+            // is read back (`to_f32_vec` waits for the device), while `x` is still alive.
+            let on_device = x.to_device_(device, Kind::Float, pin, false);
+            let emb = to_f32_vec(&model.forward(&on_device, pooling)?);
             forward += t0.elapsed().as_secs_f64();
             let splits = items.splits.map(|sp| &sp[r.clone()]);
             let mask = n_tokens.map(|l| vec![true; r.len() * l]);
@@ -519,70 +421,4 @@ pub fn encode_images(
     )?;
     log_forward(rep, forward, items.keys.len(), opts.unit);
     Ok(w.finish()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Log(Mutex<Vec<(u64, u64)>>);
-
-    impl Reporter for Log {
-        fn log(&self, _: &str) {}
-        fn progress(&self, done: u64, total: u64, _: &str) {
-            self.0.lock().unwrap().push((done, total));
-        }
-    }
-
-    /// The loop's result, the chunks consumed and the progress reported.
-    type Outcome = (Result<()>, Vec<Range<usize>>, Vec<(u64, u64)>);
-
-    fn run(overlap: bool, fail_at: Option<usize>) -> Outcome {
-        let opts = LoopOptions {
-            batch_size: 3,
-            threads: 2,
-            unit: "items",
-            overlap,
-        };
-        let rep = Log::default();
-        let mut seen = Vec::new();
-        let r = pipelined(
-            10,
-            3,
-            &opts,
-            &rep,
-            |r| match fail_at {
-                Some(f) if r.contains(&f) => Err(Error::parameter("row", f, "is bad")),
-                _ => Ok(r.clone()),
-            },
-            |r, p| {
-                assert_eq!(r, p);
-                seen.push(r);
-                Ok(())
-            },
-        );
-        let progress = rep.0.into_inner().unwrap();
-        (r, seen, progress)
-    }
-
-    #[test]
-    fn both_loops_consume_every_chunk_in_order() {
-        for overlap in [false, true] {
-            let (r, seen, progress) = run(overlap, None);
-            r.unwrap();
-            assert_eq!(seen, [0..3, 3..6, 6..9, 9..10]);
-            assert_eq!(progress, [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]);
-        }
-    }
-
-    #[test]
-    fn both_loops_stop_at_the_first_failed_chunk() {
-        for overlap in [false, true] {
-            let (r, seen, _) = run(overlap, Some(7));
-            assert_eq!(r.unwrap_err().to_string(), "row 7 is bad");
-            assert_eq!(seen, [0..3, 3..6], "overlap {overlap}");
-        }
-    }
 }

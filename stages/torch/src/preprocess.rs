@@ -82,6 +82,15 @@ impl Preprocess {
         }
     }
 
+    /// (`resize`, `crop`).
+    pub fn sizes(&self) -> (u32, u32) {
+        match *self {
+            Preprocess::Dinov2 { resize, crop, .. } | Preprocess::ResNetAe { resize, crop } => {
+                (resize, crop)
+            }
+        }
+    }
+
     /// Values per image (`channels · crop²`).
     pub fn len(&self) -> usize {
         self.channels() * (self.crop() as usize).pow(2)
@@ -116,11 +125,7 @@ impl Preprocess {
 
     /// [`Preprocess::load`], DINOv2's crop at `offset` (top, left) instead of the center.
     pub fn load_at(&self, path: &Path, offset: Option<(u32, u32)>) -> Result<Vec<f32>> {
-        let (resize, crop) = match *self {
-            Preprocess::Dinov2 { resize, crop, .. } | Preprocess::ResNetAe { resize, crop } => {
-                (resize, crop)
-            }
-        };
+        let (resize, crop) = self.sizes();
         if !path.is_file() {
             return Err(Error::Image(stages::Error::Decode {
                 path: path.to_path_buf(),

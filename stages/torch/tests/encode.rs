@@ -631,6 +631,46 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
     }
     assert_eq!(bytes[0], bytes[1]);
 
+    // Decode once: the same rows read from a `preprocess` artifact at resize (64 px), through the
+    // overlapped loop (a prefetch queue one batch deep): the same bytes again.
+    let pre_dir = tmp.path().join("preprocess");
+    std::fs::create_dir_all(&pre_dir).unwrap();
+    let opts = stages::preprocess::PreprocessOptions {
+        size: 64,
+        threads: 2,
+    };
+    stages::preprocess::preprocess(&records_path(), &dataset().raw, &pre_dir, &opts, &NoReport)
+        .unwrap();
+    let images = stages::preprocess::PreprocessedImages::open(&pre_dir).unwrap();
+    let out = tmp.path().join("preprocessed.parquet");
+    let mut opts = LoopOptions::new(4, 2, "images", tch::Device::Cpu);
+    (opts.overlap, opts.prefetch) = (true, 1);
+    let rows = adaptor_torch::encoder::ImageRows {
+        keys: &keys,
+        splits: None,
+        source: adaptor_torch::encoder::ImageSource::Preprocessed {
+            images: &images,
+            first: 0,
+        },
+    };
+    let pooling = model.resolve_pooling("auto").unwrap();
+    adaptor_torch::encoder::encode_image_rows(
+        &model,
+        pooling,
+        &pre,
+        adaptor_torch::preprocess::TrainCrop::Center,
+        rows,
+        &out,
+        &meta,
+        &opts,
+        &NoReport,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == bytes[0],
+        "the tables differ"
+    );
+
     // Random training crops (the original's MIMIC-CXR pre-training embeddings): only the `train`
     // rows move off the center window, each the same way in every run.
     let splits = read_string_columns(&records_path(), &["split"])
@@ -674,6 +714,14 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
 }
 
 struct NoReport;
+
+impl stages::preprocess::Progress for NoReport {
+    fn log(&self, _: &str) {}
+    fn progress(&self, _: u64, _: u64) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
 
 impl adaptor_torch::encoder::Reporter for NoReport {
     fn log(&self, _: &str) {}
