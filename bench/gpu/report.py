@@ -11,7 +11,7 @@ import torch
 
 
 def machine():
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "a CPU only"
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -27,8 +27,8 @@ def med(rows, case, side, key):
     return st.median(vals) if vals else None
 
 
-def fmt(v, digits=1):
-    return "—" if v is None else f"{v:,.{digits}f}"
+def fmt(v):
+    return "—" if v is None else f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
 
 
 def ratio(a, b):
@@ -86,7 +86,7 @@ def main():
                        f"{r['ours_bf16_min_cosine']:.5f} | {r['hf_bf16_min_cosine']:.5f} (HF) | |")
     demo = next((r for r in rows if r["case"] == "demo manifest end to end"), None)
     if demo:
-        state = "finished" if demo["exit"] == 0 else f"exit {demo['exit']} (124: stopped at the {demo['limit_s']} s limit)"
+        state = {0: "finished", 124: f"stopped at the {demo['limit_s']} s limit"}.get(demo["exit"], f"failed, exit {demo['exit']}")
         out.append(f"| demo manifest (random BERT-base, DINOv2-S), end to end | s | {demo['wall_s']} ({state}, "
                    f"{demo['artifacts']} artifacts) | | |")
     if a.failed.strip():

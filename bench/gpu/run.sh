@@ -19,8 +19,9 @@
 #
 # Without CUDA (and without --cpu-smoke) it stops at once with status 3 and one line saying so.
 # Environment: OUT (default ./.gpu-out), WORK (default /tmp/adaptor-gpu-bench), PYTHON (default
-# python3: the one with torch), BUDGET_S (seconds the whole run may take, default 450: the demo
-# gets what is left and is stopped at the limit).
+# python3: the one with torch), STEPS (default "inputs decode vision texts parity training demo";
+# parity reads the bf16 tables of vision and texts), BUDGET_S (seconds the whole run may take, default 450, 1800 for
+# --cpu-smoke: the demo gets what is left and is stopped at the limit).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 mode=gpu
@@ -36,7 +37,7 @@ done
 PY="${PYTHON:-python3}"
 OUT="${OUT:-$PWD/.gpu-out}"
 WORK="${WORK:-/tmp/adaptor-gpu-bench}"
-BUDGET_S="${BUDGET_S:-450}"
+BUDGET_S="${BUDGET_S:-$([ "$mode" = gpu ] && echo 450 || echo 1800)}"
 # die MESSAGE [STATUS]: one line on stderr, then exit (status 2 unless given).
 die() { echo "bench/gpu/run.sh: $1" >&2; exit "${2:-2}"; }
 
@@ -44,7 +45,7 @@ die() { echo "bench/gpu/run.sh: $1" >&2; exit "${2:-2}"; }
 torch_cuda="$("$PY" -c 'import torch; print(torch.__version__, torch.cuda.is_available())' 2>/dev/null)" \
   || die "no PyTorch in \`$PY\` (set PYTHON to the python that has torch 2.11)"
 if [ "$mode" = gpu ] && [ "${torch_cuda#* }" != True ]; then
-  die "no CUDA device: torch ${torch_cuda% *} sees no GPU on $(hostname); this benchmark needs one (--cpu-smoke checks the script on a CPU)" 3
+  die "no CUDA device: torch ${torch_cuda% *} sees no GPU on $(uname -n); this benchmark needs one (--cpu-smoke checks the script on a CPU)" 3
 fi
 "$PY" -c 'import transformers, cv2, pyarrow' 2>/dev/null \
   || die "\`$PY\` lacks transformers, opencv (cv2) or pyarrow: carry their wheels (bench/gpu/README.md, \"Missing packages\")"
@@ -53,7 +54,8 @@ fi
 mkdir -p "$OUT" "$WORK"
 log="$OUT/log.txt" raw="$OUT/raw.jsonl"
 : > "$log"; : > "$raw"
-say() { echo "[$(printf '%4d' "$SECONDS") s] $*" | tee -a "$log" >&2; }
+exec 3>&2  # the terminal; inside a step, stderr goes to the log
+say() { echo "[$(printf '%4d' "$SECONDS") s] $*" | tee -a "$log" >&3; }
 say "mode $mode, bundle $bundle, work $WORK"
 rm -rf "$WORK/b"
 "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' "$bundle" "$WORK/b" \
@@ -84,12 +86,15 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error HF_HUB_D
 # record CASE SIDE JSON: one line of raw.jsonl.
 record() {
   "$PY" -c 'import json, sys; d = json.loads(sys.argv[3]); d.update(case=sys.argv[1], side=sys.argv[2]); print(json.dumps(d))' \
-    "$1" "$2" "$3" >>"$raw" && tail -n 1 "$raw" | tee -a "$log" >&2
+    "$1" "$2" "$3" >>"$raw" && tail -n 1 "$raw" | tee -a "$log" >&3
 }
 failed=()
-# step NAME CMD...: runs CMD, its stderr into the log; a failure is recorded and the run goes on.
+STEPS="${STEPS:-inputs decode vision texts parity training demo}"
+# step NAME CMD...: runs CMD (if NAME is in $STEPS), its stderr into the log; a failure is
+# recorded and the run goes on.
 step() {
   local name="$1"; shift
+  [[ " $STEPS " == *" $name "* ]] || return 0
   local t0=$SECONDS
   if "$@" 2>>"$log"; then say "$name: done in $((SECONDS - t0)) s"; else say "$name: FAILED (see $log)"; failed+=("$name"); fi
 }
