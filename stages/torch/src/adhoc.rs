@@ -27,6 +27,8 @@ pub struct EmbedText {
     pub device: tch::Device,
     pub precision: tch::Kind,
     pub threads: usize,
+    /// Untimed forward passes before the loop (`warm_up`).
+    pub warmup: usize,
 }
 
 fn folder_name(p: &Path) -> String {
@@ -70,6 +72,17 @@ pub fn embed_text(a: &EmbedText, rep: &dyn Reporter) -> Result<usize> {
         row_end: keys.len(),
         rows_total: keys.len(),
     };
+    let dummy: Vec<&str> = texts
+        .iter()
+        .map(String::as_str)
+        .take(a.batch_size.max(1))
+        .collect();
+    let n = if dummy.is_empty() { 0 } else { a.warmup };
+    warm_up(n, rep, || {
+        Ok(enc
+            .embed_tokens(&enc.tokenizer.encode(&dummy)?, a.pooling)?
+            .0)
+    })?;
     let opts = LoopOptions::new(a.batch_size, a.threads, "texts", a.device);
     let items = Items {
         keys: &keys,
@@ -95,6 +108,26 @@ pub struct EmbedImage {
     pub device: tch::Device,
     pub precision: tch::Kind,
     pub threads: usize,
+    /// Untimed forward passes before the loop (`warm_up`).
+    pub warmup: usize,
+}
+
+/// Runs `forward` `n` times before the encode loop starts its clock, so that the rates it logs
+/// leave out what only the first batches pay (CUDA context, cuBLAS handles, kernel selection).
+/// The outputs are copied to the CPU, which waits for a GPU to finish.
+fn warm_up(n: usize, rep: &dyn Reporter, forward: impl Fn() -> Result<Tensor>) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        let _ = forward()?.to_device(tch::Device::Cpu);
+    }
+    rep.log(&format!(
+        "warm-up: {n} untimed forward passes in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// The backbone kind of a vision folder: `config.json`'s `model_type` (`dinov2`, or `resnet-ae`
@@ -180,6 +213,15 @@ pub fn embed_image(a: &EmbedImage, rep: &dyn Reporter) -> Result<usize> {
         row_end: keys.len(),
         rows_total: keys.len(),
     };
+    warm_up(a.warmup, rep, || {
+        let s = a.image_size as i64;
+        let b = a.batch_size.max(1) as i64;
+        let x = Tensor::zeros(
+            [b, model.channels(), s, s],
+            (tch::Kind::Float, tch::Device::Cpu),
+        );
+        model.forward(&x, pooling)
+    })?;
     let opts = LoopOptions::new(a.batch_size, a.threads, "images", a.device);
     let items = Items {
         keys: &keys,

@@ -64,6 +64,10 @@ struct RunArgs {
     /// CPU threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
+    /// Untimed forward passes on one batch before the loop, so that the logged rates leave out
+    /// CUDA's start-up (bench/gpu/run.sh). Hidden: a benchmark's option, not `adaptor embed`'s.
+    #[arg(long, default_value_t = 0, hide = true)]
+    warmup: usize,
 }
 
 impl RunArgs {
@@ -204,6 +208,7 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
                 device,
                 precision,
                 threads,
+                warmup: run.warmup,
             };
             (
                 adhoc::embed_text(&a, &rep).map_err(|e| e.to_string())?,
@@ -235,6 +240,7 @@ fn embed(what: EmbedCmd) -> Result<(), String> {
                 device,
                 precision,
                 threads,
+                warmup: run.warmup,
             };
             (
                 adhoc::embed_image(&a, &rep).map_err(|e| e.to_string())?,

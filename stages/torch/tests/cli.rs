@@ -211,3 +211,61 @@ fn embed_names_an_image_over_the_decode_limits() {
         "{err}"
     );
 }
+
+/// `--warmup N` (hidden, for bench/gpu/run.sh) runs N untimed forward passes before the loop,
+/// says so on stderr and changes no output: each table equals the one written without it.
+#[test]
+fn embed_warmup_is_logged_and_changes_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = tmp.path().join("texts.txt");
+    std::fs::write(&texts, "no acute process\nsmall left pleural effusion\n").unwrap();
+    let image = tmp.path().join("a.png");
+    std::fs::copy(fixtures().join("preprocess-input.png"), &image).unwrap();
+    let (minilm, dinov2) = (minilm(), fixtures().join("dinov2"));
+    let cases: [(&str, Vec<&str>); 2] = [
+        (
+            "text",
+            vec![
+                "--backbone",
+                s(&minilm),
+                "--pooling",
+                "mean",
+                "--input",
+                s(&texts),
+            ],
+        ),
+        (
+            "image",
+            vec![
+                "--backbone",
+                s(&dinov2),
+                "--resize",
+                "64",
+                "--image-size",
+                "56",
+                "--input",
+                s(&image),
+            ],
+        ),
+    ];
+    for (what, args) in cases {
+        let mut rows = Vec::new();
+        for warmup in ["0", "2"] {
+            let output = tmp.path().join(format!("{what}-{warmup}.parquet"));
+            let mut all = vec!["embed", what];
+            all.extend(&args);
+            all.extend(["--output", s(&output), "--threads", "2", "--warmup", warmup]);
+            let out = run(&all);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{what}: {err}");
+            assert_eq!(
+                err.contains("warm-up: 2 untimed forward passes in "),
+                warmup == "2",
+                "{what} --warmup {warmup}: {err}"
+            );
+            let t = EmbeddingTable::read(&output).unwrap();
+            rows.push((0..t.rows()).map(|i| t.row(i).to_vec()).collect::<Vec<_>>());
+        }
+        assert_eq!(rows[0], rows[1], "{what}: the warm-up changed the table");
+    }
+}

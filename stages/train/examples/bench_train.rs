@@ -3,7 +3,10 @@
 //! checkpoints. Used by `bench/adaptor/run.sh`; prints one JSON line.
 //!
 //! `bench_train [--batch 1024] [--dim 768] [--steps 10] [--warmup 2] [--threads 2]
-//!  [--full-attention] [--device cpu|cuda] [--bf16]`
+//!  [--full-attention] [--device cpu|cuda] [--bf16] [--pairs N]`
+//!
+//! `--pairs` (default 4 × batch): the pairs held (on the device) and walked through in epochs
+//! of ⌈pairs / batch⌉ steps, the last one smaller, as `train` does; bench/gpu/run.sh uses 200k.
 
 use common::{rss_mib, time_steps, Args};
 use tch::Tensor;
@@ -32,7 +35,8 @@ fn main() {
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
     let base_rss = rss_mib("VmRSS:");
-    let n = 4 * batch;
+    let n = args.int("--pairs", 4 * batch);
+    let steps_per_epoch = (n + batch - 1) / batch;
     let data = InMemoryPairs::pooled(
         Tensor::from_slice(&uniform_values(1, (n * dim) as usize, 0.0, 1.0)).view([n, dim]),
         Tensor::from_slice(&uniform_values(2, (n * 768) as usize, 0.0, 1.0)).view([n, 768]),
@@ -55,7 +59,8 @@ fn main() {
     };
     let order = permutation(3, n as usize);
     let timing = time_steps(warmup, steps, |step| {
-        let rows = &order[((step * batch) % n) as usize..][..batch as usize];
+        let start = (step % steps_per_epoch) * batch;
+        let rows = &order[start as usize..(start + batch).min(n) as usize];
         let b = data.batch(rows, device).unwrap();
         opt.zero_grad();
         let out = model.forward(&b, mode).unwrap();
@@ -70,7 +75,9 @@ fn main() {
             "impl": if full_attention { "rust-tch (full attention)" } else { "rust-tch" },
             "device": format!("{device:?}"), "bf16": precision == train::Precision::Bf16,
             "batch": batch, "dim": dim, "threads": threads, "steps": steps,
+            "pairs": n, "steps_per_epoch": steps_per_epoch,
             "steps_per_s": steps as f64 / total,
+            "epochs_per_min": 60.0 * steps as f64 / total / steps_per_epoch as f64,
             "step_s_min": timing.min(),
             "cpu_s_per_step": timing.cpu_per_step,
             "base_rss_mib": base_rss,
