@@ -11,6 +11,7 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::Array;
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipeline::stage::format_bytes;
 use pipeline::{StageContext, StageError};
 use tch::{Device, Kind, Tensor};
 use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
@@ -79,8 +80,14 @@ pub(crate) fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, Stage
     Ok(out)
 }
 
-/// A pooled embedding table (not a token table) aligned with the records' `keys`.
-pub(crate) fn pooled_table(dir: &Path, keys: &[String]) -> Result<EmbeddingTable, StageError> {
+/// A pooled embedding table (not a token table) aligned with the records' `keys`. The stages
+/// that evaluate on pooled features hold them whole (rows × D float32s, docs/scale.md), and log
+/// how many bytes that is beside their memory budget.
+pub(crate) fn pooled_table(
+    ctx: &StageContext,
+    dir: &Path,
+    keys: &[String],
+) -> Result<EmbeddingTable, StageError> {
     let table = read_whole(&table_file(dir)?)?;
     if table.meta.tokens.is_some() {
         return Err(format!(
@@ -90,18 +97,28 @@ pub(crate) fn pooled_table(dir: &Path, keys: &[String]) -> Result<EmbeddingTable
         .into());
     }
     table.check_aligned(keys)?;
+    let bytes = (table.values.len() * 4) as u64;
+    ctx.log(format!(
+        "holding {} of pooled features ({} rows × {} float32s of {}) in memory; budget {}",
+        format_bytes(bytes),
+        table.rows(),
+        table.meta.dim,
+        table.path.display(),
+        format_bytes(ctx.memory())
+    ));
     Ok(table)
 }
 
 /// A downstream dataset's pooled image features and the records' labels (`label_column`).
 pub(crate) fn features_and_labels(
+    ctx: &StageContext,
     features_dir: &Path,
     records_dir: &Path,
     label_column: &str,
 ) -> Result<(EmbeddingTable, Vec<i64>), StageError> {
     let records = records_dir.join(RECORDS);
     let keys = read_string_columns(&records, &["key"])?.remove(0);
-    let table = pooled_table(features_dir, &keys)?;
+    let table = pooled_table(ctx, features_dir, &keys)?;
     Ok((table, read_int_column(&records, label_column)?))
 }
 
@@ -286,7 +303,7 @@ pub fn classify(p: &ClassifyParams, ctx: &StageContext) -> Result<(), StageError
             .into())
         }
     };
-    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
+    let (table, labels) = features_and_labels(ctx, features_dir, records_dir, label_column)?;
 
     let t = &p.training;
     let seed = t.seed as u64;
@@ -438,6 +455,15 @@ pub fn segment(p: &SegmentParams, ctx: &StageContext) -> Result<(), StageError> 
     };
     cfg.seed = seed;
     cfg.device = device_name(device);
+    // Each of the three splits may cache a quarter of the budget in memory; larger splits keep
+    // their features in row files in the scratch folder (same results, see docs/scale.md).
+    let scratch = ctx
+        .temp_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ctx.out_dir().with_file_name("tmp"))
+        .join("segment-features");
+    cfg.feature_store = Some((ctx.memory() / 4, scratch.clone()));
+    let _scratch = crate::pretrain::Scratch(scratch);
     let data = SegData::load(
         &records_dir.join(RECORDS),
         raw,

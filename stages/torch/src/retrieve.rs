@@ -164,8 +164,8 @@ pub fn run(p: &RetrieveParams, ctx: &StageContext) -> Result<(), StageError> {
         cols.pop().unwrap(),
     );
     let study = read_int_column(&records, "study_id")?;
-    let image = pooled_table(&ctx.input("image")?.path, &keys)?;
-    let text = pooled_table(&ctx.input("text")?.path, &keys)?;
+    let image = pooled_table(ctx, &ctx.input("image")?.path, &keys)?;
+    let text = pooled_table(ctx, &ctx.input("text")?.path, &keys)?;
     let (rows, report_rows) = selected_rows(p, &official, &split, &study);
     if rows.is_empty() {
         return Err(format!(

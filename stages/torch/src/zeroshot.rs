@@ -210,7 +210,7 @@ pub fn run(p: &ZeroShotParams, ctx: &StageContext) -> Result<(), StageError> {
     let binary = classes.len() == 2;
     let metric = if binary { "auroc" } else { "accuracy" };
 
-    let (table, labels) = features_and_labels(features_dir, records_dir, label_column)?;
+    let (table, labels) = features_and_labels(ctx, features_dir, records_dir, label_column)?;
 
     let device = torch_device(p.device)?;
     let dim = table.meta.dim as i64;

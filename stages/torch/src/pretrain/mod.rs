@@ -24,8 +24,9 @@ use stages::pretrain::PROVENANCE_FILE;
 mod streamed;
 mod tables;
 
+use streamed::spill;
 pub use streamed::DiskPairs;
-use streamed::{spill, Scratch};
+pub use streamed::Scratch;
 use tables::pairs;
 pub use tables::{
     check_same_rows, check_whole, input_name, read_whole, split_rows, table_file, tensors,
