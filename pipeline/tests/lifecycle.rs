@@ -218,7 +218,7 @@ fn runner_parameters_are_not_part_of_the_key() {
     assert_eq!(limits.watchdog, Duration::from_secs(90));
     let (with_defaults, limits) = key_of(&format!("[defaults.command]\ntimeout = \"2h\"\n{base}"));
     assert_eq!(with_defaults, plain);
-    assert_eq!(limits.timeout, Some(Duration::from_secs(7200)));    // The memory budget: read into the limits, never into the key.
+    assert_eq!(limits.timeout, Some(Duration::from_secs(7200))); // The memory budget: read into the limits, never into the key.
     let (with_memory, limits) = key_of(&format!("{base}params.memory = \"512MiB\"\n"));
     assert_eq!(with_memory, plain);
     assert_eq!(limits.memory, Some(512 << 20));

@@ -236,7 +236,10 @@ mod tests {
 
     fn row(i: usize) -> ([f32; 3], [bool; 2]) {
         let f = i as f32;
-        ([f, -f - 0.5, f * 1e-30], [i % 2 == 0, i % 3 == 0])
+        (
+            [f, -f - 0.5, f * 1e-30],
+            [i.is_multiple_of(2), i.is_multiple_of(3)],
+        )
     }
 
     fn written(dir: &Path, n: usize) -> RowFile {

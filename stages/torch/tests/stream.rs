@@ -32,7 +32,7 @@ impl Floats {
 fn split_of(i: usize, valid: usize) -> &'static str {
     match i {
         i if i < valid => "valid",
-        i if i % 50 == 0 => "test",
+        i if i.is_multiple_of(50) => "test",
         _ => "train",
     }
 }

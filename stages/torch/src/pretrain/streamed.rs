@@ -253,7 +253,7 @@ where
             }
         }
         row += 1;
-        if row % 4096 == 0 {
+        if row.is_multiple_of(4096) {
             ctx.check_cancelled()?;
         }
     }
