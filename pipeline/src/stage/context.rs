@@ -122,7 +122,7 @@ impl StageContext {
 
     /// A folder for scratch files (row files of tables larger than the budget), beside the output
     /// folder and removed by the runner when the stage returns; never part of the artifact. `None`
-    /// when the runner gave none (a stage then uses its output folder's parent's own scratch).
+    /// when the runner gave none (the stages then use a `tmp` folder beside their output folder).
     pub fn temp_dir(&self) -> Option<&Path> {
         self.temp_dir.as_deref()
     }
