@@ -44,6 +44,17 @@ pub struct Job {
     /// [`StageContext::resume_dir`], when the runner gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_dir: Option<PathBuf>,
+    /// [`StageContext::memory`] in bytes (a job without it, from an older runner, gets
+    /// [`crate::stage::DEFAULT_MEMORY`]).
+    #[serde(default = "default_memory")]
+    pub memory: u64,
+    /// [`StageContext::temp_dir`], when the runner gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_dir: Option<PathBuf>,
+}
+
+fn default_memory() -> u64 {
+    crate::stage::DEFAULT_MEMORY
 }
 
 /// One input artifact of a job: where it is and where it came from.
@@ -86,6 +97,8 @@ impl Job {
             out_dir: ctx.out_dir().to_path_buf(),
             threads: ctx.threads(),
             resume_dir: ctx.resume_dir().map(Path::to_path_buf),
+            memory: ctx.memory(),
+            temp_dir: ctx.temp_dir().map(Path::to_path_buf),
         }
     }
 
@@ -142,7 +155,12 @@ impl Job {
             None,
             sink,
             cancel,
-        );
+        )
+        .with_memory(self.memory);
+        let ctx = match self.temp_dir {
+            Some(dir) => ctx.with_temp_dir(dir),
+            None => ctx,
+        };
         let ctx = remote
             .into_iter()
             .fold(ctx, |ctx, (path, r)| ctx.with_remote(path, r));
@@ -275,6 +293,8 @@ mod tests {
             out_dir: "/out".into(),
             threads: 2,
             resume_dir: None,
+            memory: 3 << 30,
+            temp_dir: Some("/staging/tmp".into()),
         }
     }
 
@@ -290,6 +310,22 @@ mod tests {
         );
         let bad_key = text.replace(&"ab".repeat(32), "not-a-key");
         assert!(Job::read(bad_key.as_bytes()).is_err());
+        // A job from a runner before `memory` and `temp_dir` existed still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("memory");
+        fields.remove("temp_dir");
+        let read = Job::read(old.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (read.memory, read.temp_dir),
+            (crate::stage::DEFAULT_MEMORY, None)
+        );
+        let ctx = job().into_context(
+            Arc::new(crate::stage::NoProgress),
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert_eq!(ctx.memory(), 3 << 30);
+        assert_eq!(ctx.temp_dir(), Some(Path::new("/staging/tmp")));
     }
 
     #[test]

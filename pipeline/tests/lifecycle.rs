@@ -218,7 +218,14 @@ fn runner_parameters_are_not_part_of_the_key() {
     assert_eq!(limits.watchdog, Duration::from_secs(90));
     let (with_defaults, limits) = key_of(&format!("[defaults.command]\ntimeout = \"2h\"\n{base}"));
     assert_eq!(with_defaults, plain);
-    assert_eq!(limits.timeout, Some(Duration::from_secs(7200)));
+    assert_eq!(limits.timeout, Some(Duration::from_secs(7200))); // The memory budget: read into the limits, never into the key.
+    let (with_memory, limits) = key_of(&format!("{base}params.memory = \"512MiB\"\n"));
+    assert_eq!(with_memory, plain);
+    assert_eq!(limits.memory, Some(512 << 20));
+    let (with_default_memory, limits) =
+        key_of(&format!("[defaults.command]\nmemory = \"4GiB\"\n{base}"));
+    assert_eq!(with_default_memory, plain);
+    assert_eq!(limits.memory, Some(4 << 30));
 }
 
 proptest::proptest! {
@@ -257,6 +264,22 @@ fn a_bad_timeout_is_a_manifest_error_at_its_line() {
         err.contains("m.toml:4:")
             && err.contains("stages.s.params.timeout")
             && err.contains("\"soon\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_memory_budget_is_a_manifest_error_at_its_line() {
+    let case = Case::new(
+        "[stages.s]\nkind = \"command\"\nparams.run = \"true\"\nparams.memory = \"lots\"\n",
+    );
+    let err = pipeline::plan::load(&case.path().join("m.toml"), &registry())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m.toml:4:")
+            && err.contains("stages.s.params.memory")
+            && err.contains("expected a memory size"),
         "{err}"
     );
 }

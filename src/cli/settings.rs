@@ -98,6 +98,9 @@ pub struct RunSettings {
     pub jobs: usize,
     /// CPUs of this machine: the threads the running stages share.
     pub threads: usize,
+    /// Memory available to this run in bytes ([`machine_memory`]): the running stages' budgets
+    /// share it.
+    pub memory: u64,
     pub only: Vec<String>,
     /// `--force`: rebuilt even though up to date.
     pub force: Vec<String>,
@@ -217,6 +220,7 @@ impl CommandSettings {
                     manifest,
                     jobs: jobs.unwrap_or(cpus).max(1),
                     threads: cpus,
+                    memory: machine_memory(),
                     only,
                     force,
                     dry_run,
@@ -398,6 +402,34 @@ fn torch_worker() -> PathBuf {
 }
 
 /// The lease timeout of `run` from `$ADAPTOR_LEASE_SECS` (`None`: unset).
+/// The memory this process may use, in bytes: `MemAvailable` of `/proc/meminfo`, or the cgroup's
+/// `memory.max` less its `memory.current` when that is smaller (a Slurm job, a container);
+/// [`pipeline::stage::DEFAULT_MEMORY`] where neither can be read.
+pub fn machine_memory() -> u64 {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let available = read("/proc/meminfo").and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .and_then(|m| m.trim().parse::<u64>().ok())
+        .map(|max| {
+            let used = read("/sys/fs/cgroup/memory.current")
+                .and_then(|c| c.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            max.saturating_sub(used)
+        });
+    match (available, cgroup) {
+        (Some(a), Some(c)) => a.min(c),
+        (Some(a), None) => a,
+        (None, Some(c)) => c,
+        (None, None) => pipeline::stage::DEFAULT_MEMORY,
+    }
+    .max(pipeline::stage::MIN_MEMORY)
+}
+
 fn lease_secs(var: Option<&str>) -> Result<f64> {
     match var {
         None => Ok(executor::LEASE_SECS),

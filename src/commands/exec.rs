@@ -36,6 +36,7 @@ pub fn exec(cx: &Context, s: &ExecSettings) -> Result<ExitCode> {
     let opts = RunOptions {
         jobs: 1,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory: crate::cli::machine_memory(),
         only: vec![instance.clone()],
         no_deps: true,
         host: hostname(),

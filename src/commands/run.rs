@@ -34,6 +34,7 @@ pub fn run(cx: &Context, s: &RunSettings) -> Result<ExitCode> {
     let opts = RunOptions {
         jobs: s.jobs,
         threads: s.threads,
+        memory: s.memory,
         only: s.only.clone(),
         force: s.force.clone(),
         dry_run: s.dry_run,

@@ -265,6 +265,9 @@ impl Builder<'_> {
         )
         .map_err(|e| Error::io(staging.join("owner.json"), e))?;
         let out_dir = staging.join("out");
+        // Scratch beside the output, never part of it: removed as soon as the stage returns.
+        let temp_dir = staging.join("tmp");
+        std::fs::create_dir_all(&temp_dir).map_err(|e| Error::io(&temp_dir, e))?;
         let log_path = staging.join("log.txt");
         let log_file = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
 
@@ -350,7 +353,9 @@ impl Builder<'_> {
         )
         .with_resume_dir(store.resume_dir(&inst.kind, key))
         .with_time_limit(inst.limits.timeout)
-        .with_activity(activity);
+        .with_activity(activity)
+        .with_memory(super::stage_memory(inst, opts))
+        .with_temp_dir(temp_dir.clone());
         let ctx = remote
             .into_iter()
             .fold(ctx, |ctx, (path, r)| ctx.with_remote(path, r));
@@ -359,6 +364,7 @@ impl Builder<'_> {
             Part::Merge { .. } => stage.merge(&ctx),
             Part::Whole | Part::Shard { .. } => stage.run(&ctx),
         }));
+        let _ = std::fs::remove_dir_all(&temp_dir);
         // Judged when the stage returns: describing its output below is the runner's time.
         let late = ctx.timed_out();
         // What the stage wrote, described (and hashed) before anything is committed: a FIFO, socket

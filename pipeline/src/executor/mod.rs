@@ -27,7 +27,7 @@ use crate::stage::{Outcome, RunEvent};
 pub use leases::LEASE_SECS;
 pub use local::run;
 pub use local::LocalPool;
-pub use resolve::{external_digest, resolve, stage_threads, Resolved};
+pub use resolve::{external_digest, resolve, stage_memory, stage_threads, Resolved};
 pub use state::{forgotten, states, FailureRecord, State};
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct RunOptions {
     /// those running fit in `max(threads, jobs)` (a stage that needs more runs alone). A kind whose
     /// output does not depend on its thread count and has no `threads` set gets `threads / jobs`.
     pub threads: usize,
+    /// The memory the running stages share, in bytes: a stage without a `memory` parameter gets
+    /// `memory / jobs` as its budget (see [`stage_memory`]).
+    pub memory: u64,
     /// Name globs or stage names; empty means everything.
     pub only: Vec<String>,
     /// Name globs or stage names rebuilt even when up to date (`run --force`); their complete
@@ -61,6 +64,7 @@ impl Default for RunOptions {
         RunOptions {
             jobs: 1,
             threads: 1,
+            memory: crate::stage::DEFAULT_MEMORY,
             only: Vec::new(),
             force: Vec::new(),
             dry_run: false,

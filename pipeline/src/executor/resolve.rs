@@ -108,6 +108,14 @@ fn keyed_threads(inst: &Instance, stage: &dyn Stage) -> Option<usize> {
     (stage.output_depends_on_threads() && threads != DEFAULT_THREADS).then_some(threads)
 }
 
+/// The memory budget of `inst` in bytes: its `memory` parameter, else an equal share of what the
+/// run was given among `-j` stages (at least [`crate::stage::MIN_MEMORY`]).
+pub fn stage_memory(inst: &Instance, opts: &super::RunOptions) -> u64 {
+    inst.limits
+        .memory
+        .unwrap_or_else(|| (opts.memory / opts.jobs.max(1) as u64).max(crate::stage::MIN_MEMORY))
+}
+
 /// The threads an instance runs with: exactly its `threads` (or [`DEFAULT_THREADS`]) when the
 /// kind's output depends on the count; otherwise its `threads` or `share`, its part of the cores.
 pub fn stage_threads(inst: &Instance, stage: &dyn Stage, share: usize) -> usize {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::manifest::{Node, NodeValue};
 use crate::stage::{
-    parse_duration, parse_threads, Limits, Sharding, Stage, StageRegistry, SHARDS_SLOT,
+    parse_duration, parse_memory, parse_threads, Limits, Sharding, Stage, StageRegistry,
+    SHARDS_SLOT,
 };
 use crate::value::{Params, Value};
 
@@ -275,7 +276,7 @@ fn expand_point<'a>(
 
 /// An instance's parameters: `[defaults.KIND]` under `[stages.NAME].params`, then `${axis}`
 /// templates, then types and defaults from the kind's declaration. The runner parameters come back
-/// apart: `timeout` and `watchdog` as [`Limits`], so they never reach the key, and `threads`, which
+/// apart: `timeout`, `watchdog` and `memory` as [`Limits`], so they never reach the key, and `threads`, which
 /// `resolve` adds to the key where it matters.
 fn instance_params(
     declared: &Declared,
@@ -328,6 +329,11 @@ fn instance_params(
             continue;
         }
         // Runner parameters are read here and kept out of `params`, so out of the key.
+        if k == "memory" {
+            let value = substitute(node, bindings, key)?.to_value();
+            limits.memory = Some(parse_memory(&value).map_err(|m| err(node, key, m))?);
+            continue;
+        }
         if k == "timeout" || k == "watchdog" {
             let value = substitute(node, bindings, key)?.to_value();
             let d = parse_duration(&value).map_err(|m| err(node, key, m))?;

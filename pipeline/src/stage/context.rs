@@ -69,6 +69,8 @@ pub struct StageContext {
     remote: BTreeMap<PathBuf, RemoteInput>,
     /// Settings for remote stores (`AWS_*` as name, value), given by the binary; secrets.
     remote_access: Vec<(String, String)>,
+    memory: u64,
+    temp_dir: Option<PathBuf>,
 }
 
 impl StageContext {
@@ -100,6 +102,8 @@ impl StageContext {
             activity: Arc::new(Activity::new()),
             remote: BTreeMap::new(),
             remote_access: Vec::new(),
+            memory: super::DEFAULT_MEMORY,
+            temp_dir: None,
         }
     }
 
@@ -124,6 +128,32 @@ impl StageContext {
     /// See [`StageContext::with_remote_access`].
     pub fn remote_access(&self) -> &[(String, String)] {
         &self.remote_access
+    }
+
+    /// Gives the stage a memory budget of `bytes` (the runner parameter `memory`).
+    pub fn with_memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// The memory budget in bytes that the stage's streaming readers and caches keep within (the
+    /// runner parameter `memory`, or the runner's share of the machine). It never changes what a
+    /// stage computes, only whether it holds its data in memory or in scratch files.
+    pub fn memory(&self) -> u64 {
+        self.memory
+    }
+
+    /// Gives the stage a scratch folder (see [`StageContext::temp_dir`]).
+    pub fn with_temp_dir(mut self, dir: PathBuf) -> Self {
+        self.temp_dir = Some(dir);
+        self
+    }
+
+    /// A folder for scratch files (row files of tables larger than the budget), beside the output
+    /// folder and removed by the runner when the stage returns; never part of the artifact. `None`
+    /// when the runner gave none (the stages then use a `tmp` folder beside their output folder).
+    pub fn temp_dir(&self) -> Option<&Path> {
+        self.temp_dir.as_deref()
     }
 
     /// Stops the stage after `limit` (from when the context was made): [`StageContext::is_cancelled`]

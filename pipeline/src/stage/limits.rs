@@ -1,5 +1,6 @@
-//! The runner parameters every stage kind takes: `timeout` and `watchdog`, kept out of keys, and
-//! `threads`, the CPU thread count a stage runs with; the durations they are written in.
+//! The runner parameters every stage kind takes: `timeout`, `watchdog` and `memory`, kept out of
+//! keys, and `threads`, the CPU thread count a stage runs with; the durations and sizes they are
+//! written in.
 
 use std::time::Duration;
 
@@ -28,6 +29,13 @@ pub const RUNNER_PARAMS: &[(&str, &str)] = &[
          the in-process kinds (synth, ingest, report) write the same bytes at any count and take \
          their share of the cores when it is unset. The pool runs a stage beside others only while \
          their threads fit in the cores (or `-j`); a stage that needs more runs alone",
+    ),
+    (
+        "memory",
+        "the memory budget of the stage's tables (\"512MiB\", \"4GiB\", \"2G\" or bytes): streaming \
+         readers hold batches within it, and `train-adaptor` and `segment` keep what does not fit \
+         in scratch files on disk. Never part of the key (the output is the same at any budget). \
+         Default: the memory available to the run divided by `-j`",
     ),
 ];
 
@@ -61,6 +69,8 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     /// Silence (no progress, no log line) longer than this is reported, not acted on.
     pub watchdog: Duration,
+    /// The `memory` budget in bytes, when the manifest sets it (else the runner's share).
+    pub memory: Option<u64>,
 }
 
 impl Default for Limits {
@@ -68,6 +78,7 @@ impl Default for Limits {
         Limits {
             timeout: None,
             watchdog: DEFAULT_WATCHDOG,
+            memory: None,
         }
     }
 }
@@ -119,6 +130,70 @@ pub fn parse_duration(value: &Value) -> Result<Duration, String> {
         return Err(format!("expected a positive duration, found {value}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The smallest `memory` budget a stage may be given (below it a batch of one row may not fit).
+pub const MIN_MEMORY: u64 = 1 << 20;
+
+/// The budget of a stage when the runner knows nothing of its machine (a worker job from an
+/// older runner).
+pub const DEFAULT_MEMORY: u64 = 2 << 30;
+
+/// Reads a memory size: a positive number of bytes, or a string `<number><unit>` with units `B`,
+/// `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB`, `T`/`TB`/`TiB` (all binary: `1G` = `1GiB` =
+/// 2^30 bytes, as memory is counted), at least [`MIN_MEMORY`].
+pub fn parse_memory(value: &Value) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "expected a memory size such as \"512MiB\", \"4GiB\", \"2G\" or a number of bytes, \
+             found {value}"
+        )
+    };
+    let bytes = match value {
+        Value::Int(i) if *i > 0 => *i as f64,
+        Value::Str(s) => {
+            let text = s.trim();
+            let split = text
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(text.len());
+            let number: f64 = text[..split].parse().map_err(|_| bad())?;
+            let scale: u64 = match text[split..].trim() {
+                "" | "B" => 1,
+                "K" | "KB" | "KiB" | "k" | "kB" => 1 << 10,
+                "M" | "MB" | "MiB" => 1 << 20,
+                "G" | "GB" | "GiB" => 1 << 30,
+                "T" | "TB" | "TiB" => 1 << 40,
+                _ => return Err(bad()),
+            };
+            number * scale as f64
+        }
+        _ => return Err(bad()),
+    };
+    if !bytes.is_finite() || bytes < MIN_MEMORY as f64 || bytes > (1u64 << 50) as f64 {
+        return Err(format!(
+            "expected a memory size from {} to 1PiB, found {value}",
+            format_bytes(MIN_MEMORY)
+        ));
+    }
+    Ok(bytes as u64)
+}
+
+/// A size the way people write it: `512MiB`, `1.5GiB`, `900B`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, scale) in UNITS {
+        if bytes >= scale {
+            let text = format!("{:.1}", bytes as f64 / scale as f64);
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            return format!("{text}{unit}");
+        }
+    }
+    format!("{bytes}B")
 }
 
 /// A duration the way people write it: `1.5s`, `90s` → `1m30s`, `2h`, `1h0m5s`.
@@ -180,5 +255,24 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(format_duration(Duration::from_secs(3605)), "1h0m5s");
+    }
+
+    #[test]
+    fn memory_sizes_read_and_print_the_way_people_write_them() {
+        let m = |s: &str| parse_memory(&Value::Str(s.into()));
+        assert_eq!(m("512MiB"), Ok(512 << 20));
+        assert_eq!(m("4GiB"), Ok(4 << 30));
+        assert_eq!(m("2G"), Ok(2 << 30));
+        assert_eq!(m("1.5 GB"), Ok(3 << 29));
+        assert_eq!(m("2097152"), Ok(2 << 20));
+        assert_eq!(parse_memory(&Value::Int(1 << 21)), Ok(1 << 21));
+        for bad in ["", "lots", "5 parsecs", "GiB", "-1G", "1KiB", "2PiB"] {
+            assert!(m(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_memory(&Value::Int(0)).is_err());
+        assert!(parse_memory(&Value::Float(1e9)).is_err());
+        assert_eq!(format_bytes(512 << 20), "512MiB");
+        assert_eq!(format_bytes(3 << 29), "1.5GiB");
+        assert_eq!(format_bytes(900), "900B");
     }
 }

@@ -20,8 +20,8 @@ mod spec;
 
 pub use context::{Activity, StageContext};
 pub use limits::{
-    format_duration, parse_duration, parse_threads, Limits, DEFAULT_THREADS, DEFAULT_WATCHDOG,
-    MAX_THREADS, RUNNER_PARAMS,
+    format_bytes, format_duration, parse_duration, parse_memory, parse_threads, Limits,
+    DEFAULT_MEMORY, DEFAULT_THREADS, DEFAULT_WATCHDOG, MAX_THREADS, MIN_MEMORY, RUNNER_PARAMS,
 };
 pub use progress::{NoProgress, Outcome, ProgressSink, RunEvent};
 pub use registry::StageRegistry;

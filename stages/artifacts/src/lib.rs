@@ -3,7 +3,8 @@
 //! scaffolding every PNG of the workspace shares ([`plot`]), the one Parquet writer every
 //! stage's table goes through ([`portable`]: plain types pandas, polars and DuckDB read), and
 //! numpy's legacy generator ([`numpy_random`]), which both the splits and the original's
-//! pre-training order draw from.
+//! pre-training order draw from, and row files ([`rowfile`]): scratch files of fixed-size rows
+//! gathered by positioned reads, for tables larger than a stage's memory budget.
 //!
 //! The `adaptor` binary links this crate and runs `report` and the merge of encode shards in its
 //! own process: neither starts the `adaptor-torch` worker, so neither pays libtorch's start-up.
@@ -17,6 +18,7 @@ pub mod numpy_random;
 pub mod plot;
 pub mod portable;
 pub mod report;
+pub mod rowfile;
 pub mod table;
 
 pub use error::{Error, Result};

@@ -14,7 +14,28 @@ use pipeline::{StageContext, StageError, SHARDS_SLOT};
 
 use crate::error::Error;
 use crate::files::{EMBEDDINGS_FILE, ENCODE_IMAGE, ENCODE_TEXT, RECORDS, TOKENS_FILE};
-use crate::table::{read_string_columns, write_window, EmbeddingTable, EmbeddingWriter, TableMeta};
+use crate::table::{
+    open_stream, read_string_columns, write_window, EmbeddingTable, EmbeddingWriter, RowBatch,
+    TableMeta,
+};
+
+/// One streamed batch of a shard as a table of its own rows (row range within the whole table),
+/// so that the alignment check and the windows work on it as on a whole shard.
+fn batch_table(path: &std::path::Path, meta: &TableMeta, b: RowBatch) -> EmbeddingTable {
+    let row_start = meta.row_start + b.first_row;
+    EmbeddingTable {
+        path: path.to_path_buf(),
+        meta: TableMeta {
+            row_start,
+            row_end: row_start + b.keys.len(),
+            ..meta.clone()
+        },
+        keys: b.keys,
+        splits: b.splits,
+        values: b.values,
+        mask: b.mask,
+    }
+}
 
 /// The `shard` label of the whole table (`WHOLE` of the declarations).
 const WHOLE: &str = "0/1";
@@ -130,74 +151,96 @@ pub fn merge_tables(kind: &str, batch_size: i64, ctx: &StageContext) -> Result<(
         if !path.is_file() {
             return Err(unfit(format!("its artifact has no {file} (shard 0 has one)")).into());
         }
-        let t = EmbeddingTable::read(&path).map_err(|e| e.in_shard(&name))?;
+        // Streamed in batches within the stage's memory budget: one batch of one shard at a time.
+        let stream = open_stream(&path, ctx.memory()).map_err(|e| e.in_shard(&name))?;
+        let meta = stream.meta().clone();
         let want = format!("{i}/{n}");
-        if t.meta.shard != want {
+        if meta.shard != want {
             return Err(unfit(format!(
                 "its table {} says shard {}, expected {want}",
                 path.display(),
-                t.meta.shard
+                meta.shard
             ))
             .into());
         }
-        if t.meta.row_start != next {
+        if meta.row_start != next {
             return Err(unfit(format!(
                 "its table {} starts at row {}, but the shards before it end at row {next}",
                 path.display(),
-                t.meta.row_start
+                meta.row_start
             ))
             .into());
         }
-        t.check_aligned(&records).map_err(|e| e.in_shard(&name))?;
-        next = t.meta.row_end;
-        if writer.is_none() {
-            let meta = TableMeta {
-                shard: WHOLE.to_string(),
-                row_start: 0,
-                row_end: t.meta.rows_total,
-                ..t.meta.clone()
-            };
-            let window = write_window(kind, batch_size, t.meta.tokens.is_some());
-            let w = EmbeddingWriter::create(&ctx.out_dir().join(file), &meta, t.splits.is_some())?;
-            carry = Some(Carry {
-                keys: Vec::new(),
-                splits: t.splits.as_ref().map(|_| Vec::new()),
-                values: Vec::new(),
-                mask: t.mask.as_ref().map(|_| Vec::new()),
-            });
-            writer = Some((w, t.meta.clone(), window));
+        next = meta.row_end;
+        let mut parts = stream.map(|b| b.map(|b| batch_table(&path, &meta, b)));
+        let mut first_part = parts.next();
+        if first_part.is_none() {
+            // An empty shard: its (empty) rows still go through the checks below.
+            first_part = Some(Ok(batch_table(
+                &path,
+                &meta,
+                RowBatch {
+                    first_row: 0,
+                    keys: Vec::new(),
+                    splits: None,
+                    values: Vec::new(),
+                    mask: meta.tokens.map(|_| Vec::new()),
+                },
+            )));
         }
-        let (w, first, window) = writer.as_mut().expect("created above");
-        if let Some(d) = differs(&t.meta, first) {
-            return Err(unfit(format!("not a shard of the same encoding: {d}")).into());
-        }
-        if t.splits.is_some() != carry.as_ref().is_some_and(|c| c.splits.is_some()) {
-            return Err(unfit(
-                "a `split` column where shard 0 has none, or none where it has one".into(),
-            )
-            .into());
-        }
-        // Rows go out in windows counted from row 0 of the whole table, as an unsharded run writes them.
-        let c = carry.as_mut().expect("created with the writer");
-        let rows = t.rows();
-        let mut at = 0;
-        if !c.keys.is_empty() {
-            let take = (*window - c.keys.len()).min(rows);
-            c.take(&t, 0..take);
-            at = take;
-            if c.keys.len() == *window {
-                c.write(w)?;
+        for t in first_part.into_iter().chain(parts) {
+            let t = t.map_err(|e| e.in_shard(&name))?;
+            t.check_aligned(&records).map_err(|e| e.in_shard(&name))?;
+            if writer.is_none() {
+                let meta = TableMeta {
+                    shard: WHOLE.to_string(),
+                    row_start: 0,
+                    row_end: t.meta.rows_total,
+                    ..t.meta.clone()
+                };
+                let window = write_window(kind, batch_size, t.meta.tokens.is_some());
+                let w =
+                    EmbeddingWriter::create(&ctx.out_dir().join(file), &meta, t.splits.is_some())?;
+                carry = Some(Carry {
+                    keys: Vec::new(),
+                    splits: t.splits.as_ref().map(|_| Vec::new()),
+                    values: Vec::new(),
+                    mask: t.mask.as_ref().map(|_| Vec::new()),
+                });
+                writer = Some((w, t.meta.clone(), window));
             }
+            let (w, first, window) = writer.as_mut().expect("created above");
+            if let Some(d) = differs(&t.meta, first) {
+                return Err(unfit(format!("not a shard of the same encoding: {d}")).into());
+            }
+            if t.splits.is_some() != carry.as_ref().is_some_and(|c| c.splits.is_some()) {
+                return Err(unfit(
+                    "a `split` column where shard 0 has none, or none where it has one".into(),
+                )
+                .into());
+            }
+            // Rows go out in windows counted from row 0 of the whole table, as an unsharded run writes them.
+            let c = carry.as_mut().expect("created with the writer");
+            let rows = t.rows();
+            let mut at = 0;
+            if !c.keys.is_empty() {
+                let take = (*window - c.keys.len()).min(rows);
+                c.take(&t, 0..take);
+                at = take;
+                if c.keys.len() == *window {
+                    c.write(w)?;
+                }
+            }
+            while rows - at >= *window {
+                c.take(&t, at..at + *window);
+                c.write(w)?;
+                at += *window;
+            }
+            c.take(&t, at..rows);
         }
-        while rows - at >= *window {
-            c.take(&t, at..at + *window);
-            c.write(w)?;
-            at += *window;
-        }
-        c.take(&t, at..rows);
         ctx.log(format!(
             "{name}: rows {}..{} of {}",
-            t.meta.row_start, t.meta.row_end, t.meta.rows_total
+            meta.row_start, meta.row_end, meta.rows_total
         ));
     }
     let (mut w, first, _) = writer.expect("at least one shard");
@@ -294,6 +337,11 @@ mod tests {
     }
 
     fn merge(dir: &Path, shards: &[&Path], out: &Path) -> Result<(), String> {
+        merge_within(dir, shards, out, pipeline::stage::DEFAULT_MEMORY)
+    }
+
+    /// [`merge`] under a memory budget of `memory` bytes (its batches: budget / 8 / row bytes).
+    fn merge_within(dir: &Path, shards: &[&Path], out: &Path, memory: u64) -> Result<(), String> {
         let stage = |p: &Path, i: usize| InputArtifact {
             path: p.to_path_buf(),
             origin: InputOrigin::Stage {
@@ -325,7 +373,8 @@ mod tests {
             None,
             Arc::new(NoProgress),
             Arc::new(AtomicBool::new(false)),
-        );
+        )
+        .with_memory(memory);
         merge_tables(ENCODE_TEXT, 2, &ctx).map_err(|e| e.to_string())
     }
 
@@ -348,6 +397,19 @@ mod tests {
         merge(dir, &[&parts[0], &parts[1], &parts[2]], &dir.join("out")).unwrap();
         assert_eq!(
             std::fs::read(dir.join("out").join(EMBEDDINGS_FILE)).unwrap(),
+            std::fs::read(dir.join("whole").join(EMBEDDINGS_FILE)).unwrap()
+        );
+        // Streamed a few rows at a time (batches never on a window or shard boundary): the same.
+        let row_bytes = (DIM * 4) as u64;
+        merge_within(
+            dir,
+            &[&parts[0], &parts[1], &parts[2]],
+            &dir.join("few"),
+            8 * 3 * row_bytes,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("few").join(EMBEDDINGS_FILE)).unwrap(),
             std::fs::read(dir.join("whole").join(EMBEDDINGS_FILE)).unwrap()
         );
         let t = EmbeddingTable::read(&dir.join("out").join(EMBEDDINGS_FILE)).unwrap();

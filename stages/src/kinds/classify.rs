@@ -31,7 +31,7 @@ impl StageKind for Classify {
     // 2: `result.json` records the setting (`EvalResult::setting`) the report compares with the
     // published one.
     const VERSION: u32 = 2;
-    const ABOUT: &'static str = "Trains and tests a classification head (RSNA: AUROC; COVIDx: accuracy) on cached image features, through the frozen adaptor or without it";
+    const ABOUT: &'static str = "Trains and tests a classification head (RSNA: AUROC; COVIDx: accuracy) on cached image features, through the frozen adaptor or without it; holds the pooled features in memory (rows × D float32s, logged)";
     type Params = ClassifyParams;
 
     fn inputs() -> Vec<InputSpec> {

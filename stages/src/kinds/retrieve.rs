@@ -35,7 +35,7 @@ pub struct Retrieve;
 impl StageKind for Retrieve {
     const KIND: &'static str = RETRIEVE;
     const VERSION: u32 = 1;
-    const ABOUT: &'static str = "Image→report and report→image retrieval on MIMIC-CXR through the frozen adaptor: recall@1/5/10 and median rank beside chance";
+    const ABOUT: &'static str = "Image→report and report→image retrieval on MIMIC-CXR through the frozen adaptor: recall@1/5/10 and median rank beside chance; holds both pooled tables in memory (rows × D float32s, logged)";
     type Params = RetrieveParams;
 
     fn inputs() -> Vec<InputSpec> {

@@ -57,12 +57,14 @@ impl StageKind for TrainAdaptor {
                 "image",
                 InputAccepts::Stage(&[ENCODE_IMAGE]),
                 "the image embedding table (pooled for `original`, tokens for `fusion`)",
-            ),
+            )
+            .streamed(),
             InputSpec::one(
                 "text",
                 InputAccepts::Stage(&[ENCODE_TEXT]),
                 "the text embedding table over the same records, in the same key order",
-            ),
+            )
+            .streamed(),
         ]
     }
 }

@@ -47,7 +47,7 @@ pub struct ZeroShot;
 impl StageKind for ZeroShot {
     const KIND: &'static str = ZERO_SHOT;
     const VERSION: u32 = 1;
-    const ABOUT: &'static str = "Classifies without labels (RSNA: AUROC; COVIDx: accuracy): per-class prompts and images through the frozen adaptor, softmax over scaled cosine similarities";
+    const ABOUT: &'static str = "Classifies without labels (RSNA: AUROC; COVIDx: accuracy): per-class prompts and images through the frozen adaptor, softmax over scaled cosine similarities; holds the pooled image features in memory (rows × D float32s, logged)";
     type Params = ZeroShotParams;
 
     fn inputs() -> Vec<InputSpec> {

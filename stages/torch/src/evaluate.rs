@@ -11,6 +11,7 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::Array;
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pipeline::stage::format_bytes;
 use pipeline::{StageContext, StageError};
 use tch::{Device, Kind, Tensor};
 use train::{Adaptor, AdaptorConfig, CheckpointInfo, ImageOnly};
@@ -79,7 +80,9 @@ pub(crate) fn read_int_column(path: &Path, name: &str) -> Result<Vec<i64>, Stage
     Ok(out)
 }
 
-/// A pooled embedding table (not a token table) aligned with the records' `keys`.
+/// A pooled embedding table (not a token table) aligned with the records' `keys`. The stages
+/// that evaluate on pooled features hold them whole (rows × D float32s, docs/scale.md), and log
+/// how many bytes that is beside their memory budget.
 pub(crate) fn pooled_table(
     ctx: &StageContext,
     slot: &str,
@@ -94,6 +97,15 @@ pub(crate) fn pooled_table(
         .into());
     }
     table.check_aligned(keys)?;
+    let bytes = (table.values.len() * 4) as u64;
+    ctx.log(format!(
+        "holding {} of pooled features ({} rows × {} float32s of {}) in memory; budget {}",
+        format_bytes(bytes),
+        table.rows(),
+        table.meta.dim,
+        table.path.display(),
+        format_bytes(ctx.memory())
+    ));
     Ok(table)
 }
 
@@ -441,6 +453,15 @@ pub fn segment(p: &SegmentParams, ctx: &StageContext) -> Result<(), StageError> 
     };
     cfg.seed = seed;
     cfg.device = device_name(device);
+    // Each of the three splits may cache a quarter of the budget in memory; larger splits keep
+    // their features in row files in the scratch folder (same results, see docs/scale.md).
+    let scratch = ctx
+        .temp_dir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ctx.out_dir().with_file_name("tmp"))
+        .join("segment-features");
+    cfg.feature_store = Some((ctx.memory() / 4, scratch.clone()));
+    let _scratch = crate::pretrain::Scratch(scratch);
     let data = SegData::load(
         &records_dir.join(RECORDS),
         raw,

@@ -269,7 +269,17 @@ fn run_stage() -> ExitCode {
             let ctx = job
                 .into_context(sink.clone(), Arc::new(AtomicBool::new(false)))
                 .with_remote_access(aws);
-            adaptor_torch::kinds::run(&kind, &ctx).map_err(|e| e.to_string())
+            let result = adaptor_torch::kinds::run(&kind, &ctx).map_err(|e| e.to_string());
+            // The stage's peak resident memory, for its log (the scale benchmark and the memory
+            // tests read it): what the budget bounds, besides libtorch's own footprint.
+            if let Some(peak) = peak_resident_bytes() {
+                ctx.log(format!(
+                    "worker peak resident memory (VmHWM): {} ({peak} bytes; budget {})",
+                    pipeline::stage::format_bytes(peak),
+                    pipeline::stage::format_bytes(ctx.memory())
+                ));
+            }
+            result
         }));
     let err = match result {
         Ok(Ok(())) => return ExitCode::SUCCESS,
@@ -285,6 +295,14 @@ fn run_stage() -> ExitCode {
     };
     sink.send(&WorkerMessage::Error(err));
     ExitCode::FAILURE
+}
+
+/// This process's peak resident set size (`VmHWM` of /proc/self/status), in bytes.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// A shared library this process mapped (e.g. `libtorch_cpu.so`), from /proc/self/maps.

@@ -264,6 +264,27 @@ fn unet_with_an_trains_on_a_synthetic_siim_miniature() {
     };
     let out = tmp.path().join("out");
     let report = train_segmenter(cfg.clone(), &data, &out, &Log).unwrap();
+    // Frozen features in row files on disk (a budget of one byte; the U-Net takes five inputs
+    // per image): the same decoder, byte for byte, and the same scores.
+    let features = tmp.path().join("features");
+    let on_disk = SegConfig {
+        feature_store: Some((1, features.clone())),
+        ..cfg.clone()
+    };
+    let disk = train_segmenter(on_disk, &data, &tmp.path().join("disk"), &Log).unwrap();
+    assert_eq!((&disk.valid, &disk.test), (&report.valid, &report.test));
+    assert_eq!(
+        std::fs::read(out.join("decoder.safetensors")).unwrap(),
+        std::fs::read(tmp.path().join("disk/decoder.safetensors")).unwrap()
+    );
+    for j in 0..5 {
+        let rows = features.join(format!("train-{j}.rows"));
+        assert!(
+            std::fs::metadata(&rows).is_ok_and(|m| m.len() > 40),
+            "{} missing",
+            rows.display()
+        );
+    }
     // The original's SIIM augmentation trains through the same path on transformed images
     // (features recomputed per batch): another decoder than without it.
     let aug = SegConfig {

@@ -10,16 +10,22 @@
 //! Readers check alignment: a table's keys must be the records table's keys, in the same order
 //! (the original silently misaligned image and text rows; reference G.3).
 //!
-//! This module holds the layout (metadata, schema); `write`, `read` and `align` the three uses.
+//! This module holds the layout (metadata, schema); `write`, `read` and `align` the three uses;
+//! `stream` the decoder in bounded batches that `read` and every streaming reader share.
 
 mod align;
 mod read;
 mod remote;
+mod stream;
 mod write;
 
 pub use align::read_aligned;
 pub use read::{read_string_columns, EmbeddingTable};
 pub use remote::{open_remote, RemoteTable};
+pub use stream::{
+    batch_rows, open_stream, row_bytes, BoxedBatches, FileBatches, RowBatch, RowBatches,
+    MAX_BATCH_ROWS,
+};
 pub use write::{write_window, EmbeddingWriter};
 
 use std::collections::BTreeMap;

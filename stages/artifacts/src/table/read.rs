@@ -1,11 +1,10 @@
-//! Reading embedding tables (from a file, any Parquet source, or the artifact store) and string
-//! columns of any Parquet file (the records table written by polars included).
+//! Reading embedding tables whole (from a file, any Parquet source, or the artifact store; through
+//! the streaming decoder of `stream`) and string columns of any Parquet file (records tables).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::Float32Type;
 use arrow_array::Array;
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -26,7 +25,7 @@ pub struct EmbeddingTable {
     pub mask: Option<Vec<bool>>,
 }
 
-fn no_nulls(path: &Path, col: &dyn Array, name: &str) -> Result<()> {
+pub(super) fn no_nulls(path: &Path, col: &dyn Array, name: &str) -> Result<()> {
     if col.null_count() > 0 {
         return Err(Error::column(
             path,
@@ -37,7 +36,7 @@ fn no_nulls(path: &Path, col: &dyn Array, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn strings(path: &Path, col: &dyn Array, name: &str) -> Result<Vec<String>> {
+pub(super) fn strings(path: &Path, col: &dyn Array, name: &str) -> Result<Vec<String>> {
     if col.null_count() > 0 {
         return Err(Error::column(
             path,
@@ -160,19 +159,7 @@ impl EmbeddingTable {
         path: &Path,
         reader: R,
     ) -> Result<Self> {
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(reader).map_err(Error::parquet(path))?;
-        let meta = TableMeta::from_kv(
-            path,
-            builder.metadata().file_metadata().key_value_metadata(),
-        )?;
-        let reader = builder.build().map_err(Error::parquet(path))?;
-        let mut t = EmbeddingTable::empty(path, meta);
-        for batch in reader {
-            let batch = batch.map_err(Error::arrow(path))?;
-            t.push(&batch)?;
-        }
-        t.finish()
+        Self::collect(super::stream::from_chunk_reader(path, reader, None)?)
     }
 
     /// Reads a table streamed from a remote store ([`super::open_remote`]); `budget` bounds the
@@ -183,151 +170,31 @@ impl EmbeddingTable {
         access: &[(String, String)],
         budget: usize,
     ) -> Result<Self> {
-        let mut stream = super::open_remote(remote, file, access, budget)?;
-        let path = stream.path.clone();
-        let meta = TableMeta::from_kv(&path, Some(&stream.key_value))?;
-        let mut t = EmbeddingTable::empty(&path, meta);
-        for batch in stream.by_ref() {
-            t.push(&batch?)?;
-        }
-        t.finish()
+        Self::collect(super::open_remote(remote, file, access, budget)?.rows()?)
     }
 
-    fn empty(path: &Path, meta: TableMeta) -> Self {
-        EmbeddingTable {
-            path: path.to_path_buf(),
+    /// Every row of a stream (see [`super::RowBatches`]) in one table.
+    pub fn collect<I: Iterator<Item = Result<arrow_array::RecordBatch>>>(
+        mut rows: super::RowBatches<I>,
+    ) -> Result<Self> {
+        let mut t = EmbeddingTable {
+            path: rows.path().to_path_buf(),
             keys: Vec::new(),
             splits: None,
             values: Vec::new(),
-            mask: meta.tokens.map(|_| Vec::new()),
-            meta,
-        }
-    }
-
-    /// Appends the rows of one batch, checking its columns against the layout.
-    fn push(&mut self, batch: &arrow_array::RecordBatch) -> Result<()> {
-        let path = self.path.clone();
-        let path = path.as_path();
-        let t = self;
-        let col = |n: &str| {
-            batch
-                .column_by_name(n)
-                .cloned()
-                .ok_or_else(|| Error::column(path, n, format!("no column `{n}`")))
+            mask: rows.meta().tokens.map(|_| Vec::new()),
+            meta: rows.meta().clone(),
         };
-        t.keys.extend(strings(path, col("key")?.as_ref(), "key")?);
-        if let Some(s) = batch.column_by_name("split") {
-            t.splits
-                .get_or_insert_with(Vec::new)
-                .extend(strings(path, s.as_ref(), "split")?);
-        }
-        match t.meta.tokens {
-            None => {
-                let e = col("embedding")?;
-                no_nulls(path, e.as_ref(), "embedding")?;
-                let list = e
-                    .as_fixed_size_list_opt()
-                    .filter(|l| l.value_length() as usize == t.meta.dim)
-                    .ok_or_else(|| {
-                        Error::column(
-                            path,
-                            "embedding",
-                            format!("`embedding` is not FixedSizeList<Float32, {}>", t.meta.dim),
-                        )
-                    })?;
-                let v = list
-                    .values()
-                    .as_primitive_opt::<Float32Type>()
-                    .ok_or_else(|| {
-                        Error::column(path, "embedding", "`embedding` items are not Float32")
-                    })?;
-                t.values.extend_from_slice(v.values());
+        for batch in rows.by_ref() {
+            let b = batch?;
+            t.keys.extend(b.keys);
+            if let Some(s) = b.splits {
+                t.splits.get_or_insert_with(Vec::new).extend(s);
             }
-            Some(_) => {
-                let (dim, len) = (t.meta.dim, t.meta.tokens.unwrap_or(0));
-                let tok = col("tokens")?;
-                no_nulls(path, tok.as_ref(), "tokens")?;
-                let inner = tok
-                    .as_fixed_size_list_opt()
-                    .filter(|l| l.value_length() as usize == len)
-                    .and_then(|l| l.values().as_fixed_size_list_opt().cloned())
-                    .filter(|l| l.value_length() as usize == dim)
-                    .ok_or_else(|| {
-                        Error::column(
-                            path,
-                            "tokens",
-                            format!(
-                                "`tokens` is {}, not FixedSizeList<FixedSizeList<Float32, \
-                                 {dim}>, {len}>",
-                                tok.data_type()
-                            ),
-                        )
-                    })?;
-                let v = inner
-                    .values()
-                    .as_primitive_opt::<Float32Type>()
-                    .ok_or_else(|| {
-                        Error::column(path, "tokens", "`tokens` items are not Float32")
-                    })?;
-                t.values.extend_from_slice(v.values());
-                let m = col("mask")?;
-                no_nulls(path, m.as_ref(), "mask")?;
-                let bools = m
-                    .as_fixed_size_list_opt()
-                    .filter(|l| l.value_length() as usize == len)
-                    .and_then(|l| l.values().as_boolean_opt())
-                    .map(|b| b.iter().map(|b| b.unwrap_or(false)).collect::<Vec<_>>())
-                    .ok_or_else(|| {
-                        Error::column(
-                            path,
-                            "mask",
-                            format!(
-                                "`mask` is {}, not FixedSizeList<Boolean, {len}>",
-                                m.data_type()
-                            ),
-                        )
-                    })?;
-                t.mask.as_mut().expect("token table").extend(bools);
+            t.values.extend(b.values);
+            if let (Some(all), Some(m)) = (t.mask.as_mut(), b.mask) {
+                all.extend(m);
             }
-        }
-        Ok(())
-    }
-
-    /// Checks the counts of what was read against each other and the metadata.
-    fn finish(self) -> Result<Self> {
-        let t = self;
-        let path = t.path.clone();
-        let path = path.as_path();
-        let want = t.keys.len().checked_mul(t.row_len());
-        let mask_want = t.keys.len().checked_mul(t.meta.tokens.unwrap_or(0));
-        if let (Some(m), Some(want)) = (&t.mask, mask_want) {
-            if m.len() != want {
-                return Err(Error::rows(
-                    path,
-                    format!(
-                        "column `mask`: {} values for {} rows",
-                        m.len(),
-                        t.keys.len()
-                    ),
-                ));
-            }
-        }
-        if want != Some(t.values.len()) {
-            return Err(Error::rows(
-                path,
-                format!("{} values for {} rows", t.values.len(), t.keys.len()),
-            ));
-        }
-        if t.keys.len() != t.meta.row_end.saturating_sub(t.meta.row_start) {
-            return Err(Error::rows(
-                path,
-                format!(
-                    "{} rows, but the metadata says rows {}..{}",
-                    t.keys.len(),
-                    t.meta.row_start,
-                    t.meta.row_end
-                ),
-            ));
         }
         Ok(t)
     }

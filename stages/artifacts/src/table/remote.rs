@@ -159,6 +159,14 @@ fn remote_error(
 }
 
 impl RemoteTable {
+    /// The table's rows through the one decoder every reader shares ([`super::RowBatches`]); the
+    /// digest is checked when the last batch has been read.
+    pub fn rows(self) -> Result<super::RowBatches<RemoteTable>> {
+        let path = self.path.clone();
+        let meta = super::TableMeta::from_key_values(&path, &self.key_value)?;
+        Ok(super::RowBatches::new(&path, meta, self))
+    }
+
     /// Reads the rest of the body (the bytes after the last row group: the footer), then compares
     /// the digest of every byte received with the manifest's.
     fn verify(&mut self) -> Result<()> {

@@ -4,6 +4,7 @@
 //! metric, data from the SIIM/RSNA records tables, and training. Design: `docs/segmentation.md`.
 
 pub mod augment;
+mod cache;
 pub mod data;
 pub mod decoders;
 pub mod features;

@@ -13,7 +13,6 @@ use std::time::Instant;
 use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::{Field, Schema};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
 use train::finetune::{cosine, Selection};
 use train::optim::{AdamW, DecayPolicy};
 use train::params::write_safetensors;
@@ -21,7 +20,8 @@ use train::rng::{derive_seed, permutation};
 use train::Adaptor;
 
 use super::augment::ShiftScaleRotate;
-use super::data::{SegData, SegSplit};
+use super::cache::{Frozen, SplitFeatures};
+use super::data::SegData;
 use super::decoders::Decoder;
 use super::features::SegBackbone;
 use super::loss::SegLoss;
@@ -66,6 +66,11 @@ pub struct SegConfig {
     /// features are then computed per batch from the transformed images. `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<ShiftScaleRotate>,
+    /// Where cached features live: `None` in memory; `Some((budget, dir))` in memory while a
+    /// split's features fit in `budget` bytes, else in row files under `dir` (the stage's scratch
+    /// folder), gathered per batch. Not recorded: it never changes a result.
+    #[serde(skip)]
+    pub feature_store: Option<(u64, PathBuf)>,
 }
 
 impl SegConfig {
@@ -91,6 +96,7 @@ impl SegConfig {
             device: "cpu".into(),
             cache_features: true,
             augment: None,
+            feature_store: None,
         }
     }
 
@@ -131,111 +137,6 @@ pub struct SegReport {
     /// Seconds computing the frozen features (cache), and in total.
     pub feature_seconds: f64,
     pub seconds: f64,
-}
-
-/// A split's decoder inputs: cached, or recomputed per batch.
-struct SplitFeatures<'a> {
-    split: &'a SegSplit,
-    cached: Option<Vec<Tensor>>,
-    masks: Tensor,
-}
-
-struct Frozen<'a> {
-    backbone: &'a SegBackbone,
-    adaptor: Option<&'a Adaptor>,
-    crop: u32,
-    device: Device,
-}
-
-impl Frozen<'_> {
-    fn compute(&self, split: &SegSplit, idx: &[usize]) -> Result<Vec<Tensor>> {
-        let imgs: Vec<_> = idx.iter().map(|&i| &split.images[i]).collect();
-        Ok(self
-            .backbone
-            .features(&imgs, self.crop, self.adaptor)?
-            .into_iter()
-            .map(|t| t.to_device(self.device))
-            .collect())
-    }
-
-    fn prepare<'s>(
-        &self,
-        split: &'s SegSplit,
-        cache: bool,
-        chunk: usize,
-    ) -> Result<SplitFeatures<'s>> {
-        let s = self.crop as i64;
-        let n = split.len();
-        let mut mask_buf = Vec::with_capacity(n * (s * s) as usize);
-        for m in &split.masks {
-            mask_buf.extend_from_slice(m);
-        }
-        let masks = Tensor::from_slice(&mask_buf)
-            .view([n as i64, 1, s, s])
-            .to_device(self.device);
-        let cached = if cache && n > 0 {
-            let mut parts: Vec<Vec<Tensor>> = Vec::new();
-            let all: Vec<usize> = (0..n).collect();
-            for c in all.chunks(chunk.max(1)) {
-                parts.push(self.compute(split, c)?);
-            }
-            let k = parts[0].len();
-            Some(
-                (0..k)
-                    .map(|j| Tensor::cat(&parts.iter().map(|p| &p[j]).collect::<Vec<_>>(), 0))
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        Ok(SplitFeatures {
-            split,
-            cached,
-            masks,
-        })
-    }
-
-    /// A training batch through `aug`: each image and its mask transformed together (drawn
-    /// from `(seed, epoch, image)`), then through the frozen part.
-    fn augmented_batch(
-        &self,
-        split: &SegSplit,
-        idx: &[usize],
-        aug: &ShiftScaleRotate,
-        seed: u64,
-        epoch: u64,
-    ) -> Result<(Vec<Tensor>, Tensor)> {
-        let s = self.crop as i64;
-        let (imgs, masks): (Vec<_>, Vec<_>) = idx
-            .iter()
-            .map(|&i| match aug.draw(seed, epoch, i as u64) {
-                Some((angle, scale)) => aug.apply(&split.images[i], &split.masks[i], angle, scale),
-                None => (split.images[i].clone(), split.masks[i].clone()),
-            })
-            .unzip();
-        let refs: Vec<_> = imgs.iter().collect();
-        let feats = self
-            .backbone
-            .features(&refs, self.crop, self.adaptor)?
-            .into_iter()
-            .map(|t| t.to_device(self.device))
-            .collect();
-        let t = Tensor::from_slice(&masks.concat())
-            .view([idx.len() as i64, 1, s, s])
-            .to_device(self.device)
-            .to_kind(Kind::Float);
-        Ok((feats, t))
-    }
-
-    fn batch(&self, f: &SplitFeatures, idx: &[usize]) -> Result<(Vec<Tensor>, Tensor)> {
-        let ix = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
-            .to_device(self.device);
-        let feats = match &f.cached {
-            Some(c) => c.iter().map(|t| t.index_select(0, &ix)).collect(),
-            None => self.compute(f.split, idx)?,
-        };
-        Ok((feats, f.masks.index_select(0, &ix).to_kind(Kind::Float)))
-    }
 }
 
 /// Mean loss over batches and per-image Dice of a split, in evaluation mode.
@@ -324,6 +225,7 @@ pub fn train_segmenter(
         adaptor: adaptor.as_ref(),
         crop: cfg.crop,
         device,
+        store: cfg.feature_store.clone(),
     };
     let t0 = Instant::now();
     let chunk = cfg.batch_size.max(8);
@@ -332,9 +234,10 @@ pub fn train_segmenter(
         &data.train,
         cfg.cache_features && cfg.augment.is_none(),
         chunk,
+        "train",
     )?;
-    let valid_f = frozen.prepare(&data.valid, cfg.cache_features, chunk)?;
-    let test_f = frozen.prepare(&data.test, cfg.cache_features, chunk)?;
+    let valid_f = frozen.prepare(&data.valid, cfg.cache_features, chunk, "valid")?;
+    let test_f = frozen.prepare(&data.test, cfg.cache_features, chunk, "test")?;
     let feature_seconds = t0.elapsed().as_secs_f64();
     if cfg.cache_features {
         observer.log(&format!(
