@@ -183,7 +183,8 @@ fn a_file_added_removed_renamed_or_replaced_is_seen_by_restating_only_its_folder
     c.fingerprint_with(data.path(), Check::Folders, false)
         .unwrap();
     let dir = data.path().join("p3/s4");
-    let changes: Vec<(&str, Box<dyn Fn()>, u64)> = vec![
+    type Change<'a> = (&'a str, Box<dyn Fn() + 'a>, u64);
+    let changes: Vec<Change> = vec![
         (
             "add",
             Box::new(|| fs::write(dir.join("new.txt"), b"x").unwrap()),
