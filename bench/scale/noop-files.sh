@@ -43,16 +43,16 @@ open(f"{root}/.complete", "w").close()
 PY
 }
 
-ms() { # command... → wall milliseconds of one run
-  local t0 t1
-  t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N)
-  echo $(((t1 - t0) / 1000000))
+noop() { # command... → "wall_ms cpu_ms" of one run (CPU: user + system, which load inflates less)
+  /usr/bin/time -f '%e %U %S' -o "$WORK/time" "$@" >/dev/null
+  awk '{printf "%d %d\n", $1 * 1000, ($2 + $3) * 1000}' "$WORK/time"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+command -v /usr/bin/time >/dev/null || { echo "needs GNU time (/usr/bin/time)" >&2; exit 2; }
 
-echo "| layout | files | folders | check | first run (s) | no-op, median of $RUNS (ms) |"
-echo "|---|---|---|---|---|---|"
+echo "| layout | files | folders | check | first run (s) | no-op wall, median of $RUNS (ms) | no-op CPU, median (ms) |"
+echo "|---|---|---|---|---|---|---|"
 for layout in nested flat; do
   data="$WORK/$layout"
   make_files "$layout" "$data"
@@ -79,11 +79,12 @@ params.run = "ls \$IN_DEPS > \$OUT/top.txt"
 TOML
     cache="$WORK/cache-$layout-$check"
     rm -rf "$cache"
-    first=$(ms "$BIN" run -q --cache-dir "$cache" "$m")
+    first=$(noop "$BIN" run -q --cache-dir "$cache" "$m" | cut -d' ' -f1)
     # Folders changed within 2 s of a listing are listed again once (racily recent).
     sleep 2; "$BIN" run -q --cache-dir "$cache" "$m" >/dev/null
-    noop=$(for _ in $(seq "$RUNS"); do ms "$BIN" run -q --cache-dir "$cache" "$m"; done | median)
-    printf '| %s | %d | %d | %s | %.1f | %d |\n' "$layout" "$FILES" "$folders" "$setting" \
-      "$(echo "$first / 1000" | bc -l)" "$noop"
+    for _ in $(seq "$RUNS"); do noop "$BIN" run -q --cache-dir "$cache" "$m"; done > "$WORK/runs"
+    printf '| %s | %d | %d | %s | %.1f | %d | %d |\n' "$layout" "$FILES" "$folders" "$setting" \
+      "$(echo "$first / 1000" | bc -l)" "$(cut -d' ' -f1 "$WORK/runs" | median)" \
+      "$(cut -d' ' -f2 "$WORK/runs" | median)"
   done
 done

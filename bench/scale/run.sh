@@ -25,11 +25,15 @@ RESULTS="$WORK/results.tsv"
 measure() { # N stage command...
   local n=$1 stage=$2; shift 2
   local log="$WORK/$n/$stage.log"
-  if ! /usr/bin/time -f '%e %M' -o "$WORK/$n/$stage.time" "$@" >"$log" 2>&1; then
+  local t0 t1 kib
+  t0=$(date +%s%N)
+  if ! /usr/bin/time -f '%M' -o "$WORK/$n/$stage.time" "$@" >"$log" 2>&1; then
     echo "error: $stage at N=$n failed; see $log" >&2; tail -20 "$log" >&2; exit 1
   fi
-  read -r wall kib < "$WORK/$n/$stage.time"
-  printf '%s\t%s\t%s\t%s\n' "$n" "$stage" "$wall" "$((kib / 1024))" | tee -a "$RESULTS" >&2
+  t1=$(date +%s%N)
+  kib=$(tail -1 "$WORK/$n/$stage.time")
+  printf '%s\t%s\t%s\t%s\n' "$n" "$stage" "$(echo "($t1 - $t0) / 10^9" | bc -l | xargs printf '%.3f')" \
+    "$((kib / 1024))" | tee -a "$RESULTS" >&2
 }
 
 for N in ${SIZES[*]}; do
