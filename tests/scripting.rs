@@ -476,3 +476,34 @@ fn an_immutable_input_is_not_rechecked_until_run_verify() {
     case.write("code/other.sh", "true\n");
     assert_ne!(key(), verified);
 }
+
+#[test]
+fn the_peak_memory_of_a_stage_s_processes_is_recorded_and_shown() {
+    let case = Case::new();
+    // dd holds one 96 MiB block in memory; `true` next to nothing.
+    case.write(
+        "m.toml",
+        "[stages.big]\nkind = 'command'\nparams.run = 'dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null'\n\
+         [stages.small]\nkind = 'command'\nparams.run = 'true'\n",
+    );
+    case.ok(&["run", "m.toml"]);
+    let rows = json(&case, &["status", "m.toml", "--json"]);
+    let peak = |name: &str| {
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["instance"] == name)
+            .unwrap();
+        let shown = json(&case, &["show", row["key"].as_str().unwrap(), "--json"]);
+        shown["peak_rss_mib"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{shown}"))
+    };
+    let (big, small) = (peak("big"), peak("small"));
+    assert!(big >= 96, "{big} MiB");
+    assert!(small < 32, "{small} MiB");
+    let key = rows[0]["key"].as_str().unwrap().to_string();
+    let out = case.ok(&["show", &key]);
+    assert!(out.contains(&format!("memory    peak {big} MiB")), "{out}");
+}

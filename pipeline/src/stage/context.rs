@@ -65,6 +65,8 @@ pub struct StageContext {
     resume_dir: Option<PathBuf>,
     time_limit: Option<Duration>,
     activity: Arc<Activity>,
+    /// The largest peak RSS (KiB) of a process the stage started; 0 while none has ended.
+    peak_rss_kib: AtomicU64,
 }
 
 impl StageContext {
@@ -94,7 +96,18 @@ impl StageContext {
             resume_dir: None,
             time_limit: None,
             activity: Arc::new(Activity::new()),
+            peak_rss_kib: AtomicU64::new(0),
         }
+    }
+
+    /// Records the peak resident memory (KiB) of a process the stage started, once it ended.
+    pub fn record_peak_rss(&self, kib: u64) {
+        self.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
+    }
+
+    /// The largest peak RSS recorded (KiB), if the stage started a process.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        Some(self.peak_rss_kib.load(Ordering::Relaxed)).filter(|k| *k > 0)
     }
 
     /// Stops the stage after `limit` (from when the context was made): [`StageContext::is_cancelled`]
