@@ -45,7 +45,7 @@ for N in ${SIZES[*]}; do
   IMAGES_FROM='raw = "datasets.${images}"'
   if "$BIN" stages 2>/dev/null | grep -q '^preprocess '; then
     PREPROCESS=$(sed -n "s/^#\([^ ].*\)/\1/p" "$REPO/bench/scale/preprocess.toml.in")
-    IMAGES_FROM='raw = "preprocess[images=${images}]"'
+    IMAGES_FROM='images = "preprocess[images=${images}]"'
   fi
   M="$D/scale.toml"
   cat > "$M" <<TOML
