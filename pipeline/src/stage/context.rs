@@ -58,6 +58,8 @@ pub struct StageContext {
     inputs: BTreeMap<String, Vec<InputArtifact>>,
     out_dir: PathBuf,
     threads: usize,
+    /// The largest peak RSS (KiB) of a process the stage started; 0 while none has ended.
+    peak_rss_kib: AtomicU64,
     log_file: Mutex<Option<File>>,
     started: Instant,
     sink: Arc<dyn ProgressSink>,
@@ -65,8 +67,6 @@ pub struct StageContext {
     resume_dir: Option<PathBuf>,
     time_limit: Option<Duration>,
     activity: Arc<Activity>,
-    /// The largest peak RSS (KiB) of a process the stage started; 0 while none has ended.
-    peak_rss_kib: AtomicU64,
 }
 
 impl StageContext {
@@ -89,6 +89,7 @@ impl StageContext {
             inputs,
             out_dir,
             threads: threads.max(1),
+            peak_rss_kib: AtomicU64::new(0),
             log_file: Mutex::new(log_file),
             started: Instant::now(),
             sink,
@@ -96,18 +97,7 @@ impl StageContext {
             resume_dir: None,
             time_limit: None,
             activity: Arc::new(Activity::new()),
-            peak_rss_kib: AtomicU64::new(0),
         }
-    }
-
-    /// Records the peak resident memory (KiB) of a process the stage started, once it ended.
-    pub fn record_peak_rss(&self, kib: u64) {
-        self.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
-    }
-
-    /// The largest peak RSS recorded (KiB), if the stage started a process.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        Some(self.peak_rss_kib.load(Ordering::Relaxed)).filter(|k| *k > 0)
     }
 
     /// Stops the stage after `limit` (from when the context was made): [`StageContext::is_cancelled`]
@@ -266,6 +256,16 @@ impl StageContext {
         } else {
             Ok(())
         }
+    }
+
+    /// Records the peak resident memory (KiB) of a process the stage started, once it ended.
+    pub fn record_peak_rss(&self, kib: u64) {
+        self.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
+    }
+
+    /// The largest peak RSS recorded (KiB), if the stage started a process.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        Some(self.peak_rss_kib.load(Ordering::Relaxed)).filter(|k| *k > 0)
     }
 }
 
