@@ -434,3 +434,76 @@ fn a_script_declared_as_an_input_re_runs_its_stage_when_edited() {
         "an undeclared script is not in the key"
     );
 }
+
+#[test]
+fn an_immutable_input_is_not_rechecked_until_run_verify() {
+    let case = Case::new();
+    case.write("code/step.sh", "echo v1 > \"$OUT/out.txt\"\n");
+    case.write(
+        "m.toml",
+        "[datasets.code]\nkind = 'scripts'\nroot = 'code'\nimmutable = true\n\
+         [stages.s]\nkind = 'command'\ninputs.deps = 'datasets.code'\nparams.run = 'sh $IN_DEPS/step.sh'\n",
+    );
+    case.ok(&["run", "m.toml"]);
+    let key = || json(&case, &["status", "m.toml", "--json"])[0]["key"].clone();
+    let built = key();
+    // The risk `immutable` documents: an edit inside is not seen, nothing is stale.
+    case.write("code/step.sh", "echo v2 > \"$OUT/out.txt\"\n");
+    case.write("code/new.sh", "true\n");
+    let (code, out) = case.go(&["status", "m.toml", "--exit-code"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(key(), built);
+    // --verify rehashes, names the changed file the check did not look at, and rebuilds.
+    let (code, out) = case.go(&["run", "m.toml", "--verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("datasets.code: 1 file(s) changed content") && out.contains("step.sh"),
+        "{out}"
+    );
+    assert!(out.contains("1 ran"), "{out}");
+    assert_ne!(key(), built);
+    // The verified content is what later runs use: up to date, and `immutable = false` (every
+    // file stat'ed) agrees on the key.
+    let verified = key();
+    assert_eq!(case.go(&["status", "m.toml", "--exit-code"]).0, Some(0));
+    let text = std::fs::read_to_string(case.path().join("m.toml")).unwrap();
+    case.write(
+        "m.toml",
+        &text.replace("immutable = true", "check = 'folders'"),
+    );
+    assert_eq!(key(), verified);
+    // `check = 'folders'` sees a file added.
+    case.write("code/other.sh", "true\n");
+    assert_ne!(key(), verified);
+}
+
+#[test]
+fn the_peak_memory_of_a_stage_s_processes_is_recorded_and_shown() {
+    let case = Case::new();
+    // dd holds one 96 MiB block in memory; `true` next to nothing.
+    case.write(
+        "m.toml",
+        "[stages.big]\nkind = 'command'\nparams.run = 'dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null'\n\
+         [stages.small]\nkind = 'command'\nparams.run = 'true'\n",
+    );
+    case.ok(&["run", "m.toml"]);
+    let rows = json(&case, &["status", "m.toml", "--json"]);
+    let peak = |name: &str| {
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["instance"] == name)
+            .unwrap();
+        let shown = json(&case, &["show", row["key"].as_str().unwrap(), "--json"]);
+        shown["peak_rss_mib"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{shown}"))
+    };
+    let (big, small) = (peak("big"), peak("small"));
+    assert!(big >= 96, "{big} MiB");
+    assert!(small < 32, "{small} MiB");
+    let key = rows[0]["key"].as_str().unwrap().to_string();
+    let out = case.ok(&["show", &key]);
+    assert!(out.contains(&format!("memory    peak {big} MiB")), "{out}");
+}

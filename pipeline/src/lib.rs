@@ -22,7 +22,7 @@ pub mod value;
 
 pub use error::{Error, ErrorClass, ManifestError, Result};
 pub use executor::{Resolved, RunOptions, RunReport, State};
-pub use fingerprint::FingerprintCache;
+pub use fingerprint::{Check, FingerprintCache};
 pub use key::{KeyRecipe, StageKey};
 pub use plan::Plan;
 pub use stage::{

@@ -121,6 +121,7 @@ pub fn run_group(
         child,
         sentinel,
         writer,
+        reaped: false,
     };
     for r in &readers {
         if let Some(fd) = r.fd() {
@@ -164,7 +165,9 @@ pub fn run_group(
                 // Kill what is left of the group before reaping: while the main process is an
                 // unreaped zombie its pid, hence the group id, cannot be reused.
                 kill_group(pgid, libc::SIGKILL);
-                status = Some(group.child.wait()?);
+                let (st, peak_kib) = group.reap()?;
+                ctx.record_peak_rss(peak_kib);
+                status = Some(st);
                 exited_at = Some(Instant::now());
             } else if ctx.is_cancelled() {
                 match term_sent {
@@ -211,6 +214,35 @@ struct Group {
     child: Child,
     sentinel: Child,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The main process was reaped by [`Group::reap`] (its pid may already be reused).
+    reaped: bool,
+}
+
+impl Group {
+    /// Waits for the main process: its exit status and peak resident set size in KiB (the
+    /// largest of it and the descendants it waited for, as `wait4` reports `ru_maxrss`).
+    fn reap(&mut self) -> io::Result<(ExitStatus, u64)> {
+        let pid = self.child.id() as libc::pid_t;
+        let mut status: libc::c_int = 0;
+        // SAFETY: `usage` is a zeroed rusage we own; wait4 only writes into it and `status`.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: `pid` is our own unreaped child; the pointers are to locals we own.
+            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            if rc == pid {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        self.reaped = true;
+        Ok((
+            ExitStatus::from_raw(status),
+            u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        ))
+    }
 }
 
 impl Drop for Group {
@@ -219,7 +251,9 @@ impl Drop for Group {
         // this can only reach the stage's own processes.
         kill_group(self.pgid, libc::SIGKILL);
         drop(self.sentinel.stdin.take());
-        let _ = self.child.wait();
+        if !self.reaped {
+            let _ = self.child.wait();
+        }
         let _ = self.sentinel.wait();
         if let Some(w) = self.writer.take() {
             let _ = w.join();

@@ -209,6 +209,28 @@ fn input_bytes_change_the_key_and_a_touch_does_not() {
 }
 
 #[test]
+fn how_an_input_is_checked_is_not_part_of_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = registry(1);
+    write(dir.path(), "raw/a.csv", "1\n");
+    write(dir.path(), "raw/sub/b.csv", "2\n");
+    let text = "[datasets.raw]\nkind='csv'\nroot='raw'\n[stages.s]\nkind='echo'\ninputs.data='datasets.raw'\n";
+    let keys = keys_of(dir.path(), text, &f.reg);
+    use pipeline::Check;
+    for (setting, check) in [
+        ("check='files'", Check::Files),
+        ("check='folders'", Check::Folders),
+        ("immutable=true", Check::Immutable),
+        ("immutable=false", Check::Files),
+    ] {
+        let with = text.replace("root='raw'", &format!("root='raw'\n{setting}"));
+        let plan = pipeline::plan::load(&write(dir.path(), "m.toml", &with), &f.reg).unwrap();
+        assert_eq!(plan.externals[0].check, check, "{setting}");
+        assert_eq!(keys_of(dir.path(), &with, &f.reg), keys, "{setting}");
+    }
+}
+
+#[test]
 fn moving_a_dataset_or_the_manifest_does_not_change_keys() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
@@ -347,6 +369,9 @@ fn bad_manifests_say_where_and_what() {
         ("dependency cycle", "[stages.a]\nkind='echo'\ninputs.src='b'\n[stages.b]\nkind='echo'\ninputs.src='a'\n"),
         ("dataset without a root", "[datasets.rsna]\nkind = 'rsna'\n"),
         ("dataset with an unknown key", "[datasets.rsna]\nkind = 'rsna'\nroot = '.'\npath = '.'\n"),
+        ("dataset check unknown", "[datasets.rsna]\nkind = 'rsna'\nroot = '.'\ncheck = 'inodes'\n"),
+        ("dataset immutable not a boolean", "[datasets.rsna]\nkind = 'rsna'\nroot = '.'\nimmutable = 'yes'\n"),
+        ("dataset immutable with a check", "[datasets.rsna]\nkind = 'rsna'\nroot = '.'\nimmutable = true\ncheck = 'folders'\n"),
         ("unsupported store", "store = 'gs://bucket/x'\n"),
         ("nan", "[stages.s]\nkind='echo'\nparams.lr = nan\n"),
         ("duplicate axis value", "[matrix]\nseed = [0, 1, 0]\n"),

@@ -22,6 +22,9 @@ pub fn render_show(m: &ArtifactManifest, log: Option<&str>) -> String {
         m.host,
         m.tool
     );
+    if let Some(mib) = m.peak_rss_mib {
+        let _ = writeln!(s, "memory    peak {mib} MiB (its processes)");
+    }
     if m.params.is_empty() {
         let _ = writeln!(s, "params    (none)");
     } else {

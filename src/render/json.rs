@@ -16,8 +16,8 @@ fn pretty(v: &Value) -> String {
 }
 
 /// `show --json`: the artifact's `_manifest.json` as stored (format, key, kind, version,
-/// instance, manifest, params, inputs, files, started_unix, seconds, tool, host, and job and
-/// attempt where present), plus `location` (its folder) and, with `--verbose`, `log`.
+/// instance, manifest, params, inputs, files, started_unix, seconds, tool, host, and job,
+/// attempt and peak_rss_mib where present), plus `location` (its folder) and, with `--verbose`, `log`.
 pub fn render_show_json(m: &ArtifactManifest, location: &str, log: Option<&str>) -> String {
     let mut v = serde_json::to_value(m).expect("a manifest serialises");
     v["location"] = location.into();

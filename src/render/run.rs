@@ -110,7 +110,7 @@ pub fn render_exec_failure(instance: &str, error: &str, log: &str, store: &Store
 /// time did not (the first five are named).
 pub fn render_unverified_inputs(reference: &str, files: &[String]) -> String {
     format!(
-        "warning: {reference}: {} file(s) changed content without changing size or time: {}\n",
+        "warning: {reference}: {} file(s) changed content where earlier runs did not look (same size and time, or not stat'ed under its `check`/`immutable`): {}\n",
         files.len(),
         files.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
     )

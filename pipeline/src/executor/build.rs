@@ -429,6 +429,7 @@ impl Builder<'_> {
         }
         let seconds = clock.elapsed().as_secs_f64();
         ctx.log(format!("finished in {seconds:.2}s"));
+        let peak_rss_mib = ctx.peak_rss_kib().map(|kib| kib.div_ceil(1024));
         drop(ctx);
 
         let manifest = ArtifactManifest {
@@ -447,6 +448,7 @@ impl Builder<'_> {
             host: host.to_string(),
             job: opts.job.clone(),
             attempt: store.new_attempt(),
+            peak_rss_mib,
         };
         let is_lost = || lost.load(Ordering::SeqCst);
         let published = match attempt.replace {

@@ -45,7 +45,7 @@ pub fn resolve(
         .par_iter()
         .map(|e| {
             cache
-                .fingerprint(&e.path, verify)
+                .fingerprint_with(&e.path, e.check, verify)
                 .map_err(|err| Error::Fingerprint {
                     reference: e.reference(),
                     kind: e.kind.clone(),

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
+use crate::fingerprint::Check;
 use crate::manifest::{self, Node};
 use crate::stage::{Limits, StageRegistry};
 use crate::value::{Params, Value};
@@ -37,6 +38,8 @@ pub struct External {
     /// Absolute (or manifest-relative, resolved) path.
     pub path: PathBuf,
     pub params: Params,
+    /// How a run decides that the folder is unchanged (`check`, `immutable`); not in any key.
+    pub check: Check,
 }
 
 impl External {

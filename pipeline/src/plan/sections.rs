@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::Result;
+use crate::fingerprint::Check;
 use crate::manifest::{Loc, Node, NodeValue};
 use crate::stage::StageRegistry;
 use crate::value::Params;
@@ -57,7 +58,11 @@ pub(super) fn externals(top: &BTreeMap<String, Node>) -> Result<Vec<External>> {
                 ));
             }
             let t = table(entry, &prefix)?;
-            check_keys(t, &["kind", path_key, "params"], &prefix)?;
+            check_keys(
+                t,
+                &["kind", path_key, "params", "check", "immutable"],
+                &prefix,
+            )?;
             let kind = string(
                 t.get("kind")
                     .ok_or_else(|| err(entry, &prefix, "missing key `kind`"))?,
@@ -84,10 +89,52 @@ pub(super) fn externals(top: &BTreeMap<String, Node>) -> Result<Vec<External>> {
                 kind: kind.into(),
                 path: pnode.loc.file.dir().join(rel),
                 params,
+                check: check(t, &prefix)?,
             });
         }
     }
     Ok(externals)
+}
+
+/// `check = "files" | "folders"` or `immutable = true` of one external input.
+fn check(t: &BTreeMap<String, Node>, prefix: &str) -> Result<Check> {
+    let immutable = match t.get("immutable") {
+        None => false,
+        Some(n) => match n.value {
+            NodeValue::Bool(b) => b,
+            _ => {
+                return Err(err(
+                    n,
+                    &format!("{prefix}.immutable"),
+                    format!("expected true or false, found {}", n.type_name()),
+                ))
+            }
+        },
+    };
+    let Some(node) = t.get("check") else {
+        return Ok(if immutable {
+            Check::Immutable
+        } else {
+            Check::Files
+        });
+    };
+    let key = format!("{prefix}.check");
+    if immutable {
+        return Err(err(
+            node,
+            &key,
+            "`immutable = true` checks nothing once fingerprinted: drop `check`, or `immutable`",
+        ));
+    }
+    match string(node, &key)? {
+        "files" => Ok(Check::Files),
+        "folders" => Ok(Check::Folders),
+        other => Err(err(
+            node,
+            &key,
+            format!("unknown check `{other}` (expected `files` or `folders`)"),
+        )),
+    }
 }
 
 /// The `[matrix]` axes: name → (where declared, values).

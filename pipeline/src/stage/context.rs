@@ -58,6 +58,8 @@ pub struct StageContext {
     inputs: BTreeMap<String, Vec<InputArtifact>>,
     out_dir: PathBuf,
     threads: usize,
+    /// The largest peak RSS (KiB) of a process the stage started; 0 while none has ended.
+    peak_rss_kib: AtomicU64,
     log_file: Mutex<Option<File>>,
     started: Instant,
     sink: Arc<dyn ProgressSink>,
@@ -93,6 +95,7 @@ impl StageContext {
             inputs,
             out_dir,
             threads: threads.max(1),
+            peak_rss_kib: AtomicU64::new(0),
             log_file: Mutex::new(log_file),
             started: Instant::now(),
             sink,
@@ -312,6 +315,16 @@ impl StageContext {
         } else {
             Ok(())
         }
+    }
+
+    /// Records the peak resident memory (KiB) of a process the stage started, once it ended.
+    pub fn record_peak_rss(&self, kib: u64) {
+        self.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
+    }
+
+    /// The largest peak RSS recorded (KiB), if the stage started a process.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        Some(self.peak_rss_kib.load(Ordering::Relaxed)).filter(|k| *k > 0)
     }
 }
 

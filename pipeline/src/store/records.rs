@@ -56,6 +56,11 @@ pub struct ArtifactManifest {
     /// (absent for local stores and for artifacts written before attempts existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// Peak resident memory (MiB) of the processes the stage started (the libtorch worker, the
+    /// `command` shell and what it waited for): the kernel's `ru_maxrss` of the main process at
+    /// its exit. Absent for stages that run in the runner's own process and older artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<u64>,
 }
 
 impl ArtifactManifest {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::formats::encode_jpeg;
 use super::render::{self, Finding, Rng, Zone};
-use super::{count, pick_side, pick_zone, write, write_gz, Written};
+use super::{count, pick_side, pick_zone, write, GzCsv, Written};
 use crate::error::Result;
 
 /// The 14 CheXpert label columns of `mimic-cxr-2.0.0-chexpert.csv`, in the file's order.
@@ -57,101 +57,127 @@ struct MimicStudy {
     split: &'static str,
 }
 
+/// Study `i`: its ids, findings, images and split, drawn from the plan's one random stream (in
+/// order, so a study is the same whatever the chunk it is drawn in).
+fn plan_study(i: usize, rng: &mut Rng, base_subject: u64) -> MimicStudy {
+    let case = match i {
+        0 => MimicCase::LateralOnly,
+        1 => MimicCase::TwoWordReport,
+        2 => MimicCase::Validate,
+        3 => MimicCase::Test,
+        4 => MimicCase::NoSections,
+        _ => MimicCase::Regular,
+    };
+    let subject = base_subject + (i / 2) as u64 * 7 + 3;
+    let study = 50_000_000 + rng.below(40_000_000) as u64 / 16 * 16 + i as u64;
+    let roll = rng.f();
+    let mut findings = Vec::new();
+    if case == MimicCase::Regular || case == MimicCase::Validate || case == MimicCase::Test {
+        if roll < 0.25 {
+            findings.push(Finding::Opacity {
+                side: pick_side(rng),
+                zone: pick_zone(rng),
+                strength: 1.0,
+            });
+        } else if roll < 0.40 {
+            findings.push(Finding::Effusion {
+                side: pick_side(rng),
+            });
+        } else if roll < 0.50 {
+            findings.push(Finding::Cardiomegaly);
+        } else if roll < 0.58 {
+            findings.push(Finding::Pneumothorax {
+                side: pick_side(rng),
+            });
+        } else if roll < 0.63 {
+            findings.push(Finding::Cardiomegaly);
+            findings.push(Finding::Effusion {
+                side: pick_side(rng),
+            });
+        }
+    }
+    let uncertain_pneumonia = findings.is_empty() && case == MimicCase::Regular && rng.chance(0.08);
+    if uncertain_pneumonia {
+        findings.push(Finding::Opacity {
+            side: pick_side(rng),
+            zone: Zone::Lower,
+            strength: 0.45,
+        });
+    }
+    let dicom = |rng: &mut Rng| {
+        format!(
+            "{}-{}-{}-{}-{}",
+            rng.hex(8),
+            rng.hex(8),
+            rng.hex(8),
+            rng.hex(8),
+            rng.hex(8)
+        )
+    };
+    let frontal = (case != MimicCase::LateralOnly)
+        .then(|| (dicom(rng), if rng.chance(0.7) { "PA" } else { "AP" }));
+    let lateral = (case == MimicCase::LateralOnly || rng.chance(0.75)).then(|| dicom(rng));
+    let split = match case {
+        MimicCase::Validate => "validate",
+        MimicCase::Test => "test",
+        _ => {
+            let r = rng.f();
+            if r < 0.9 {
+                "train"
+            } else if r < 0.95 {
+                "validate"
+            } else {
+                "test"
+            }
+        }
+    };
+    MimicStudy {
+        subject,
+        study,
+        case,
+        findings,
+        uncertain_pneumonia,
+        frontal,
+        lateral,
+        split,
+    }
+}
+
+/// Studies planned, rendered and written per chunk, so that memory does not grow with `n`.
+const CHUNK: usize = 4096;
+
 pub(super) fn generate(out: &Path, n: usize, seed: u64, size: u32) -> Result<Written> {
     let mut rng = Rng::derive(seed, "mimic-cxr/plan", 0);
     let base_subject = 10_000_000 + rng.below(500_000) as u64 * 10;
-    let mut studies = Vec::with_capacity(n);
-    for i in 0..n {
-        let case = match i {
-            0 => MimicCase::LateralOnly,
-            1 => MimicCase::TwoWordReport,
-            2 => MimicCase::Validate,
-            3 => MimicCase::Test,
-            4 => MimicCase::NoSections,
-            _ => MimicCase::Regular,
-        };
-        let subject = base_subject + (i / 2) as u64 * 7 + 3;
-        let study = 50_000_000 + rng.below(40_000_000) as u64 / 16 * 16 + i as u64;
-        let roll = rng.f();
-        let mut findings = Vec::new();
-        if case == MimicCase::Regular || case == MimicCase::Validate || case == MimicCase::Test {
-            if roll < 0.25 {
-                findings.push(Finding::Opacity {
-                    side: pick_side(&mut rng),
-                    zone: pick_zone(&mut rng),
-                    strength: 1.0,
-                });
-            } else if roll < 0.40 {
-                findings.push(Finding::Effusion {
-                    side: pick_side(&mut rng),
-                });
-            } else if roll < 0.50 {
-                findings.push(Finding::Cardiomegaly);
-            } else if roll < 0.58 {
-                findings.push(Finding::Pneumothorax {
-                    side: pick_side(&mut rng),
-                });
-            } else if roll < 0.63 {
-                findings.push(Finding::Cardiomegaly);
-                findings.push(Finding::Effusion {
-                    side: pick_side(&mut rng),
-                });
-            }
-        }
-        let uncertain_pneumonia =
-            findings.is_empty() && case == MimicCase::Regular && rng.chance(0.08);
-        if uncertain_pneumonia {
-            findings.push(Finding::Opacity {
-                side: pick_side(&mut rng),
-                zone: Zone::Lower,
-                strength: 0.45,
-            });
-        }
-        let dicom = |rng: &mut Rng| {
-            format!(
-                "{}-{}-{}-{}-{}",
-                rng.hex(8),
-                rng.hex(8),
-                rng.hex(8),
-                rng.hex(8),
-                rng.hex(8)
-            )
-        };
-        let frontal = (case != MimicCase::LateralOnly)
-            .then(|| (dicom(&mut rng), if rng.chance(0.7) { "PA" } else { "AP" }));
-        let lateral = (case == MimicCase::LateralOnly || rng.chance(0.75)).then(|| dicom(&mut rng));
-        let split = match case {
-            MimicCase::Validate => "validate",
-            MimicCase::Test => "test",
-            _ => {
-                let r = rng.f();
-                if r < 0.9 {
-                    "train"
-                } else if r < 0.95 {
-                    "validate"
-                } else {
-                    "test"
-                }
-            }
-        };
-        studies.push(MimicStudy {
-            subject,
-            study,
-            case,
-            findings,
-            uncertain_pneumonia,
-            frontal,
-            lateral,
-            split,
-        });
+    let mut csv = Csvs::create(out)?;
+    let mut images = 0;
+    let mut labels = BTreeMap::new();
+    for first in (0..n).step_by(CHUNK) {
+        let studies: Vec<MimicStudy> = (first..n.min(first + CHUNK))
+            .map(|i| plan_study(i, &mut rng, base_subject))
+            .collect();
+        images += render_images(out, &studies, first, seed, size)?;
+        csv.append(&studies, first, size, &mut labels)?;
     }
+    csv.finish()?;
+    Ok(Written { images, labels })
+}
 
+/// The JPEGs and reports of `studies` (study `first` first), on all cores; returns the images.
+fn render_images(
+    out: &Path,
+    studies: &[MimicStudy],
+    first: usize,
+    seed: u64,
+    size: u32,
+) -> Result<usize> {
     let files = out.join("files");
     let width = ((size as f32) * 0.86).round() as u32;
     let rendered: Vec<Result<usize>> = studies
         .par_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(j, s)| {
+            let i = first + j;
             let dir = files
                 .join(format!("p{}", &s.subject.to_string()[..2]))
                 .join(format!("p{}", s.subject));
@@ -181,53 +207,86 @@ pub(super) fn generate(out: &Path, n: usize, seed: u64, size: u32) -> Result<Wri
             Ok(written)
         })
         .collect();
-    let mut images = 0;
-    for r in rendered {
-        images += r?;
+    rendered.into_iter().sum()
+}
+
+/// The metadata, split and CheXpert CSVs, gzipped as they are written.
+struct Csvs {
+    meta: GzCsv,
+    split: GzCsv,
+    chexpert: GzCsv,
+}
+
+impl Csvs {
+    fn create(out: &Path) -> Result<Self> {
+        let mut csv = Csvs {
+            meta: GzCsv::create(&out.join("mimic-cxr-2.0.0-metadata.csv.gz"))?,
+            split: GzCsv::create(&out.join("mimic-cxr-2.0.0-split.csv.gz"))?,
+            chexpert: GzCsv::create(&out.join("mimic-cxr-2.0.0-chexpert.csv.gz"))?,
+        };
+        csv.meta.push(
+            "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,\
+             StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,\
+             PatientOrientationCodeSequence_CodeMeaning\n",
+        )?;
+        csv.split.push("dicom_id,study_id,subject_id,split\n")?;
+        csv.chexpert.push(&format!(
+            "subject_id,study_id,{}\n",
+            CHEXPERT_LABELS.join(",")
+        ))?;
+        Ok(csv)
     }
 
-    let mut meta = String::from(
-        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,\
-         StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,\
-         PatientOrientationCodeSequence_CodeMeaning\n",
-    );
-    let mut split = String::from("dicom_id,study_id,subject_id,split\n");
-    let mut chexpert = format!("subject_id,study_id,{}\n", CHEXPERT_LABELS.join(","));
-    let mut labels = BTreeMap::new();
-    for (i, s) in studies.iter().enumerate() {
-        let date = 21000101 + (i % 28) as u64;
-        // (dicom_id, ViewPosition, procedure, view code meaning, Columns): Rows is always `size`
-        let frontal = s.frontal.as_ref().map(|(id, view)| match *view {
-            "PA" => (id, "PA", "CHEST (PA AND LAT)", "postero-anterior", width),
-            _ => (id, "AP", "CHEST (PORTABLE AP)", "antero-posterior", width),
-        });
-        let lateral =
-            (s.lateral.as_ref()).map(|id| (id, "LATERAL", "CHEST (PA AND LAT)", "lateral", size));
-        for (id, view, desc, vm, columns) in frontal.into_iter().chain(lateral) {
-            meta.push_str(&format!(
-                "{id},{},{},{desc},{view},{size},{columns},{date},{}.0,{desc},{vm},Erect\n",
-                s.subject,
-                s.study,
-                100000 + i
-            ));
-            split.push_str(&format!("{id},{},{},{}\n", s.study, s.subject, s.split));
-        }
-        let values = chexpert_values(s);
-        let cells: Vec<String> = values
-            .iter()
-            .map(|v| v.map(|x| format!("{x:.1}")).unwrap_or_default())
-            .collect();
-        chexpert.push_str(&format!("{},{},{}\n", s.subject, s.study, cells.join(",")));
-        for (name, v) in CHEXPERT_LABELS.iter().zip(values) {
-            if v == Some(1.0) {
-                count(&mut labels, name);
+    /// The rows of `studies` (study `first` first); counts their positive labels.
+    fn append(
+        &mut self,
+        studies: &[MimicStudy],
+        first: usize,
+        size: u32,
+        labels: &mut BTreeMap<String, usize>,
+    ) -> Result<()> {
+        let width = ((size as f32) * 0.86).round() as u32;
+        for (j, s) in studies.iter().enumerate() {
+            let i = first + j;
+            let date = 21000101 + (i % 28) as u64;
+            // (dicom_id, ViewPosition, procedure, view code meaning, Columns): Rows is always `size`
+            let frontal = s.frontal.as_ref().map(|(id, view)| match *view {
+                "PA" => (id, "PA", "CHEST (PA AND LAT)", "postero-anterior", width),
+                _ => (id, "AP", "CHEST (PORTABLE AP)", "antero-posterior", width),
+            });
+            let lateral = (s.lateral.as_ref())
+                .map(|id| (id, "LATERAL", "CHEST (PA AND LAT)", "lateral", size));
+            for (id, view, desc, vm, columns) in frontal.into_iter().chain(lateral) {
+                self.meta.push(&format!(
+                    "{id},{},{},{desc},{view},{size},{columns},{date},{}.0,{desc},{vm},Erect\n",
+                    s.subject,
+                    s.study,
+                    100000 + i
+                ))?;
+                self.split
+                    .push(&format!("{id},{},{},{}\n", s.study, s.subject, s.split))?;
+            }
+            let values = chexpert_values(s);
+            let cells: Vec<String> = values
+                .iter()
+                .map(|v| v.map(|x| format!("{x:.1}")).unwrap_or_default())
+                .collect();
+            self.chexpert
+                .push(&format!("{},{},{}\n", s.subject, s.study, cells.join(",")))?;
+            for (name, v) in CHEXPERT_LABELS.iter().zip(values) {
+                if v == Some(1.0) {
+                    count(labels, name);
+                }
             }
         }
+        Ok(())
     }
-    write_gz(&out.join("mimic-cxr-2.0.0-metadata.csv.gz"), &meta)?;
-    write_gz(&out.join("mimic-cxr-2.0.0-split.csv.gz"), &split)?;
-    write_gz(&out.join("mimic-cxr-2.0.0-chexpert.csv.gz"), &chexpert)?;
-    Ok(Written { images, labels })
+
+    fn finish(self) -> Result<()> {
+        self.meta.finish()?;
+        self.split.finish()?;
+        self.chexpert.finish()
+    }
 }
 
 fn chexpert_values(s: &MimicStudy) -> [Option<f32>; 14] {

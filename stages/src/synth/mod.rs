@@ -163,11 +163,40 @@ pub(super) fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
-pub(super) fn write_gz(path: &Path, text: &str) -> Result<()> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(text.as_bytes())
-        .map_err(|e| Error::io(path, e))?;
-    write(path, &enc.finish().map_err(|e| Error::io(path, e))?)
+/// A gzipped text file written as it grows (a CSV of any length in bounded memory).
+pub(super) struct GzCsv {
+    path: std::path::PathBuf,
+    enc: flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>,
+}
+
+impl GzCsv {
+    pub(super) fn create(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            mkdir(parent)?;
+        }
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(GzCsv {
+            path: path.to_path_buf(),
+            enc: flate2::write::GzEncoder::new(
+                std::io::BufWriter::new(file),
+                flate2::Compression::default(),
+            ),
+        })
+    }
+
+    pub(super) fn push(&mut self, text: &str) -> Result<()> {
+        self.enc
+            .write_all(text.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    pub(super) fn finish(self) -> Result<()> {
+        let path = self.path;
+        self.enc
+            .finish()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| Error::io(&path, e))
+    }
 }
 
 pub(super) fn count(labels: &mut BTreeMap<String, usize>, l: &str) {
