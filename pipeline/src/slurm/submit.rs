@@ -29,19 +29,30 @@ pub(super) fn shell_quote(s: &str) -> String {
 
 /// The shell command a job runs: `adaptor exec` on one instance.
 pub(super) fn exec_command(slurm: &SlurmOptions, instance: &str, key: &StageKey) -> String {
-    let exec: Vec<String> = vec![
+    exec_members(slurm, &[(instance, key)])
+}
+
+/// `adaptor exec` on the members of a job, built one after another in this order.
+pub(super) fn exec_members(slurm: &SlurmOptions, members: &[(&str, &StageKey)]) -> String {
+    let mut exec: Vec<String> = vec![
         slurm.adaptor_bin.display().to_string(),
         "exec".into(),
         slurm.manifest.display().to_string(),
-        "--instance".into(),
-        instance.to_string(),
-        "--key".into(),
-        key.to_string(),
+    ];
+    for (instance, key) in members {
+        exec.extend([
+            "--instance".into(),
+            instance.to_string(),
+            "--key".into(),
+            key.to_string(),
+        ]);
+    }
+    exec.extend([
         "--store".into(),
         slurm.store.clone(),
         "--cache-dir".into(),
         slurm.cache_dir.display().to_string(),
-    ];
+    ]);
     exec.iter()
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
@@ -327,6 +338,101 @@ impl SlurmRun<'_> {
             array_id: Some(id),
             tasks,
         })
+    }
+
+    /// Claims the job records of `members` (stale instances of one kind, in dependency order)
+    /// and submits those not already being built as one job that builds them one after another:
+    /// (instance, job id, job output, submitted here) for each member.
+    pub(super) fn submit_group(
+        &self,
+        members: &[usize],
+        deps: &[String],
+    ) -> Result<Vec<(usize, String, String, bool)>> {
+        let (plan, resolved) = (self.run.plan, self.run.resolved);
+        let (store, opts, slurm) = (self.run.store, self.run.opts, self.slurm);
+        let mut tasks = Vec::new();
+        let mut ours: Vec<(usize, u32, JobRecord)> = Vec::new();
+        for &m in members {
+            let path = job_path(&plan.instances[m].kind, &resolved.keys[m]);
+            match claim(store, opts, &path, &plan.instances[m].name, &self.owner) {
+                Ok(Claim::Reuse { id, log }) => tasks.push((m, id, log, false)),
+                Ok(Claim::Ours(c)) => ours.push((m, 0, c)),
+                Err(e) => {
+                    release(plan, store, resolved, &ours);
+                    return Err(e);
+                }
+            }
+        }
+        if ours.is_empty() {
+            return Ok(tasks);
+        }
+        // Members another run builds are waited for like any upstream job.
+        let mut deps = deps.to_vec();
+        deps.extend(tasks.iter().map(|(_, id, _, _)| id.clone()));
+        let first = &plan.instances[ours[0].0];
+        let log = slurm.log_dir.join(format!(
+            "{}-group-{}-%j.out",
+            first.kind,
+            resolved.keys[ours[0].0].short()
+        ));
+        let mut args: Vec<String> = vec![
+            "--parsable".into(),
+            format!(
+                "--job-name=adaptor:{}[+{} in group]",
+                first.name,
+                ours.len() - 1
+            ),
+            format!("--output={}", log.display()),
+            "--kill-on-invalid-dep=yes".into(),
+        ];
+        if !deps.is_empty() {
+            args.push(format!("--dependency=afterok:{}", deps.join(":")));
+        }
+        let res = slurm.resources_for(plan, &first.kind);
+        args.extend(res.sbatch_args());
+        // the members' timeouts add up
+        let limits = Limits {
+            timeout: ours
+                .iter()
+                .map(|(m, _, _)| plan.instances[*m].limits.timeout)
+                .sum::<Option<Duration>>(),
+            ..Limits::default()
+        };
+        args.extend(time_from_timeout(&res, &limits));
+        let names: Vec<(&str, &StageKey)> = ours
+            .iter()
+            .map(|(m, _, _)| (plan.instances[*m].name.as_str(), &resolved.keys[*m]))
+            .collect();
+        args.push(format!("--wrap={}", exec_members(slurm, &names)));
+        let out = match slurm_cmd("sbatch", &args) {
+            Ok(o) => o,
+            Err(e) => {
+                release(plan, store, resolved, &ours);
+                return Err(e);
+            }
+        };
+        let id = out.trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            release(plan, store, resolved, &ours);
+            return Err(Error::NoJobId {
+                what: "group job",
+                output: out,
+            });
+        }
+        let log = log.display().to_string().replace("%j", &id);
+        for (m, _, claim) in ours {
+            store.put_json(
+                &job_path(&plan.instances[m].kind, &resolved.keys[m]),
+                &JobRecord {
+                    job_id: id.clone(),
+                    log: log.clone(),
+                    ..claim
+                },
+                false,
+            )?;
+            tasks.push((m, id.clone(), log.clone(), true));
+        }
+        Ok(tasks)
     }
 
     /// How instance `i` ended once its job `id` (output `log`) left the queue in `state`: read
