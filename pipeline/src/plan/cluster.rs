@@ -204,10 +204,15 @@ fn parse_resources(t: &BTreeMap<String, Node>, prefix: &str) -> Result<SlurmReso
                 return Err(err(
                     n,
                     &format!("{prefix}.group"),
-                    format!(
-                        "expected a positive integer (instances per job), found {}",
-                        n.type_name()
-                    ),
+                    match n.value {
+                        NodeValue::Int(v) => {
+                            format!("expected a positive integer (instances per job), found {v}")
+                        }
+                        _ => format!(
+                            "expected a positive integer (instances per job), found {}",
+                            n.type_name()
+                        ),
+                    },
                 ))
             }
             n => n.and_then(|n| match n.value {

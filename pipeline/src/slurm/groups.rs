@@ -1,7 +1,8 @@
 //! Which stale instances share a Slurm job: the shards of one merge (a job array), the members of
 //! a job group (up to `group` instances of one kind, built one after another in one job), or one
-//! instance alone. Planned before anything is submitted, so that the jobs' dependencies form no
-//! cycle: an instance joins a kind's open group only if none of its upstream jobs depends on it.
+//! instance alone. An instance joins a group of its kind that waits for exactly the jobs it waits
+//! for (or that group itself, when it depends on a member): grouping never delays an instance
+//! behind upstream jobs it does not need, and jobs never wait on each other in a cycle.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -27,8 +28,8 @@ pub(super) struct Unit {
 }
 
 /// Splits `to_run` (in dependency order) into jobs; `group_size(kind)` is the kind's `group`
-/// setting (1: no grouping). Returns the units in an order where every unit comes after those
-/// it depends on.
+/// setting (1: no grouping). Every unit comes after the units it depends on (a member's
+/// upstream jobs are those of earlier instances, and joining a group adds no dependency to it).
 pub(super) fn plan_units(
     plan: &Plan,
     to_run: &[usize],
@@ -36,7 +37,7 @@ pub(super) fn plan_units(
 ) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::new();
     let mut unit_of: HashMap<usize, usize> = HashMap::new();
-    let mut open: HashMap<&str, usize> = HashMap::new(); // kind -> its group still taking members
+    let mut open: HashMap<&str, Vec<usize>> = HashMap::new(); // kind -> its groups
     for &i in to_run {
         if unit_of.contains_key(&i) {
             continue; // a shard placed with its siblings' array
@@ -69,13 +70,24 @@ pub(super) fn plan_units(
             continue;
         }
         let size = group_size(&inst.kind).max(1);
-        let joinable = open.get(inst.kind.as_str()).copied().filter(|&g| {
-            units[g].members.len() < size && deps.iter().all(|&d| d == g || !reaches(&units, d, g))
-        });
+        let joinable = open
+            .get(inst.kind.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .find(|&g| {
+                let mut outside = deps.clone();
+                let on_member = outside.remove(&g);
+                units[g].members.len() < size
+                    && if on_member {
+                        outside.is_subset(&units[g].deps)
+                    } else {
+                        outside == units[g].deps
+                    }
+            });
         let u = match joinable {
             Some(g) => {
                 units[g].members.push(i);
-                units[g].deps.extend(deps.into_iter().filter(|&d| d != g));
                 g
             }
             None => {
@@ -90,7 +102,7 @@ pub(super) fn plan_units(
                     deps,
                 });
                 if size > 1 {
-                    open.insert(inst.kind.as_str(), u);
+                    open.entry(inst.kind.as_str()).or_default().push(u);
                 }
                 u
             }
@@ -102,52 +114,5 @@ pub(super) fn plan_units(
             u.kind = UnitKind::Single;
         }
     }
-    topological(units)
-}
-
-/// Whether unit `from` waits, directly or not, for unit `to`.
-fn reaches(units: &[Unit], from: usize, to: usize) -> bool {
-    let mut seen = vec![false; units.len()];
-    let mut stack = vec![from];
-    while let Some(u) = stack.pop() {
-        if u == to {
-            return true;
-        }
-        if !std::mem::replace(&mut seen[u], true) {
-            stack.extend(units[u].deps.iter().copied());
-        }
-    }
-    false
-}
-
-/// The units reordered so that each comes after the units it depends on (a group that took a
-/// member late may depend on a unit made after it); `deps` renumbered.
-fn topological(units: Vec<Unit>) -> Vec<Unit> {
-    let mut order: Vec<usize> = Vec::with_capacity(units.len());
-    let mut placed = vec![false; units.len()];
-    fn visit(u: usize, units: &[Unit], placed: &mut [bool], order: &mut Vec<usize>) {
-        if placed[u] {
-            return;
-        }
-        placed[u] = true;
-        for &d in &units[u].deps {
-            visit(d, units, placed, order);
-        }
-        order.push(u);
-    }
-    for u in 0..units.len() {
-        visit(u, &units, &mut placed, &mut order);
-    }
-    let mut new_index = vec![0; units.len()];
-    for (n, &u) in order.iter().enumerate() {
-        new_index[u] = n;
-    }
-    order
-        .iter()
-        .map(|&u| Unit {
-            kind: units[u].kind,
-            members: units[u].members.clone(),
-            deps: units[u].deps.iter().map(|&d| new_index[d]).collect(),
-        })
-        .collect()
+    units
 }
