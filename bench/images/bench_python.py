@@ -18,17 +18,21 @@ from make_resize_fixture import resize_img  # noqa: E402
 cv2.setNumThreads(1)  # one image per process, like a DataLoader worker
 
 
-def load(args):
-    path, imsize = args
+def decode(path):
+    """8-bit gray, as the original reads it."""
     if path.endswith(".dcm"):
         dcm = pydicom.dcmread(path)
         x = dcm.pixel_array
         x = cv2.convertScaleAbs(x, alpha=(255.0 / x.max()))
         if dcm.PhotometricInterpretation == "MONOCHROME1":
             x = cv2.bitwise_not(x)
-    else:
-        x = cv2.imread(path, 0)
-    return resize_img(x, imsize).shape
+        return x
+    return cv2.imread(path, 0)
+
+
+def load(args):
+    path, imsize = args
+    return resize_img(decode(path), imsize).shape
 
 
 def parts(root, imsize):
@@ -36,17 +40,7 @@ def parts(root, imsize):
     for kind in ["jpeg", "dicom"]:
         files = sorted(os.path.join(root, kind, f) for f in os.listdir(os.path.join(root, kind)))
         t = time.perf_counter()
-        decoded = []
-        for f in files:
-            if kind == "dicom":
-                dcm = pydicom.dcmread(f)
-                x = dcm.pixel_array
-                x = cv2.convertScaleAbs(x, alpha=(255.0 / x.max()))
-                if dcm.PhotometricInterpretation == "MONOCHROME1":
-                    x = cv2.bitwise_not(x)
-            else:
-                x = cv2.imread(f, 0)
-            decoded.append(x)
+        decoded = [decode(f) for f in files]
         d = (time.perf_counter() - t) / len(files)
         t = time.perf_counter()
         for x in decoded:

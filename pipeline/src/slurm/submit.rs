@@ -233,25 +233,11 @@ impl SlurmRun<'_> {
         deps: &[String],
     ) -> Result<ArraySubmission> {
         let (plan, resolved) = (self.run.plan, self.run.resolved);
-        let (store, opts, slurm) = (self.run.store, self.run.opts, self.slurm);
-        let owner = self.owner.as_str();
-        let mut tasks = Vec::new();
-        let mut ours: Vec<(usize, u32, JobRecord)> = Vec::new();
-        for &s in shards {
-            let inst = &plan.instances[s];
-            let Part::Shard { index, .. } = inst.part else {
-                continue;
-            };
-            let path = job_path(&inst.kind, &resolved.keys[s]);
-            match claim(store, opts, &path, &inst.name, owner) {
-                Ok(Claim::Reuse { id, log }) => tasks.push((s, id, log, false)),
-                Ok(Claim::Ours(c)) => ours.push((s, index, c)),
-                Err(e) => {
-                    release(plan, store, resolved, &ours);
-                    return Err(e);
-                }
-            }
-        }
+        let (store, slurm) = (self.run.store, self.slurm);
+        let (mut tasks, ours) = self.claim_all(shards, |s| match plan.instances[s].part {
+            Part::Shard { index, .. } => Some(index),
+            _ => None,
+        })?;
         if ours.is_empty() {
             return Ok(ArraySubmission {
                 array_id: None,
@@ -301,21 +287,7 @@ impl SlurmRun<'_> {
             " *) echo \"no shard for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2;; esac",
         );
         args.push(format!("--wrap={script}"));
-        let out = match slurm_cmd("sbatch", &args) {
-            Ok(o) => o,
-            Err(e) => {
-                release(plan, store, resolved, &ours);
-                return Err(e);
-            }
-        };
-        let id = out.trim().split(';').next().unwrap_or("").to_string();
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            release(plan, store, resolved, &ours);
-            return Err(Error::NoJobId {
-                what: "array job",
-                output: out,
-            });
-        }
+        let id = self.sbatch_for(&args, &ours, "array job")?;
         for (s, index, claim) in ours {
             let task = format!("{id}_{index}");
             let log = log
@@ -349,20 +321,8 @@ impl SlurmRun<'_> {
         deps: &[String],
     ) -> Result<Vec<(usize, String, String, bool)>> {
         let (plan, resolved) = (self.run.plan, self.run.resolved);
-        let (store, opts, slurm) = (self.run.store, self.run.opts, self.slurm);
-        let mut tasks = Vec::new();
-        let mut ours: Vec<(usize, u32, JobRecord)> = Vec::new();
-        for &m in members {
-            let path = job_path(&plan.instances[m].kind, &resolved.keys[m]);
-            match claim(store, opts, &path, &plan.instances[m].name, &self.owner) {
-                Ok(Claim::Reuse { id, log }) => tasks.push((m, id, log, false)),
-                Ok(Claim::Ours(c)) => ours.push((m, 0, c)),
-                Err(e) => {
-                    release(plan, store, resolved, &ours);
-                    return Err(e);
-                }
-            }
-        }
+        let (store, slurm) = (self.run.store, self.slurm);
+        let (mut tasks, ours) = self.claim_all(members, |_| Some(0))?;
         if ours.is_empty() {
             return Ok(tasks);
         }
@@ -404,21 +364,7 @@ impl SlurmRun<'_> {
             .map(|(m, _, _)| (plan.instances[*m].name.as_str(), &resolved.keys[*m]))
             .collect();
         args.push(format!("--wrap={}", exec_members(slurm, &names)));
-        let out = match slurm_cmd("sbatch", &args) {
-            Ok(o) => o,
-            Err(e) => {
-                release(plan, store, resolved, &ours);
-                return Err(e);
-            }
-        };
-        let id = out.trim().split(';').next().unwrap_or("").to_string();
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            release(plan, store, resolved, &ours);
-            return Err(Error::NoJobId {
-                what: "group job",
-                output: out,
-            });
-        }
+        let id = self.sbatch_for(&args, &ours, "group job")?;
         let log = log.display().to_string().replace("%j", &id);
         for (m, _, claim) in ours {
             store.put_json(
@@ -433,6 +379,65 @@ impl SlurmRun<'_> {
             tasks.push((m, id.clone(), log.clone(), true));
         }
         Ok(tasks)
+    }
+
+    /// Claims the job records of `members` (those `index` gives an array index, 0 outside
+    /// arrays): the members a live job of another run builds, as (instance, job id, output,
+    /// false), and the claims this run must submit. On an error every claim is given back.
+    #[allow(clippy::type_complexity)]
+    fn claim_all(
+        &self,
+        members: &[usize],
+        index: impl Fn(usize) -> Option<u32>,
+    ) -> Result<(
+        Vec<(usize, String, String, bool)>,
+        Vec<(usize, u32, JobRecord)>,
+    )> {
+        let Run {
+            plan,
+            store,
+            resolved,
+            opts,
+            ..
+        } = *self.run;
+        let (mut reused, mut ours) = (Vec::new(), Vec::new());
+        for &m in members {
+            let Some(i) = index(m) else { continue };
+            let inst = &plan.instances[m];
+            let path = job_path(&inst.kind, &resolved.keys[m]);
+            match claim(store, opts, &path, &inst.name, &self.owner) {
+                Ok(Claim::Reuse { id, log }) => reused.push((m, id, log, false)),
+                Ok(Claim::Ours(c)) => ours.push((m, i, c)),
+                Err(e) => {
+                    release(plan, store, resolved, &ours);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((reused, ours))
+    }
+
+    /// `sbatch` for the claims `ours`: the job id, or the claims given back and the error.
+    fn sbatch_for(
+        &self,
+        args: &[String],
+        ours: &[(usize, u32, JobRecord)],
+        what: &'static str,
+    ) -> Result<String> {
+        let (plan, store, resolved) = (self.run.plan, self.run.store, self.run.resolved);
+        let out = match slurm_cmd("sbatch", args) {
+            Ok(o) => o,
+            Err(e) => {
+                release(plan, store, resolved, ours);
+                return Err(e);
+            }
+        };
+        let id = out.trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            release(plan, store, resolved, ours);
+            return Err(Error::NoJobId { what, output: out });
+        }
+        Ok(id)
     }
 
     /// How instance `i` ended once its job `id` (output `log`) left the queue in `state`: read
