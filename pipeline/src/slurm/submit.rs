@@ -59,6 +59,31 @@ pub(super) fn exec_members(slurm: &SlurmOptions, members: &[(&str, &StageKey)]) 
         .join(" ")
 }
 
+/// The sbatch arguments every job of the executor has: its name, output file and upstream jobs.
+fn job_args(name: &str, log: &std::path::Path, deps: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--parsable".into(),
+        format!("--job-name=adaptor:{name}"),
+        format!("--output={}", log.display()),
+        "--kill-on-invalid-dep=yes".into(),
+    ];
+    if !deps.is_empty() {
+        args.push(format!("--dependency=afterok:{}", deps.join(":")));
+    }
+    args
+}
+
+/// Completes a claimed job record with the submitted job's id and output file.
+fn record_job(store: &Store, path: &str, claim: JobRecord, id: &str, log: &str) -> Result<()> {
+    let record = JobRecord {
+        job_id: id.to_string(),
+        log: log.to_string(),
+        ..claim
+    };
+    store.put_json(path, &record, false)?;
+    Ok(())
+}
+
 pub(super) enum Claim {
     /// This run holds `_jobs/<kind>/<key>.json` (with an empty job id) and must submit.
     Ours(JobRecord),
@@ -185,15 +210,7 @@ impl SlurmRun<'_> {
             .log_dir
             .join(format!("{}-{}-%j.out", inst.kind, key.short()));
         let res = slurm.resources_for(plan, &inst.kind);
-        let mut args: Vec<String> = vec![
-            "--parsable".into(),
-            format!("--job-name=adaptor:{}", inst.name),
-            format!("--output={}", log.display()),
-            "--kill-on-invalid-dep=yes".into(),
-        ];
-        if !deps.is_empty() {
-            args.push(format!("--dependency=afterok:{}", deps.join(":")));
-        }
+        let mut args = job_args(&inst.name, &log, deps);
         args.extend(res.sbatch_args());
         args.extend(time_from_timeout(&res, &inst.limits));
         args.push(format!("--wrap={}", exec_command(slurm, &inst.name, key)));
@@ -213,15 +230,7 @@ impl SlurmRun<'_> {
             });
         }
         let log = log.display().to_string().replace("%j", &id);
-        store.put_json(
-            path,
-            &JobRecord {
-                job_id: id.clone(),
-                log: log.clone(),
-                ..claim
-            },
-            false,
-        )?;
+        record_job(store, path, claim, &id, &log)?;
         Ok((id, log, true))
     }
 
@@ -262,16 +271,8 @@ impl SlurmRun<'_> {
             .log_dir
             .join(format!("{}-{whole_key}-%A_%a.out", first.kind));
         let indices: Vec<String> = ours.iter().map(|(_, i, _)| i.to_string()).collect();
-        let mut args: Vec<String> = vec![
-            "--parsable".into(),
-            format!("--array={}", indices.join(",")),
-            format!("--job-name=adaptor:{whole}[shards]"),
-            format!("--output={}", log.display()),
-            "--kill-on-invalid-dep=yes".into(),
-        ];
-        if !deps.is_empty() {
-            args.push(format!("--dependency=afterok:{}", deps.join(":")));
-        }
+        let mut args = job_args(&format!("{whole}[shards]"), &log, deps);
+        args.push(format!("--array={}", indices.join(",")));
         let res = slurm.resources_for(plan, &first.kind);
         args.extend(res.sbatch_args());
         args.extend(time_from_timeout(&res, &first.limits));
@@ -295,15 +296,8 @@ impl SlurmRun<'_> {
                 .to_string()
                 .replace("%A", &id)
                 .replace("%a", &index.to_string());
-            store.put_json(
-                &job_path(&plan.instances[s].kind, &resolved.keys[s]),
-                &JobRecord {
-                    job_id: task.clone(),
-                    log: log.clone(),
-                    ..claim
-                },
-                false,
-            )?;
+            let path = job_path(&plan.instances[s].kind, &resolved.keys[s]);
+            record_job(store, &path, claim, &task, &log)?;
             tasks.push((s, task, log, true));
         }
         Ok(ArraySubmission {
@@ -335,19 +329,8 @@ impl SlurmRun<'_> {
             first.kind,
             resolved.keys[ours[0].0].short()
         ));
-        let mut args: Vec<String> = vec![
-            "--parsable".into(),
-            format!(
-                "--job-name=adaptor:{}[+{} in group]",
-                first.name,
-                ours.len() - 1
-            ),
-            format!("--output={}", log.display()),
-            "--kill-on-invalid-dep=yes".into(),
-        ];
-        if !deps.is_empty() {
-            args.push(format!("--dependency=afterok:{}", deps.join(":")));
-        }
+        let name = format!("{}[+{} in group]", first.name, ours.len() - 1);
+        let mut args = job_args(&name, &log, &deps);
         let res = slurm.resources_for(plan, &first.kind);
         args.extend(res.sbatch_args());
         // the members' timeouts add up
@@ -367,15 +350,8 @@ impl SlurmRun<'_> {
         let id = self.sbatch_for(&args, &ours, "group job")?;
         let log = log.display().to_string().replace("%j", &id);
         for (m, _, claim) in ours {
-            store.put_json(
-                &job_path(&plan.instances[m].kind, &resolved.keys[m]),
-                &JobRecord {
-                    job_id: id.clone(),
-                    log: log.clone(),
-                    ..claim
-                },
-                false,
-            )?;
+            let path = job_path(&plan.instances[m].kind, &resolved.keys[m]);
+            record_job(store, &path, claim, &id, &log)?;
             tasks.push((m, id.clone(), log.clone(), true));
         }
         Ok(tasks)
