@@ -114,6 +114,11 @@ impl Samples {
         if self.len == 0 {
             return None;
         }
+        if self.width == 1 && self.bits >= 8 && !self.signed {
+            // the stored value is the byte: a vectorised pass
+            let d = self.bytes();
+            return Some((*d.iter().min()? as i32, *d.iter().max()? as i32));
+        }
         let (mut lo, mut hi) = (i32::MAX, i32::MIN);
         self.each(|v| {
             lo = lo.min(v);
@@ -125,6 +130,11 @@ impl Samples {
     /// Applies `f` to every stored value straight into the output buffer, through a lookup table
     /// when the value range is small (always for ≤ 16-bit data), so per-pixel cost is one load.
     pub(super) fn map_through_lut<U: Copy>(&self, f: impl Fn(i32) -> U) -> Vec<U> {
+        if self.width == 1 {
+            // one byte a sample: a table over every raw byte, no pass to find the range
+            let lut: Vec<U> = (0..=255u32).map(|b| f(self.value(b))).collect();
+            return self.bytes().iter().map(|&b| lut[b as usize]).collect();
+        }
         let Some((lo, hi)) = self.min_max() else {
             return Vec::new();
         };
