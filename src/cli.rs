@@ -93,11 +93,14 @@ enum Command {
     #[command(hide = true)]
     Exec {
         manifest: PathBuf,
-        #[arg(long)]
-        instance: String,
-        /// The key the submitter computed; a mismatch (the manifest or inputs changed since) is an error.
-        #[arg(long)]
-        key: String,
+        /// The instance to build; repeated for the members of a Slurm job group, built one after
+        /// another in dependency order.
+        #[arg(long, required = true)]
+        instance: Vec<String>,
+        /// The key the submitter computed, one per --instance in the same order; a mismatch (the
+        /// manifest or inputs changed since) is an error.
+        #[arg(long, required = true)]
+        key: Vec<String>,
         #[command(flatten)]
         store: StoreArg,
     },

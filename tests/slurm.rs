@@ -361,6 +361,106 @@ fn slurm_executor_on_a_real_cluster() {
     );
 }
 
+/// The `slurm job N` of every complete artifact of a local store, by instance.
+fn jobs_by_instance(store: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for kind in std::fs::read_dir(store).unwrap().flatten() {
+        for art in std::fs::read_dir(kind.path()).unwrap().flatten() {
+            let Ok(text) = std::fs::read_to_string(art.path().join("_manifest.json")) else {
+                continue;
+            };
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            out.insert(
+                m["instance"].as_str().unwrap().to_string(),
+                m["job"].as_str().unwrap_or("").to_string(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn slurm_job_groups_build_their_members_in_order_in_one_job() {
+    let _turn = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+    // Two `command` instances per job: {prep, train[0]}, {train[1], train[2]}, {report} (alone).
+    // train[seed=1] fails until the file `ok` exists in the case folder.
+    let grouped = |dir: &Path| {
+        GRID.replace(
+            "echo seed=$VAR_SEED >> $OUT/model.txt",
+            &format!(
+                "echo seed=$VAR_SEED >> $OUT/model.txt; test $VAR_SEED != 1 || test -e {}/ok || {{ echo bad seed >&2; exit 4; }}",
+                dir.display()
+            ),
+        )
+        .replace("time = \"00:10:00\"", "time = \"00:10:00\"\ngroup = 2")
+    };
+    let case = Case::new(&cluster, "");
+    std::fs::write(case.path().join("m.toml"), grouped(case.path())).unwrap();
+    std::fs::write(case.path().join("ok"), "").unwrap();
+    let jobs_before = case.squeue("%i").lines().count();
+    let (out, text) = case.run(&["run", "m.toml", "--executor", "slurm", "--store", "s"]);
+    assert!(out.status.success() && text.contains("5 ran"), "{text}");
+    assert_eq!(case.squeue("%i").lines().count() - jobs_before, 3, "{text}");
+    let jobs = jobs_by_instance(&case.path().join("s"));
+    assert_eq!(jobs.len(), 5, "{jobs:?}");
+    assert!(
+        jobs.values().all(|j| j.starts_with("slurm job ")),
+        "{jobs:?}"
+    );
+    // prep and its dependent train[seed=0] were built by one job, in dependency order
+    assert_eq!(jobs["prep"], jobs["train[seed=0]"], "{jobs:?}");
+    assert_eq!(jobs["train[seed=1]"], jobs["train[seed=2]"], "{jobs:?}");
+    assert_ne!(jobs["prep"], jobs["train[seed=1]"], "{jobs:?}");
+    assert_ne!(jobs["report"], jobs["train[seed=1]"], "{jobs:?}");
+    // the same artifacts as the local executor
+    let (out, text) = case.run(&["run", "m.toml", "--store", "local"]);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        artifacts(&case.path().join("local")),
+        artifacts(&case.path().join("s"))
+    );
+
+    // A failing member fails alone: its group mate train[seed=2] is built, its dependent report
+    // (in another job) is not run; a re-run submits only what is missing.
+    let case = Case::new(&cluster, "");
+    std::fs::write(case.path().join("m.toml"), grouped(case.path())).unwrap();
+    let (out, text) = case.run(&["run", "m.toml", "--executor", "slurm"]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error: train[seed=1] failed: command")
+            && text.contains("exited with status 4: bad seed (slurm job "),
+        "{text}"
+    );
+    assert!(
+        text.contains("not run: report (upstream train[seed=1] failed)"),
+        "{text}"
+    );
+    assert!(text.contains("3 ran"), "{text}");
+    let (_, status) = case.run(&["status", "m.toml"]);
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("train[seed=2]").contains("up-to-date"), "{status}");
+    assert!(line("train[seed=1]").contains("failed"), "{status}");
+    assert!(line("report").contains("missing"), "{status}");
+    std::fs::write(case.path().join("ok"), "").unwrap();
+    let jobs_before = case.squeue("%i").lines().count();
+    let (out, text) = case.run(&["run", "m.toml", "--executor", "slurm"]);
+    assert!(
+        out.status.success() && text.contains("2 ran, 3 up to date"),
+        "{text}"
+    );
+    // train[seed=1] and then its dependent report, in one job
+    assert_eq!(case.squeue("%i").lines().count() - jobs_before, 1, "{text}");
+    let jobs = jobs_by_instance(&case.path().join("artifacts"));
+    assert_eq!(jobs["train[seed=1]"], jobs["report"], "{jobs:?}");
+}
+
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }

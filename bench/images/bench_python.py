@@ -2,6 +2,7 @@
 then MGCA resize_img (INTER_AREA + pad). Prints: python<TAB>kind<TAB>processes<TAB>images<TAB>seconds<TAB>images/s.
 
 Usage: .venv/bin/python bench/images/bench_python.py DIR IMSIZE PROCESSES ROUNDS
+       .venv/bin/python bench/images/bench_python.py parts DIR IMSIZE
 """
 import os
 import sys
@@ -17,20 +18,41 @@ from make_resize_fixture import resize_img  # noqa: E402
 cv2.setNumThreads(1)  # one image per process, like a DataLoader worker
 
 
-def load(args):
-    path, imsize = args
+def decode(path):
+    """8-bit gray, as the original reads it."""
     if path.endswith(".dcm"):
         dcm = pydicom.dcmread(path)
         x = dcm.pixel_array
         x = cv2.convertScaleAbs(x, alpha=(255.0 / x.max()))
         if dcm.PhotometricInterpretation == "MONOCHROME1":
             x = cv2.bitwise_not(x)
-    else:
-        x = cv2.imread(path, 0)
-    return resize_img(x, imsize).shape
+        return x
+    return cv2.imread(path, 0)
+
+
+def load(args):
+    path, imsize = args
+    return resize_img(decode(path), imsize).shape
+
+
+def parts(root, imsize):
+    """Single process: decode (to 8-bit) and resize_img timed apart, per image."""
+    for kind in ["jpeg", "dicom"]:
+        files = sorted(os.path.join(root, kind, f) for f in os.listdir(os.path.join(root, kind)))
+        t = time.perf_counter()
+        decoded = [decode(f) for f in files]
+        d = (time.perf_counter() - t) / len(files)
+        t = time.perf_counter()
+        for x in decoded:
+            resize_img(x, imsize)
+        r = (time.perf_counter() - t) / len(files)
+        print(f"python {kind}: decode {d * 1e3:.2f} ms, resize_img {r * 1e3:.2f} ms per image")
 
 
 def main():
+    if sys.argv[1] == "parts":
+        parts(sys.argv[2], int(sys.argv[3]))
+        return
     root, imsize, procs, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     for kind in ["jpeg", "dicom"]:
         files = sorted(os.path.join(root, kind, f) for f in os.listdir(os.path.join(root, kind)))

@@ -5,17 +5,22 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 dir="$root/.cache/bench-images"
-target="${CARGO_TARGET_DIR:-/work/target-stages}"
+target="${CARGO_TARGET_DIR:-$root/target}"
 imsize="${IMSIZE:-256}"
 rounds="${ROUNDS:-2}"
 cd "$root"
-CARGO_TARGET_DIR="$target" cargo build --release -q -p stages --example bench_images
+CARGO_TARGET_DIR="$target" cargo build --release -q --locked --workspace --example bench_images
 bin="$target/release/examples/bench_images"
 if [ ! -d "$dir/jpeg" ]; then
   "$bin" gen "$dir" "${N_JPEG:-16}" "${N_DICOM:-48}"
 fi
+echo "machine: $(nproc) cores, $(uptime | sed 's/.*load average/load average/')"
 printf 'impl\tkind\tworkers\timages\tseconds\timages/s\n'
-for w in 1 2; do
+for w in 1 $(nproc); do
   "$bin" run "$dir" "$imsize" "$w" "$rounds"
   "$root/.venv/bin/python" bench/images/bench_python.py "$dir" "$imsize" "$w" "$rounds"
 done
+# single-threaded split: decode vs resize_img, per image
+"$bin" parts "$dir"
+"$root/.venv/bin/python" bench/images/bench_python.py parts "$dir" "$imsize"
+echo "machine after: $(uptime | sed 's/.*load average/load average/')"

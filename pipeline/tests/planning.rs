@@ -544,3 +544,46 @@ fn sharding_errors_say_where_and_what() {
     }
     insta::assert_snapshot!(out);
 }
+
+#[test]
+fn slurm_job_group_sizes_are_per_kind_over_the_default_and_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = registry(1);
+    let text = r#"
+[stages.a]
+kind = "echo"
+params.name = "a"
+
+[executor.slurm]
+group = 4
+
+[executor.slurm.resources.other]
+cpus = 2
+
+[executor.slurm.resources.echo]
+group = 16
+"#;
+    let path = write(dir.path(), "m.toml", text);
+    let plan = pipeline::plan::load(&path, &f.reg).unwrap();
+    let spec = &plan.executor.slurm;
+    assert_eq!(spec.defaults.group, Some(4));
+    assert_eq!(spec.resources["echo"].over(&spec.defaults).group, Some(16));
+    assert_eq!(spec.resources["other"].over(&spec.defaults).group, Some(4));
+    // not an sbatch argument
+    assert_eq!(
+        spec.resources["echo"].over(&spec.defaults).sbatch_args(),
+        Vec::<String>::new()
+    );
+    let path = write(
+        dir.path(),
+        "m.toml",
+        &text.replace("group = 16", "group = 0"),
+    );
+    let e = pipeline::plan::load(&path, &f.reg).unwrap_err().to_string();
+    assert!(
+        e.ends_with(
+            "executor.slurm.resources.echo.group: expected a positive integer (instances per job), found 0"
+        ),
+        "{e}"
+    );
+}

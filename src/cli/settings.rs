@@ -117,8 +117,8 @@ pub struct RunSettings {
 
 pub struct ExecSettings {
     pub manifest: PathBuf,
-    pub instance: String,
-    pub key: String,
+    /// (instance, key the submitter computed): one, or the members of a job group in order.
+    pub members: Vec<(String, String)>,
     /// The cluster job this runs in, as squeue and the job records name it (`slurm job 1234`,
     /// `slurm job 1234_5` for a task of an array job).
     pub job: Option<String>,
@@ -242,10 +242,16 @@ impl CommandSettings {
                 let array_task = var("SLURM_ARRAY_JOB_ID")
                     .zip(var("SLURM_ARRAY_TASK_ID"))
                     .map(|(a, t)| format!("{a}_{t}"));
+                if instance.len() != key.len() {
+                    bail!(
+                        "exec: {} --instance but {} --key (one key per instance)",
+                        instance.len(),
+                        key.len()
+                    );
+                }
                 CommandSettings::Exec(ExecSettings {
                     manifest,
-                    instance,
-                    key,
+                    members: instance.into_iter().zip(key).collect(),
                     job: array_task
                         .or_else(|| var("SLURM_JOB_ID"))
                         .map(|id| format!("slurm job {id}")),

@@ -78,8 +78,8 @@ fn real_chest_radiograph_decodes_with_monochrome1_inverted() {
     assert!(px.monochrome1);
     assert_eq!(px.bits_stored, 15);
     let (lo, hi) = (
-        px.stored.iter().min().copied().unwrap(),
-        px.stored.iter().max().copied().unwrap(),
+        px.stored.iter().min().unwrap(),
+        px.stored.iter().max().unwrap(),
     );
     assert_eq!((lo, hi), (874, 26479));
     // MONOCHROME1: the largest stored value (densest, displayed white in MONOCHROME2 terms... i.e.
@@ -87,8 +87,8 @@ fn real_chest_radiograph_decodes_with_monochrome1_inverted() {
     let GrayImage::Sixteen(g) = px.to_gray() else {
         panic!("15-bit data must decode to 16 bits")
     };
-    let at_max = px.stored.iter().position(|&v| v == hi).unwrap();
-    let at_min = px.stored.iter().position(|&v| v == lo).unwrap();
+    let at_max = px.stored.iter().position(|v| v == hi).unwrap();
+    let at_min = px.stored.iter().position(|v| v == lo).unwrap();
     assert!(g.data[at_max] < g.data[at_min]);
     assert_eq!(
         g.data[at_max],
@@ -373,4 +373,70 @@ fn a_dicom_with_no_rows_is_an_error_naming_the_file() {
     std::fs::write(&path, &bytes).unwrap();
     let e = images::load_mgca(&path, 16).unwrap_err().to_string();
     assert!(e.contains("has no pixels"), "{e}");
+}
+
+/// Uncompressed files are read in place (the samples left in the file's bytes) and give exactly
+/// what `dicom-pixeldata` gives: the same header values, samples and 8/16-bit outputs.
+#[test]
+fn uncompressed_dicom_read_in_place_equals_the_general_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("rsna");
+    stages::synth::generate_with_size(stages::synth::SynthDataset::Rsna, &raw, 2, 3, 48).unwrap();
+    let rsna = walk(&raw)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .unwrap();
+    // The same file in implicit VR little endian.
+    let implicit = tmp.path().join("implicit.dcm");
+    let obj = dicom_object::open_file(&rsna).unwrap();
+    let (class, instance) = (
+        obj.meta().media_storage_sop_class_uid().to_string(),
+        obj.meta().media_storage_sop_instance_uid().to_string(),
+    );
+    obj.into_inner()
+        .with_meta(
+            dicom_object::FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2")
+                .media_storage_sop_class_uid(class)
+                .media_storage_sop_instance_uid(instance),
+        )
+        .unwrap()
+        .write_to_file(&implicit)
+        .unwrap();
+    assert_eq!(&std::fs::read(&implicit).unwrap()[128..132], b"DICM");
+    let files = [
+        common::asset("RG1_UNCR.dcm"),
+        common::asset("CT_small.dcm"),
+        rsna,
+        implicit,
+    ];
+    for path in &files {
+        let fast = DicomPixels::open(path).unwrap();
+        let general = DicomPixels::open_general(path).unwrap();
+        assert!(
+            fast.stored.file_offset().is_some(),
+            "{} was not read in place",
+            path.display()
+        );
+        assert!(general.stored.file_offset().is_none());
+        assert_eq!(fast, general, "{}", path.display());
+        assert_eq!(fast.to_gray(), general.to_gray());
+        assert_eq!(fast.to_gray8_mgca(), general.to_gray8_mgca());
+    }
+    // Compressed files (and the synthetic SIIM's JPEG baseline) take the general decoder.
+    let raw = tmp.path().join("siim");
+    stages::synth::generate_with_size(stages::synth::SynthDataset::Siim, &raw, 2, 3, 48).unwrap();
+    let siim = walk(&raw)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .unwrap();
+    for path in [
+        common::asset("RG1_J2KR.dcm"),
+        common::asset("MR_small_RLE.dcm"),
+        siim,
+    ] {
+        let px = DicomPixels::open(&path).unwrap();
+        assert!(px.stored.file_offset().is_none(), "{}", path.display());
+        assert_eq!(px, DicomPixels::open_general(&path).unwrap());
+    }
 }

@@ -41,6 +41,9 @@ pub struct SlurmResources {
     pub time: Option<String>,
     /// Extra sbatch arguments, e.g. `["--qos=high"]`.
     pub extra: Vec<String>,
+    /// Up to this many stale instances of the kind in one job (a job group), built one after
+    /// another in dependency order; unset or 1: one job per instance. Not an sbatch argument.
+    pub group: Option<i64>,
 }
 
 impl SlurmResources {
@@ -54,6 +57,7 @@ impl SlurmResources {
             mem: self.mem.clone().or_else(|| base.mem.clone()),
             time: self.time.clone().or_else(|| base.time.clone()),
             extra: base.extra.iter().chain(&self.extra).cloned().collect(),
+            group: self.group.or(base.group),
         }
     }
 
@@ -149,6 +153,7 @@ const RESOURCE_KEYS: &[&str] = &[
     "mem",
     "time",
     "extra",
+    "group",
 ];
 
 fn parse_resources(t: &BTreeMap<String, Node>, prefix: &str) -> Result<SlurmResources> {
@@ -194,5 +199,26 @@ fn parse_resources(t: &BTreeMap<String, Node>, prefix: &str) -> Result<SlurmReso
         mem: s("mem")?,
         time: s("time")?,
         extra,
+        group: match t.get("group") {
+            Some(n) if !matches!(n.value, NodeValue::Int(v) if v >= 1) => {
+                return Err(err(
+                    n,
+                    &format!("{prefix}.group"),
+                    match n.value {
+                        NodeValue::Int(v) => {
+                            format!("expected a positive integer (instances per job), found {v}")
+                        }
+                        _ => format!(
+                            "expected a positive integer (instances per job), found {}",
+                            n.type_name()
+                        ),
+                    },
+                ))
+            }
+            n => n.and_then(|n| match n.value {
+                NodeValue::Int(v) => Some(v),
+                _ => None,
+            }),
+        },
     })
 }

@@ -5,6 +5,11 @@
 //! (`--array=i,j,...`), task `i` building shard `i`; the merge instance is an ordinary job that
 //! depends `afterok` on the whole array. Each shard's record holds its task id (`<array>_<i>`).
 //!
+//! A kind with `group = N` has up to N of its stale instances in one job (a job group): one
+//! `adaptor exec` builds them one after another in dependency order; the job succeeds even when a
+//! member fails, so that only that member's dependents are not run (their `adaptor exec` finds the
+//! upstream missing), and each member keeps its own job record.
+//!
 //! Job ids are recorded in the store (`_jobs/<kind>/<key>.json`, created if absent), so a second
 //! `adaptor run` reuses a queued or running job instead of submitting the same key twice, and
 //! `status` can show queued and running jobs. Whether a job succeeded is read from the store, never
@@ -19,13 +24,15 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::executor::jobs::{is_active, job_path, job_states, job_targets, slurm_cmd};
 use crate::executor::{execute, report, Executor, Resolved, Run, RunOptions, RunReport};
-use crate::plan::{Part, Plan, SlurmResources};
+use crate::plan::{Plan, SlurmResources};
 use crate::stage::ProgressSink;
 use crate::stage::{Outcome, RunEvent};
 use crate::store::Store;
 
+mod groups;
 mod submit;
 
+use groups::{plan_units, UnitKind};
 use submit::SlurmRun;
 
 /// How to start `adaptor exec` inside a job.
@@ -80,65 +87,56 @@ impl Executor for SlurmExecutor<'_> {
             owner: format!("{}:{}", opts.host, std::process::id()),
         };
 
-        // Submit in dependency order; a dependency is the job of an upstream instance being built.
+        // Plan the jobs (arrays for shards, groups of one kind, single instances), then submit
+        // them in dependency order; a dependency is the job of an upstream instance being built.
+        let units = plan_units(plan, &to_run, |kind| {
+            slurm
+                .resources_for(plan, kind)
+                .group
+                .map_or(1, |g| g.max(1) as usize)
+        });
         let mut jobs: HashMap<usize, (String, String)> = HashMap::new(); // instance -> (job id, log)
         let mut submitted_here: Vec<String> = Vec::new();
         let mut arrays_here: Vec<String> = Vec::new();
-        for &i in &to_run {
+        for unit in &units {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            if jobs.contains_key(&i) {
-                continue; // a shard submitted with its siblings' array
-            }
-            let inst = &plan.instances[i];
-            let dep_ids: Vec<String> = inst
-                .deps()
+            let dep_ids: Vec<String> = unit
+                .members
+                .iter()
+                .flat_map(|&m| plan.instances[m].deps())
+                .filter(|d| !unit.members.contains(d))
                 .filter_map(|d| jobs.get(&d).map(|(id, _)| id.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect();
             let deps = job_targets(dep_ids.iter(), &arrays_here);
-            if let Part::Shard { .. } = inst.part {
-                // The stale shards of this instance's stage and grid point, as one array. They share
-                // their inputs, so their dependencies are all submitted by now.
-                let siblings: Vec<usize> = to_run
-                    .iter()
-                    .copied()
-                    .filter(|&s| {
-                        let o = &plan.instances[s];
-                        matches!(o.part, Part::Shard { .. })
-                            && o.stage == inst.stage
-                            && o.axes == inst.axes
-                    })
-                    .collect();
-                let array = slurm_run.submit_array(&siblings, &deps)?;
-                if let Some(a) = array.array_id {
-                    arrays_here.push(a);
+            let submitted: Vec<(usize, String, String, bool)> = match unit.kind {
+                UnitKind::Array => {
+                    let array = slurm_run.submit_array(&unit.members, &deps)?;
+                    arrays_here.extend(array.array_id);
+                    array.tasks
                 }
-                for (s, id, log, fresh) in array.tasks {
-                    if fresh {
-                        submitted_here.push(id.clone());
-                    }
-                    sink.event(&RunEvent::Submitted {
-                        instance: plan.instances[s].name.clone(),
-                        job: id.clone(),
-                        reused: !fresh,
-                    });
-                    jobs.insert(s, (id, log));
+                UnitKind::Group => slurm_run.submit_group(&unit.members, &deps)?,
+                UnitKind::Single => {
+                    let i = unit.members[0];
+                    let path = job_path(&plan.instances[i].kind, &resolved.keys[i]);
+                    let (id, log, fresh) = slurm_run.claim_or_submit(i, &path, &deps)?;
+                    vec![(i, id, log, fresh)]
                 }
-                continue;
+            };
+            for (s, id, log, fresh) in submitted {
+                if fresh && !submitted_here.contains(&id) {
+                    submitted_here.push(id.clone());
+                }
+                sink.event(&RunEvent::Submitted {
+                    instance: plan.instances[s].name.clone(),
+                    job: id.clone(),
+                    reused: !fresh,
+                });
+                jobs.insert(s, (id, log));
             }
-            let key = &resolved.keys[i];
-            let path = job_path(&inst.kind, key);
-            let (id, log, fresh) = slurm_run.claim_or_submit(i, &path, &deps)?;
-            if fresh {
-                submitted_here.push(id.clone());
-            }
-            sink.event(&RunEvent::Submitted {
-                instance: inst.name.clone(),
-                job: id.clone(),
-                reused: !fresh,
-            });
-            jobs.insert(i, (id, log));
         }
         if slurm.detach {
             for &i in &to_run {

@@ -29,23 +29,59 @@ pub(super) fn shell_quote(s: &str) -> String {
 
 /// The shell command a job runs: `adaptor exec` on one instance.
 pub(super) fn exec_command(slurm: &SlurmOptions, instance: &str, key: &StageKey) -> String {
-    let exec: Vec<String> = vec![
+    exec_members(slurm, &[(instance, key)])
+}
+
+/// `adaptor exec` on the members of a job, built one after another in this order.
+pub(super) fn exec_members(slurm: &SlurmOptions, members: &[(&str, &StageKey)]) -> String {
+    let mut exec: Vec<String> = vec![
         slurm.adaptor_bin.display().to_string(),
         "exec".into(),
         slurm.manifest.display().to_string(),
-        "--instance".into(),
-        instance.to_string(),
-        "--key".into(),
-        key.to_string(),
+    ];
+    for (instance, key) in members {
+        exec.extend([
+            "--instance".into(),
+            instance.to_string(),
+            "--key".into(),
+            key.to_string(),
+        ]);
+    }
+    exec.extend([
         "--store".into(),
         slurm.store.clone(),
         "--cache-dir".into(),
         slurm.cache_dir.display().to_string(),
-    ];
+    ]);
     exec.iter()
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The sbatch arguments every job of the executor has: its name, output file and upstream jobs.
+fn job_args(name: &str, log: &std::path::Path, deps: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--parsable".into(),
+        format!("--job-name=adaptor:{name}"),
+        format!("--output={}", log.display()),
+        "--kill-on-invalid-dep=yes".into(),
+    ];
+    if !deps.is_empty() {
+        args.push(format!("--dependency=afterok:{}", deps.join(":")));
+    }
+    args
+}
+
+/// Completes a claimed job record with the submitted job's id and output file.
+fn record_job(store: &Store, path: &str, claim: JobRecord, id: &str, log: &str) -> Result<()> {
+    let record = JobRecord {
+        job_id: id.to_string(),
+        log: log.to_string(),
+        ..claim
+    };
+    store.put_json(path, &record, false)?;
+    Ok(())
 }
 
 pub(super) enum Claim {
@@ -174,15 +210,7 @@ impl SlurmRun<'_> {
             .log_dir
             .join(format!("{}-{}-%j.out", inst.kind, key.short()));
         let res = slurm.resources_for(plan, &inst.kind);
-        let mut args: Vec<String> = vec![
-            "--parsable".into(),
-            format!("--job-name=adaptor:{}", inst.name),
-            format!("--output={}", log.display()),
-            "--kill-on-invalid-dep=yes".into(),
-        ];
-        if !deps.is_empty() {
-            args.push(format!("--dependency=afterok:{}", deps.join(":")));
-        }
+        let mut args = job_args(&inst.name, &log, deps);
         args.extend(res.sbatch_args());
         args.extend(time_from_timeout(&res, &inst.limits));
         args.push(format!("--wrap={}", exec_command(slurm, &inst.name, key)));
@@ -202,15 +230,7 @@ impl SlurmRun<'_> {
             });
         }
         let log = log.display().to_string().replace("%j", &id);
-        store.put_json(
-            path,
-            &JobRecord {
-                job_id: id.clone(),
-                log: log.clone(),
-                ..claim
-            },
-            false,
-        )?;
+        record_job(store, path, claim, &id, &log)?;
         Ok((id, log, true))
     }
 
@@ -222,25 +242,11 @@ impl SlurmRun<'_> {
         deps: &[String],
     ) -> Result<ArraySubmission> {
         let (plan, resolved) = (self.run.plan, self.run.resolved);
-        let (store, opts, slurm) = (self.run.store, self.run.opts, self.slurm);
-        let owner = self.owner.as_str();
-        let mut tasks = Vec::new();
-        let mut ours: Vec<(usize, u32, JobRecord)> = Vec::new();
-        for &s in shards {
-            let inst = &plan.instances[s];
-            let Part::Shard { index, .. } = inst.part else {
-                continue;
-            };
-            let path = job_path(&inst.kind, &resolved.keys[s]);
-            match claim(store, opts, &path, &inst.name, owner) {
-                Ok(Claim::Reuse { id, log }) => tasks.push((s, id, log, false)),
-                Ok(Claim::Ours(c)) => ours.push((s, index, c)),
-                Err(e) => {
-                    release(plan, store, resolved, &ours);
-                    return Err(e);
-                }
-            }
-        }
+        let (store, slurm) = (self.run.store, self.slurm);
+        let (mut tasks, ours) = self.claim_all(shards, |s| match plan.instances[s].part {
+            Part::Shard { index, .. } => Some(index),
+            _ => None,
+        })?;
         if ours.is_empty() {
             return Ok(ArraySubmission {
                 array_id: None,
@@ -265,16 +271,8 @@ impl SlurmRun<'_> {
             .log_dir
             .join(format!("{}-{whole_key}-%A_%a.out", first.kind));
         let indices: Vec<String> = ours.iter().map(|(_, i, _)| i.to_string()).collect();
-        let mut args: Vec<String> = vec![
-            "--parsable".into(),
-            format!("--array={}", indices.join(",")),
-            format!("--job-name=adaptor:{whole}[shards]"),
-            format!("--output={}", log.display()),
-            "--kill-on-invalid-dep=yes".into(),
-        ];
-        if !deps.is_empty() {
-            args.push(format!("--dependency=afterok:{}", deps.join(":")));
-        }
+        let mut args = job_args(&format!("{whole}[shards]"), &log, deps);
+        args.push(format!("--array={}", indices.join(",")));
         let res = slurm.resources_for(plan, &first.kind);
         args.extend(res.sbatch_args());
         args.extend(time_from_timeout(&res, &first.limits));
@@ -290,21 +288,7 @@ impl SlurmRun<'_> {
             " *) echo \"no shard for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 2;; esac",
         );
         args.push(format!("--wrap={script}"));
-        let out = match slurm_cmd("sbatch", &args) {
-            Ok(o) => o,
-            Err(e) => {
-                release(plan, store, resolved, &ours);
-                return Err(e);
-            }
-        };
-        let id = out.trim().split(';').next().unwrap_or("").to_string();
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            release(plan, store, resolved, &ours);
-            return Err(Error::NoJobId {
-                what: "array job",
-                output: out,
-            });
-        }
+        let id = self.sbatch_for(&args, &ours, "array job")?;
         for (s, index, claim) in ours {
             let task = format!("{id}_{index}");
             let log = log
@@ -312,21 +296,124 @@ impl SlurmRun<'_> {
                 .to_string()
                 .replace("%A", &id)
                 .replace("%a", &index.to_string());
-            store.put_json(
-                &job_path(&plan.instances[s].kind, &resolved.keys[s]),
-                &JobRecord {
-                    job_id: task.clone(),
-                    log: log.clone(),
-                    ..claim
-                },
-                false,
-            )?;
+            let path = job_path(&plan.instances[s].kind, &resolved.keys[s]);
+            record_job(store, &path, claim, &task, &log)?;
             tasks.push((s, task, log, true));
         }
         Ok(ArraySubmission {
             array_id: Some(id),
             tasks,
         })
+    }
+
+    /// Claims the job records of `members` (stale instances of one kind, in dependency order)
+    /// and submits those not already being built as one job that builds them one after another:
+    /// (instance, job id, job output, submitted here) for each member.
+    pub(super) fn submit_group(
+        &self,
+        members: &[usize],
+        deps: &[String],
+    ) -> Result<Vec<(usize, String, String, bool)>> {
+        let (plan, resolved) = (self.run.plan, self.run.resolved);
+        let (store, slurm) = (self.run.store, self.slurm);
+        let (mut tasks, ours) = self.claim_all(members, |_| Some(0))?;
+        if ours.is_empty() {
+            return Ok(tasks);
+        }
+        // Members another run builds are waited for like any upstream job.
+        let mut deps = deps.to_vec();
+        deps.extend(tasks.iter().map(|(_, id, _, _)| id.clone()));
+        let first = &plan.instances[ours[0].0];
+        let log = slurm.log_dir.join(format!(
+            "{}-group-{}-%j.out",
+            first.kind,
+            resolved.keys[ours[0].0].short()
+        ));
+        let name = format!("{}[+{} in group]", first.name, ours.len() - 1);
+        let mut args = job_args(&name, &log, &deps);
+        let res = slurm.resources_for(plan, &first.kind);
+        args.extend(res.sbatch_args());
+        // the members' timeouts add up
+        let limits = Limits {
+            timeout: ours
+                .iter()
+                .map(|(m, _, _)| plan.instances[*m].limits.timeout)
+                .sum::<Option<Duration>>(),
+            ..Limits::default()
+        };
+        args.extend(time_from_timeout(&res, &limits));
+        let names: Vec<(&str, &StageKey)> = ours
+            .iter()
+            .map(|(m, _, _)| (plan.instances[*m].name.as_str(), &resolved.keys[*m]))
+            .collect();
+        args.push(format!("--wrap={}", exec_members(slurm, &names)));
+        let id = self.sbatch_for(&args, &ours, "group job")?;
+        let log = log.display().to_string().replace("%j", &id);
+        for (m, _, claim) in ours {
+            let path = job_path(&plan.instances[m].kind, &resolved.keys[m]);
+            record_job(store, &path, claim, &id, &log)?;
+            tasks.push((m, id.clone(), log.clone(), true));
+        }
+        Ok(tasks)
+    }
+
+    /// Claims the job records of `members` (those `index` gives an array index, 0 outside
+    /// arrays): the members a live job of another run builds, as (instance, job id, output,
+    /// false), and the claims this run must submit. On an error every claim is given back.
+    #[allow(clippy::type_complexity)]
+    fn claim_all(
+        &self,
+        members: &[usize],
+        index: impl Fn(usize) -> Option<u32>,
+    ) -> Result<(
+        Vec<(usize, String, String, bool)>,
+        Vec<(usize, u32, JobRecord)>,
+    )> {
+        let Run {
+            plan,
+            store,
+            resolved,
+            opts,
+            ..
+        } = *self.run;
+        let (mut reused, mut ours) = (Vec::new(), Vec::new());
+        for &m in members {
+            let Some(i) = index(m) else { continue };
+            let inst = &plan.instances[m];
+            let path = job_path(&inst.kind, &resolved.keys[m]);
+            match claim(store, opts, &path, &inst.name, &self.owner) {
+                Ok(Claim::Reuse { id, log }) => reused.push((m, id, log, false)),
+                Ok(Claim::Ours(c)) => ours.push((m, i, c)),
+                Err(e) => {
+                    release(plan, store, resolved, &ours);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((reused, ours))
+    }
+
+    /// `sbatch` for the claims `ours`: the job id, or the claims given back and the error.
+    fn sbatch_for(
+        &self,
+        args: &[String],
+        ours: &[(usize, u32, JobRecord)],
+        what: &'static str,
+    ) -> Result<String> {
+        let (plan, store, resolved) = (self.run.plan, self.run.store, self.run.resolved);
+        let out = match slurm_cmd("sbatch", args) {
+            Ok(o) => o,
+            Err(e) => {
+                release(plan, store, resolved, ours);
+                return Err(e);
+            }
+        };
+        let id = out.trim().split(';').next().unwrap_or("").to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            release(plan, store, resolved, ours);
+            return Err(Error::NoJobId { what, output: out });
+        }
+        Ok(id)
     }
 
     /// How instance `i` ended once its job `id` (output `log`) left the queue in `state`: read

@@ -4,9 +4,12 @@
 use std::path::Path;
 
 use dicom_dictionary_std::tags;
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::PixelDecoder;
 
+use super::dicom_native::open_native;
 use super::raster::without_panics;
+use super::samples::Samples;
 use super::{DecodeLimits, Gray, Gray8, GrayImage};
 use crate::error::{Error, Result};
 
@@ -110,7 +113,7 @@ pub fn check_dicom_lengths(path: &Path, bytes: &[u8], file_len: u64) -> Result<(
 }
 
 /// The transfer syntax UID of the file meta group (0002,0010), or "" when absent.
-fn transfer_syntax_of(bytes: &[u8]) -> String {
+pub(super) fn transfer_syntax_of(bytes: &[u8]) -> String {
     let mut p = 132;
     while p + 8 <= bytes.len() && bytes[p..p + 2] == [2, 0] {
         let elem = u16::from_le_bytes([bytes[p + 2], bytes[p + 3]]);
@@ -141,12 +144,13 @@ fn transfer_syntax_of(bytes: &[u8]) -> String {
 }
 
 /// The first frame of a grayscale DICOM image: stored values plus what is needed to interpret them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DicomPixels {
     pub width: u32,
     pub height: u32,
-    /// Stored values, masked to `bits_stored` and sign-extended when `signed`.
-    pub stored: Vec<i32>,
+    /// Stored values, masked to `bits_stored` and sign-extended when `signed` (read where they
+    /// lie: in the file's bytes for uncompressed files, in the decoder's output otherwise).
+    pub stored: Samples,
     pub bits_stored: u16,
     pub signed: bool,
     pub slope: f64,
@@ -157,8 +161,23 @@ pub struct DicomPixels {
 }
 
 impl DicomPixels {
-    /// Reads and decodes the file's pixel data (first frame).
+    /// Reads and decodes the file's pixel data (first frame). The file is read once; an
+    /// uncompressed grayscale file keeps its pixel data where it lies in those bytes (the header
+    /// parsed up to the pixel data); any other file goes through `dicom-pixeldata`.
     pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        check_dicom_lengths(path, &bytes, bytes.len() as u64)?;
+        let native =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_native(path, bytes)));
+        if let Ok(Some(px)) = native {
+            return Ok(px);
+        }
+        without_panics(path, "DICOM", || Self::open_checked(path))
+    }
+
+    /// Decodes through `dicom-pixeldata` whatever the transfer syntax (what [`Self::open`] does
+    /// for files it cannot read in place); for comparisons of the two paths.
+    pub fn open_general(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         check_dicom_lengths(path, &bytes, bytes.len() as u64)?;
         drop(bytes);
@@ -177,17 +196,7 @@ impl DicomPixels {
             .transfer_syntax()
             .trim_end_matches('\0')
             .to_string();
-        // The size the header claims, checked before the pixel data is decoded (the decoder
-        // allocates rows × columns × samples × bytes per sample for a frame; this reader then
-        // keeps the values as i32, 4 more bytes per pixel).
-        let header = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u64>().ok());
-        if let (Some(rows), Some(cols)) = (header(tags::ROWS), header(tags::COLUMNS)) {
-            let spp = header(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-            let sample_bytes = header(tags::BITS_ALLOCATED).unwrap_or(16).div_ceil(8);
-            let per_pixel = spp.saturating_mul(sample_bytes).saturating_add(4);
-            let bytes = rows.saturating_mul(cols).saturating_mul(per_pixel);
-            DecodeLimits::current().check(path, cols, rows, bytes)?;
-        }
+        frame_limit_check(path, &obj)?;
         // Only the first frame: a multi-frame file costs one frame's memory.
         let decoded = obj
             .decode_pixel_data_frame(0)
@@ -214,51 +223,28 @@ impl DicomPixels {
         let bits_stored = decoded.bits_stored().clamp(1, bits_allocated.max(1));
         let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
         let data = decoded.data();
-        let raw: Vec<u32> = match bits_allocated {
-            8 => data.get(..n).map(|d| d.iter().map(|&b| b as u32).collect()),
-            16 => data.get(..2 * n).map(|d| {
-                d.chunks_exact(2)
-                    .map(|c| u16::from_ne_bytes([c[0], c[1]]) as u32)
-                    .collect()
-            }),
-            32 => data.get(..4 * n).map(|d| {
-                d.chunks_exact(4)
-                    .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            }),
+        let sample_width = match bits_allocated {
+            8 => 1,
+            16 => 2,
+            32 => 4,
             other => {
                 return Err(Error::decode(
                     path,
                     format!("unsupported BitsAllocated {other}"),
                 ))
             }
-        }
-        .ok_or_else(|| {
-            Error::decode(
+        };
+        if data.len() < n * sample_width {
+            return Err(Error::decode(
                 path,
                 format!(
                     "pixel data holds {} bytes, fewer than {width}×{height} samples",
                     data.len()
                 ),
-            )
-        })?;
-        let bits = bits_stored as u32;
-        let mask: u32 = if bits >= 32 {
-            u32::MAX
-        } else {
-            (1u32 << bits) - 1
-        };
-        let stored = raw
-            .into_iter()
-            .map(|v| {
-                let v = v & mask;
-                if signed && bits < 32 && v & (1 << (bits - 1)) != 0 {
-                    (v | !mask) as i32
-                } else {
-                    v as i32
-                }
-            })
-            .collect();
+            ));
+        }
+        let frame = data[..n * sample_width].to_vec();
+        let stored = Samples::new(frame, false, 0, n, sample_width, bits_stored as u32, signed);
         let (slope, intercept) = match decoded.rescale() {
             Ok([r, ..]) => (r.slope, r.intercept),
             _ => (1.0, 0.0),
@@ -314,14 +300,14 @@ impl DicomPixels {
             GrayImage::Eight(Gray {
                 width: self.width,
                 height: self.height,
-                data: self.map_through_lut(|s| f(s) as u8),
+                data: self.stored.map_through_lut(|s| f(s) as u8),
             })
         } else {
             let f = map(65535.0);
             GrayImage::Sixteen(Gray {
                 width: self.width,
                 height: self.height,
-                data: self.map_through_lut(|s| f(s) as u16),
+                data: self.stored.map_through_lut(|s| f(s) as u16),
             })
         }
     }
@@ -330,7 +316,7 @@ impl DicomPixels {
     /// `pixel_array` (no rescale) → `cv2.convertScaleAbs(x, alpha=255/x.max())` → `255 - x` for
     /// MONOCHROME1. OpenCV computes `|x·alpha|` in f32 and rounds half to even.
     pub fn to_gray8_mgca(&self) -> Gray8 {
-        let max = self.stored.iter().copied().max().unwrap_or(0);
+        let max = self.stored.min_max().map_or(0, |(_, hi)| hi);
         let alpha = (255.0f64 / max as f64) as f32;
         let f = |s: i32| {
             let v = (s as f32 * alpha).abs();
@@ -348,26 +334,24 @@ impl DicomPixels {
         Gray {
             width: self.width,
             height: self.height,
-            data: self.map_through_lut(f),
+            data: self.stored.map_through_lut(f),
         }
     }
+}
 
-    /// Applies `f` to every stored value, through a lookup table when the value range is small
-    /// (always for ≤ 16-bit data), so per-pixel cost is one load.
-    fn map_through_lut<U: Copy>(&self, f: impl Fn(i32) -> U) -> Vec<U> {
-        let (Some(&lo), Some(&hi)) = (self.stored.iter().min(), self.stored.iter().max()) else {
-            return Vec::new();
-        };
-        if (hi as i64 - lo as i64) < (1 << 17) {
-            let lut: Vec<U> = (lo..=hi).map(&f).collect();
-            self.stored
-                .iter()
-                .map(|&s| lut[(s - lo) as usize])
-                .collect()
-        } else {
-            self.stored.iter().map(|&s| f(s)).collect()
-        }
+/// The decode limits against the size the header claims, checked before the pixel data is
+/// decoded: rows × columns × (samples × bytes per sample + 4) bytes (the decoder's frame plus the
+/// 4 bytes a pixel the stored values once took as i32, kept so the limits mean what they did).
+pub(super) fn frame_limit_check(path: &Path, obj: &DefaultDicomObject) -> Result<()> {
+    let header = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u64>().ok());
+    if let (Some(rows), Some(cols)) = (header(tags::ROWS), header(tags::COLUMNS)) {
+        let spp = header(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+        let sample_bytes = header(tags::BITS_ALLOCATED).unwrap_or(16).div_ceil(8);
+        let per_pixel = spp.saturating_mul(sample_bytes).saturating_add(4);
+        let bytes = rows.saturating_mul(cols).saturating_mul(per_pixel);
+        DecodeLimits::current().check(path, cols, rows, bytes)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -379,7 +363,7 @@ mod tests {
         let px = DicomPixels {
             width: 3,
             height: 1,
-            stored: vec![0, 500, 1000],
+            stored: Samples::from_values(&[0, 500, 1000], 12, false),
             bits_stored: 12,
             signed: false,
             slope: 1.0,

@@ -5,9 +5,11 @@
 //! resize of the longer side, then symmetric zero padding (floor/ceil) to a square.
 
 mod dicom;
+mod dicom_native;
 mod limits;
 mod raster;
 mod resize;
+mod samples;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,7 @@ pub use raster::{decode_raster, decode_raster_bytes};
 pub use resize::{
     center_crop, resize_area, resize_img, resize_img_geometry, resize_linear, Sample,
 };
+pub use samples::Samples;
 
 /// A row-major single-channel image.
 #[derive(Clone, Debug, PartialEq)]
