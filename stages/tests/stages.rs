@@ -44,10 +44,10 @@ fn resolved(reg: &StageRegistry, kind: &str, set: &[(&str, Value)]) -> Params {
 fn synth_then_ingest_through_the_stage_contract() {
     let mut reg = StageRegistry::new();
     stages::register(&mut reg);
-    // The kinds that need no libtorch run in this process: the report too.
+    // The kinds that need no libtorch run in this process: preprocess and the report too.
     assert_eq!(
         reg.kinds().collect::<Vec<_>>(),
-        ["ingest", "report", "synth"]
+        ["ingest", "preprocess", "report", "synth"]
     );
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("synth");
