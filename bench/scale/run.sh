@@ -83,7 +83,9 @@ inputs = { records = "ingest[dataset=mimic-cxr]", backbone = "backbones.bert" }
 [stages.image]
 kind = "encode-image"
 foreach = { images = ["mimic-cxr", "covidx"] }
-params = { pooling = "mean", batch_size = 256 }
+# At the images' own size (64 px, a 56-px crop: 4 × 4 DINOv2 patches), so that the benchmark
+# measures the pipeline's cost per image rather than upscaling, and fits this machine's disk.
+params = { pooling = "mean", batch_size = 256, resize = 64, image_size = 56 }
 inputs = { records = "ingest[dataset=\${images}]", $IMAGES_FROM, backbone = "backbones.dinov2" }
 
 [stages.pretrain]
