@@ -223,6 +223,10 @@ enum Command {
         /// Image side in pixels.
         #[arg(long, default_value_t = 256)]
         image_size: u32,
+        /// mimic-cxr: share of studies in the official validate + test splits (default 0.1;
+        /// the real dataset's is about 0.022).
+        #[arg(long, value_name = "F")]
+        valid_fraction: Option<f64>,
     },
     /// Read a raw dataset folder into a records table (what the `ingest` stage does), outside a manifest.
     Ingest {

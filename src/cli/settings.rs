@@ -133,6 +133,7 @@ pub struct SynthSettings {
     pub n: usize,
     pub seed: u64,
     pub image_size: u32,
+    pub valid_fraction: Option<f64>,
 }
 
 pub struct IngestSettings {
@@ -335,6 +336,7 @@ impl CommandSettings {
                 n,
                 seed,
                 image_size,
+                valid_fraction,
             } => CommandSettings::Synth(SynthSettings {
                 dataset: SynthDataset::parse(&dataset).expect("clap checked the name"),
                 name: dataset,
@@ -342,6 +344,7 @@ impl CommandSettings {
                 n,
                 seed,
                 image_size,
+                valid_fraction,
             }),
             Command::Ingest {
                 dataset,

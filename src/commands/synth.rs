@@ -9,8 +9,15 @@ use crate::cli::SynthSettings;
 use crate::render;
 
 pub fn synth(cx: &Context, s: &SynthSettings) -> Result<ExitCode> {
-    let summary = stages::synth::generate_with_size(s.dataset, &s.out, s.n, s.seed, s.image_size)
-        .with_context(|| format!("adaptor synth {}", s.name))?;
+    let summary = stages::synth::generate_with(
+        s.dataset,
+        &s.out,
+        s.n,
+        s.seed,
+        s.image_size,
+        s.valid_fraction,
+    )
+    .with_context(|| format!("adaptor synth {}", s.name))?;
     if !cx.quiet() {
         eprint!(
             "{}",

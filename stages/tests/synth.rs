@@ -122,3 +122,48 @@ fn siim_dicoms_are_jpeg_baseline_and_rsna_uncompressed() {
     let img = images::decode(&tmp.path().join("r").join(dcm)).unwrap();
     assert!(matches!(img, GrayImage::Eight(ref g) if g.width == 64 && g.height == 64));
 }
+
+/// Counts the official split's values in a MIMIC-CXR miniature's split CSV.
+fn mimic_splits(root: &Path) -> std::collections::BTreeMap<String, usize> {
+    let gz = std::fs::File::open(root.join("mimic-cxr-2.0.0-split.csv.gz")).unwrap();
+    let text = std::io::read_to_string(flate2::read::GzDecoder::new(gz)).unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines().skip(1) {
+        *counts
+            .entry(line.rsplit(',').next().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn mimic_valid_fraction_sets_the_official_split_share_and_only_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    synth::generate_with_size(SynthDataset::MimicCxr, &a, 2000, 1, 32).unwrap();
+    let summary =
+        synth::generate_with(SynthDataset::MimicCxr, &b, 2000, 1, 32, Some(0.02)).unwrap();
+    assert_eq!(summary.valid_fraction, Some(0.02));
+    let share = |c: &std::collections::BTreeMap<String, usize>| {
+        let held = c["validate"] + c["test"];
+        held as f64 / (held + c["train"]) as f64
+    };
+    let (default, real) = (share(&mimic_splits(&a)), share(&mimic_splits(&b)));
+    assert!((0.07..0.14).contains(&default), "default share {default}");
+    assert!((0.01..0.04).contains(&real), "share with 0.02: {real}");
+    // Only the split draws change: the same studies, images and reports.
+    assert_eq!(
+        files_under(&a)
+            .into_iter()
+            .filter(|f| f.ends_with(".txt"))
+            .count(),
+        files_under(&b)
+            .into_iter()
+            .filter(|f| f.ends_with(".txt"))
+            .count()
+    );
+    for (ds, f) in [(SynthDataset::Rsna, 0.1), (SynthDataset::MimicCxr, 1.0)] {
+        let err = synth::generate_with(ds, &tmp.path().join("c"), 3, 1, 32, Some(f)).unwrap_err();
+        assert!(err.to_string().contains("valid_fraction"), "{err}");
+    }
+}

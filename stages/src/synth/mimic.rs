@@ -59,7 +59,7 @@ struct MimicStudy {
 
 /// Study `i`: its ids, findings, images and split, drawn from the plan's one random stream (in
 /// order, so a study is the same whatever the chunk it is drawn in).
-fn plan_study(i: usize, rng: &mut Rng, base_subject: u64) -> MimicStudy {
+fn plan_study(i: usize, rng: &mut Rng, base_subject: u64, valid: f64) -> MimicStudy {
     let case = match i {
         0 => MimicCase::LateralOnly,
         1 => MimicCase::TwoWordReport,
@@ -122,9 +122,9 @@ fn plan_study(i: usize, rng: &mut Rng, base_subject: u64) -> MimicStudy {
         MimicCase::Test => "test",
         _ => {
             let r = rng.f();
-            if r < 0.9 {
+            if r < (1.0 - valid) as f32 {
                 "train"
-            } else if r < 0.95 {
+            } else if r < (1.0 - valid / 2.0) as f32 {
                 "validate"
             } else {
                 "test"
@@ -146,7 +146,8 @@ fn plan_study(i: usize, rng: &mut Rng, base_subject: u64) -> MimicStudy {
 /// Studies planned, rendered and written per chunk, so that memory does not grow with `n`.
 const CHUNK: usize = 4096;
 
-pub(super) fn generate(out: &Path, n: usize, seed: u64, size: u32) -> Result<Written> {
+/// `valid`: the share of regular studies in `validate` ∪ `test` (half each).
+pub(super) fn generate(out: &Path, n: usize, seed: u64, size: u32, valid: f64) -> Result<Written> {
     let mut rng = Rng::derive(seed, "mimic-cxr/plan", 0);
     let base_subject = 10_000_000 + rng.below(500_000) as u64 * 10;
     let mut csv = Csvs::create(out)?;
@@ -154,7 +155,7 @@ pub(super) fn generate(out: &Path, n: usize, seed: u64, size: u32) -> Result<Wri
     let mut labels = BTreeMap::new();
     for first in (0..n).step_by(CHUNK) {
         let studies: Vec<MimicStudy> = (first..n.min(first + CHUNK))
-            .map(|i| plan_study(i, &mut rng, base_subject))
+            .map(|i| plan_study(i, &mut rng, base_subject, valid))
             .collect();
         images += render_images(out, &studies, first, seed, size)?;
         csv.append(&studies, first, size, &mut labels)?;

@@ -75,6 +75,9 @@ pub struct SynthSummary {
     pub n: usize,
     pub seed: u64,
     pub image_size: u32,
+    /// MIMIC-CXR: the `validate` + `test` share of regular studies, when not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_fraction: Option<f64>,
     /// Image files written (MIMIC-CXR includes lateral views).
     pub images: usize,
     /// Images per label (dataset-specific names: `normal`, `pneumonia`, `COVID-19`, ...).
@@ -97,6 +100,41 @@ pub fn generate_with_size(
     seed: u64,
     image_size: u32,
 ) -> Result<SynthSummary> {
+    generate_with(dataset, out, n, seed, image_size, None)
+}
+
+/// The share of regular MIMIC-CXR studies drawn into the official `validate` and `test` splits
+/// (half each) when not set: large, so that a miniature of 200 studies validates on about 20.
+pub const DEFAULT_VALID_FRACTION: f64 = 0.1;
+
+/// [`generate_with_size`], with MIMIC-CXR's `validate` + `test` share of regular studies
+/// (`valid_fraction`, default [`DEFAULT_VALID_FRACTION`]; the real dataset's official split holds
+/// about 2.2 % of its images). Other datasets draw their splits at ingest and refuse it.
+pub fn generate_with(
+    dataset: SynthDataset,
+    out: &Path,
+    n: usize,
+    seed: u64,
+    image_size: u32,
+    valid_fraction: Option<f64>,
+) -> Result<SynthSummary> {
+    if let Some(f) = valid_fraction {
+        if dataset != SynthDataset::MimicCxr {
+            return Err(Error::SynthParam {
+                param: "valid_fraction",
+                message: format!(
+                    "is for mimic-cxr only (its official split); {dataset} draws its splits at \
+                     ingest"
+                ),
+            });
+        }
+        if !(f > 0.0 && f < 1.0) {
+            return Err(Error::SynthParam {
+                param: "valid_fraction",
+                message: format!("{f} is outside (0, 1)"),
+            });
+        }
+    }
     if n == 0 {
         return Err(Error::SynthParam {
             param: "n",
@@ -111,7 +149,13 @@ pub fn generate_with_size(
     }
     mkdir(out)?;
     let Written { images, labels } = match dataset {
-        SynthDataset::MimicCxr => mimic::generate(out, n, seed, image_size)?,
+        SynthDataset::MimicCxr => mimic::generate(
+            out,
+            n,
+            seed,
+            image_size,
+            valid_fraction.unwrap_or(DEFAULT_VALID_FRACTION),
+        )?,
         SynthDataset::Rsna => rsna::generate(out, n, seed, image_size)?,
         SynthDataset::Covidx => covidx::generate(out, n, seed, image_size)?,
         SynthDataset::Siim => siim::generate(out, n, seed, image_size)?,
@@ -121,6 +165,7 @@ pub fn generate_with_size(
         n,
         seed,
         image_size,
+        valid_fraction,
         images,
         labels,
     };
