@@ -6,7 +6,8 @@ each larger N (ratio r = N / N_min):
   - memory flat: peak RSS <= peak(N_min) * 1.25 + 64 MiB, except what a stage documents holding
     per row: classify its pooled features (DIM floats per image of the downstream dataset,
     N/10 images here), so its allowance grows by N/10 * DIM * 4 bytes;
-  - the no-ops are shown, not ruled: `files` stats every file (linear by design).
+  - the no-ops and the first fingerprint are shown, not ruled: they list or stat every file of the
+    dataset folders (linear by design; the runner holds one entry per file while it fingerprints).
 """
 import sys
 from collections import defaultdict
@@ -44,7 +45,7 @@ print("| files in the dataset folders | " + " | ".join(f"{files.get(n, 0):,}" fo
 failures = []
 n0 = sizes[0]
 for stage in order:
-    if stage.startswith("no-op") or n0 not in rows[stage]:
+    if stage.startswith(("no-op", "fingerprint")) or n0 not in rows[stage]:
         continue
     w0, m0 = rows[stage][n0]
     for n in sizes[1:]:
