@@ -145,7 +145,7 @@ mod tests {
             signed,
             slope: 1.0,
             intercept: 0.0,
-            monochrome1: seed % 2 == 0,
+            monochrome1: seed.is_multiple_of(2),
             transfer_syntax: String::new(),
         }
     }
