@@ -50,8 +50,8 @@ impl DicomPixels {
     }
 
     /// `resize_img(&self.to_gray8_mgca(), imsize)`, byte for byte: the original's loader for one
-    /// DICOM frame. When the resize is an integer-factor `INTER_AREA` (square frames whose side is
-    /// a multiple of `imsize`), the 8-bit values are summed into blocks as each row is mapped,
+    /// DICOM frame. When the resize is an integer-factor `INTER_AREA` (each side a multiple of its
+    /// resized length, as 1,024² → 256²), the 8-bit values are summed into blocks as each row is mapped,
     /// without the full-size 8-bit image.
     pub fn resize_img_mgca(&self, imsize: u32) -> Gray8 {
         self.fused_resize_img(imsize)
