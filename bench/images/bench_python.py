@@ -1,10 +1,12 @@
 """The original's Python path on the same files: cv2.imread(path, 0) / pydicom + convertScaleAbs,
-then MGCA resize_img (INTER_AREA + pad). Prints: python<TAB>kind<TAB>processes<TAB>images<TAB>seconds<TAB>images/s.
+then MGCA resize_img (INTER_AREA + pad). Prints: python<TAB>kind<TAB>processes<TAB>images<TAB>seconds<TAB>images/s<TAB>CPU ms per image
+(this process and its pool's, user + system).
 
-Usage: .venv/bin/python bench/images/bench_python.py DIR IMSIZE PROCESSES ROUNDS
+Usage: .venv/bin/python bench/images/bench_python.py DIR IMSIZE PROCESSES ROUNDS [KINDS]
        .venv/bin/python bench/images/bench_python.py parts DIR IMSIZE
 """
 import os
+import resource
 import sys
 import time
 from multiprocessing import Pool
@@ -28,6 +30,13 @@ def decode(path):
             x = cv2.bitwise_not(x)
         return x
     return cv2.imread(path, 0)
+
+
+def cpu_seconds():
+    """CPU time of this process and of its reaped children (the pool's workers), user + system."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def load(args):
@@ -54,20 +63,23 @@ def main():
         parts(sys.argv[2], int(sys.argv[3]))
         return
     root, imsize, procs, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    for kind in ["jpeg", "dicom"]:
+    kinds = sys.argv[5].split(",") if len(sys.argv) > 5 else ["jpeg", "dicom"]
+    for kind in kinds:
         files = sorted(os.path.join(root, kind, f) for f in os.listdir(os.path.join(root, kind)))
         for f in files:
             load((f, imsize))
         work = [(f, imsize) for _ in range(rounds) for f in files]
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), cpu_seconds()
         if procs == 1:
             out = [load(w) for w in work]
         else:
             with Pool(procs) as p:
                 out = p.map(load, work, chunksize=1)
         secs = time.perf_counter() - t
+        cpu = cpu_seconds() - cpu
         assert all(o == (imsize, imsize) for o in out)
-        print(f"python\t{kind}\t{procs}\t{len(work)}\t{secs:.3f}\t{len(work) / secs:.1f}")
+        n = len(work)
+        print(f"python\t{kind}\t{procs}\t{n}\t{secs:.3f}\t{n / secs:.1f}\t{cpu * 1e3 / n:.3f}")
 
 
 if __name__ == "__main__":

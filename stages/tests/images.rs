@@ -102,6 +102,7 @@ fn real_chest_radiograph_decodes_with_monochrome1_inverted() {
     let sum: u64 = g8.data.iter().map(|&v| v as u64).sum();
     assert_eq!(sum, reference["gray8_sum"].as_u64().unwrap());
     let r = images::resize_img(&g8, 256);
+    assert_eq!(images::load_mgca(&path, 256).unwrap(), r);
     assert_eq!(
         r.data.iter().map(|&v| v as u64).sum::<u64>(),
         reference["resized_256_sum"].as_u64().unwrap()
@@ -422,6 +423,13 @@ fn uncompressed_dicom_read_in_place_equals_the_general_decoder() {
         assert_eq!(fast, general, "{}", path.display());
         assert_eq!(fast.to_gray(), general.to_gray());
         assert_eq!(fast.to_gray8_mgca(), general.to_gray8_mgca());
+        // The original's loader, its 8-bit conversion fused with resize_img where the factor is
+        // an integer (48 → 12, 16, 24: 4×4, 3×3, 2×2 blocks; CT 128 → 32, 64), byte for byte.
+        for s in [12, 16, 24, 32, 48, 64, 100, 256] {
+            let want = images::resize_img(&general.to_gray8_mgca(), s);
+            assert_eq!(fast.resize_img_mgca(s), want, "{} at {s}", path.display());
+            assert_eq!(images::load_mgca(path, s).unwrap(), want);
+        }
     }
     // Compressed files (and the synthetic SIIM's JPEG baseline) take the general decoder.
     let raw = tmp.path().join("siim");

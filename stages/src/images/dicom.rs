@@ -10,7 +10,7 @@ use dicom_pixeldata::PixelDecoder;
 use super::dicom_native::open_native;
 use super::raster::without_panics;
 use super::samples::Samples;
-use super::{DecodeLimits, Gray, Gray8, GrayImage};
+use super::{DecodeLimits, Gray, GrayImage};
 use crate::error::{Error, Result};
 
 /// Refuses a DICOM file any of whose data elements declares a length running past the end of the
@@ -309,32 +309,6 @@ impl DicomPixels {
                 height: self.height,
                 data: self.stored.map_through_lut(|s| f(s) as u16),
             })
-        }
-    }
-
-    /// The original's 8-bit conversion (MGCA `read_from_dicom`, reference B.2): pydicom's raw
-    /// `pixel_array` (no rescale) → `cv2.convertScaleAbs(x, alpha=255/x.max())` → `255 - x` for
-    /// MONOCHROME1. OpenCV computes `|x·alpha|` in f32 and rounds half to even.
-    pub fn to_gray8_mgca(&self) -> Gray8 {
-        let max = self.stored.min_max().map_or(0, |(_, hi)| hi);
-        let alpha = (255.0f64 / max as f64) as f32;
-        let f = |s: i32| {
-            let v = (s as f32 * alpha).abs();
-            let v = if v.is_finite() {
-                v.round_ties_even().clamp(0.0, 255.0) as u8
-            } else {
-                0
-            };
-            if self.monochrome1 {
-                255 - v
-            } else {
-                v
-            }
-        };
-        Gray {
-            width: self.width,
-            height: self.height,
-            data: self.stored.map_through_lut(f),
         }
     }
 }

@@ -7,6 +7,7 @@
 mod dicom;
 mod dicom_native;
 mod limits;
+mod mgca;
 mod raster;
 mod resize;
 mod samples;
@@ -136,12 +137,12 @@ pub fn decoded_count() -> u64 {
 /// The original's loader for one file (`get_imgs` / `read_from_dicom` + `resize_img`): 8-bit gray,
 /// longer side resized to `imsize`, zero-padded to `imsize × imsize`.
 pub fn load_mgca(path: &Path, imsize: u32) -> Result<Gray8> {
-    let gray = match ImageFormat::from_path(path) {
-        Some(ImageFormat::Dicom) => DicomPixels::open(path)?.to_gray8_mgca(),
-        _ => decode_raster(path)?.to_gray8(),
+    let out = match ImageFormat::from_path(path) {
+        Some(ImageFormat::Dicom) => DicomPixels::open(path)?.resize_img_mgca(imsize),
+        _ => resize_img(&decode_raster(path)?.to_gray8(), imsize),
     };
     DECODED.fetch_add(1, Ordering::Relaxed);
-    Ok(resize_img(&gray, imsize))
+    Ok(out)
 }
 
 /// Decodes and preprocesses many files in parallel (rayon, current pool), in input order.

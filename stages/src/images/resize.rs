@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::samples::round_half_even_small;
 use super::Gray;
 
 /// A pixel type OpenCV's resize supports; arithmetic runs in f32 (OpenCV's `WT` for these types).
@@ -70,21 +71,50 @@ pub fn resize_area<T: Sample>(src: &Gray<T>, dw: u32, dh: u32) -> Gray<T> {
     if sw == dwu && sh == dhu {
         return src.clone();
     }
-    let inv_scale_x = dwu as f64 / sw as f64;
-    let inv_scale_y = dhu as f64 / sh as f64;
-    let scale_x = 1.0 / inv_scale_x;
-    let scale_y = 1.0 / inv_scale_y;
+    let (scale_x, scale_y) = area_scales(sw, sh, dwu, dhu);
     if scale_x >= 1.0 && scale_y >= 1.0 {
-        let isx = scale_x.round() as usize;
-        let isy = scale_y.round() as usize;
-        if (scale_x - isx as f64).abs() < f64::EPSILON
-            && (scale_y - isy as f64).abs() < f64::EPSILON
-        {
+        if let Some((isx, isy)) = integer_factors(sw, sh, dwu, dhu) {
             return area_fast(src, dwu, dhu, isx, isy);
         }
         return area_general(src, dwu, dhu, scale_x, scale_y);
     }
     linear_resize(src, dwu, dhu, true)
+}
+
+/// OpenCV's `scale_x`, `scale_y` of a resize from `sw × sh` to `dw × dh` (source pixels per
+/// destination pixel, computed as `1 / (dw / sw)` in f64).
+fn area_scales(sw: usize, sh: usize, dw: usize, dh: usize) -> (f64, f64) {
+    (1.0 / (dw as f64 / sw as f64), 1.0 / (dh as f64 / sh as f64))
+}
+
+/// The integer factors of an `INTER_AREA` downscale from `sw × sh` to `dw × dh` when it takes
+/// OpenCV's integer-factor path (each destination pixel the mean of an `isx × isy` block), else
+/// `None`.
+pub(super) fn integer_factors(
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+) -> Option<(usize, usize)> {
+    let (scale_x, scale_y) = area_scales(sw, sh, dw, dh);
+    if scale_x < 1.0 || scale_y < 1.0 {
+        return None;
+    }
+    let isx = scale_x.round() as usize;
+    let isy = scale_y.round() as usize;
+    ((scale_x - isx as f64).abs() < f64::EPSILON && (scale_y - isy as f64).abs() < f64::EPSILON)
+        .then_some((isx, isy))
+}
+
+/// The value of an integer-factor `INTER_AREA` pixel from the integer sum of its `isx × isy`
+/// block, as OpenCV rounds it (`area_fast`): 2×2 blocks `(sum + 2) >> 2`, others
+/// `round_half_even(sum · (1/area as f32))`, clamped to `0..=255`.
+#[inline(always)]
+pub(super) fn block_mean_u8(sum: u32, isx: usize, isy: usize) -> u8 {
+    if isx == 2 && isy == 2 {
+        return ((sum + 2) >> 2).min(255) as u8;
+    }
+    round_half_even_small(sum as f32 * (1.0f32 / (isx * isy) as f32)).min(255) as u8
 }
 
 fn area_fast<T: Sample>(src: &Gray<T>, dw: usize, dh: usize, isx: usize, isy: usize) -> Gray<T> {

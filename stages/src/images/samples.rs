@@ -63,6 +63,15 @@ impl Samples {
         &self.buf[self.start..self.start + self.len * self.width]
     }
 
+    /// The bits of a raw sample that hold the stored value.
+    fn mask(&self) -> u32 {
+        if self.bits >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.bits) - 1
+        }
+    }
+
     /// The stored value of a raw sample: masked to `bits`, sign-extended when signed.
     #[inline(always)]
     fn value(&self, raw: u32) -> i32 {
@@ -114,10 +123,28 @@ impl Samples {
         if self.len == 0 {
             return None;
         }
-        if self.width == 1 && self.bits >= 8 && !self.signed {
-            // the stored value is the byte: a vectorised pass
-            let d = self.bytes();
-            return Some((*d.iter().min()? as i32, *d.iter().max()? as i32));
+        if !self.signed && self.width <= 2 {
+            // unsigned 8- or 16-bit: the masked raw value is the stored value, a vectorised pass
+            let mask = self.mask();
+            let (lo, hi) = if self.width == 1 {
+                let m = mask as u8;
+                let (lo, hi) = self.bytes().iter().fold((u8::MAX, 0), |(lo, hi), &b| {
+                    let v = b & m;
+                    (lo.min(v), hi.max(v))
+                });
+                (lo as u16, hi as u16)
+            } else {
+                let m = mask as u16;
+                let (lo, hi) = self
+                    .bytes()
+                    .chunks_exact(2)
+                    .fold((u16::MAX, 0), |(lo, hi), c| {
+                        let v = u16::from_ne_bytes([c[0], c[1]]) & m;
+                        (lo.min(v), hi.max(v))
+                    });
+                (lo, hi)
+            };
+            return Some((lo as i32, hi as i32));
         }
         let (mut lo, mut hi) = (i32::MAX, i32::MIN);
         self.each(|v| {
@@ -146,6 +173,113 @@ impl Samples {
             self.each(|s| out.push(f(s)));
         }
         out
+    }
+}
+
+/// A function from stored values to bytes, for [`Samples::add_row`]: a table
+/// ([`Samples::byte_table`]) or OpenCV's `convertScaleAbs` ([`Samples::scaled_bytes`]).
+pub(super) enum ByteMap {
+    /// 1-byte samples: indexed by the raw byte (masking and sign folded in).
+    Raw(Box<[u8; 256]>),
+    /// Wider samples: indexed by stored value − `lo`.
+    Range { table: Vec<u8>, lo: i32 },
+    /// Unsigned 1-byte samples: `round_half_even(v · alpha)` up to 255, inverted (`255 − x`)
+    /// when `invert`; computed, not looked up, so that the loop vectorises.
+    Scaled { alpha: f32, invert: bool },
+}
+
+/// `round_half_even(v)` as an integer for `0 ≤ v < 2^23`, without a libm call or a saturating
+/// float-to-int conversion (neither vectorises on x86-64's baseline SSE2): `v + 2^23` rounds `v`
+/// to an integer half to even (IEEE round-to-nearest-even where the unit in the last place is 1)
+/// and holds that integer in its low mantissa bits.
+#[inline(always)]
+pub(super) fn round_half_even_small(v: f32) -> u32 {
+    (v + 8_388_608.0).to_bits() - 0x4b00_0000
+}
+
+impl Samples {
+    /// `f` of every stored value of the frame as a table, given their range ([`Self::min_max`]);
+    /// `None` when the values span 2^17 or more.
+    pub(super) fn byte_table(
+        &self,
+        (lo, hi): (i32, i32),
+        f: impl Fn(i32) -> u8,
+    ) -> Option<ByteMap> {
+        if self.width == 1 {
+            let mut t = Box::new([0u8; 256]);
+            for (b, v) in t.iter_mut().enumerate() {
+                *v = f(self.value(b as u32));
+            }
+            return Some(ByteMap::Raw(t));
+        }
+        if (hi as i64 - lo as i64) >= (1 << 17) {
+            return None;
+        }
+        Some(ByteMap::Range {
+            table: (lo..=hi).map(f).collect(),
+            lo,
+        })
+    }
+
+    /// `convertScaleAbs(v, alpha)` (then `255 − x` when `invert`) as a [`ByteMap`] for unsigned
+    /// 1-byte samples and a finite `alpha ≥ 0`; `None` otherwise.
+    pub(super) fn scaled_bytes(&self, alpha: f32, invert: bool) -> Option<ByteMap> {
+        (self.width == 1 && !self.signed && alpha.is_finite() && alpha >= 0.0)
+            .then_some(ByteMap::Scaled { alpha, invert })
+    }
+
+    /// Samples `first..first + out.len()` mapped through `t` (built from these samples) into
+    /// `out`.
+    #[cfg(test)]
+    pub(super) fn map_row(&self, t: &ByteMap, first: usize, out: &mut [u8]) {
+        self.map_row_with(t, first, out, |o, v| *o = v);
+    }
+
+    /// Samples `first..first + sums.len()` mapped through `t` (built from these samples) and
+    /// added to `sums` (the caller keeps the sums below 2^16).
+    pub(super) fn add_row(&self, t: &ByteMap, first: usize, sums: &mut [u16]) {
+        self.map_row_with(t, first, sums, |o, v| *o += v as u16);
+    }
+
+    /// Samples `first..first + out.len()` mapped through `t` and stored with `put`, one loop per
+    /// kind of map (the computed one vectorises).
+    #[inline(always)]
+    fn map_row_with<O>(&self, t: &ByteMap, first: usize, out: &mut [O], put: impl Fn(&mut O, u8)) {
+        let w = self.width;
+        let d = &self.bytes()[first * w..(first + out.len()) * w];
+        match t {
+            ByteMap::Raw(t) => {
+                for (o, &b) in out.iter_mut().zip(d) {
+                    put(o, t[b as usize]);
+                }
+            }
+            &ByteMap::Scaled { alpha, invert } => {
+                let (m, x) = (self.mask() as u8, if invert { 255 } else { 0 });
+                for (o, &b) in out.iter_mut().zip(d) {
+                    // clamping before rounding to an integer clamps the same (255 is one);
+                    // `<` rather than `min` compiles to one `minps` (no NaN can arise here)
+                    let v = (b & m) as f32 * alpha;
+                    let v = round_half_even_small(if v < 255.0 { v } else { 255.0 });
+                    put(o, (v as u8) ^ x);
+                }
+            }
+            ByteMap::Range { table, lo } if w == 2 && !self.signed => {
+                let m = self.mask() as u16;
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(2)) {
+                    let v = u16::from_ne_bytes([c[0], c[1]]) & m;
+                    put(o, table[(v as i32 - lo) as usize]);
+                }
+            }
+            ByteMap::Range { table, lo } => {
+                for (o, c) in out.iter_mut().zip(d.chunks_exact(w)) {
+                    let raw = match w {
+                        2 => u16::from_ne_bytes([c[0], c[1]]) as u32,
+                        _ => u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
+                    };
+                    put(o, table[(self.value(raw) as i64 - *lo as i64) as usize]);
+                }
+            }
+        }
     }
 }
 
