@@ -29,8 +29,8 @@ pub use streamed::DiskPairs;
 pub use streamed::Scratch;
 use tables::pairs;
 pub use tables::{
-    check_same_rows, check_whole, input_name, open_input, read_input_table, read_whole, split_rows,
-    table_file, tensors, whole, TableSummary,
+    check_same_rows, check_whole, input_name, open_input, read_input_table, split_rows, table_file,
+    tensors, whole, TableSummary,
 };
 
 /// What the stage records beside the checkpoint: the tables it trained on.

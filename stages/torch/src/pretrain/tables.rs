@@ -12,7 +12,6 @@ use train::InMemoryPairs;
 use artifacts::table::{
     open_remote, open_stream, BoxedBatches, EmbeddingTable, RowBatches, TableMeta,
 };
-use pipeline::stage::DEFAULT_MEMORY;
 use stages::encode::{EMBEDDINGS_FILE, TOKENS_FILE};
 
 /// The embedding table inside an encode artifact (`embeddings.parquet` or `tokens.parquet`).
@@ -79,14 +78,9 @@ pub fn open_input(
 }
 
 /// The embedding table of a stage input, read whole ([`open_input`], batches of a quarter of the
-/// stage's budget) and checked ([`read_whole`]'s checks).
+/// stage's budget) and checked ([`whole`]'s checks).
 pub fn read_input_table(ctx: &StageContext, slot: &str) -> Result<EmbeddingTable, StageError> {
     whole(open_input(ctx, slot, ctx.memory() / 4)?)
-}
-
-/// Reads a whole (unsharded) embedding table.
-pub fn read_whole(path: &Path) -> Result<EmbeddingTable, StageError> {
-    whole(open_stream(path, DEFAULT_MEMORY / 4)?.boxed())
 }
 
 /// Every row of `rows` in memory, refusing a shard of a table and non-finite values.
