@@ -168,8 +168,8 @@ pub(super) struct FrameHeader {
     pub bits_allocated: u16,
     pub bits_stored: u16,
     pub signed: bool,
-    pub slope: f64,
-    pub intercept: f64,
+    /// (slope, intercept): modality value = stored × slope + intercept.
+    pub rescale: (f64, f64),
     pub monochrome1: bool,
     pub transfer_syntax: String,
 }
@@ -210,8 +210,8 @@ impl FrameHeader {
             stored: Samples::new(buf, in_file, start, n, sample_width, bits, self.signed),
             bits_stored,
             signed: self.signed,
-            slope: self.slope,
-            intercept: self.intercept,
+            slope: self.rescale.0,
+            intercept: self.rescale.1,
             monochrome1: self.monochrome1,
             transfer_syntax: self.transfer_syntax,
         })
@@ -269,18 +269,16 @@ impl DicomPixels {
                 ),
             ));
         }
-        let (slope, intercept) = match decoded.rescale() {
-            Ok([r, ..]) => (r.slope, r.intercept),
-            _ => (1.0, 0.0),
-        };
         let header = FrameHeader {
             width: decoded.columns(),
             height: decoded.rows(),
             bits_allocated: decoded.bits_allocated(),
             bits_stored: decoded.bits_stored(),
             signed: decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed,
-            slope,
-            intercept,
+            rescale: match decoded.rescale() {
+                Ok([r, ..]) => (r.slope, r.intercept),
+                _ => (1.0, 0.0),
+            },
             monochrome1: decoded.photometric_interpretation().as_str() == "MONOCHROME1",
             transfer_syntax,
         };

@@ -91,7 +91,7 @@ pub(super) fn open_native(path: &Path, bytes: Vec<u8>) -> Option<DicomPixels> {
     }
     // Rescale: both or neither, each one finite number, as the general path reads them.
     let float = |tag| obj.element(tag).ok().map(|e| e.to_finite_float64().ok());
-    let (slope, intercept) = match (float(tags::RESCALE_SLOPE), float(tags::RESCALE_INTERCEPT)) {
+    let rescale = match (float(tags::RESCALE_SLOPE), float(tags::RESCALE_INTERCEPT)) {
         (None, None) => (1.0, 0.0),
         (Some(Some(s)), Some(Some(i))) => (s, i),
         _ => return None,
@@ -104,8 +104,7 @@ pub(super) fn open_native(path: &Path, bytes: Vec<u8>) -> Option<DicomPixels> {
         bits_allocated,
         bits_stored,
         signed,
-        slope,
-        intercept,
+        rescale,
         monochrome1,
         transfer_syntax,
     };
