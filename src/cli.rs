@@ -29,7 +29,8 @@ pub use artifacts::{DagFormat, DagSettings, ForgetSettings, PathSettings, PullSe
                   re-running a manifest only builds what changed.\n\n\
                   Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, \
                   AWS_ENDPOINT_URL and AWS_ALLOW_HTTP configure s3:// stores (ADAPTOR_S3_RETRIES: \
-                  retries per request, default 10); ADAPTOR_CACHE_DIR \
+                  retries per request, default 10; ADAPTOR_S3_CACHE_TABLES=1: copy the embedding \
+                  tables stages stream from S3 into the cache folder first); ADAPTOR_CACHE_DIR \
                   overrides the local cache folder (default ~/.cache/adaptor).",
     after_help = crate::exit::EXIT_CODES_HELP
 )]

@@ -16,7 +16,7 @@ use pipeline::{RemoteFile, RemoteInput, Store, StoreSettings, StoreUrl};
 
 const DIM: usize = 256;
 const ROWS: usize = 110_000; // 110k × 256 × 4 B ≈ 113 MB
-const BUDGET: usize = 16 << 20;
+const BUDGET: u64 = 16 << 20;
 
 /// The process's peak resident memory (VmHWM) in bytes.
 fn peak() -> u64 {
@@ -150,11 +150,7 @@ fn s3_a_table_six_times_the_budget_streams_with_bounded_memory_and_its_digest_ch
     let dir = tempfile::tempdir().unwrap();
     let big = upload(&moto, dir.path(), ROWS, "big");
     let tiny = upload(&moto, dir.path(), 1000, "tiny");
-    assert!(
-        big.files[0].bytes > 6 * BUDGET as u64,
-        "{}",
-        big.files[0].bytes
-    );
+    assert!(big.files[0].bytes > 6 * BUDGET, "{}", big.files[0].bytes);
 
     let (rows, tiny_peak) = stream(&tiny, &moto.env());
     assert_eq!(rows, 1000);
@@ -167,10 +163,10 @@ fn s3_a_table_six_times_the_budget_streams_with_bounded_memory_and_its_digest_ch
         tiny_peak >> 20,
         BUDGET >> 20
     );
-    // The budget bounds the decoded batches (a quarter of it each) beside one row group's
-    // column chunk (4 MiB): well under the budget twice over, whatever the table's size.
+    // The budget bounds the decoded batches (an eighth of it each, `batch_rows`) beside one row
+    // group's column chunk (4 MiB): well under the budget twice over, whatever the table's size.
     assert!(
-        big_peak < 2 * BUDGET as u64,
+        big_peak < 2 * BUDGET,
         "peak memory added {} MiB streaming a {} MB table",
         big_peak >> 20,
         big.files[0].bytes / 1_000_000

@@ -86,12 +86,13 @@ fn each_exit_code_end_to_end() {
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("not-a-folder"), "{out}");
 
-    // The table is in --help.
+    // The table is in --help, with the environment variables the binary honours.
     let help = case.ok(&["--help"]);
     assert!(
         help.contains("Exit codes:") && help.contains("3    store or network error"),
         "{help}"
     );
+    insta::assert_snapshot!("help", help);
 }
 
 #[test]

@@ -184,6 +184,13 @@ pub(super) struct SlurmRun<'a> {
 }
 
 impl SlurmRun<'_> {
+    /// Takes the job record of instance `i` (at `path`) for this run, or finds the live job of
+    /// another run that holds it ([`claim`]).
+    fn claim(&self, i: usize, path: &str) -> Result<Claim> {
+        let name = &self.run.plan.instances[i].name;
+        claim(self.run.store, self.run.opts, path, name, &self.owner)
+    }
+
     /// Submits instance `i` as one job depending on `deps`, unless a live job of another run
     /// already builds its key (claimed through its job record at `path`): (job id, output, fresh).
     pub(super) fn claim_or_submit(
@@ -192,17 +199,10 @@ impl SlurmRun<'_> {
         path: &str,
         deps: &[String],
     ) -> Result<(String, String, bool)> {
-        let Run {
-            plan,
-            store,
-            resolved,
-            opts,
-            ..
-        } = *self.run;
-        let (slurm, owner) = (self.slurm, self.owner.as_str());
+        let (plan, store, slurm) = (self.run.plan, self.run.store, self.slurm);
         let inst = &plan.instances[i];
-        let key = &resolved.keys[i];
-        let claim = match claim(store, opts, path, &inst.name, owner)? {
+        let key = &self.run.resolved.keys[i];
+        let claim = match self.claim(i, path)? {
             Claim::Reuse { id, log } => return Ok((id, log, false)),
             Claim::Ours(claim) => claim,
         };
@@ -369,19 +369,12 @@ impl SlurmRun<'_> {
         Vec<(usize, String, String, bool)>,
         Vec<(usize, u32, JobRecord)>,
     )> {
-        let Run {
-            plan,
-            store,
-            resolved,
-            opts,
-            ..
-        } = *self.run;
+        let (plan, store, resolved) = (self.run.plan, self.run.store, self.run.resolved);
         let (mut reused, mut ours) = (Vec::new(), Vec::new());
         for &m in members {
             let Some(i) = index(m) else { continue };
-            let inst = &plan.instances[m];
-            let path = job_path(&inst.kind, &resolved.keys[m]);
-            match claim(store, opts, &path, &inst.name, &self.owner) {
+            let path = job_path(&plan.instances[m].kind, &resolved.keys[m]);
+            match self.claim(m, &path) {
                 Ok(Claim::Reuse { id, log }) => reused.push((m, id, log, false)),
                 Ok(Claim::Ours(c)) => ours.push((m, i, c)),
                 Err(e) => {

@@ -160,6 +160,64 @@ pub struct DicomPixels {
     pub transfer_syntax: String,
 }
 
+/// What a decoding path reads from the header about the first frame before it points at the
+/// samples: [`FrameHeader::pixels`] is the one constructor of [`DicomPixels`] for both paths.
+pub(super) struct FrameHeader {
+    pub width: u32,
+    pub height: u32,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub signed: bool,
+    /// (slope, intercept): modality value = stored × slope + intercept.
+    pub rescale: (f64, f64),
+    pub monochrome1: bool,
+    pub transfer_syntax: String,
+}
+
+impl FrameHeader {
+    /// The frame's `width × height` samples from byte `start` of `buf` (`in_file`: `buf` is the
+    /// whole file's bytes), of which `available` bytes are pixel data: BitsAllocated 8, 16 or
+    /// 32, BitsStored clamped to `1..=BitsAllocated`. `Err`: why the frame cannot be read.
+    pub fn pixels(
+        self,
+        buf: Vec<u8>,
+        in_file: bool,
+        start: usize,
+        available: usize,
+    ) -> std::result::Result<DicomPixels, String> {
+        let (width, height) = (self.width, self.height);
+        if width == 0 || height == 0 {
+            return Err(format!("the image is {width} × {height}: it has no pixels"));
+        }
+        let sample_width = match self.bits_allocated {
+            8 => 1,
+            16 => 2,
+            32 => 4,
+            other => return Err(format!("unsupported BitsAllocated {other}")),
+        };
+        let n = width as usize * height as usize;
+        let bytes = n * sample_width;
+        if available < bytes || buf.len() < start.saturating_add(bytes) {
+            return Err(format!(
+                "pixel data holds {available} bytes, fewer than {width}×{height} samples"
+            ));
+        }
+        let bits_stored = self.bits_stored.clamp(1, self.bits_allocated);
+        let bits = u32::from(bits_stored);
+        Ok(DicomPixels {
+            width,
+            height,
+            stored: Samples::new(buf, in_file, start, n, sample_width, bits, self.signed),
+            bits_stored,
+            signed: self.signed,
+            slope: self.rescale.0,
+            intercept: self.rescale.1,
+            monochrome1: self.monochrome1,
+            transfer_syntax: self.transfer_syntax,
+        })
+    }
+}
+
 impl DicomPixels {
     /// Reads and decodes the file's pixel data (first frame). The file is read once; an
     /// uncompressed grayscale file keeps its pixel data where it lies in those bytes (the header
@@ -211,56 +269,23 @@ impl DicomPixels {
                 ),
             ));
         }
-        let (width, height) = (decoded.columns(), decoded.rows());
-        if width == 0 || height == 0 {
-            return Err(Error::decode(
-                path,
-                format!("the image is {width} × {height}: it has no pixels"),
-            ));
-        }
-        let n = width as usize * height as usize;
-        let bits_allocated = decoded.bits_allocated();
-        let bits_stored = decoded.bits_stored().clamp(1, bits_allocated.max(1));
-        let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
-        let data = decoded.data();
-        let sample_width = match bits_allocated {
-            8 => 1,
-            16 => 2,
-            32 => 4,
-            other => {
-                return Err(Error::decode(
-                    path,
-                    format!("unsupported BitsAllocated {other}"),
-                ))
-            }
-        };
-        if data.len() < n * sample_width {
-            return Err(Error::decode(
-                path,
-                format!(
-                    "pixel data holds {} bytes, fewer than {width}×{height} samples",
-                    data.len()
-                ),
-            ));
-        }
-        let frame = data[..n * sample_width].to_vec();
-        let stored = Samples::new(frame, false, 0, n, sample_width, bits_stored as u32, signed);
-        let (slope, intercept) = match decoded.rescale() {
-            Ok([r, ..]) => (r.slope, r.intercept),
-            _ => (1.0, 0.0),
-        };
-        let monochrome1 = decoded.photometric_interpretation().as_str() == "MONOCHROME1";
-        Ok(DicomPixels {
-            width,
-            height,
-            stored,
-            bits_stored,
-            signed,
-            slope,
-            intercept,
-            monochrome1,
+        let header = FrameHeader {
+            width: decoded.columns(),
+            height: decoded.rows(),
+            bits_allocated: decoded.bits_allocated(),
+            bits_stored: decoded.bits_stored(),
+            signed: decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed,
+            rescale: match decoded.rescale() {
+                Ok([r, ..]) => (r.slope, r.intercept),
+                _ => (1.0, 0.0),
+            },
+            monochrome1: decoded.photometric_interpretation().as_str() == "MONOCHROME1",
             transfer_syntax,
-        })
+        };
+        let data = decoded.data();
+        header
+            .pixels(data.to_vec(), false, 0, data.len())
+            .map_err(|message| Error::decode(path, message))
     }
 
     /// The modality values of the smallest and largest storable values (the output range's ends).

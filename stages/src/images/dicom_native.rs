@@ -12,8 +12,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
 use dicom_object::OpenFileOptions;
 
-use super::dicom::{frame_limit_check, transfer_syntax_of, DicomPixels};
-use super::samples::Samples;
+use super::dicom::{frame_limit_check, transfer_syntax_of, DicomPixels, FrameHeader};
 
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -92,35 +91,24 @@ pub(super) fn open_native(path: &Path, bytes: Vec<u8>) -> Option<DicomPixels> {
     }
     // Rescale: both or neither, each one finite number, as the general path reads them.
     let float = |tag| obj.element(tag).ok().map(|e| e.to_finite_float64().ok());
-    let (slope, intercept) = match (float(tags::RESCALE_SLOPE), float(tags::RESCALE_INTERCEPT)) {
+    let rescale = match (float(tags::RESCALE_SLOPE), float(tags::RESCALE_INTERCEPT)) {
         (None, None) => (1.0, 0.0),
         (Some(Some(s)), Some(Some(i))) => (s, i),
         _ => return None,
     };
     // The decode limits, as the general path checks them; over a limit, it reports the error.
     frame_limit_check(path, &obj).ok()?;
-    let width = match bits_allocated {
-        8 => 1,
-        16 => 2,
-        32 => 4,
-        _ => return None,
-    };
-    let n = cols as usize * rows as usize;
-    if n == 0 || len < n * width {
-        return None;
-    }
-    let bits_stored = bits_stored.clamp(1, bits_allocated);
-    Some(DicomPixels {
-        width: cols as u32,
-        height: rows as u32,
-        stored: Samples::new(bytes, true, offset, n, width, bits_stored as u32, signed),
+    let header = FrameHeader {
+        width: cols.into(),
+        height: rows.into(),
+        bits_allocated,
         bits_stored,
         signed,
-        slope,
-        intercept,
+        rescale,
         monochrome1,
         transfer_syntax,
-    })
+    };
+    header.pixels(bytes, true, offset, len).ok()
 }
 
 /// The byte offset and length of the root data set's PixelData value (defined length), walking

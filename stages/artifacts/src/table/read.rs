@@ -162,17 +162,6 @@ impl EmbeddingTable {
         Self::collect(super::stream::from_chunk_reader(path, reader, None)?)
     }
 
-    /// Reads a table streamed from a remote store ([`super::open_remote`]); `budget` bounds the
-    /// decoded batches. The digest was checked when this returns `Ok`.
-    pub fn read_remote(
-        remote: &pipeline::RemoteInput,
-        file: &str,
-        access: &[(String, String)],
-        budget: usize,
-    ) -> Result<Self> {
-        Self::collect(super::open_remote(remote, file, access, budget)?.rows()?)
-    }
-
     /// Every row of a stream (see [`super::RowBatches`]) in one table.
     pub fn collect<I: Iterator<Item = Result<arrow_array::RecordBatch>>>(
         mut rows: super::RowBatches<I>,

@@ -20,23 +20,24 @@ use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader};
 use pipeline::{RemoteFile, RemoteInput, Store, StoreSettings, StoreUrl};
 
+use super::{batch_rows, row_bytes, TableMeta};
 use crate::error::{Error, Result};
 
 /// The footer is fetched with one ranged read of this many bytes from the end (a second one when
 /// the metadata is larger).
 const FOOTER_GUESS: u64 = 64 << 10;
 
-/// A table file streamed from a remote store: its key-value metadata, then its rows in batches of
+/// A table file streamed from a remote store: its metadata, then its rows in batches of
 /// at most [`RemoteTable::batch_rows`] rows. The iterator yields `None` only after the file's
 /// digest matched the manifest; a mismatch (or a short or changed object) is its last item.
 /// Callers read it to its end before they use what they read (one pass = one verification).
 pub struct RemoteTable {
     /// How messages name the file: `s3://bucket/prefix/<kind>/<key>/<attempt>/<file>`.
     pub path: PathBuf,
-    pub key_value: Vec<KeyValue>,
+    pub meta: TableMeta,
     pub rows: usize,
     pub batch_rows: usize,
     store: Arc<Store>,
@@ -47,13 +48,14 @@ pub struct RemoteTable {
 }
 
 /// Opens `file` of the remote artifact `remote`: the store with `access` (`AWS_*` settings the
-/// binary collected), the footer read and parsed. Batches hold at most about `budget / 4` bytes of
-/// decoded rows; the reader holds one row group's column chunks besides (the writer bounds them).
+/// binary collected), the footer read and parsed. `budget` is the memory this reader may use, as
+/// for [`super::open_stream`]: batches of [`super::batch_rows`]`(budget, row bytes)` rows; the
+/// reader holds one row group's column chunks besides (the writer bounds them).
 pub fn open_remote(
     remote: &RemoteInput,
     file: &str,
     access: &[(String, String)],
-    budget: usize,
+    budget: u64,
 ) -> Result<RemoteTable> {
     let rf = remote.file(file).ok_or_else(|| Error::NotInStore {
         path: PathBuf::from(format!("{}/{file}", remote.store)),
@@ -83,7 +85,7 @@ fn open_file(
     store: Arc<Store>,
     rf: &RemoteFile,
     path: PathBuf,
-    budget: usize,
+    budget: u64,
 ) -> Result<RemoteTable> {
     let (inner, object) = store.object(&rf.object);
     let body = Arc::new(tokio::sync::Mutex::new(Body {
@@ -106,18 +108,13 @@ fn open_file(
         .block_on(reader.get_metadata(None))
         .map_err(|e| remote_error(&path, &body, e))?;
     let rows = metadata.file_metadata().num_rows().max(0) as usize;
-    let uncompressed: i64 = metadata
-        .row_groups()
-        .iter()
-        .map(|g| g.total_byte_size())
-        .sum();
-    let row_bytes = (uncompressed.max(1) as usize / rows.max(1)).max(1);
-    let batch_rows = (budget / 4 / row_bytes).clamp(1, 65536);
     let key_value = metadata
         .file_metadata()
         .key_value_metadata()
         .cloned()
         .unwrap_or_default();
+    let meta = TableMeta::from_key_values(&path, &key_value)?;
+    let batch_rows = batch_rows(budget, row_bytes(&meta));
     let arrow = parquet::arrow::arrow_reader::ArrowReaderMetadata::try_new(
         metadata,
         ArrowReaderOptions::new(),
@@ -129,7 +126,7 @@ fn open_file(
         .map_err(Error::parquet(&path))?;
     Ok(RemoteTable {
         path,
-        key_value,
+        meta,
         rows,
         batch_rows,
         store,
@@ -161,10 +158,9 @@ fn remote_error(
 impl RemoteTable {
     /// The table's rows through the one decoder every reader shares ([`super::RowBatches`]); the
     /// digest is checked when the last batch has been read.
-    pub fn rows(self) -> Result<super::RowBatches<RemoteTable>> {
-        let path = self.path.clone();
-        let meta = super::TableMeta::from_key_values(&path, &self.key_value)?;
-        Ok(super::RowBatches::new(&path, meta, self))
+    pub fn rows(self) -> super::RowBatches<RemoteTable> {
+        let (path, meta) = (self.path.clone(), self.meta.clone());
+        super::RowBatches::new(&path, meta, self)
     }
 
     /// Reads the rest of the body (the bytes after the last row group: the footer), then compares

@@ -300,7 +300,9 @@ pub type FileBatches = std::iter::Map<
 >;
 
 /// Opens a local table for streaming: its metadata, and its rows in batches of at most
-/// [`batch_rows`]`(budget, row bytes)` rows.
+/// [`batch_rows`]`(budget, row bytes)` rows. `budget` is the memory this reader may use (bytes),
+/// the one convention of every opener here ([`super::open_remote`] takes the same): a stage that
+/// reads several tables at once gives each its share of its own budget.
 pub fn open_stream(path: &Path, budget: u64) -> Result<RowBatches<FileBatches>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     from_chunk_reader(path, file, Some(budget))

@@ -29,8 +29,8 @@ pub use streamed::DiskPairs;
 pub use streamed::Scratch;
 use tables::pairs;
 pub use tables::{
-    check_same_rows, check_whole, input_name, open_input, read_input_table, read_whole, split_rows,
-    table_file, tensors, whole, TableSummary,
+    check_same_rows, check_whole, input_name, open_input, read_input_table, split_rows, table_file,
+    tensors, whole, TableSummary,
 };
 
 /// What the stage records beside the checkpoint: the tables it trained on.
@@ -133,8 +133,8 @@ fn pairs_in_memory(
 
 pub fn run(p: &TrainAdaptorParams, ctx: &StageContext) -> Result<(), StageError> {
     let budget = ctx.memory();
-    // Opening reads the footer only; each stream's batches get a quarter of the budget. A table
-    // on a remote store is streamed from it (its digest checked by the last batch).
+    // Opening reads the footer only; each of the two readers gets a quarter of the budget. A
+    // table on a remote store is streamed from it (its digest checked by the last batch).
     let image_stream = open_input(ctx, "image", budget / 4)?;
     let text_stream = open_input(ctx, "text", budget / 4)?;
     let image_path = image_stream.path().to_path_buf();

@@ -12,7 +12,6 @@ use train::InMemoryPairs;
 use artifacts::table::{
     open_remote, open_stream, BoxedBatches, EmbeddingTable, RowBatches, TableMeta,
 };
-use pipeline::stage::DEFAULT_MEMORY;
 use stages::encode::{EMBEDDINGS_FILE, TOKENS_FILE};
 
 /// The embedding table inside an encode artifact (`embeddings.parquet` or `tokens.parquet`).
@@ -50,17 +49,18 @@ pub fn check_whole(path: &Path, m: &TableMeta) -> Result<(), StageError> {
     Ok(())
 }
 
-/// The embedding table of a stage input as a stream of row batches of about `batch_budget`
-/// bytes: from its local folder, or straight from the remote store when the runner passed its
-/// location ([`StageContext::remote`]: ranged reads, the digest checked by the last batch).
+/// The embedding table of a stage input as a stream of row batches, `budget` being the memory this
+/// reader may use (the openers' one convention, [`open_stream`]): from its local folder, or
+/// straight from the remote store when the runner passed its location ([`StageContext::remote`]:
+/// ranged reads, the digest checked by the last batch), in batches of the same size either way.
 pub fn open_input(
     ctx: &StageContext,
     slot: &str,
-    batch_budget: u64,
+    budget: u64,
 ) -> Result<RowBatches<BoxedBatches>, StageError> {
     let input = ctx.input(slot)?;
     let Some(remote) = ctx.remote(input) else {
-        return Ok(open_stream(&table_file(&input.path)?, batch_budget)?.boxed());
+        return Ok(open_stream(&table_file(&input.path)?, budget)?.boxed());
     };
     let file = [EMBEDDINGS_FILE, TOKENS_FILE]
         .into_iter()
@@ -72,21 +72,15 @@ pub fn open_input(
                 input.name()
             )
         })?;
-    let budget = usize::try_from(batch_budget.saturating_mul(4)).unwrap_or(usize::MAX);
     Ok(open_remote(remote, file, ctx.remote_access(), budget)?
-        .rows()?
+        .rows()
         .boxed())
 }
 
-/// The embedding table of a stage input, read whole ([`open_input`], batches of a quarter of the
-/// stage's budget) and checked ([`read_whole`]'s checks).
+/// The embedding table of a stage input, read whole ([`open_input`], the reader given a quarter of
+/// the stage's budget: the table it builds is held besides) and checked ([`whole`]'s checks).
 pub fn read_input_table(ctx: &StageContext, slot: &str) -> Result<EmbeddingTable, StageError> {
     whole(open_input(ctx, slot, ctx.memory() / 4)?)
-}
-
-/// Reads a whole (unsharded) embedding table.
-pub fn read_whole(path: &Path) -> Result<EmbeddingTable, StageError> {
-    whole(open_stream(path, DEFAULT_MEMORY / 4)?.boxed())
 }
 
 /// Every row of `rows` in memory, refusing a shard of a table and non-finite values.
