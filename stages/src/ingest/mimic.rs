@@ -65,9 +65,9 @@ pub(crate) fn read_in_chunks(
     let meta_path = find_csv(root, METADATA)?;
     let total = RawTable::check(&meta_path, b',', true)?;
     let split_path = find_csv(root, SPLIT)?;
-    RawTable::check(&split_path, b',', true)?;
+    let split_count = RawTable::check(&split_path, b',', true)? as usize;
     let chex_path = find_csv(root, CHEXPERT)?;
-    RawTable::check(&chex_path, b',', true)?;
+    let chex_count = RawTable::check(&chex_path, b',', true)? as usize;
     let (meta, meta_rows) = RawTable::open(&meta_path, b',', true)?;
     let (split, split_rows) = RawTable::open(&split_path, b',', true)?;
     let (chex, chex_rows) = RawTable::open(&chex_path, b',', true)?;
@@ -85,10 +85,10 @@ pub(crate) fn read_in_chunks(
     let c_ids = [chex.col("subject_id")?, chex.col("study_id")?];
     let label_cols = label_columns(&chex, [&c_ids[0], &c_ids[1]])?;
     let mut bad = BadRows::new(src.opts.skip_bad);
-    let official = SplitIndex::read(&split, split_rows, s_cols, &mut bad)?;
+    let official = SplitIndex::read(&split, (split_rows, split_count), s_cols, &mut bad)?;
     let labels = Labels::read(
         &chex,
-        chex_rows,
+        (chex_rows, chex_count),
         [&c_ids[0], &c_ids[1]],
         &label_cols,
         &mut bad,

@@ -30,17 +30,17 @@ struct SplitEntry {
 }
 
 impl SplitIndex {
-    /// Reads the split CSV's rows; a bad row is recorded (or the error, without `skip_bad`). A
-    /// `dicom_id` listed twice keeps its last row.
+    /// Reads the split CSV's `rows` (`count` of them); a bad row is recorded (or the error, without
+    /// `skip_bad`). A `dicom_id` listed twice keeps its last row.
     pub fn read(
         t: &RawTable,
-        rows: RawRows,
+        (rows, count): (RawRows, usize),
         [dicom, ids, study_ids, split]: [&RawColumn; 4],
         bad: &mut BadRows,
     ) -> Result<Self> {
         let mut index = SplitIndex {
             ids: String::new(),
-            entries: Vec::new(),
+            entries: Vec::with_capacity(count),
         };
         for row in rows {
             let (line, rec) = row?;
@@ -109,19 +109,20 @@ pub(super) struct Labels {
 }
 
 impl Labels {
-    /// Reads the CheXpert CSV's rows: 1.0, 0.0, -1.0 or blank in each label column; a bad row is
-    /// recorded (or the error, without `skip_bad`). A study listed twice keeps its last row.
+    /// Reads the CheXpert CSV's `rows` (`count` of them): 1.0, 0.0, -1.0 or blank in each label
+    /// column; a bad row is recorded (or the error, without `skip_bad`). A study listed twice keeps
+    /// its last row.
     pub fn read(
         t: &RawTable,
-        rows: RawRows,
+        (rows, count): (RawRows, usize),
         ids: [&RawColumn; 2],
         columns: &[RawColumn],
         bad: &mut BadRows,
     ) -> Result<Self> {
         let mut labels = Labels {
             columns: columns.len(),
-            index: HashMap::new(),
-            values: Vec::new(),
+            index: HashMap::with_capacity(count),
+            values: Vec::with_capacity(count * columns.len()),
         };
         let mut vals = Vec::with_capacity(columns.len());
         for row in rows {
