@@ -52,6 +52,21 @@ fn dataset(n: usize) -> (tempfile::TempDir, PathBuf, String) {
     (tmp, raw, text)
 }
 
+/// Writes the metadata CSV with the ids of its `from_end`th row from the end made non-numeric;
+/// returns its line count.
+fn spoil_ids(raw: &Path, text: &str, from_end: usize) -> usize {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let n = lines.len();
+    lines[n - from_end] = lines[n - from_end].replacen(',', ",x", 2);
+    std::fs::write(raw.join(METADATA), lines.join("\n") + "\n").unwrap();
+    n
+}
+
+fn cell(table: &DataFrame, column: &str, row: usize) -> String {
+    let c = table.column(column).unwrap().str().unwrap();
+    c.get(row).unwrap().to_string()
+}
+
 fn bad_rows(o: &Output) -> Vec<String> {
     (o.bad.iter())
         .map(|b| {
@@ -68,34 +83,14 @@ fn chunks_and_row_groups_change_no_record_count_or_bad_row() {
     let (_t, raw, text) = dataset(40);
     // A bad metadata row near the end and a missing image near the start: bad rows are listed
     // CSV rows first, images after, however the rows are chunked.
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let n = lines.len();
-    lines[n - 2] = lines[n - 2].replacen(',', ",x", 2);
-    std::fs::write(raw.join(METADATA), lines.join("\n") + "\n").unwrap();
+    let n = spoil_ids(&raw, &text, 2);
     let opts = IngestOptions {
         skip_bad: true,
         verify: Verify::Exists,
         ..Default::default()
     };
     let first = run(&raw, &opts, usize::MAX, usize::MAX).unwrap();
-    let key = first
-        .table
-        .column("key")
-        .unwrap()
-        .str()
-        .unwrap()
-        .get(1)
-        .unwrap()
-        .to_string();
-    let path = first
-        .table
-        .column("path")
-        .unwrap()
-        .str()
-        .unwrap()
-        .get(1)
-        .unwrap()
-        .to_string();
+    let (key, path) = (cell(&first.table, "key", 1), cell(&first.table, "path", 1));
     std::fs::remove_file(raw.join(path)).unwrap();
 
     let whole = run(&raw, &opts, usize::MAX, usize::MAX).unwrap();
@@ -126,15 +121,7 @@ fn a_bad_metadata_row_after_a_bad_image_is_the_error_as_when_read_whole() {
     };
     std::fs::write(raw.join(METADATA), &text).unwrap();
     let ok = run(&raw, &opts, usize::MAX, usize::MAX).unwrap();
-    let path = ok
-        .table
-        .column("path")
-        .unwrap()
-        .str()
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .to_string();
+    let path = cell(&ok.table, "path", 0);
     std::fs::remove_file(raw.join(&path)).unwrap();
     let image_error = run(&raw, &opts, 2, 2).err().unwrap().to_string();
     assert!(image_error.contains(&path), "{image_error}");
@@ -143,10 +130,7 @@ fn a_bad_metadata_row_after_a_bad_image_is_the_error_as_when_read_whole() {
         run(&raw, &opts, usize::MAX, 8).err().unwrap().to_string()
     );
 
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let n = lines.len();
-    lines[n - 1] = lines[n - 1].replacen(',', ",x", 2);
-    std::fs::write(raw.join(METADATA), lines.join("\n") + "\n").unwrap();
+    let n = spoil_ids(&raw, &text, 1);
     let row_error = run(&raw, &opts, 2, 2).err().unwrap().to_string();
     assert!(
         row_error.contains(&format!("line {n}, field `subject_id`")),
