@@ -93,6 +93,15 @@ pub fn zstd() -> WriterProperties {
         .build()
 }
 
+/// [`zstd`] in row groups of at most `rows` rows: the records tables, written while they are read
+/// (a writer holds one row group's pages, so its memory is bounded by `rows`, not the table).
+pub fn zstd_in_groups(rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(rows.max(1)))
+        .build()
+}
+
 /// Writes one batch as the whole table at `path`.
 pub fn write_table(
     path: &Path,

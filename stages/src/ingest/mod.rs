@@ -128,27 +128,36 @@ pub fn ingest_with_progress(
         log,
         progress,
     };
-    let run = || -> Result<(Vec<Col>, Output)> {
+    // Written under another name until complete: a failed run leaves no records table.
+    let records = out_dir.join(RECORDS);
+    let partial = out_dir.join(format!("{RECORDS}.partial"));
+    let run = || -> Result<(usize, Output)> {
+        let whole = |(cols, output): (Vec<Col>, Output)| {
+            Ok((table::write_parquet(&partial, cols)?, output))
+        };
         match kind {
-            DatasetKind::MimicCxr => mimic::read(&src),
-            DatasetKind::Rsna => rsna::read(&src),
-            DatasetKind::Covidx => covidx::read(&src),
-            DatasetKind::Siim => siim::read(&src),
+            DatasetKind::MimicCxr => mimic::read(&src, &partial),
+            DatasetKind::Rsna => whole(rsna::read(&src)?),
+            DatasetKind::Covidx => whole(covidx::read(&src)?),
+            DatasetKind::Siim => whole(siim::read(&src)?),
         }
     };
-    let (cols, output) = if opts.threads > 0 {
-        let pool = rayon::ThreadPoolBuilder::new()
+    let ran = if opts.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads)
             .build()
             .map_err(|e| Error::ThreadPool {
                 threads: opts.threads,
                 message: e.to_string(),
-            })?;
-        pool.install(run)?
+            })
+            .and_then(|pool| pool.install(run))
     } else {
-        run()?
+        run()
     };
-    let rows = table::write_parquet(&out_dir.join(RECORDS), cols)?;
+    let (rows, output) = ran.inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
+    std::fs::rename(&partial, &records).map_err(|e| Error::io(&records, e))?;
     let skipped = output.bad.len();
     if skipped > 0 {
         write_skipped(&out_dir.join(SKIPPED), &output.bad)?;
