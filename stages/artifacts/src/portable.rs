@@ -93,6 +93,15 @@ pub fn zstd() -> WriterProperties {
         .build()
 }
 
+/// [`zstd`] in row groups of at most `rows` rows: a records-like table written batch by batch,
+/// whose writer then holds one group, not the table.
+pub fn zstd_in_row_groups(rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(rows.max(1)))
+        .build()
+}
+
 /// Writes one batch as the whole table at `path`.
 pub fn write_table(
     path: &Path,
