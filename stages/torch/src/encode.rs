@@ -413,3 +413,33 @@ fn first_difference(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stages::ingest::table::{write_parquet, Col};
+
+    fn keys(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
+        let path = dir.join(name);
+        let keys = keys.iter().map(|k| k.to_string()).collect();
+        write_parquet(&path, vec![Col::Str("key", keys)]).unwrap();
+        path
+    }
+
+    /// Batches of 2 rows: a difference inside a later batch, a missing last row, equal tables.
+    #[test]
+    fn the_first_difference_is_found_across_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = keys(tmp.path(), "a.parquet", &["k0", "k1", "k2", "k3", "k4"]);
+        let b = keys(tmp.path(), "b.parquet", &["k0", "k1", "k2", "x3", "k4"]);
+        let c = keys(tmp.path(), "c.parquet", &["k0", "k1", "k2", "k3"]);
+        let diff = |x: &Path, y: &Path| {
+            let open = |p: &Path| StringBatches::open(p, &["key"], None, 2).unwrap();
+            first_difference(open(x), open(y)).unwrap()
+        };
+        assert_eq!(diff(&a, &b), Some(3));
+        assert_eq!(diff(&a, &c), Some(4));
+        assert_eq!(diff(&c, &a), Some(4));
+        assert_eq!(diff(&a, &a), None);
+    }
+}

@@ -293,6 +293,43 @@ mod tests {
         }
     }
 
+    /// Windows fed one after another through one meter report the run's progress, not the
+    /// window's, and log once at the end of the run.
+    #[test]
+    fn windows_report_progress_of_the_whole_run() {
+        #[derive(Default)]
+        struct Lines(Mutex<Vec<String>>, Log);
+        impl Reporter for Lines {
+            fn log(&self, line: &str) {
+                self.0.lock().unwrap().push(line.to_string());
+            }
+            fn progress(&self, done: u64, total: u64, unit: &str) {
+                self.1.progress(done, total, unit)
+            }
+        }
+        for overlap in [false, true] {
+            let rep = Lines::default();
+            let mut meter = Meter::start(10, "items", &rep);
+            for rows in [6, 4] {
+                pipelined(
+                    rows,
+                    3,
+                    &options(overlap, 2),
+                    &rep,
+                    &mut meter,
+                    |r| Ok(r),
+                    |_, _| Ok(()),
+                )
+                .unwrap();
+            }
+            let progress = rep.1.progress.into_inner().unwrap();
+            assert_eq!(progress, [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]);
+            let lines = rep.0.into_inner().unwrap();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].starts_with("encoded 10/10 items in "), "{lines:?}");
+        }
+    }
+
     #[test]
     fn both_loops_stop_at_the_first_failed_chunk() {
         for overlap in [false, true] {
