@@ -317,7 +317,7 @@ mod tests {
                     &options(overlap, 2),
                     &rep,
                     &mut meter,
-                    |r| Ok(r),
+                    Ok,
                     |_, _| Ok(()),
                 )
                 .unwrap();
