@@ -83,8 +83,10 @@ impl LoopOptions {
 
 /// Progress over the rows of a whole run, which may go through [`pipelined`] in several windows
 /// (the stages feed the loop a window of records at a time): reported as rows done of the run's
-/// total, and logged every 10 s and at the end.
+/// total, and logged every 10 s and at the end. It also keeps the loop's thread pool, built on the
+/// first window, so that windows reuse its threads.
 pub(crate) struct Meter {
+    pool: Option<rayon::ThreadPool>,
     total: usize,
     before: usize,
     unit: &'static str,
@@ -97,6 +99,7 @@ impl Meter {
     pub(crate) fn start(total: usize, unit: &'static str, rep: &dyn Reporter) -> Self {
         rep.progress(0, total as u64, unit);
         Meter {
+            pool: None,
             total,
             before: 0,
             unit,
@@ -143,13 +146,17 @@ pub(crate) fn pipelined<P: Send>(
         .step_by(bs)
         .map(|s| s..(s + bs).min(rows))
         .collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-        .map_err(|e| Error::Runtime {
-            what: format!("cannot start {} threads", opts.threads),
-            message: e.to_string(),
-        })?;
+    if meter.pool.is_none() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads.max(1))
+            .build()
+            .map_err(|e| Error::Runtime {
+                what: format!("cannot start {} threads", opts.threads),
+                message: e.to_string(),
+            })?;
+        meter.pool = Some(pool);
+    }
+    let pool = meter.pool.take().expect("built above");
     let result = run_chunks(
         ranges,
         opts,
@@ -160,6 +167,7 @@ pub(crate) fn pipelined<P: Send>(
         &mut consume,
     );
     meter.before += rows;
+    meter.pool = Some(pool);
     result
 }
 
