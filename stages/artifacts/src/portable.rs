@@ -93,8 +93,8 @@ pub fn zstd() -> WriterProperties {
         .build()
 }
 
-/// [`zstd`] in row groups of at most `rows` rows: the records tables, written while they are read
-/// (a writer holds one row group's pages, so its memory is bounded by `rows`, not the table).
+/// [`zstd`] in row groups of at most `rows` rows: a table written batch by batch while it is read
+/// (records tables, `preprocess`'s index), whose writer then holds one row group, not the table.
 pub fn zstd_in_groups(rows: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))

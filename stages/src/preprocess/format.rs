@@ -7,7 +7,10 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arrow_array::{ArrayRef, LargeStringArray, RecordBatch};
+use artifacts::portable::{self, TableWriter};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -129,12 +132,68 @@ impl ShardWriter {
     }
 }
 
+/// Rows per row group of the index: about a MiB of keys and paths, so that the writer holds one
+/// group, not the table.
+const INDEX_GROUP_ROWS: usize = 1 << 16;
+
+/// Writes `index.parquet` batch by batch (the records' `key`, `split`, `path` as `LargeUtf8`, zstd,
+/// as every records-like table), in row groups of [`INDEX_GROUP_ROWS`].
+pub struct IndexWriter {
+    writer: TableWriter,
+    path: PathBuf,
+    rows: usize,
+}
+
+impl IndexWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        // The schema `ingest::table::write_parquet` gives these columns (nullable `LargeUtf8`).
+        let empty = Self::batch(path, &[], &[], &[])?;
+        let props = portable::zstd_in_groups(INDEX_GROUP_ROWS);
+        Ok(IndexWriter {
+            writer: TableWriter::create(path, empty.schema(), Some(props))?,
+            path: path.to_path_buf(),
+            rows: 0,
+        })
+    }
+
+    fn batch(
+        path: &Path,
+        keys: &[String],
+        splits: &[String],
+        paths: &[String],
+    ) -> Result<RecordBatch> {
+        let cols = [("key", keys), ("split", splits), ("path", paths)].map(|(n, c)| {
+            (
+                n,
+                Arc::new(LargeStringArray::from_iter_values(c)) as ArrayRef,
+            )
+        });
+        RecordBatch::try_from_iter(cols).map_err(|e| Error::Table {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Appends rows (the three columns of equal length).
+    pub fn write(&mut self, keys: &[String], splits: &[String], paths: &[String]) -> Result<()> {
+        let batch = Self::batch(&self.path, keys, splits, paths)?;
+        self.writer.write(&batch)?;
+        self.rows += keys.len();
+        Ok(())
+    }
+
+    /// Finishes the file; returns its rows.
+    pub fn finish(self) -> Result<usize> {
+        self.writer.close()?;
+        Ok(self.rows)
+    }
+}
+
 /// A `preprocess` artifact opened for reading rows by position (`pread`, no decoding).
 pub struct PreprocessedImages {
     dir: PathBuf,
     meta: ImagesMeta,
     files: Vec<File>,
-    keys: Vec<String>,
 }
 
 impl PreprocessedImages {
@@ -196,18 +255,17 @@ impl PreprocessedImages {
             files.push(f);
         }
         let index = dir.join(INDEX_FILE);
-        let keys = artifacts::table::read_string_columns(&index, &["key"])?.remove(0);
-        if keys.len() != meta.rows {
+        let rows = artifacts::table::row_count(&index)?;
+        if rows != meta.rows {
             return Err(bad(
                 &index,
-                format!("{} rows, but {META_FILE} says {}", keys.len(), meta.rows),
+                format!("{rows} rows, but {META_FILE} says {}", meta.rows),
             ));
         }
         Ok(PreprocessedImages {
             dir: dir.to_path_buf(),
             meta,
             files,
-            keys,
         })
     }
 
@@ -223,9 +281,16 @@ impl PreprocessedImages {
         self.meta.size
     }
 
-    /// The records' keys, in row order.
-    pub fn keys(&self) -> &[String] {
-        &self.keys
+    /// The records' keys, in row order, in batches of `batch_rows` (see
+    /// [`artifacts::table::StringBatches`]): the index is not held.
+    pub fn keys(&self, batch_rows: usize) -> Result<artifacts::table::StringBatches> {
+        let index = self.dir.join(INDEX_FILE);
+        Ok(artifacts::table::StringBatches::open(
+            &index,
+            &["key"],
+            None,
+            batch_rows,
+        )?)
     }
 
     /// The pixels of rows `rows`, image after image (`rows.len() · size²` bytes).
@@ -289,7 +354,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         seven(tmp.path());
         let images = PreprocessedImages::open(tmp.path()).unwrap();
-        assert_eq!(images.keys()[6], "k6");
+        let keys: Vec<Vec<Vec<String>>> = images.keys(4).unwrap().map(Result::unwrap).collect();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1][0][2], "k6");
         let bytes = images.read_rows(2..7).unwrap();
         let want: Vec<u8> = (2..7u8).flat_map(|i| [i; 16]).collect();
         assert_eq!(bytes, want);

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::images::{self, Gray8};
-use crate::ingest::table::{write_parquet, Col};
+use artifacts::table::{StringBatches, STRING_BATCH_ROWS};
 pub use format::{ImagesMeta, PreprocessedImages, INDEX_FILE, META_FILE};
 
 /// What `images.json` says was done to each file.
@@ -55,12 +55,7 @@ pub fn preprocess(
     opts: &PreprocessOptions,
     rep: &dyn Progress,
 ) -> Result<ImagesMeta> {
-    let mut cols = artifacts::table::read_string_columns(records, &["key", "split", "path"])?;
-    let (paths, splits, keys) = (
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-        cols.pop().unwrap(),
-    );
+    let batches = StringBatches::open(records, &["key", "split", "path"], None, STRING_BATCH_ROWS)?;
     let threads = opts.threads.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -69,50 +64,54 @@ pub fn preprocess(
             threads,
             message: e.to_string(),
         })?;
-    let rows = keys.len();
+    let rows = batches.rows();
     let chunk = chunk_rows(opts.size, threads);
     let mut writer = format::ShardWriter::create(out, opts.size);
+    let mut index = format::IndexWriter::create(&out.join(INDEX_FILE))?;
     let started = Instant::now();
     let mut last_log = Instant::now();
     rep.progress(0, rows as u64);
-    for start in (0..rows).step_by(chunk) {
-        if rep.cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let end = (start + chunk).min(rows);
-        let decoded: Vec<Result<Gray8>> = pool.install(|| {
-            (start..end)
-                .into_par_iter()
-                .map(|i| {
-                    images::load_mgca(&raw.join(&paths[i]), opts.size).map_err(|e| {
-                        Error::RecordImage {
-                            records: records.to_path_buf(),
-                            row: i,
-                            key: keys[i].clone(),
-                            source: Box::new(e),
-                        }
+    // The records in batches (keys, splits, paths of a few thousand rows), each decoded in chunks
+    // and appended to the shards and the index: nothing is held per row of the table.
+    let mut first = 0;
+    for batch in batches {
+        let [keys, splits, paths]: [Vec<String>; 3] =
+            batch?.try_into().expect("three columns asked");
+        for start in (0..keys.len()).step_by(chunk) {
+            if rep.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let end = (start + chunk).min(keys.len());
+            let decoded: Vec<Result<Gray8>> = pool.install(|| {
+                (start..end)
+                    .into_par_iter()
+                    .map(|i| {
+                        images::load_mgca(&raw.join(&paths[i]), opts.size).map_err(|e| {
+                            Error::RecordImage {
+                                records: records.to_path_buf(),
+                                row: first + i,
+                                key: keys[i].clone(),
+                                source: Box::new(e),
+                            }
+                        })
                     })
-                })
-                .collect()
-        });
-        for image in decoded {
-            writer.push(&image?)?;
+                    .collect()
+            });
+            for image in decoded {
+                writer.push(&image?)?;
+            }
+            let done = first + end;
+            rep.progress(done as u64, rows as u64);
+            if last_log.elapsed().as_secs_f64() >= 10.0 {
+                log_rate(rep, done, rows, started);
+                last_log = Instant::now();
+            }
         }
-        rep.progress(end as u64, rows as u64);
-        if last_log.elapsed().as_secs_f64() >= 10.0 {
-            log_rate(rep, end, rows, started);
-            last_log = Instant::now();
-        }
+        index.write(&keys, &splits, &paths)?;
+        first += keys.len();
     }
     let meta = writer.finish(&steps(opts.size))?;
-    write_parquet(
-        &out.join(INDEX_FILE),
-        vec![
-            Col::Str("key", keys),
-            Col::Str("split", splits),
-            Col::Str("path", paths),
-        ],
-    )?;
+    index.finish()?;
     log_rate(rep, rows, rows, started);
     rep.log(&format!(
         "wrote {rows} images of {0}x{0} px in {1} shard files ({2:.1} MiB)",

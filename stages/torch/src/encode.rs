@@ -13,12 +13,12 @@ use stages::kinds::encode_text::EncodeTextParams;
 
 use crate::bert::{TextEncoder, TextPooling};
 use crate::encoder::{
-    device_name, encode_image_rows, encode_texts, torch_device, torch_precision, ImageRows,
-    ImageSource, Items, LoopOptions, VisionModel,
+    device_name, encode_image_rows_into, encode_texts_into, torch_device, torch_precision,
+    ImageRows, ImageSource, Items, LoopOptions, TableOut, VisionModel,
 };
 use crate::error::Error;
 use crate::preprocess::{Normalize, Preprocess, TrainCrop};
-use artifacts::table::{read_string_columns, TableMeta};
+use artifacts::table::{row_count, write_window, StringBatches, TableMeta, STRING_BATCH_ROWS};
 
 /// Sets libtorch's CPU threads for this process.
 pub fn set_threads(threads: usize) {
@@ -83,7 +83,7 @@ impl Common {
             shard: self.shard.to_string(),
             row_start: rows.range.start,
             row_end: rows.range.end,
-            rows_total: rows.keys.len(),
+            rows_total: rows.total,
         }
     }
 
@@ -108,44 +108,74 @@ fn write_table(
     Ok(())
 }
 
-/// The records table's keys, splits and one value column, and the rows this shard encodes.
+/// The records table's rows this shard encodes, read in windows of keys, splits and one value
+/// column (not held whole: memory is one window whatever the table's length).
 struct Rows {
+    records: PathBuf,
+    batches: StringBatches,
+    range: Range<usize>,
+    total: usize,
+}
+
+/// One window of [`Rows`]: `first` is its first row's position in the records table.
+struct Window {
+    first: usize,
     keys: Vec<String>,
     splits: Vec<String>,
     values: Vec<String>,
-    range: Range<usize>,
+}
+
+impl Window {
+    /// The window's rows with `values` (the value column, or what it names) to encode.
+    fn items<'a, T>(&'a self, values: &'a [T]) -> Items<'a, T> {
+        Items {
+            keys: &self.keys,
+            splits: Some(&self.splits),
+            values,
+        }
+    }
 }
 
 impl Rows {
-    fn read(ctx: &StageContext, column: &str, shard: Shard) -> Result<Rows, StageError> {
+    /// Opens the shard's rows of `column` (with `key` and `split`) in windows of a multiple of
+    /// `write_window` rows, the loop's table writes: then the windows' writes are the writes of one
+    /// loop over the shard, and the table is byte for byte the same.
+    fn open(
+        ctx: &StageContext,
+        column: &str,
+        shard: Shard,
+        write_window: usize,
+    ) -> Result<Rows, StageError> {
         let records = ctx.input("records")?.path.join(stages::ingest::RECORDS);
-        let mut cols = read_string_columns(&records, &["key", "split", column])?;
-        let (values, splits, keys) = (
-            cols.pop().unwrap(),
-            cols.pop().unwrap(),
-            cols.pop().unwrap(),
-        );
-        let range = shard.range(keys.len());
+        let total = row_count(&records)?;
+        let range = shard.range(total);
+        let w = write_window.max(1);
+        let window = STRING_BATCH_ROWS.div_ceil(w) * w;
+        let names = ["key", "split", column];
+        let batches = StringBatches::open(&records, &names, Some(range.clone()), window)?;
         Ok(Rows {
-            keys,
-            splits,
-            values,
+            records,
+            batches,
             range,
+            total,
         })
     }
 
-    /// This shard's value column.
-    fn values(&self) -> &[String] {
-        &self.values[self.range.clone()]
-    }
-
-    /// This shard's rows with `values` (the value column, or what it names) to encode.
-    fn items<'a, T>(&'a self, values: &'a [T]) -> Items<'a, T> {
-        Items {
-            keys: &self.keys[self.range.clone()],
-            splits: Some(&self.splits[self.range.clone()]),
-            values,
-        }
+    /// The windows, in row order.
+    fn windows(self) -> impl Iterator<Item = crate::Result<Window>> {
+        let mut first = self.range.start;
+        self.batches.map(move |batch| {
+            let [keys, splits, values]: [Vec<String>; 3] =
+                batch?.try_into().expect("three columns asked");
+            let w = Window {
+                first,
+                keys,
+                splits,
+                values,
+            };
+            first += w.keys.len();
+            Ok(w)
+        })
     }
 }
 
@@ -162,7 +192,9 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
     };
     let max_length = p.max_length as usize;
     let column = p.text_column.as_str();
-    let rows = Rows::read(ctx, column, c.shard)?;
+    let tokens = pooling == TextPooling::Tokens;
+    let window = write_window(encode::ENCODE_TEXT, c.batch_size, tokens);
+    let rows = Rows::open(ctx, column, c.shard, window)?;
     let enc = TextEncoder::load(dir, max_length, c.device, c.precision)?;
     if pooling == TextPooling::Pooler && !enc.model.has_pooler() {
         return Err(Error::parameter(
@@ -182,10 +214,9 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
         device_name(c.device),
         c.precision_name,
         rows.range.len(),
-        rows.keys.len(),
+        rows.total,
         c.shard
     ));
-    let tokens = pooling == TextPooling::Tokens;
     let meta = TableMeta {
         backbone: name,
         backbone_kind: kind,
@@ -199,8 +230,13 @@ pub fn encode_text(p: &EncodeTextParams, ctx: &StageContext) -> Result<(), Stage
     };
     let opts = c.loop_options(ctx, "texts");
     write_table(ctx, tokens, |path| {
-        let items = rows.items(rows.values());
-        encode_texts(&enc, pooling, items, path, &meta, &opts, ctx)
+        let mut table = TableOut::create(path, &meta, true, rows.range.len(), &opts, ctx)?;
+        for window in rows.windows() {
+            let window = window?;
+            let items = window.items(&window.values);
+            encode_texts_into(&enc, pooling, items, &mut table, &opts, ctx)?;
+        }
+        table.finish(&opts, ctx)
     })
 }
 
@@ -214,7 +250,8 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         kinds::encode_image::Normalize::Imagenet => Normalize::Imagenet,
         kinds::encode_image::Normalize::Half => Normalize::Half,
     };
-    let rows = Rows::read(ctx, "path", c.shard)?;
+    let window = write_window(encode::ENCODE_IMAGE, c.batch_size, false);
+    let rows = Rows::open(ctx, "path", c.shard, window)?;
     let model = VisionModel::load(dir, &kind, c.device, c.precision)?;
     let pooling = model.resolve_pooling(p.pooling.name())?;
     let pre = match kind.as_str() {
@@ -238,7 +275,7 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         device_name(c.device),
         c.precision_name,
         rows.range.len(),
-        rows.keys.len(),
+        rows.total,
         c.shard,
         pooling.name(),
         pre.describe()
@@ -259,37 +296,28 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         [] => None,
         _ => Some(open_preprocessed(ctx, &rows)?),
     };
-    let files: Vec<PathBuf>;
-    let source = match &preprocessed {
-        Some(images) => {
-            if images.size() < resize {
-                return Err(Error::parameter(
-                    "resize",
-                    resize,
-                    format!(
-                        "is larger than the {} px images of input `images`: preprocess at size \
-                         {resize} or more",
-                        images.size()
-                    ),
-                )
-                .into());
-            }
-            if images.size() != resize {
-                // Not the decode this stage would do: say so in the table (docs/stages.md).
-                preprocessing["from_preprocessed"] = serde_json::json!(images.size());
-            }
-            ImageSource::Preprocessed {
-                images,
-                first: rows.range.start,
-            }
+    if let Some(images) = &preprocessed {
+        if images.size() < resize {
+            return Err(Error::parameter(
+                "resize",
+                resize,
+                format!(
+                    "is larger than the {} px images of input `images`: preprocess at size \
+                     {resize} or more",
+                    images.size()
+                ),
+            )
+            .into());
         }
-        None => {
-            let raw = &ctx.input("raw")?.path;
-            files = rows.values().iter().map(|p| raw.join(p)).collect();
-            ImageSource::Files(&files)
+        if images.size() != resize {
+            // Not the decode this stage would do: say so in the table (docs/stages.md).
+            preprocessing["from_preprocessed"] = serde_json::json!(images.size());
         }
+    }
+    let raw = match preprocessed {
+        Some(_) => None,
+        None => Some(ctx.input("raw")?.path.clone()),
     };
-    ctx.log(format!("encode-image: {}", source.describe()));
     let meta = TableMeta {
         backbone: name,
         backbone_kind: kind,
@@ -297,15 +325,38 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
         preprocessing: preprocessing.to_string(),
         ..c.meta(&rows, model.dim(), n_tokens)
     };
+    let describe = match (&preprocessed, &raw) {
+        (Some(images), _) => ImageSource::Preprocessed { images, first: 0 }.describe(),
+        _ => format!("decoding {} image files", rows.range.len()),
+    };
+    ctx.log(format!("encode-image: {describe}"));
     write_table(ctx, tokens, |path| {
-        let items = ImageRows {
-            keys: &rows.keys[rows.range.clone()],
-            splits: Some(&rows.splits[rows.range.clone()]),
-            source,
-        };
-        encode_image_rows(
-            &model, pooling, &pre, train_crop, items, path, &meta, &opts, ctx,
-        )
+        let mut table = TableOut::create(path, &meta, true, rows.range.len(), &opts, ctx)?;
+        for window in rows.windows() {
+            let w = window?;
+            // The window's images: its rows of the preprocess artifact, or its files.
+            let files: Vec<PathBuf>;
+            let source = match (&preprocessed, &raw) {
+                (Some(images), _) => ImageSource::Preprocessed {
+                    images,
+                    first: w.first,
+                },
+                (None, Some(raw)) => {
+                    files = w.values.iter().map(|p| raw.join(p)).collect();
+                    ImageSource::Files(&files)
+                }
+                (None, None) => unreachable!("raw is read when there is no preprocess input"),
+            };
+            let items = ImageRows {
+                keys: &w.keys,
+                splits: Some(&w.splits),
+                source,
+            };
+            encode_image_rows_into(
+                &model, pooling, &pre, train_crop, items, n_tokens, &mut table, &opts, ctx,
+            )?;
+        }
+        table.finish(&opts, ctx)
     })?;
     ctx.log(format!(
         "encode-image: decoded {} image files",
@@ -315,29 +366,80 @@ pub fn encode_image(p: &EncodeImageParams, ctx: &StageContext) -> Result<(), Sta
 }
 
 /// The `images` input (a `preprocess` artifact), checked to hold this stage's records: the same
-/// keys in the same order.
+/// keys in the same order, compared a batch of each at a time (neither is held whole).
 fn open_preprocessed(
     ctx: &StageContext,
     rows: &Rows,
 ) -> Result<stages::preprocess::PreprocessedImages, StageError> {
     let input = ctx.input("images")?;
     let images = stages::preprocess::PreprocessedImages::open(&input.path)?;
-    if images.keys() != rows.keys.as_slice() {
-        let at = images
-            .keys()
-            .iter()
-            .zip(&rows.keys)
-            .position(|(a, b)| a != b)
-            .unwrap_or(images.keys().len().min(rows.keys.len()));
+    let theirs = images.keys(STRING_BATCH_ROWS)?;
+    let ours = StringBatches::open(&rows.records, &["key"], None, STRING_BATCH_ROWS)?;
+    if let Some(at) = first_difference(theirs, ours)? {
         return Err(format!(
             "{}: input `images` ({}) holds other records than input `records`: {} rows against \
              {}, first difference at row {at}; bind a preprocess stage over the same records",
             ctx.instance(),
             input.path.join(stages::preprocess::INDEX_FILE).display(),
-            images.keys().len(),
-            rows.keys.len()
+            images.meta().rows,
+            rows.total
         )
         .into());
     }
     Ok(images)
+}
+
+/// The first row at which two streams of one column differ (a row one has and the other not
+/// included); `None` when they are equal. Both must batch rows alike (the same batch length).
+fn first_difference(
+    mut a: StringBatches,
+    mut b: StringBatches,
+) -> artifacts::Result<Option<usize>> {
+    let mut at = 0;
+    loop {
+        match (a.next().transpose()?, b.next().transpose()?) {
+            (None, None) => return Ok(None),
+            (Some(x), Some(y)) => {
+                let (x, y) = (&x[0], &y[0]);
+                if let Some(i) = x.iter().zip(y).position(|(p, q)| p != q) {
+                    return Ok(Some(at + i));
+                }
+                if x.len() != y.len() {
+                    return Ok(Some(at + x.len().min(y.len())));
+                }
+                at += x.len();
+            }
+            _ => return Ok(Some(at)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stages::ingest::table::{write_parquet, Col};
+
+    fn keys(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
+        let path = dir.join(name);
+        let keys = keys.iter().map(|k| k.to_string()).collect();
+        write_parquet(&path, vec![Col::Str("key", keys)]).unwrap();
+        path
+    }
+
+    /// Batches of 2 rows: a difference inside a later batch, a missing last row, equal tables.
+    #[test]
+    fn the_first_difference_is_found_across_batches() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = keys(tmp.path(), "a.parquet", &["k0", "k1", "k2", "k3", "k4"]);
+        let b = keys(tmp.path(), "b.parquet", &["k0", "k1", "k2", "x3", "k4"]);
+        let c = keys(tmp.path(), "c.parquet", &["k0", "k1", "k2", "k3"]);
+        let diff = |x: &Path, y: &Path| {
+            let open = |p: &Path| StringBatches::open(p, &["key"], None, 2).unwrap();
+            first_difference(open(x), open(y)).unwrap()
+        };
+        assert_eq!(diff(&a, &b), Some(3));
+        assert_eq!(diff(&a, &c), Some(4));
+        assert_eq!(diff(&c, &a), Some(4));
+        assert_eq!(diff(&a, &a), None);
+    }
 }

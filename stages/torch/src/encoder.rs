@@ -18,7 +18,7 @@ use crate::preprocess::{Preprocess, TrainCrop};
 use crate::resnet_ae::ResNetAeEncoder;
 use artifacts::table::{EmbeddingWriter, TableMeta};
 
-use crate::prefetch::pipelined;
+use crate::prefetch::{pipelined, Meter};
 pub use crate::prefetch::{LoopOptions, Reporter, DEFAULT_PREFETCH};
 
 /// The libtorch device for a kind's `device` parameter (the one parser of device names is
@@ -90,6 +90,38 @@ pub struct Items<'a, T> {
 // the same windows to reproduce an unsharded file byte for byte.
 use artifacts::table::write_window;
 
+/// A table an encode loop writes, fed one window of rows after another: the writer, the run's
+/// progress and the time in forward passes.
+pub struct TableOut {
+    writer: EmbeddingWriter,
+    meter: Meter,
+    forward: f64,
+}
+
+impl TableOut {
+    /// The table at `out` for a run of `rows` rows in all (`with_split`: rows carry a split).
+    pub fn create(
+        out: &Path,
+        meta: &TableMeta,
+        with_split: bool,
+        rows: usize,
+        opts: &LoopOptions,
+        rep: &dyn Reporter,
+    ) -> Result<Self> {
+        Ok(TableOut {
+            writer: EmbeddingWriter::create(out, meta, with_split)?,
+            meter: Meter::start(rows, opts.unit, rep),
+            forward: 0.0,
+        })
+    }
+
+    /// Logs the time in forward passes and finishes the file; returns the rows written.
+    pub fn finish(self, opts: &LoopOptions, rep: &dyn Reporter) -> Result<usize> {
+        log_forward(rep, self.forward, self.meter.total(), opts.unit);
+        Ok(self.writer.finish()?)
+    }
+}
+
 /// Encodes texts into `out` (a pooled table, or a token table padded to `max_length`).
 pub fn encode_texts(
     enc: &TextEncoder,
@@ -100,7 +132,23 @@ pub fn encode_texts(
     opts: &LoopOptions,
     rep: &dyn Reporter,
 ) -> Result<usize> {
-    let mut w = EmbeddingWriter::create(out, meta, items.splits.is_some())?;
+    let with_split = items.splits.is_some();
+    let mut table = TableOut::create(out, meta, with_split, items.keys.len(), opts, rep)?;
+    encode_texts_into(enc, pooling, items, &mut table, opts, rep)?;
+    table.finish(opts, rep)
+}
+
+/// Encodes a window of texts into `table`, after the rows already there. Rows are written in
+/// windows of [`write_window`] rows counted from the window's first row: windows of a multiple of
+/// that length give the same file as one call over all rows.
+pub fn encode_texts_into(
+    enc: &TextEncoder,
+    pooling: TextPooling,
+    items: Items<'_, String>,
+    table: &mut TableOut,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+) -> Result<()> {
     let dim = enc.dim() as usize;
     let max_len = enc.tokenizer.max_length();
     let tokens = pooling == TextPooling::Tokens;
@@ -109,12 +157,17 @@ pub fn encode_texts(
     let rows = items.keys.len();
     // The producer thread only touches the tokenizer (the model's tensors stay on this thread).
     let tokenizer = &enc.tokenizer;
-    let mut forward = 0.0;
+    let TableOut {
+        writer: w,
+        meter,
+        forward,
+    } = table;
     pipelined(
         rows,
         window,
         opts,
         rep,
+        meter,
         |r| {
             // Character count stands in for token count; the stable sort keeps it deterministic.
             let mut order: Vec<usize> = r.collect();
@@ -131,12 +184,11 @@ pub fn encode_texts(
             let per_row = if tokens { max_len * dim } else { dim };
             let mut values = vec![0f32; r.len() * per_row];
             let mut mask = tokens.then(|| vec![false; r.len() * max_len]);
-            let mut done = r.start;
             for (idx, batch) in batches {
                 let t0 = Instant::now();
                 let (emb, _) = enc.embed_tokens(&batch, pooling)?;
                 let src = to_f32_vec(&emb);
-                forward += t0.elapsed().as_secs_f64();
+                *forward += t0.elapsed().as_secs_f64();
                 let l = batch.len;
                 for (j, &row) in idx.iter().enumerate() {
                     let o = row - r.start;
@@ -152,15 +204,11 @@ pub fn encode_texts(
                             .copy_from_slice(&src[j * dim..(j + 1) * dim]);
                     }
                 }
-                done += idx.len();
-                rep.progress(done as u64, rows as u64, opts.unit);
             }
             let splits = items.splits.map(|s| &s[r.clone()]);
             Ok(w.write(&items.keys[r], splits, values, mask)?)
         },
-    )?;
-    log_forward(rep, forward, rows, opts.unit);
-    Ok(w.finish()?)
+    )
 }
 
 /// The time spent in forward passes (outputs copied to the CPU included, which also waits for a
@@ -376,6 +424,30 @@ pub fn encode_image_rows(
     opts: &LoopOptions,
     rep: &dyn Reporter,
 ) -> Result<usize> {
+    let with_split = items.splits.is_some();
+    let mut table = TableOut::create(out, meta, with_split, items.keys.len(), opts, rep)?;
+    let n_tokens = meta.tokens;
+    encode_image_rows_into(
+        model, pooling, pre, train_crop, items, n_tokens, &mut table, opts, rep,
+    )?;
+    table.finish(opts, rep)
+}
+
+/// Encodes a window of images into `table` (`n_tokens`: its tokens per row, `None` for a pooled
+/// table), after the rows already there; written in windows of [`write_window`] rows from the
+/// window's first row, like [`encode_texts_into`].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_image_rows_into(
+    model: &VisionModel,
+    pooling: ImagePooling,
+    pre: &Preprocess,
+    train_crop: TrainCrop,
+    items: ImageRows<'_>,
+    n_tokens: Option<usize>,
+    table: &mut TableOut,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+) -> Result<()> {
     model.check_preprocess(pre)?;
     // DINOv2 only: ResNet-AE's transform has no random crop in the original either.
     let (resize, crop) = match *pre {
@@ -386,11 +458,13 @@ pub fn encode_image_rows(
         let split = items.splits.map_or("", |s| s[i].as_str());
         train_crop.offset(&items.keys[i], split, resize, crop)
     };
-    let mut w = EmbeddingWriter::create(out, meta, items.splits.is_some())?;
     let (c, s) = (pre.channels() as i64, pre.crop() as i64);
-    let n_tokens = meta.tokens;
-    let mut forward = 0.0;
     let (device, pin) = (opts.device, opts.pin());
+    let TableOut {
+        writer: w,
+        meter,
+        forward,
+    } = table;
     pipelined(
         items.keys.len(),
         write_window(
@@ -400,6 +474,7 @@ pub fn encode_image_rows(
         ),
         opts,
         rep,
+        meter,
         |r| {
             let b = r.len() as i64;
             let buf = items.source.load(pre, r, &offset)?;
@@ -413,12 +488,10 @@ pub fn encode_image_rows(
             // is read back (`to_f32_vec` waits for the device), while `x` is still alive.
             let on_device = x.to_device_(device, Kind::Float, pin, false);
             let emb = to_f32_vec(&model.forward(&on_device, pooling)?);
-            forward += t0.elapsed().as_secs_f64();
+            *forward += t0.elapsed().as_secs_f64();
             let splits = items.splits.map(|sp| &sp[r.clone()]);
             let mask = n_tokens.map(|l| vec![true; r.len() * l]);
             Ok(w.write(&items.keys[r], splits, emb, mask)?)
         },
-    )?;
-    log_forward(rep, forward, items.keys.len(), opts.unit);
-    Ok(w.finish()?)
+    )
 }

@@ -81,15 +81,63 @@ impl LoopOptions {
     }
 }
 
-/// Runs `prepare` for each chunk of `chunk` rows, at most `opts.prefetch` ready chunks ahead of
-/// `consume` (on a producer thread when `opts.overlap`), and `consume` in row order. Stops at the
-/// first error of either side or when the reporter is cancelled; the producer then stops before
-/// its next chunk.
+/// Progress over the rows of a whole run, which may go through [`pipelined`] in several windows
+/// (the stages feed the loop a window of records at a time): reported as rows done of the run's
+/// total, and logged every 10 s and at the end. It also keeps the loop's thread pool, built on the
+/// first window, so that windows reuse its threads.
+pub(crate) struct Meter {
+    pool: Option<rayon::ThreadPool>,
+    total: usize,
+    before: usize,
+    unit: &'static str,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Meter {
+    /// Reports 0 of `total`.
+    pub(crate) fn start(total: usize, unit: &'static str, rep: &dyn Reporter) -> Self {
+        rep.progress(0, total as u64, unit);
+        Meter {
+            pool: None,
+            total,
+            before: 0,
+            unit,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Rows `..end` of the current window are done.
+    fn after(&mut self, rep: &dyn Reporter, end: usize) {
+        let (done, total, unit) = (self.before + end, self.total, self.unit);
+        rep.progress(done as u64, total as u64, unit);
+        if self.last_log.elapsed().as_secs_f64() >= 10.0 || done == total {
+            let secs = self.started.elapsed().as_secs_f64();
+            rep.log(&format!(
+                "encoded {done}/{total} {unit} in {secs:.1} s ({:.1} {unit}/s)",
+                done as f64 / secs.max(1e-9),
+            ));
+            self.last_log = Instant::now();
+        }
+    }
+}
+
+/// Runs `prepare` for each chunk of `chunk` rows of a window of `rows` rows, at most
+/// `opts.prefetch` ready chunks ahead of `consume` (on a producer thread when `opts.overlap`), and
+/// `consume` in row order; `meter` counts the window's rows after those of earlier windows. Stops
+/// at the first error of either side or when the reporter is cancelled; the producer then stops
+/// before its next chunk.
 pub(crate) fn pipelined<P: Send>(
     rows: usize,
     chunk: usize,
     opts: &LoopOptions,
     rep: &dyn Reporter,
+    meter: &mut Meter,
     prepare: impl Fn(Range<usize>) -> Result<P> + Sync,
     mut consume: impl FnMut(Range<usize>, P) -> Result<()>,
 ) -> Result<()> {
@@ -98,29 +146,41 @@ pub(crate) fn pipelined<P: Send>(
         .step_by(bs)
         .map(|s| s..(s + bs).min(rows))
         .collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-        .map_err(|e| Error::Runtime {
-            what: format!("cannot start {} threads", opts.threads),
-            message: e.to_string(),
-        })?;
-    let started = Instant::now();
-    let mut last_log = Instant::now();
-    rep.progress(0, rows as u64, opts.unit);
-    let mut after = |end: usize| {
-        rep.progress(end as u64, rows as u64, opts.unit);
-        if last_log.elapsed().as_secs_f64() >= 10.0 || end == rows {
-            let secs = started.elapsed().as_secs_f64();
-            rep.log(&format!(
-                "encoded {end}/{rows} {} in {secs:.1} s ({:.1} {}/s)",
-                opts.unit,
-                end as f64 / secs.max(1e-9),
-                opts.unit
-            ));
-            last_log = Instant::now();
-        }
-    };
+    if meter.pool.is_none() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads.max(1))
+            .build()
+            .map_err(|e| Error::Runtime {
+                what: format!("cannot start {} threads", opts.threads),
+                message: e.to_string(),
+            })?;
+        meter.pool = Some(pool);
+    }
+    let pool = meter.pool.take().expect("built above");
+    let result = run_chunks(
+        ranges,
+        opts,
+        rep,
+        &pool,
+        |end| meter.after(rep, end),
+        prepare,
+        &mut consume,
+    );
+    meter.before += rows;
+    meter.pool = Some(pool);
+    result
+}
+
+/// [`pipelined`]'s loop over its chunks; `after(end)` once a chunk ending at `end` is consumed.
+fn run_chunks<P: Send>(
+    ranges: Vec<Range<usize>>,
+    opts: &LoopOptions,
+    rep: &dyn Reporter,
+    pool: &rayon::ThreadPool,
+    mut after: impl FnMut(usize),
+    prepare: impl Fn(Range<usize>) -> Result<P> + Sync,
+    consume: &mut impl FnMut(Range<usize>, P) -> Result<()>,
+) -> Result<()> {
     if !opts.overlap {
         for r in ranges {
             if rep.cancelled() {
@@ -137,7 +197,7 @@ pub(crate) fn pipelined<P: Send>(
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let (tx, rx) = sync_channel::<(Range<usize>, Result<P>)>(opts.prefetch.max(1));
-        let (prepare, pool, stop) = (&prepare, &pool, &stop);
+        let (prepare, stop) = (&prepare, &stop);
         s.spawn(move || {
             for r in ranges {
                 if stop.load(Ordering::Acquire) || rep.cancelled() {
@@ -211,11 +271,13 @@ mod tests {
     fn run(overlap: bool, fail_at: Option<usize>) -> Outcome {
         let rep = Log::default();
         let mut seen = Vec::new();
+        let mut meter = Meter::start(10, "items", &rep);
         let r = pipelined(
             10,
             3,
             &options(overlap, 2),
             &rep,
+            &mut meter,
             |r| match fail_at {
                 Some(f) if r.contains(&f) => Err(Error::parameter("row", f, "is bad")),
                 _ => Ok(r.clone()),
@@ -239,6 +301,43 @@ mod tests {
         }
     }
 
+    /// Windows fed one after another through one meter report the run's progress, not the
+    /// window's, and log once at the end of the run.
+    #[test]
+    fn windows_report_progress_of_the_whole_run() {
+        #[derive(Default)]
+        struct Lines(Mutex<Vec<String>>, Log);
+        impl Reporter for Lines {
+            fn log(&self, line: &str) {
+                self.0.lock().unwrap().push(line.to_string());
+            }
+            fn progress(&self, done: u64, total: u64, unit: &str) {
+                self.1.progress(done, total, unit)
+            }
+        }
+        for overlap in [false, true] {
+            let rep = Lines::default();
+            let mut meter = Meter::start(10, "items", &rep);
+            for rows in [6, 4] {
+                pipelined(
+                    rows,
+                    3,
+                    &options(overlap, 2),
+                    &rep,
+                    &mut meter,
+                    Ok,
+                    |_, _| Ok(()),
+                )
+                .unwrap();
+            }
+            let progress = rep.1.progress.into_inner().unwrap();
+            assert_eq!(progress, [(0, 10), (3, 10), (6, 10), (9, 10), (10, 10)]);
+            let lines = rep.0.into_inner().unwrap();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert!(lines[0].starts_with("encoded 10/10 items in "), "{lines:?}");
+        }
+    }
+
     #[test]
     fn both_loops_stop_at_the_first_failed_chunk() {
         for overlap in [false, true] {
@@ -259,11 +358,13 @@ mod tests {
                 AtomicUsize::new(0),
             );
             let mut seen = Vec::new();
+            let rep = Log::default();
             pipelined(
                 40,
                 1,
                 &options(true, depth),
-                &Log::default(),
+                &rep,
+                &mut Meter::start(40, "items", &rep),
                 |r| {
                     let ahead = prepared.fetch_add(1, Ordering::SeqCst) + 1
                         - consumed.load(Ordering::SeqCst);
@@ -305,6 +406,7 @@ mod tests {
                 3,
                 &options(overlap, 2),
                 &rep,
+                &mut Meter::start(300, "items", &rep),
                 |r| {
                     prepared.fetch_add(1, Ordering::SeqCst);
                     Ok(r)
@@ -328,11 +430,13 @@ mod tests {
     #[test]
     fn a_consumer_error_stops_the_producer() {
         let prepared = AtomicUsize::new(0);
+        let rep = Log::default();
         let r = pipelined(
             300,
             3,
             &options(true, 2),
-            &Log::default(),
+            &rep,
+            &mut Meter::start(300, "items", &rep),
             |r| {
                 prepared.fetch_add(1, Ordering::SeqCst);
                 Ok(r)

@@ -230,6 +230,43 @@ fn encode_text_writes_an_aligned_table_equal_to_the_encoder() {
         std::fs::read(again.join(EMBEDDINGS_FILE)).unwrap(),
         "encode-text is not deterministic"
     );
+
+    // The stage feeds the loop windows of records whose length is a multiple of the write window
+    // (32 rows at batch size 2, texts sorted by length within it): the same bytes as one loop over
+    // every row. The records six times over, for windows enough.
+    use adaptor_torch::encoder::{encode_texts, encode_texts_into, Items, LoopOptions, TableOut};
+    let pooling = adaptor_torch::bert::TextPooling::Pooler;
+    let opts = LoopOptions::new(2, 2, "texts", tch::Device::Cpu);
+    let (whole, windowed) = (tmp.path().join("whole"), tmp.path().join("windowed"));
+    let repeat = |c: &[String]| [c, c, c, c, c, c].concat();
+    let (keys, splits, texts) = (repeat(&keys), repeat(&cols[0]), repeat(&cols[1]));
+    let items = |r: std::ops::Range<usize>| Items {
+        keys: &keys[r.clone()],
+        splits: Some(&splits[r.clone()]),
+        values: &texts[r],
+    };
+    let rows = keys.len();
+    encode_texts(
+        &enc,
+        pooling,
+        items(0..rows),
+        &whole,
+        &t.meta,
+        &opts,
+        &NoReport,
+    )
+    .unwrap();
+    let mut table = TableOut::create(&windowed, &t.meta, true, rows, &opts, &NoReport).unwrap();
+    assert!(rows > 64, "{rows} rows: two windows or fewer");
+    for start in (0..rows).step_by(32) {
+        let r = start..(start + 32).min(rows);
+        encode_texts_into(&enc, pooling, items(r), &mut table, &opts, &NoReport).unwrap();
+    }
+    assert_eq!(table.finish(&opts, &NoReport).unwrap(), rows);
+    assert!(
+        std::fs::read(&whole).unwrap() == std::fs::read(&windowed).unwrap(),
+        "windows of texts write another table"
+    );
 }
 
 #[test]
@@ -669,6 +706,49 @@ fn overlapped_and_sequential_loops_write_the_same_table() {
     assert!(
         std::fs::read(&out).unwrap() == bytes[0],
         "the tables differ"
+    );
+
+    // The stage's windows (here of 8 rows, a multiple of the write window of 4): each reads its
+    // rows of the artifact from its first row on, into one table. The same bytes.
+    let windowed = tmp.path().join("windowed.parquet");
+    let opts = LoopOptions::new(4, 2, "images", tch::Device::Cpu);
+    let mut table = adaptor_torch::encoder::TableOut::create(
+        &windowed,
+        &meta,
+        false,
+        keys.len(),
+        &opts,
+        &NoReport,
+    )
+    .unwrap();
+    assert!(keys.len() > 8, "{} rows: one window only", keys.len());
+    for first in (0..keys.len()).step_by(8) {
+        let r = first..(first + 8).min(keys.len());
+        let rows = adaptor_torch::encoder::ImageRows {
+            keys: &keys[r],
+            splits: None,
+            source: adaptor_torch::encoder::ImageSource::Preprocessed {
+                images: &images,
+                first,
+            },
+        };
+        adaptor_torch::encoder::encode_image_rows_into(
+            &model,
+            pooling,
+            &pre,
+            adaptor_torch::preprocess::TrainCrop::Center,
+            rows,
+            None,
+            &mut table,
+            &opts,
+            &NoReport,
+        )
+        .unwrap();
+    }
+    assert_eq!(table.finish(&opts, &NoReport).unwrap(), keys.len());
+    assert!(
+        std::fs::read(&windowed).unwrap() == bytes[0],
+        "windows of images write another table"
     );
 
     // Random training crops (the original's MIMIC-CXR pre-training embeddings): only the `train`

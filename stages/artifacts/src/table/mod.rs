@@ -20,7 +20,7 @@ mod stream;
 mod write;
 
 pub use align::read_aligned;
-pub use read::{read_string_columns, EmbeddingTable};
+pub use read::{read_string_columns, row_count, EmbeddingTable, StringBatches, STRING_BATCH_ROWS};
 pub use remote::{open_remote, RemoteTable};
 pub use stream::{
     batch_rows, open_stream, row_bytes, BoxedBatches, FileBatches, RowBatch, RowBatches,

@@ -1,13 +1,18 @@
 //! Reading embedding tables whole (from a file, any Parquet source, or the artifact store; through
-//! the streaming decoder of `stream`) and string columns of any Parquet file (records tables).
+//! the streaming decoder of `stream`) and string columns of any Parquet file (records tables):
+//! whole, or in bounded batches over a range of rows ([`StringBatches`]).
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::Array;
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
+use parquet::arrow::ProjectionMask;
 
 use super::TableMeta;
 use crate::error::{Error, Result};
@@ -71,46 +76,186 @@ pub(super) fn strings(path: &Path, col: &dyn Array, name: &str) -> Result<Vec<St
 }
 
 /// Reads string columns of any Parquet file (the records table written by polars included),
-/// in row order; a missing column is an error listing those present.
+/// in row order; a missing column is an error listing those present. Holds the columns whole:
+/// for small tables; [`StringBatches`] streams them.
 pub fn read_string_columns(path: &Path, names: &[&str]) -> Result<Vec<Vec<String>>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(Error::parquet(path))?;
-    let schema = builder.schema().clone();
-    let mut idx = Vec::new();
-    for n in names {
-        let i = schema.index_of(n).map_err(|_| {
-            Error::column(
-                path,
-                *n,
-                format!(
-                    "no column `{n}` (columns: {})",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
-        idx.push(i);
-    }
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), idx.iter().copied());
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(Error::parquet(path))?;
     let mut out: Vec<Vec<String>> = vec![Vec::new(); names.len()];
-    for batch in reader {
-        let batch = batch.map_err(Error::arrow(path))?;
-        for (j, n) in names.iter().enumerate() {
-            let col = batch
-                .column_by_name(n)
-                .ok_or_else(|| Error::column(path, *n, format!("column `{n}` vanished")))?;
-            out[j].extend(strings(path, col.as_ref(), n)?);
+    for batch in StringBatches::open(path, names, None, STRING_BATCH_ROWS)? {
+        for (all, col) in out.iter_mut().zip(batch?) {
+            all.extend(col);
         }
     }
     Ok(out)
+}
+
+/// Rows per batch of [`StringBatches`] where the caller has no reason to choose: a few MiB of
+/// keys and paths, a few tens of MiB of report texts.
+pub const STRING_BATCH_ROWS: usize = 8192;
+
+/// The rows of a Parquet file (from its footer: no data is read).
+pub fn row_count(path: &Path) -> Result<usize> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(Error::parquet(path))?;
+    Ok(meta.file_metadata().num_rows().max(0) as usize)
+}
+
+/// String columns of a Parquet file in batches of exactly `batch_rows` rows (the last may hold
+/// fewer), each batch one `Vec<String>` per named column, in the order named: memory is a batch
+/// or two whatever the file's length. Opened on a range of rows, it skips the row groups before
+/// and after the range without reading them, and the rows of the first group before its start
+/// without materialising them.
+pub struct StringBatches {
+    path: PathBuf,
+    names: Vec<String>,
+    reader: Option<ParquetRecordBatchReader>,
+    pending: Vec<Vec<String>>,
+    batch_rows: usize,
+    rows: usize,
+    total: usize,
+}
+
+impl StringBatches {
+    /// Opens `names` of `path`, rows `range` (`None`: every row; a range past the end is an error
+    /// naming the file's row count). A missing column is an error listing those present.
+    pub fn open(
+        path: &Path,
+        names: &[&str],
+        range: Option<Range<usize>>,
+        batch_rows: usize,
+    ) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(Error::parquet(path))?;
+        let schema = builder.schema().clone();
+        let mut idx = Vec::new();
+        for n in names {
+            let i = schema.index_of(n).map_err(|_| {
+                Error::column(
+                    path,
+                    *n,
+                    format!(
+                        "no column `{n}` (columns: {})",
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            idx.push(i);
+        }
+        let meta = builder.metadata().clone();
+        let total = meta.file_metadata().num_rows().max(0) as usize;
+        let range = range.unwrap_or(0..total);
+        if range.start > range.end || range.end > total {
+            return Err(Error::rows(
+                path,
+                format!("rows {range:?} asked of a table of {total} rows"),
+            ));
+        }
+        // The row groups that hold part of the range, and the rows before it in the first one.
+        let (mut groups, mut first, mut at) = (Vec::new(), None, 0usize);
+        for (g, rg) in meta.row_groups().iter().enumerate() {
+            let n = rg.num_rows().max(0) as usize;
+            if at < range.end && at + n > range.start {
+                first.get_or_insert(at);
+                groups.push(g);
+            }
+            at += n;
+        }
+        let skip = range.start - first.unwrap_or(range.start);
+        let selection = RowSelection::from(vec![
+            RowSelector::skip(skip),
+            RowSelector::select(range.len()),
+        ]);
+        let mask = ProjectionMask::roots(builder.parquet_schema(), idx.iter().copied());
+        let batch_rows = batch_rows.max(1);
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(groups)
+            .with_row_selection(selection)
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(Error::parquet(path))?;
+        Ok(StringBatches {
+            path: path.to_path_buf(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            reader: Some(reader),
+            pending: vec![Vec::new(); names.len()],
+            batch_rows,
+            rows: range.len(),
+            total,
+        })
+    }
+
+    /// Rows this reader yields in all (the range's length).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Rows of the whole file.
+    pub fn total_rows(&self) -> usize {
+        self.total
+    }
+
+    /// Rows decoded and not yet yielded.
+    fn buffered(&self) -> usize {
+        self.pending.first().map_or(0, Vec::len)
+    }
+
+    /// Appends the next decoded batch to `pending`; `false` at the end of the file.
+    fn pull(&mut self) -> Result<bool> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(false);
+        };
+        let Some(batch) = reader.next() else {
+            self.reader = None;
+            return Ok(false);
+        };
+        let path = &self.path;
+        let batch = batch.map_err(Error::arrow(path))?;
+        for (n, all) in self.names.iter().zip(self.pending.iter_mut()) {
+            let col = batch
+                .column_by_name(n)
+                .ok_or_else(|| Error::column(path, n, format!("column `{n}` vanished")))?;
+            all.extend(strings(path, col.as_ref(), n)?);
+        }
+        Ok(true)
+    }
+}
+
+impl Iterator for StringBatches {
+    type Item = Result<Vec<Vec<String>>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.buffered() < self.batch_rows {
+            match self.pull() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.reader = None;
+                    self.pending.iter_mut().for_each(Vec::clear);
+                    return Some(Err(e));
+                }
+            }
+        }
+        if self.buffered() == 0 {
+            return None;
+        }
+        let n = self.batch_rows.min(self.buffered());
+        Some(Ok(self
+            .pending
+            .iter_mut()
+            .map(|col| {
+                let rest = col.split_off(n);
+                std::mem::replace(col, rest)
+            })
+            .collect()))
+    }
 }
 
 impl EmbeddingTable {

@@ -290,3 +290,107 @@ fn parquet_inputs_of_the_wrong_type_or_shape_are_errors_naming_file_and_column()
     let e = read_string_columns(&p, &["key"]).unwrap_err().to_string();
     named(&e, "key");
 }
+
+/// A records-like table of `rows` rows (`key` = `k{i}`, `path` = `p{i}`) in row groups of
+/// `group` rows, written by arrow-rs in batches of 7 rows.
+fn string_table(path: &Path, rows: usize, group: usize) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("key", arrow_schema::DataType::Utf8, false),
+        Field::new("split", arrow_schema::DataType::LargeUtf8, false),
+        Field::new("path", arrow_schema::DataType::Utf8, false),
+    ]));
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group))
+        .build();
+    let mut w =
+        ArrowWriter::try_new(File::create(path).unwrap(), schema.clone(), Some(props)).unwrap();
+    for s in (0..rows).step_by(7) {
+        let r = s..(s + 7).min(rows);
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                r.clone().map(|i| format!("k{i}")),
+            )),
+            Arc::new(arrow_array::LargeStringArray::from_iter_values(
+                r.clone().map(|i| ["train", "test"][i % 2]),
+            )),
+            Arc::new(StringArray::from_iter_values(r.map(|i| format!("p{i}")))),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), cols).unwrap())
+            .unwrap();
+    }
+    w.close().unwrap();
+}
+
+#[test]
+fn string_batches_are_exact_and_a_range_reads_only_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("records.parquet");
+    string_table(&p, 100, 16);
+    assert_eq!(row_count(&p).unwrap(), 100);
+    // Every row, in batches of 10 across row groups of 16.
+    let all: Vec<Vec<Vec<String>>> = StringBatches::open(&p, &["path", "key"], None, 10)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(all.len(), 10);
+    assert!(all.iter().all(|b| b[0].len() == 10 && b[1].len() == 10));
+    assert_eq!(all[3][1][4], "k34");
+    assert_eq!(all[3][0][4], "p34");
+    // A shard's range starting and ending inside row groups: batches of 6, the last shorter.
+    let reader = StringBatches::open(&p, &["key", "split"], Some(37..75), 6).unwrap();
+    assert_eq!((reader.rows(), reader.total_rows()), (38, 100));
+    let batches: Vec<Vec<Vec<String>>> = reader.map(Result::unwrap).collect();
+    let sizes: Vec<usize> = batches.iter().map(|b| b[0].len()).collect();
+    assert_eq!(sizes, [6, 6, 6, 6, 6, 6, 2]);
+    let keys: Vec<String> = batches.iter().flat_map(|b| b[0].clone()).collect();
+    let want: Vec<String> = (37..75).map(|i| format!("k{i}")).collect();
+    assert_eq!(keys, want);
+    assert_eq!(batches[0][1][0], "test", "row 37's split");
+    // The same rows as the whole-column reader.
+    let whole = read_string_columns(&p, &["key"]).unwrap().remove(0);
+    assert_eq!(whole[37..75], keys[..]);
+    // Empty ranges and the end of the file.
+    assert_eq!(
+        StringBatches::open(&p, &["key"], Some(100..100), 6)
+            .unwrap()
+            .count(),
+        0
+    );
+    let tail: Vec<_> = StringBatches::open(&p, &["key"], Some(96..100), 6)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tail, [vec![vec!["k96", "k97", "k98", "k99"]]]);
+}
+
+#[test]
+fn string_batches_name_the_file_and_column_of_what_they_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("records.parquet");
+    string_table(&p, 20, 16);
+    let e = StringBatches::open(&p, &["key", "caption"], None, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}: no column `caption` (columns: key, split, path)",
+            p.display()
+        )
+    );
+    let e = StringBatches::open(&p, &["key"], Some(10..21), 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("{}: rows 10..21 asked of a table of 20 rows", p.display())
+    );
+    let missing = tmp.path().join("none.parquet");
+    let e = StringBatches::open(&missing, &["key"], None, 8)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.starts_with(&missing.display().to_string()), "{e}");
+}
