@@ -7,14 +7,12 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow_array::{ArrayRef, LargeStringArray, RecordBatch};
-use artifacts::portable::{self, TableWriter};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::images::Gray8;
+use crate::ingest::table::{Col, RecordsWriter};
 
 /// The description of the pixels: format, size, rows, shards.
 pub const META_FILE: &str = "images.json";
@@ -136,56 +134,36 @@ impl ShardWriter {
 /// group, not the table.
 const INDEX_GROUP_ROWS: usize = 1 << 16;
 
-/// Writes `index.parquet` batch by batch (the records' `key`, `split`, `path` as `LargeUtf8`, zstd,
-/// as every records-like table), in row groups of [`INDEX_GROUP_ROWS`].
-pub struct IndexWriter {
-    writer: TableWriter,
-    path: PathBuf,
-    rows: usize,
-}
+/// Writes `index.parquet` batch by batch: the records' `key`, `split`, `path`, through the records
+/// tables' writer ([`RecordsWriter`]: same types, zstd), in row groups of [`INDEX_GROUP_ROWS`].
+pub struct IndexWriter(RecordsWriter);
 
 impl IndexWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        // The schema `ingest::table::write_parquet` gives these columns (nullable `LargeUtf8`).
-        let empty = Self::batch(path, &[], &[], &[])?;
-        let props = portable::zstd_in_groups(INDEX_GROUP_ROWS);
-        Ok(IndexWriter {
-            writer: TableWriter::create(path, empty.schema(), Some(props))?,
-            path: path.to_path_buf(),
-            rows: 0,
-        })
+        let columns = Self::columns(&[], &[], &[]);
+        Ok(IndexWriter(RecordsWriter::create(
+            path,
+            &columns,
+            INDEX_GROUP_ROWS,
+        )?))
     }
 
-    fn batch(
-        path: &Path,
-        keys: &[String],
-        splits: &[String],
-        paths: &[String],
-    ) -> Result<RecordBatch> {
-        let cols = [("key", keys), ("split", splits), ("path", paths)].map(|(n, c)| {
-            (
-                n,
-                Arc::new(LargeStringArray::from_iter_values(c)) as ArrayRef,
-            )
-        });
-        RecordBatch::try_from_iter(cols).map_err(|e| Error::Table {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+    fn columns(keys: &[String], splits: &[String], paths: &[String]) -> Vec<Col> {
+        vec![
+            Col::Str("key", keys.to_vec()),
+            Col::Str("split", splits.to_vec()),
+            Col::Str("path", paths.to_vec()),
+        ]
     }
 
     /// Appends rows (the three columns of equal length).
     pub fn write(&mut self, keys: &[String], splits: &[String], paths: &[String]) -> Result<()> {
-        let batch = Self::batch(&self.path, keys, splits, paths)?;
-        self.writer.write(&batch)?;
-        self.rows += keys.len();
-        Ok(())
+        self.0.write(Self::columns(keys, splits, paths))
     }
 
     /// Finishes the file; returns its rows.
     pub fn finish(self) -> Result<usize> {
-        self.writer.close()?;
-        Ok(self.rows)
+        self.0.finish()
     }
 }
 
