@@ -309,3 +309,18 @@ fn a_file_listing_from_another_run_is_not_trusted_without_a_stat() {
     assert_eq!(f.digest, fresh_digest(data.path()));
     assert_eq!((f.files_checked, f.folders_listed), (2001, 111));
 }
+
+#[test]
+fn large_files_hash_in_blocks_to_the_digest_of_their_bytes() {
+    // Two blocks and a remainder: the digest is blake3 of the bytes, whatever the blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.u8");
+    let bytes: Vec<u8> = (0..(33usize << 20) + 123)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        hash_file(&path, bytes.len() as u64).unwrap(),
+        blake3::hash(&bytes).to_hex().to_string()
+    );
+}

@@ -174,9 +174,35 @@ pub fn hash_file(path: &Path, size: u64) -> Result<String> {
     }
     let mut hasher = blake3::Hasher::new();
     if size >= LARGE_FILE {
-        hasher.update_mmap_rayon(path).at(path)?;
+        // Blocks of LARGE_FILE bytes, each hashed on all cores: the memory held is one block
+        // whatever the file's size (a memory map's pages would count as the runner's resident
+        // memory, the whole file's at the end). The digest does not depend on the blocks.
+        let mut f = f;
+        let mut block = vec![0u8; LARGE_FILE as usize];
+        loop {
+            let n = read_block(&mut f, &mut block).at(path)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update_rayon(&block[..n]);
+        }
     } else {
         hasher.update_reader(f).at(path)?;
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Fills `block` from `f` as far as the file goes; returns the bytes read (0 at the end).
+fn read_block(f: &mut fs::File, block: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < block.len() {
+        match f.read(&mut block[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
