@@ -140,7 +140,7 @@ pub struct IndexWriter(RecordsWriter);
 
 impl IndexWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        let columns = Self::columns(&[], &[], &[]);
+        let columns = Self::columns(Vec::new(), Vec::new(), Vec::new());
         Ok(IndexWriter(RecordsWriter::create(
             path,
             &columns,
@@ -148,16 +148,21 @@ impl IndexWriter {
         )?))
     }
 
-    fn columns(keys: &[String], splits: &[String], paths: &[String]) -> Vec<Col> {
+    fn columns(keys: Vec<String>, splits: Vec<String>, paths: Vec<String>) -> Vec<Col> {
         vec![
-            Col::Str("key", keys.to_vec()),
-            Col::Str("split", splits.to_vec()),
-            Col::Str("path", paths.to_vec()),
+            Col::Str("key", keys),
+            Col::Str("split", splits),
+            Col::Str("path", paths),
         ]
     }
 
-    /// Appends rows (the three columns of equal length).
-    pub fn write(&mut self, keys: &[String], splits: &[String], paths: &[String]) -> Result<()> {
+    /// Appends rows (the three columns of equal length), taking the window's columns.
+    pub fn write(
+        &mut self,
+        keys: Vec<String>,
+        splits: Vec<String>,
+        paths: Vec<String>,
+    ) -> Result<()> {
         self.0.write(Self::columns(keys, splits, paths))
     }
 

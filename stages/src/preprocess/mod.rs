@@ -107,8 +107,8 @@ pub fn preprocess(
                 last_log = Instant::now();
             }
         }
-        index.write(&keys, &splits, &paths)?;
         first += keys.len();
+        index.write(keys, splits, paths)?;
     }
     let meta = writer.finish(&steps(opts.size))?;
     index.finish()?;
